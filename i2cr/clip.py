@@ -1,0 +1,99 @@
+"""IAV's image-text scorer: an open_clip model, scores in the paper's logit units (100 x cosine)."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image
+
+from .embeddings import ModelUnavailable
+
+_PAREN = re.compile(r"\s*\([^)]*\)")
+
+
+def clip_text(desc: str) -> str:
+    """The entity text CLIP sees: the description with parenthesised asides removed (as the paper)."""
+    return _PAREN.sub("", desc).strip()
+
+
+class ClipScorer:
+    def __init__(self, model: str, pretrained: str | None = None, *, model_config: str | None = None,
+                 device: str = "cpu", allow_downloads: bool = False):
+        import open_clip
+        import torch
+
+        self._torch = torch
+        self.device = device
+        if model_config:
+            cfg = Path(model_config)
+            if not cfg.is_file():
+                raise ModelUnavailable(f"CLIP model config {model_config} does not exist")
+            open_clip.add_model_config(cfg)
+            model = model or cfg.stem
+        self.model_name = model
+        self.pretrained = pretrained or None
+        old = os.environ.get("HF_HUB_OFFLINE")
+        if not allow_downloads:
+            os.environ["HF_HUB_OFFLINE"] = "1"
+        try:
+            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                model, pretrained=self.pretrained, device=device)
+            self.tokenizer = open_clip.get_tokenizer(model)
+        except Exception as e:  # noqa: BLE001
+            raise ModelUnavailable(
+                f"cannot load CLIP {model!r} / {pretrained!r} ({type(e).__name__}: {e}). Point "
+                "clip_pretrained at a local checkpoint, have the weights in the Hugging Face cache, "
+                "or set allow_downloads") from e
+        finally:
+            if not allow_downloads:
+                if old is None:
+                    os.environ.pop("HF_HUB_OFFLINE", None)
+                else:
+                    os.environ["HF_HUB_OFFLINE"] = old
+        self.model.eval()
+        self._text_cache: OrderedDict[str, object] = OrderedDict()
+        self._image_cache: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+        self.forward_passes = 0
+
+    def _text_features(self, texts: Sequence[str]):
+        torch = self._torch
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            with torch.no_grad():
+                feats = self.model.encode_text(self.tokenizer(missing).to(self.device))
+                feats = feats / feats.norm(dim=-1, keepdim=True)
+            self.forward_passes += 1
+            for t, f in zip(missing, feats):
+                self._text_cache[t] = f
+            while len(self._text_cache) > 100_000:
+                self._text_cache.popitem(last=False)
+        return torch.stack([self._text_cache[t] for t in texts])
+
+    def _image_features(self, image: Image.Image, key: str | None):
+        torch = self._torch
+        if key is not None and key in self._image_cache:
+            return self._image_cache[key]
+        with torch.no_grad():
+            x = self.preprocess(image).unsqueeze(0).to(self.device)
+            f = self.model.encode_image(x)[0]
+            f = f / f.norm()
+        self.forward_passes += 1
+        if key is not None:
+            self._image_cache[key] = f
+            while len(self._image_cache) > 256:
+                self._image_cache.popitem(last=False)
+        return f
+
+    def score(self, image: Image.Image, texts: Sequence[str], *, image_key: str | None = None
+              ) -> list[float]:
+        """100 x cosine between the image and each text (the paper's 'CLIP logit')."""
+        with self._lock:
+            img = self._image_features(image, image_key)
+            txt = self._text_features([clip_text(t) for t in texts])
+            return [float(x) for x in (txt @ img) * 100.0]

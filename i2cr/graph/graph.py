@@ -1,0 +1,43 @@
+"""Build and compile the I2CR graph: prepare -> TES -> ICR -> IAV -> VIF -> ... -> final."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+
+from .context import Context
+from .final import final
+from .iav import iav
+from .icr import icr
+from .prepare import prepare
+from .routes import after_iav, after_icr, after_prepare, after_vif
+from .state import InputState, OutputState, State
+from .tes import tes
+from .vif import vif
+
+
+def build_graph() -> StateGraph:
+    g = StateGraph(State, context_schema=Context, input_schema=InputState,
+                   output_schema=OutputState)
+    g.add_node("prepare", prepare)
+    g.add_node("tes", tes)
+    g.add_node("icr", icr)
+    g.add_node("iav", iav)
+    g.add_node("vif", vif)
+    g.add_node("final", final)
+    g.add_edge(START, "prepare")
+    g.add_conditional_edges("prepare", after_prepare, ["tes", "final"])
+    g.add_edge("tes", "icr")
+    g.add_conditional_edges("icr", after_icr, ["tes", "iav", "final"])
+    g.add_conditional_edges("iav", after_iav, ["vif", "final"])
+    g.add_conditional_edges("vif", after_vif, ["tes", "vif", "final"])
+    g.add_edge("final", END)
+    return g
+
+
+def compile_graph(checkpointer: Any = None, **kwargs: Any):
+    return build_graph().compile(checkpointer=checkpointer, name="i2cr", **kwargs)
+
+
+graph = compile_graph()

@@ -1,0 +1,65 @@
+"""IAV, inter-modal alignment verification: does the image agree with the chosen entity?
+
+Two modes, chosen once per mention by the ``prepare`` node and reported as such:
+
+- ``clip``: open_clip between the mention image and the entity description (parenthesised text
+  removed), in logit units (100 x cosine), against ``iav_threshold`` (the paper's beta = 31);
+- ``caption``: no image or no CLIP weights, but the sample has the image's caption and tags; the
+  text embedder compares them with the entity text, in the same units, against
+  ``caption_threshold``. This is a bridge, never reported as CLIP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from ..data import NIL
+from ..embeddings import ModelUnavailable
+from ..images import IMAGES, ImageError
+from . import resources
+from .context import Context, settings_of
+from .state import State
+from .texts import entity_text
+
+
+def caption_text(state: State) -> str:
+    clues = state.get("precomputed_clues") or {}
+    parts = [str(clues.get("Caption") or "").strip(), str(clues.get("Tags") or "").strip()]
+    return ". ".join(p for p in parts if p)
+
+
+def iav_score(state: State, ctx: Context, name: str) -> tuple[float, float]:
+    """(score, threshold) of the current mode for one candidate."""
+    cand = next(c for c in state["candidates"] if c["name"] == name)
+    if state.get("iav_mode") == "clip":
+        img = IMAGES.load(state["image"])
+        score = resources.clip(ctx).score(img.image, [entity_text(cand)], image_key=img.sha256)[0]
+        return score, ctx.iav_threshold
+    sim = resources.embedder(ctx).similarity(caption_text(state), [entity_text(cand)])[0]
+    return 100.0 * sim, ctx.caption_threshold
+
+
+def iav(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx = settings_of(runtime)
+    choice = state.get("choice")
+    rnd = state.get("round") or 1
+    mode = state.get("iav_mode")
+    ev: dict[str, Any] = {"type": "iav", "round": rnd, "choice": choice, "mode": mode}
+    if choice is None or choice == NIL:
+        ev.update(score=None, decision="nil_not_verifiable")
+        return {"path": ["iav"], "iav_score": None, "iav_passed": False, "events": [ev]}
+    try:
+        score, threshold = iav_score(state, ctx, choice)
+    except (ImageError, ModelUnavailable) as e:
+        ev.update(score=None, decision="unavailable", reason=str(e))
+        return {"path": ["iav"], "iav_score": None, "iav_passed": False, "events": [ev],
+                "visual_available": False}
+    passed = score >= threshold
+    ev.update(score=round(score, 3), threshold=threshold, decision="pass" if passed else "fail")
+    answers = [dict(a) for a in state.get("round_answers") or []]
+    if answers:
+        answers[-1]["iav"] = score
+    return {"path": ["iav"], "iav_score": score, "iav_passed": passed, "events": [ev],
+            "round_answers": answers}

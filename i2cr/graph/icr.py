@@ -1,0 +1,74 @@
+"""ICR, intra-modal consistency reflection: does the chosen entity's description agree with the
+mention, its context and this round's clue?
+
+At or above the threshold the choice stands. Below it the choice is excluded and TES chooses again,
+at most ``max_reflections`` times; when every try fails, the try with the best score is kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from ..data import NIL
+from . import resources
+from .context import Context, settings_of
+from .state import State
+from .tes import allowed_candidates
+from .texts import entity_text, icr_query, round_clues
+
+
+def icr_score(state: State, ctx: Context, name: str) -> float:
+    cand = next(c for c in state["candidates"] if c["name"] == name)
+    q = icr_query(state["mention"], state.get("context", ""), round_clues(state, ctx.clue_mode),
+                  ctx.embed_query_prefix)
+    return resources.embedder(ctx).similarity(q, [entity_text(cand)])[0]
+
+
+def icr(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx = settings_of(runtime)
+    choice = state.get("choice")
+    rnd = state.get("round") or 1
+    update: dict[str, Any] = {"path": ["icr"]}
+    if choice is None or choice == NIL:
+        # NIL has no description to check; it stands as this round's answer.
+        update.update(icr_score=None, icr_passed=True, icr_decision="nil_not_checked",
+                      events=[{"type": "icr", "round": rnd, "choice": choice, "score": None,
+                               "decision": "nil_not_checked"}])
+        return {**update, **_accept(state, choice, None, rnd)}
+
+    score = icr_score(state, ctx, choice)
+    tried = [*(state.get("tried") or []), {"name": choice, "icr": score}]
+    alpha = ctx.alpha
+    passed = score >= alpha
+    reflections = state.get("reflections") or 0
+    left = [c for c in allowed_candidates(state) if c["name"] != choice]
+    ev: dict[str, Any] = {"type": "icr", "round": rnd, "choice": choice, "score": round(score, 4),
+                          "threshold": alpha}
+    update.update(icr_score=score, icr_passed=passed, tried=tried)
+    if passed:
+        ev["decision"] = update["icr_decision"] = "pass"
+        update["events"] = [ev]
+        return {**update, **_accept(state, choice, score, rnd)}
+    if reflections < ctx.max_reflections and left:
+        ev["decision"] = update["icr_decision"] = "reject_and_rechoose"
+        update.update(excluded=[*(state.get("excluded") or []), choice],
+                      reflections=reflections + 1, events=[ev])
+        return update
+    best = max(tried, key=lambda t: t["icr"] if t["icr"] is not None else float("-inf"))
+    ev["decision"] = update["icr_decision"] = "exhausted_keep_best"
+    ev["kept"] = best["name"]
+    update.update(choice=best["name"], icr_score=best["icr"], events=[ev])
+    return {**update, **_accept(state, best["name"], best["icr"], rnd)}
+
+
+def _accept(state: State, choice: str | None, score: float | None, rnd: int) -> dict[str, Any]:
+    """Record this round's answer; round 1's is the text answer."""
+    out: dict[str, Any] = {
+        "round_answers": [*(state.get("round_answers") or []),
+                          {"round": rnd, "answer": choice, "icr": score}],
+    }
+    if rnd == 1:
+        out.update(text_answer=choice, text_icr=score)
+    return out

@@ -1,0 +1,72 @@
+"""Models and tools a run needs, built once per process per setting and shared by all mentions.
+
+Nodes ask for them through :func:`resources`; nothing heavy lives in the graph state.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ..clip import ClipScorer
+from ..embeddings import Embedder, ModelUnavailable
+from ..llm import load_chat_model
+from ..tools import VisualTool, build_tools
+from .context import Context
+
+_LOCK = threading.RLock()
+_EMBEDDERS: dict[tuple, Embedder] = {}
+_CLIPS: dict[tuple, ClipScorer | ModelUnavailable] = {}
+_CHATS: dict[tuple, Any] = {}
+
+
+def embedder(ctx: Context) -> Embedder:
+    key = (ctx.embedder, ctx.device, ctx.embed_batch_size, ctx.allow_downloads)
+    with _LOCK:
+        if key not in _EMBEDDERS:
+            _EMBEDDERS[key] = Embedder(ctx.embedder, device=ctx.device,
+                                       batch_size=ctx.embed_batch_size,
+                                       allow_downloads=ctx.allow_downloads)
+        return _EMBEDDERS[key]
+
+
+def clip(ctx: Context) -> ClipScorer:
+    """The CLIP scorer, or :class:`ModelUnavailable` raised with the reason (remembered, so a
+    missing model is reported once per run, not retried per mention)."""
+    key = (ctx.clip_model, ctx.clip_pretrained, ctx.clip_model_config, ctx.device,
+           ctx.allow_downloads)
+    with _LOCK:
+        if key not in _CLIPS:
+            try:
+                _CLIPS[key] = ClipScorer(ctx.clip_model, ctx.clip_pretrained,
+                                         model_config=ctx.clip_model_config, device=ctx.device,
+                                         allow_downloads=ctx.allow_downloads)
+            except ModelUnavailable as e:
+                _CLIPS[key] = e
+        got = _CLIPS[key]
+    if isinstance(got, ModelUnavailable):
+        raise got
+    return got
+
+
+def chat_model(ctx: Context) -> Any:
+    if ctx.chat_model is not None:
+        return ctx.chat_model
+    key = (ctx.llm, ctx.llm_temperature, ctx.llm_max_tokens, ctx.llm_timeout)
+    with _LOCK:
+        if key not in _CHATS:
+            _CHATS[key] = load_chat_model(ctx.llm, temperature=ctx.llm_temperature,
+                                          max_tokens=ctx.llm_max_tokens, timeout=ctx.llm_timeout)
+        return _CHATS[key]
+
+
+def tools(ctx: Context) -> dict[str, VisualTool]:
+    return build_tools(ctx)
+
+
+def reset() -> None:
+    """Forget every cached model (tests use it to measure loading)."""
+    with _LOCK:
+        _EMBEDDERS.clear()
+        _CLIPS.clear()
+        _CHATS.clear()

