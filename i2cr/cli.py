@@ -1,0 +1,129 @@
+"""The ``i2cr`` command line.
+
+    i2cr link FILE [--labels L] [--out results.jsonl] [--resume] [--limit N] [--llm SPEC]
+                   [--set name=value ...]
+    i2cr graph
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from .data import DataError
+
+
+def _settings(args: argparse.Namespace):
+    from .graph import Context
+
+    overrides: dict[str, Any] = {}
+    for item in args.set or []:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise SystemExit(f"i2cr: --set wants name=value, got {item!r}")
+        overrides[k.strip()] = v
+    if getattr(args, "llm", None):
+        overrides["llm"] = args.llm
+    try:
+        return Context.from_overrides(overrides)
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"i2cr: {e}") from None
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    from . import llm
+    from .data import load_mentions
+    from .eval.runner import run
+
+    settings = _settings(args)
+    try:
+        items = load_mentions(args.file, args.labels, image_root=args.image_root, strict=False,
+                              allow_nil=True if args.allow_nil else None)
+    except DataError as e:
+        print(f"i2cr: {e}", file=sys.stderr)
+        return 2
+    if args.limit is not None:
+        items = items[: args.limit]
+    single = len(items) == 1 and not args.out
+    n = errors = correct = labelled = calls = 0
+    try:
+        for rec in run(items, settings, out=args.out, resume=args.resume,
+                       progress=not args.no_progress):
+            n += 1
+            errors += rec.get("error") is not None
+            calls += rec.get("llm_calls") or 0
+            if "correct" in rec:
+                labelled += 1
+                correct += bool(rec["correct"])
+            if args.out and not args.print:
+                continue
+            if not args.events:
+                rec = {k: v for k, v in rec.items() if k != "events"}
+            print(json.dumps(rec, ensure_ascii=False, indent=2 if single else None, default=str),
+                  flush=True)
+    except KeyboardInterrupt:
+        print("i2cr: interrupted; results so far are saved" + (f" in {args.out}; rerun with "
+              "--resume to go on" if args.out else ""), file=sys.stderr)
+        return 130
+    finally:
+        llm.shutdown()
+    if n > 1 or args.out:
+        summary = f"i2cr: {n} mention(s) linked, {errors} error(s), {calls / max(n, 1):.2f} LLM calls/mention"
+        if labelled:
+            summary += f", top-1 {correct / labelled:.1%} on {labelled} labelled"
+        if args.out:
+            summary += f"; results in {args.out}"
+        print(summary, file=sys.stderr)
+    return 0 if errors == 0 else 1
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from .graph import graph
+
+    print(graph.get_graph().draw_mermaid())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="i2cr", description=(
+        "Multimodal entity linking with the I2CR method as a LangGraph agent."))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pl = sub.add_parser("link", help="link the mentions of a file and print JSON results")
+    pl.add_argument("file", help="I2CR/MELBench JSON (id -> sample), one sample as JSON, or JSONL")
+    pl.add_argument("--labels", help="label file (id -> gold name or 'nil') to score the results")
+    pl.add_argument("--image-root", help="folder that image paths are relative to "
+                    "(default: the input file's folder)")
+    pl.add_argument("--out", help="write results as JSONL here (with --resume, skip ids done)")
+    pl.add_argument("--resume", action="store_true", help="go on from an earlier --out file")
+    pl.add_argument("--limit", type=int, help="link only the first N mentions")
+    pl.add_argument("--llm", help="LLM backend, e.g. embedded, openai:gpt-4o, azure:<deployment>, "
+                    "openai-compat:<model>@<base_url>")
+    pl.add_argument("--set", action="append", metavar="NAME=VALUE",
+                    help="any setting of the context schema, e.g. --set icr_threshold=0.4")
+    pl.add_argument("--allow-nil", action="store_true", help="let every mention be linked to NIL")
+    pl.add_argument("--events", action="store_true", help="include the decision events in output")
+    pl.add_argument("--print", action="store_true", help="print results even with --out")
+    pl.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pl.set_defaults(func=cmd_link)
+
+    pg = sub.add_parser("graph", help="print the graph as Mermaid")
+    pg.set_defaults(func=cmd_graph)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DataError as e:
+        print(f"i2cr: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Shared fixtures: a tiny randomly initialised open_clip model, rendered images, settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data" / "wikimel"
+EXAMPLES = ROOT / "examples"
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_config(tmp_path_factory) -> str:
+    """A custom open_clip model config (random weights: real code path, no download)."""
+    p = tmp_path_factory.mktemp("clip") / "i2cr-tiny-clip.json"
+    p.write_text(json.dumps(TINY_CLIP))
+    return str(p)
+
+
+def render_text_image(path: Path, text: str, size=(520, 140)) -> Path:
+    im = Image.new("RGB", size, (255, 255, 255))
+    d = ImageDraw.Draw(im)
+    d.text((20, 40), text, fill=(0, 0, 0), font=ImageFont.load_default(size=40))
+    im.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def image_file(tmp_path_factory) -> str:
+    return str(render_text_image(tmp_path_factory.mktemp("img") / "sign.png", "CHICAGO BULLS 23"))
+
+
+@pytest.fixture(scope="session")
+def corrupt_image(tmp_path_factory) -> str:
+    p = tmp_path_factory.mktemp("img") / "broken.jpg"
+    p.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 3)
+    return str(p)
+
+
+@pytest.fixture
+def settings(tiny_clip_config):
+    """Settings for route tests: the real MiniLM, the tiny CLIP, precomputed clue tools."""
+    from i2cr.graph import Context
+
+    def make(fake, **kw):
+        base = dict(chat_model=fake, clip_model="i2cr-tiny-clip", clip_pretrained="",
+                    clip_model_config=tiny_clip_config, iav_mode="clip",
+                    tool_backend="precomputed")
+        base.update(kw)
+        return Context(**base)
+
+    return make
+
+
+JORDAN_CANDIDATES = [
+    {"name": "Michael Jordan", "desc": "Name: Michael Jordan. Sex: male. Birth: 1963, Brooklyn. "
+     "Occupation: basketball player. Team: Chicago Bulls."},
+    {"name": "Jordan Peele", "desc": "Name: Jordan Peele. Sex: male. Birth: 1979, New York City. "
+     "Occupation: film director, comedian."},
+    {"name": "Jordan", "desc": "Jordan is a country in Western Asia. Its capital is Amman."},
+    {"name": "Michael B. Jordan", "desc": "Name: Michael B. Jordan. Sex: male. Birth: 1987. "
+     "Occupation: actor."},
+]
+
+CLUES = {"OCR text": "CHICAGO BULLS 23", "Caption": "a basketball player dunking",
+         "Dense Captions": "a man in a red jersey; a basketball hoop",
+         "Tags": "basketball; sport; player; arena"}
+
+
+@pytest.fixture
+def jordan():
+    def make(**kw):
+        d = {"sample_id": "t1", "mention": "Jordan",
+             "context": "Jordan dunks during the 1991 NBA Finals.",
+             "candidates": [dict(c) for c in JORDAN_CANDIDATES], "image": None,
+             "precomputed_clues": None, "allow_nil": False}
+        d.update(kw)
+        return d
+
+    return make

@@ -1,0 +1,237 @@
+"""Every route of the I2CR algorithm, on the real compiled graph.
+
+The LLM is a scripted fake (it supports ``bind_tools``); ICR runs the real packaged MiniLM and IAV
+a real, tiny, randomly initialised open_clip model. Thresholds are set from the models' own scores
+so that each test forces the branch it is about.
+"""
+
+from __future__ import annotations
+
+from conftest import CLUES
+from fakes import ScriptedChatModel, tool_call
+from langchain_core.messages import AIMessage
+
+from i2cr.graph import graph
+from i2cr.graph import resources
+from i2cr.graph.texts import entity_text, icr_query
+
+ALWAYS = -1e9  # a threshold every score passes
+NEVER = 1e9  # a threshold no score passes
+
+
+def run(state, ctx):
+    return graph.invoke(state, context=ctx)
+
+
+def icr_scores(ctx, state, names):
+    emb = resources.embedder(ctx)
+    q = icr_query(state["mention"], state["context"], [])
+    by = {c["name"]: c for c in state["candidates"]}
+    return dict(zip(names, emb.similarity(q, [entity_text(by[n]) for n in names])))
+
+
+def events(out, kind):
+    return [e for e in out["events"] if e["type"] == kind]
+
+
+def test_text_answer_passes_iav_after_one_llm_call(settings, jordan, image_file):
+    fake = ScriptedChatModel(script=["Answer: Michael Jordan"])
+    out = run(jordan(image=image_file), settings(fake, icr_threshold=ALWAYS, iav_threshold=ALWAYS))
+    assert out["path"] == ["prepare", "tes", "icr", "iav", "final"]
+    assert out["answer"] == "Michael Jordan"
+    assert out["final_reason"] == "iav_passed_text"
+    assert out["llm_calls"] == 1 and len(fake.calls) == 1
+    assert out["iav_mode"] == "clip" and isinstance(out["iav_score"], float)
+    assert out["tools_used"] == []
+
+
+def test_reflection_excludes_rejected_candidates(settings, jordan):
+    state = jordan()
+    s = icr_scores(settings(None), state, ["Jordan", "Michael Jordan"])
+    assert s["Michael Jordan"] > s["Jordan"], s
+    alpha = (s["Michael Jordan"] + s["Jordan"]) / 2
+    fake = ScriptedChatModel(script=["Answer: Jordan", "Answer: Michael Jordan"])
+    out = run(state, settings(fake, icr_threshold=alpha))
+    assert out["path"] == ["prepare", "tes", "icr", "tes", "icr", "final"]
+    assert out["answer"] == "Michael Jordan"
+    first, second = fake.calls[0]["messages"][-1], fake.calls[1]["messages"][-1]
+    assert "2. Jordan:" in first or "3. Jordan:" in first
+    candidates_part = second.split("Candidates:")[1]
+    assert "Jordan is a country" not in candidates_part  # the rejected one is not offered again
+    assert "Excluded" in second and "Jordan" in second.split("Candidates:")[0]
+    decisions = [e["decision"] for e in events(out, "icr")]
+    assert decisions == ["reject_and_rechoose", "pass"]
+
+
+def test_exhausted_reflections_keep_the_best_icr_score(settings, jordan):
+    state = jordan()
+    names = ["Jordan", "Jordan Peele", "Michael B. Jordan", "Michael Jordan"]
+    s = icr_scores(settings(None), state, names)
+    fake = ScriptedChatModel(script=[f"Answer: {n}" for n in names])
+    out = run(state, settings(fake, icr_threshold=NEVER, max_reflections=3))
+    assert out["path"] == ["prepare"] + ["tes", "icr"] * 4 + ["final"]
+    best = max(names, key=s.get)
+    assert out["answer"] == best
+    assert events(out, "icr")[-1]["decision"] == "exhausted_keep_best"
+    assert out["llm_calls"] == 4
+
+
+def test_reflection_cap_is_configurable(settings, jordan):
+    fake = ScriptedChatModel(script=["Answer: Jordan", "Answer: Jordan Peele"])
+    out = run(jordan(), settings(fake, icr_threshold=NEVER, max_reflections=1))
+    assert out["path"] == ["prepare", "tes", "icr", "tes", "icr", "final"]
+    assert out["llm_calls"] == 2
+
+
+def test_vif_runs_one_tool_per_round_in_the_order_the_llm_asks(settings, jordan, image_file):
+    fake = ScriptedChatModel(script=[
+        "Answer: Michael Jordan",
+        AIMessage("", tool_calls=[tool_call("caption")]),
+        "Answer: Michael Jordan",
+        AIMessage("", tool_calls=[tool_call("tags"), tool_call("ocr", 1)]),  # 2nd call ignored
+        "Answer: Michael Jordan",
+        AIMessage("", tool_calls=[tool_call("ocr")]),
+        "Answer: Michael Jordan",
+        AIMessage("", tool_calls=[tool_call("dense_captions")]),
+        "Answer: Michael Jordan",
+    ])
+    out = run(jordan(image=image_file, precomputed_clues=dict(CLUES)),
+              settings(fake, icr_threshold=ALWAYS, iav_threshold=NEVER))
+    assert out["tools_used"] == ["caption", "tags", "ocr", "dense_captions"]
+    assert out["path"] == (["prepare", "tes", "icr", "iav"]
+                           + ["vif", "tes", "icr", "iav"] * 4 + ["final"])
+    assert out["final_reason"] == "no_round_passed_iav"
+    assert out["answer"] == "Michael Jordan"  # the round-1 text answer stands
+    assert out["llm_calls"] == 9 and not fake.script
+    # each VIF call offers only the tools not used yet
+    offered = [c["tools"] for c in fake.calls if c["tools"]]
+    assert offered[0] == ["ocr", "caption", "dense_captions", "tags"]
+    assert offered[1] == ["ocr", "dense_captions", "tags"]
+    assert offered[3] == ["dense_captions"]
+    # the clue of a round enters that round's TES prompt, and only that round's (paper mode)
+    tes_prompts = [c["messages"][-1] for c in fake.calls if not c["tools"]]
+    assert "a basketball player dunking" in tes_prompts[1]
+    assert "basketball; sport" in tes_prompts[2] and "basketball player dunking" not in tes_prompts[2]
+    assert events(out, "extra_tool_calls_ignored")[0]["ignored"] == ["ocr"]
+
+
+def test_vif_clue_can_change_the_answer_when_it_passes_iav(settings, jordan, image_file):
+    ctx = settings(None)
+    clip = resources.clip(ctx)
+    from i2cr.images import IMAGES
+
+    img = IMAGES.load(image_file)
+    cands = {c["name"]: c for c in jordan()["candidates"]}
+    a, b = "Jordan Peele", "Michael Jordan"
+    sa, sb = clip.score(img.image, [entity_text(cands[a]), entity_text(cands[b])])
+    if sa > sb:
+        a, b, sa, sb = b, a, sb, sa
+    assert sb > sa
+    fake = ScriptedChatModel(script=[f"Answer: {a}", AIMessage("", tool_calls=[tool_call("ocr")]),
+                                     f"Answer: {b}"])
+    out = run(jordan(image=image_file, precomputed_clues=dict(CLUES)),
+              settings(fake, icr_threshold=ALWAYS, iav_threshold=(sa + sb) / 2))
+    assert out["path"] == ["prepare", "tes", "icr", "iav", "vif", "tes", "icr", "iav", "final"]
+    assert out["text_answer"] == a and out["answer"] == b
+    assert out["final_reason"] == "iav_passed_round_2"
+    assert "CHICAGO BULLS 23" in fake.calls[2]["messages"][-1]
+
+
+def test_absent_or_invalid_tool_call_falls_back_to_the_paper_order(settings, jordan, image_file):
+    fake = ScriptedChatModel(script=[
+        "Answer: Michael Jordan",
+        AIMessage("I would rather not call a tool."),  # no tool call -> ocr (paper order)
+        "Answer: Michael Jordan",
+        AIMessage("", tool_calls=[tool_call("telescope")]),  # unknown -> caption
+        "Answer: Michael Jordan",
+        RuntimeError("LLM is down"),  # error -> dense_captions
+        "Answer: Michael Jordan",
+    ])
+    out = run(jordan(image=image_file, precomputed_clues=dict(CLUES)),
+              settings(fake, icr_threshold=ALWAYS, iav_threshold=NEVER, max_vif_rounds=3))
+    assert out["tools_used"] == ["ocr", "caption", "dense_captions"]
+    hows = [e["how"] for e in events(out, "tool_call")]
+    assert hows == ["fallback_no_tool_call", "fallback_invalid_tool", "fallback_llm_error"]
+    assert events(out, "invalid_tool_call")[0]["requested"] == "telescope"
+    assert out["path"].count("vif") == 3 and out["answer"] == "Michael Jordan"
+
+
+def test_empty_clue_moves_on_to_the_next_tool_without_an_llm_round(settings, jordan, image_file):
+    clues = dict(CLUES, **{"OCR text": ""})
+    fake = ScriptedChatModel(script=["Answer: Michael Jordan", "Answer: Michael Jordan"])
+    out = run(jordan(image=image_file, precomputed_clues=clues),
+              settings(fake, icr_threshold=ALWAYS, iav_threshold=NEVER, vif_llm_choice=False,
+                       max_vif_rounds=2))
+    assert out["path"] == ["prepare", "tes", "icr", "iav", "vif", "vif", "tes", "icr", "iav", "final"]
+    assert out["tools_used"] == ["ocr", "caption"]
+
+
+def test_no_image_ends_with_the_text_answer(settings, jordan):
+    fake = ScriptedChatModel(script=["Answer: Michael Jordan"])
+    out = run(jordan(image=None), settings(fake, icr_threshold=ALWAYS, iav_threshold=ALWAYS))
+    assert out["path"] == ["prepare", "tes", "icr", "final"]
+    assert out["final_reason"] == "text_only"
+    assert out["image_status"] == "absent" and out["iav_score"] is None
+
+
+def test_corrupt_image_takes_the_no_image_path_with_a_reason(settings, jordan, corrupt_image):
+    fake = ScriptedChatModel(script=["Answer: Michael Jordan"])
+    out = run(jordan(image=corrupt_image), settings(fake, icr_threshold=ALWAYS))
+    assert out["path"] == ["prepare", "tes", "icr", "final"]
+    assert out["image_status"] == "corrupt"
+    assert "cannot decode image" in out["image_reason"]
+    assert events(out, "image_unusable")[0]["kind"] == "corrupt"
+
+
+def test_missing_image_file_is_recorded(settings, jordan, tmp_path):
+    fake = ScriptedChatModel(script=["Answer: Michael Jordan"])
+    out = run(jordan(image=str(tmp_path / "nope.jpg")), settings(fake, icr_threshold=ALWAYS))
+    assert out["image_status"] == "missing" and out["answer"] == "Michael Jordan"
+
+
+def test_nil_when_the_context_says_so(settings, jordan):
+    fake = ScriptedChatModel(script=["None of them fits. Answer: nil"])
+    out = run(jordan(allow_nil=True, context="Jordan, the river, floods the valley."),
+              settings(fake, icr_threshold=ALWAYS))
+    assert out["answer"] == "nil" and out["is_nil"] is True
+    assert out["path"] == ["prepare", "tes", "icr", "final"]
+    assert "nil" in fake.calls[0]["messages"][-1]  # NIL is offered when allowed
+
+
+def test_nil_is_not_an_answer_when_not_allowed(settings, jordan):
+    fake = ScriptedChatModel(script=["Answer: nil", "Answer: nil"])
+    out = run(jordan(allow_nil=False), settings(fake, icr_threshold=ALWAYS))
+    assert out["answer"] in {c["name"] for c in jordan()["candidates"]}
+    assert events(out, "tes_fallback")[0]["method"] == "embedding_fallback"
+
+
+def test_garbage_answer_is_retried_then_recorded_and_handled(settings, jordan):
+    fake = ScriptedChatModel(script=["¯\\_(ツ)_/¯ 42 !!", "qqqq zzzz"])
+    out = run(jordan(), settings(fake, icr_threshold=ALWAYS, tes_retries=1))
+    assert out["llm_calls"] == 2
+    assert len(events(out, "unmappable_answer")) == 2
+    assert "previous reply named no candidate" in fake.calls[1]["messages"][-1]
+    assert out["answer"] == "Michael Jordan"  # the closest by embedding
+
+
+def test_garbage_then_valid_answer_uses_the_retry(settings, jordan):
+    fake = ScriptedChatModel(script=["I don't know", "Answer: Jordan Peele"])
+    out = run(jordan(), settings(fake, icr_threshold=ALWAYS))
+    assert out["answer"] == "Jordan Peele" and out["llm_calls"] == 2
+
+
+def test_no_candidates_gives_nil_without_llm(settings, jordan):
+    fake = ScriptedChatModel(script=[])
+    out = run(jordan(candidates=[], allow_nil=True), settings(fake))
+    assert out["path"] == ["prepare", "final"]
+    assert out["answer"] == "nil" and out["final_reason"] == "no_candidates"
+    assert fake.calls == []
+
+
+def test_caption_bridge_when_no_image(settings, jordan):
+    fake = ScriptedChatModel(script=["Answer: Michael Jordan"])
+    out = run(jordan(precomputed_clues=dict(CLUES)),
+              settings(fake, iav_mode="auto", icr_threshold=ALWAYS, caption_threshold=ALWAYS))
+    assert out["iav_mode"] == "caption"
+    assert out["path"] == ["prepare", "tes", "icr", "iav", "final"]
+    assert out["final_reason"] == "iav_passed_text"
