@@ -35,7 +35,7 @@ def _settings(args: argparse.Namespace):
 
 def cmd_link(args: argparse.Namespace) -> int:
     from . import llm
-    from .data import load_mentions
+    from .data import load_mentions, shuffle_candidates
     from .eval.runner import run
 
     settings = _settings(args)
@@ -45,6 +45,8 @@ def cmd_link(args: argparse.Namespace) -> int:
     except DataError as e:
         print(f"i2cr: {e}", file=sys.stderr)
         return 2
+    if args.shuffle_seed is not None:
+        items = shuffle_candidates(items, args.shuffle_seed)
     if args.limit is not None:
         items = items[: args.limit]
     single = len(items) == 1 and not args.out
@@ -100,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", help="write results as JSONL here (with --resume, skip ids done)")
     pl.add_argument("--resume", action="store_true", help="go on from an earlier --out file")
     pl.add_argument("--limit", type=int, help="link only the first N mentions")
+    pl.add_argument("--shuffle-seed", type=int, metavar="SEED",
+                    help="shuffle each mention's candidates with this seed (for scoring on data "
+                    "whose raw order leaks the gold)")
     pl.add_argument("--llm", help="LLM backend, e.g. embedded, openai:gpt-4o, azure:<deployment>, "
                     "openai-compat:<model>@<base_url>")
     pl.add_argument("--set", action="append", metavar="NAME=VALUE",

@@ -70,7 +70,9 @@ class EmbeddedServer:
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise BackendError(f"GGUF model not found: {self.model_path}")
-        self.n_ctx, self.n_threads, self.startup_timeout = n_ctx, n_threads, startup_timeout
+        # llama-cpp-python defaults to half the cores; a linker waits on it, so use them all
+        self.n_ctx, self.startup_timeout = n_ctx, startup_timeout
+        self.n_threads = n_threads or int(os.environ.get("I2CR_LLM_THREADS", 0)) or os.cpu_count() or 1
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
         self._log = None
@@ -89,8 +91,7 @@ class EmbeddedServer:
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path),
                "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
                "--model_alias", "embedded", "--verbose", "False"]
-        if self.n_threads:
-            cmd += ["--n_threads", str(self.n_threads)]
+        cmd += ["--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads)]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + self.startup_timeout

@@ -91,6 +91,14 @@ class Context:
         "every clue gathered so far.")})
     tesseract_lang: str = "eng"
     tesseract_psm: int = 3
+    vision_endpoint: str | None = field(default=None, metadata={"description": (
+        "Azure AI Vision endpoint; falls back to VISION_ENDPOINT. The key is read from VISION_KEY "
+        "only (never a setting, so it cannot leak into reports or traces).")})
+    vision_timeout: float = 30.0
+    vision_retries: int = 3
+    vision_backoff: float = 0.8
+    clue_cache: str | None = field(default="~/.cache/i2cr/clues", metadata={"description": (
+        "Folder of the on-disk clue cache for live tool backends; 'none' switches it off.")})
 
     # --- objects (not settable from the environment) --------------------------------------------
     chat_model: Any = field(default=None, metadata={"env": False, "description": (

@@ -60,8 +60,21 @@ def chat_model(ctx: Context) -> Any:
         return _CHATS[key]
 
 
+_TOOLS: dict[tuple, dict[str, VisualTool]] = {}
+
+
 def tools(ctx: Context) -> dict[str, VisualTool]:
-    return build_tools(ctx)
+    """The run's visual tools, built once per settings (and per set of registered plug-ins)."""
+    from ..tools import registered_tools
+
+    key = (ctx.tools, ctx.tool_backend, ctx.vision_endpoint, ctx.vision_timeout,
+           ctx.vision_retries, ctx.vision_backoff, ctx.clue_cache, ctx.clip_model,
+           ctx.clip_pretrained, ctx.clip_model_config, ctx.device,
+           tuple(sorted((n, id(t)) for n, t in registered_tools().items())))
+    with _LOCK:
+        if key not in _TOOLS:
+            _TOOLS[key] = build_tools(ctx, get_clip=lambda: clip(ctx))
+        return _TOOLS[key]
 
 
 def reset() -> None:
@@ -70,3 +83,4 @@ def reset() -> None:
         _EMBEDDERS.clear()
         _CLIPS.clear()
         _CHATS.clear()
+        _TOOLS.clear()

@@ -9,15 +9,15 @@ Tool names are the paper's four clue types, in its fallback order: ``ocr``, ``ca
   settings);
 - ``auto``: per sample, the precomputed clue when the sample has one, else a live backend.
 
-A run picks one backend for all tools (``tool_backend="precomputed"``) or one per tool
-(``tool_backend="ocr=tesseract,caption=precomputed"``).
+Azure AI Vision (``azure``) and CLIP zero-shot tags/captions (``clip``) live in their own
+modules; :mod:`i2cr.tools.factory` puts a run's tools together.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .base import ToolInput, ToolUnavailable, VisualTool, registered_tools, tesseract_available
+from .base import ToolInput, ToolUnavailable, VisualTool, tesseract_available
 
 PAPER_ORDER = ("ocr", "caption", "dense_captions", "tags")
 
@@ -94,51 +94,3 @@ def first_available(name: str, tools: list[VisualTool]) -> VisualTool:
     return VisualTool(name=name, description=DESCRIPTIONS.get(name, tools[0].description), fn=fn,
                       backend="auto(" + "|".join(t.backend for t in tools) + ")",
                       check=lambda inp: pick(inp) is not None)
-
-
-def _backend_for(name: str, backend: str) -> VisualTool:
-    if backend == "precomputed":
-        return precomputed_tool(name)
-    if backend == "tesseract":
-        if name != "ocr":
-            raise ValueError(f"the tesseract backend only serves 'ocr', not {name!r}")
-        return tesseract_tool()
-    if backend == "auto":
-        live = [tesseract_tool()] if name == "ocr" else []
-        return first_available(name, [precomputed_tool(name), *live])
-    raise ValueError(f"unknown backend {backend!r} for tool {name!r}; "
-                     "known: precomputed, tesseract, auto")
-
-
-def parse_backends(spec: str) -> dict[str, str]:
-    """``'auto'`` or ``'ocr=tesseract,caption=precomputed'`` -> tool -> backend (default auto)."""
-    spec = (spec or "auto").strip()
-    out = {n: "auto" for n in PAPER_ORDER}
-    if "=" not in spec:
-        return {n: spec for n in PAPER_ORDER}
-    for part in spec.split(","):
-        if not part.strip():
-            continue
-        k, sep, v = part.partition("=")
-        if not sep:
-            raise ValueError(f"tool_backend part {part!r} is not 'tool=backend'")
-        out[k.strip()] = v.strip()
-    return out
-
-
-def build_tools(settings: Any) -> dict[str, VisualTool]:
-    """The tools a run offers, by name, in the order of ``settings.tools``: built-ins with their
-    configured backend, then plug-ins registered in code or through entry points."""
-    names = settings.tool_names
-    backends = parse_backends(settings.tool_backend)
-    plugins = registered_tools()
-    out: dict[str, VisualTool] = {}
-    for n in names:
-        if n in plugins:
-            out[n] = plugins[n]
-        elif n in PAPER_ORDER:
-            out[n] = _backend_for(n, backends.get(n, "auto"))
-        else:
-            raise ValueError(f"unknown visual tool {n!r}; built-ins: {', '.join(PAPER_ORDER)}; "
-                             f"registered: {', '.join(sorted(plugins)) or 'none'}")
-    return out

@@ -1,0 +1,129 @@
+"""Put together the visual tools a run offers, from its settings.
+
+Backends per tool (``tool_backend``: one for all, or ``ocr=tesseract,caption=azure,...``):
+
+| backend | serves | needs |
+|---|---|---|
+| ``precomputed`` | ocr, caption, dense_captions, tags, objects | the sample's ``mention_imgdesc_Azure`` |
+| ``tesseract`` | ocr | the ``tesseract`` binary |
+| ``azure`` | ocr, caption, dense_captions, tags, objects | ``VISION_ENDPOINT`` + ``VISION_KEY`` (or Entra ID) |
+| ``clip`` | caption, tags | CLIP weights (zero-shot over a shipped vocabulary) |
+| ``auto`` | all | the first that can run: precomputed, then Azure if configured, then the local ones |
+
+Live results are kept in the on-disk clue cache (``clue_cache``), keyed by image content hash,
+tool, backend and backend version.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from .base import ToolInput, VisualTool, registered_tools
+from .builtin import PAPER_ORDER, first_available, precomputed_tool, tesseract_tool
+from .cache import ClueCache, clue_cache
+
+BACKENDS = ("precomputed", "tesseract", "azure", "clip", "auto")
+
+
+def parse_backends(spec: str) -> dict[str, str]:
+    """``'auto'`` or ``'ocr=tesseract,caption=precomputed'`` -> tool -> backend (default auto)."""
+    spec = (spec or "auto").strip()
+    if "=" not in spec:
+        if spec not in BACKENDS:
+            raise ValueError(f"unknown tool backend {spec!r}; known: {', '.join(BACKENDS)}")
+        return {n: spec for n in PAPER_ORDER}
+    out = {n: "auto" for n in PAPER_ORDER}
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        k, sep, v = part.partition("=")
+        if not sep or v.strip() not in BACKENDS:
+            raise ValueError(f"tool_backend part {part!r} is not 'tool=backend' with a backend "
+                             f"among {', '.join(BACKENDS)}")
+        out[k.strip()] = v.strip()
+    return out
+
+
+def cached(tool: VisualTool, cache: ClueCache | None) -> VisualTool:
+    """The same tool with its results kept in the clue cache (live backends only)."""
+    if cache is None or tool.backend == "precomputed":
+        return tool
+
+    def fn(inp: ToolInput) -> str:
+        ref = inp.image_ref or ""
+        ikey = "url:" + ref if ref.startswith(("http://", "https://")) else inp.image().sha256
+        key = ClueCache.key(ikey, tool.name, tool.backend, tool.version)
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        text = tool.fn(inp)
+        cache.set(key, text)
+        return text
+
+    return VisualTool(name=tool.name, description=tool.description, fn=fn, backend=tool.backend,
+                      version=tool.version, needs_image=tool.needs_image, check=tool.check)
+
+
+class Backends:
+    """Lazily built shared backends (the Azure client, the CLIP getter) for one run's settings."""
+
+    def __init__(self, settings: Any, get_clip: Callable[[], Any] | None = None):
+        self.settings = settings
+        self.get_clip = get_clip
+        self.cache = clue_cache(getattr(settings, "clue_cache", None))
+
+    def azure_configured(self) -> bool:
+        return bool(getattr(self.settings, "vision_endpoint", None) or os.environ.get("VISION_ENDPOINT"))
+
+    def vision(self):
+        from .azure import shared_vision
+
+        return shared_vision(self.settings, self.cache)
+
+    def tool(self, name: str, backend: str) -> VisualTool:
+        if backend == "precomputed":
+            return precomputed_tool(name)
+        if backend == "tesseract":
+            if name != "ocr":
+                raise ValueError(f"the tesseract backend only serves 'ocr', not {name!r}")
+            return cached(tesseract_tool(), self.cache)
+        if backend == "azure":
+            from .azure import azure_tool
+
+            return azure_tool(name, self.vision())
+        if backend == "clip":
+            from .clip_tools import clip_caption_tool, clip_tags_tool
+
+            if name not in ("caption", "tags") or self.get_clip is None:
+                raise ValueError(f"the clip backend serves 'caption' and 'tags', not {name!r}")
+            maker = clip_caption_tool if name == "caption" else clip_tags_tool
+            return cached(maker(self.get_clip), self.cache)
+        if backend == "auto":
+            chain = [precomputed_tool(name)]
+            if self.azure_configured():
+                chain.append(self.tool(name, "azure"))
+            if name == "ocr":
+                chain.append(self.tool(name, "tesseract"))
+            if name in ("caption", "tags") and self.get_clip is not None:
+                chain.append(self.tool(name, "clip"))
+            return first_available(name, chain)
+        raise ValueError(f"unknown backend {backend!r} for tool {name!r}")
+
+
+def build_tools(settings: Any, get_clip: Callable[[], Any] | None = None) -> dict[str, VisualTool]:
+    """The tools a run offers, by name, in the order of ``settings.tools``: built-ins with their
+    configured backend, then plug-ins registered in code or through entry points."""
+    backends = parse_backends(settings.tool_backend)
+    plugins = registered_tools()
+    made = Backends(settings, get_clip)
+    out: dict[str, VisualTool] = {}
+    for n in settings.tool_names:
+        if n in plugins:
+            out[n] = plugins[n]
+        elif n in PAPER_ORDER:
+            out[n] = made.tool(n, backends.get(n, "auto"))
+        else:
+            raise ValueError(f"unknown visual tool {n!r}; built-ins: {', '.join(PAPER_ORDER)}; "
+                             f"registered: {', '.join(sorted(plugins)) or 'none'}")
+    return out

@@ -1,0 +1,46 @@
+"""The worked example of a plug-in tool: an objects/people detector.
+
+It is registered through this package's own entry point (``i2cr.visual_tools``, see
+pyproject.toml), exactly as a separate package would add one. It reads the sample's precomputed
+``Objects`` (the I2CR datasets ship Azure's) and otherwise calls Azure AI Vision's OBJECTS
+feature, sharing the run's single analyze call per image. Offer it with
+``--set tools=ocr,caption,dense_captions,tags,objects``.
+"""
+
+from __future__ import annotations
+
+from .azure import _objects_text
+from .base import ToolInput, ToolUnavailable, VisualTool
+
+DESCRIPTION = ("Detect the objects and people in the image, with confidences (e.g. how many people "
+               "there are and what they hold).")
+
+
+def _azure_objects(inp: ToolInput) -> str:
+    from .factory import Backends
+
+    backends = Backends(inp.settings)
+    if not backends.azure_configured():
+        raise ToolUnavailable("no precomputed Objects and Azure AI Vision is not configured")
+    return backends.tool("objects", "azure").fn(inp)
+
+
+def objects(inp: ToolInput) -> str:
+    if inp.precomputed and "Objects" in inp.precomputed:
+        return _objects_text(inp.precomputed["Objects"])
+    return _azure_objects(inp)
+
+
+def _available(inp: ToolInput) -> bool:
+    if inp.precomputed and "Objects" in inp.precomputed:
+        return True
+    import os
+
+    configured = bool(getattr(inp.settings, "vision_endpoint", None) or os.environ.get("VISION_ENDPOINT"))
+    return configured and bool(inp.image_ref) and (
+        inp.image_ref.startswith(("http://", "https://")) or inp.has_image())
+
+
+def objects_tool() -> VisualTool:
+    return VisualTool(name="objects", description=DESCRIPTION, fn=objects, backend="plugin:objects",
+                      check=_available)
