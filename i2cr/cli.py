@@ -82,6 +82,40 @@ def cmd_link(args: argparse.Namespace) -> int:
     return 0 if errors == 0 else 1
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from . import llm
+    from .eval.harness import evaluate
+    from .eval.report import stage_rows
+
+    settings = _settings(args)
+    try:
+        m = evaluate(args.data, args.labels, args.out_dir, settings=settings,
+                     image_root=args.image_root, resume=args.resume, limit=args.limit,
+                     sample=args.sample, seed=args.seed, keep_order=args.keep_order,
+                     shuffle_seed=args.shuffle_seed, concurrency=args.concurrency,
+                     progress=not args.no_progress, command="i2cr " + " ".join(sys.argv[1:]))
+    except KeyboardInterrupt:
+        print(f"i2cr: interrupted; rerun with --resume to go on ({args.out_dir})", file=sys.stderr)
+        return 130
+    finally:
+        llm.shutdown()
+    for label, v in stage_rows(m):
+        print(f"{label:32s} {'—' if v is None else f'{100 * v:5.1f}%'}")
+    c, s = m["cost"], m["speed"]
+    print(f"LLM calls/mention {c['llm_calls_per_mention']:.2f}, tool calls/mention "
+          f"{c['tool_calls_per_mention']:.2f}, {s['mentions_per_s'] or 0:.2f} mentions/s, "
+          f"p50 {s['latency_p50_s'] or 0:.3f}s; report: {args.out_dir}/report.md")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .eval.bench import bench
+
+    r = bench(args.data, args.labels, n=args.n, settings=_settings(args), seed=args.seed)
+    print(json.dumps(r, indent=2))
+    return 0
+
+
 def cmd_graph(args: argparse.Namespace) -> int:
     from .graph import graph
 
@@ -114,6 +148,33 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--print", action="store_true", help="print results even with --out")
     pl.add_argument("--no-progress", action="store_true", help="no progress bar")
     pl.set_defaults(func=cmd_link)
+
+    pe = sub.add_parser("eval", help="evaluate on a labelled dataset: accuracy by stage, cost, speed")
+    pe.add_argument("data", help="dataset (I2CR/MELBench JSON or JSONL)")
+    pe.add_argument("labels", help="label file: id -> gold name or 'nil'")
+    pe.add_argument("--out-dir", default="runs/eval", help="results.jsonl, report.md, stages.png")
+    pe.add_argument("--image-root")
+    pe.add_argument("--resume", action="store_true", help="go on from a killed run in --out-dir")
+    pe.add_argument("--limit", type=int)
+    pe.add_argument("--sample", type=int, metavar="N", help="a random sample of N mentions")
+    pe.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    pe.add_argument("--keep-order", action="store_true",
+                    help="keep the file's candidate order (by default candidates are shuffled)")
+    pe.add_argument("--shuffle-seed", type=int, default=0)
+    pe.add_argument("--concurrency", type=int, default=1, help="mentions in flight (API backends)")
+    pe.add_argument("--llm")
+    pe.add_argument("--set", action="append", metavar="NAME=VALUE")
+    pe.add_argument("--no-progress", action="store_true")
+    pe.set_defaults(func=cmd_eval)
+
+    pb = sub.add_parser("bench", help="time the offline pipeline against the raw model work")
+    pb.add_argument("data")
+    pb.add_argument("labels")
+    pb.add_argument("-n", type=int, default=200, help="mentions")
+    pb.add_argument("--seed", type=int, default=0)
+    pb.add_argument("--llm")
+    pb.add_argument("--set", action="append", metavar="NAME=VALUE")
+    pb.set_defaults(func=cmd_bench)
 
     pg = sub.add_parser("graph", help="print the graph as Mermaid")
     pg.set_defaults(func=cmd_graph)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -70,6 +71,8 @@ class Embedder:
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self.encoded = 0  # texts actually run through the model (cache misses)
+        self.model_seconds = 0.0  # time spent inside the model
+        self.record: list[str] | None = None  # when a list, every encoded text is appended
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised embeddings, one row per text, computed once per distinct text."""
@@ -81,10 +84,14 @@ class Embedder:
                 else:
                     missing.append(t)
         if missing:
+            t0 = time.perf_counter()
             vecs = self.model.encode(missing, batch_size=self.batch_size, normalize_embeddings=True,
                                      convert_to_numpy=True, show_progress_bar=False)
             with self._lock:
+                self.model_seconds += time.perf_counter() - t0
                 self.encoded += len(missing)
+                if self.record is not None:
+                    self.record.extend(missing)
                 for t, v in zip(missing, vecs):
                     self._cache[t] = v.astype(np.float32)
                 while len(self._cache) > self._cache_size:

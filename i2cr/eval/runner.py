@@ -18,7 +18,8 @@ from ..linker import error_record, link_mention
 
 
 def read_results(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]]:
-    """Every complete record of a results file. With ``repair``, a torn tail is truncated away."""
+    """Every complete record of a results file, in file order. With ``repair``, a torn tail (from a
+    crash mid-write) is truncated away."""
     path = Path(path)
     if not path.exists():
         return []
@@ -64,6 +65,28 @@ class ResultWriter:
         self.fh.close()
 
 
+def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
+    """Embed, in large batches, the texts every mention's first round needs: each distinct entity
+    text once, each round-1 query, and each caption-bridge text. Returns how many were encoded."""
+    from ..graph import resources
+    from ..graph.iav import caption_text
+    from ..graph.texts import entity_text, icr_query
+
+    emb = resources.embedder(settings)
+    texts: list[str] = []
+    for m in items:
+        if not isinstance(m, Mention):
+            continue
+        texts.extend(entity_text(c.to_dict()) for c in m.candidates)
+        texts.append(icr_query(m.mention, m.context, [], settings.embed_query_prefix))
+        cap = caption_text({"precomputed_clues": m.clues})
+        if cap and settings.iav_mode in ("auto", "caption"):
+            texts.append(cap)
+    before = emb.encoded
+    emb.warm(texts)
+    return emb.encoded - before
+
+
 def run_one(item: Mention | DataError, settings: Context,
             linker: Callable[[Mention, Context], dict[str, Any]] = link_mention) -> dict[str, Any]:
     """One record's result; a bad record or a failure inside the graph becomes an error record."""
@@ -79,23 +102,56 @@ def run_one(item: Mention | DataError, settings: Context,
 
 def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | Path | None = None,
         resume: bool = False, progress: bool = True, desc: str = "linking",
-        linker: Callable[[Mention, Context], dict[str, Any]] = link_mention
-        ) -> Iterator[dict[str, Any]]:
-    """Link every item, yielding result records (skipping those already in ``out`` on resume)."""
+        linker: Callable[[Mention, Context], dict[str, Any]] = link_mention,
+        concurrency: int = 1) -> Iterator[dict[str, Any]]:
+    """Link every item, yielding result records (skipping those already in ``out`` on resume).
+
+    With ``concurrency`` > 1, mentions run in a thread pool (for API backends, whose calls wait on
+    the network); records are written by this thread as they complete, so the file stays whole.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
     from tqdm.auto import tqdm
 
     items = list(items)
     writer = ResultWriter(out, resume=resume) if out else None
     todo = [it for it in items if not writer or _rid(it) not in writer.done]
+    if len(todo) > 1:
+        try:
+            prefetch(todo, settings)
+        except Exception:  # noqa: BLE001 - prefetching is an optimisation; the run reports errors
+            pass
     bar = tqdm(total=len(todo), desc=desc, unit="mention", disable=not progress or len(todo) < 2,
                dynamic_ncols=True)
+
+    def emit(rec: dict[str, Any]) -> dict[str, Any]:
+        if writer:
+            writer.write(rec)
+        bar.update(1)
+        return rec
+
     try:
-        for it in todo:
-            rec = run_one(it, settings, linker)
-            if writer:
-                writer.write(rec)
-            bar.update(1)
-            yield rec
+        if concurrency <= 1:
+            for it in todo:
+                yield emit(run_one(it, settings, linker))
+            return
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            pending = set()
+            queue = iter(todo)
+            try:
+                for it in queue:  # keep at most 2x concurrency in flight: bounded memory
+                    pending.add(pool.submit(run_one, it, settings, linker))
+                    if len(pending) >= 2 * concurrency:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for f in done:
+                            yield emit(f.result())
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        yield emit(f.result())
+            finally:
+                for f in pending:
+                    f.cancel()
     finally:
         bar.close()
         if writer:

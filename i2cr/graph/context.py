@@ -32,10 +32,20 @@ class Context:
     """Settings of an I2CR run (the graph's ``context_schema``)."""
 
     # --- LLM (TES and VIF) -------------------------------------------------------------------
-    llm: str = field(default="embedded", metadata={"description": (
-        "Chat model for TES and VIF, one string: 'embedded' (SmolLM2-135M in a local llama.cpp "
-        "server), 'openai:gpt-4o', 'azure:<deployment>', or 'openai-compat:<model>@<base_url>' "
-        "for vLLM / Ollama / llama.cpp servers.")})
+    llm: str = field(default="none", metadata={"description": (
+        "Chat model for TES and VIF, one string: 'none' (no LLM: TES by retrieval, the most "
+        "accurate offline setting measured), 'embedded' (SmolLM2-135M in a local llama.cpp "
+        "server; also what tes_strategy='llm' uses when llm is 'none'), 'openai:gpt-4o', "
+        "'azure:<deployment>', or 'openai-compat:<model>@<base_url>' for vLLM / Ollama / "
+        "llama.cpp servers.")})
+    tes_strategy: str = field(default="auto", metadata={"description": (
+        "'llm' (the paper), 'retrieval' (the feature ranker, no LLM), or 'auto': retrieval when "
+        "llm is 'none', else llm.")})
+    prune_k: int | None = field(default=None, metadata={"description": (
+        "Keep only the top-k candidates of the retrieval ranker before TES (UniMEL uses 5); "
+        "None keeps all.")})
+    ranker_weights: str | None = field(default=None, metadata={"description": (
+        "Path to ranker weights JSON; None uses the shipped ones (fitted on WikiMEL dev).")})
     llm_temperature: float = 0.0
     llm_max_tokens: int = 64
     llm_timeout: float = 120.0
@@ -119,6 +129,8 @@ class Context:
             raise ValueError("max_reflections must be >= 0")
         if self.iav_mode not in {"auto", "clip", "caption", "off"}:
             raise ValueError(f"iav_mode must be auto, clip, caption or off, not {self.iav_mode!r}")
+        if self.tes_strategy not in {"auto", "llm", "retrieval"}:
+            raise ValueError(f"tes_strategy must be auto, llm or retrieval, not {self.tes_strategy!r}")
         if self.clue_mode not in {"round", "cumulative"}:
             raise ValueError(f"clue_mode must be round or cumulative, not {self.clue_mode!r}")
 
@@ -128,6 +140,17 @@ class Context:
         if self.icr_threshold is not None:
             return float(self.icr_threshold)
         return ICR_THRESHOLDS.get(self.embedder, DEFAULT_ICR_THRESHOLD)
+
+    @property
+    def strategy(self) -> str:
+        """The TES strategy in force: 'llm' or 'retrieval'."""
+        if self.tes_strategy != "auto":
+            return self.tes_strategy
+        return "retrieval" if (self.llm == "none" and self.chat_model is None) else "llm"
+
+    @property
+    def uses_llm(self) -> bool:
+        return self.strategy == "llm"
 
     @property
     def tool_names(self) -> list[str]:

@@ -60,6 +60,6 @@ def iav(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ev.update(score=round(score, 3), threshold=threshold, decision="pass" if passed else "fail")
     answers = [dict(a) for a in state.get("round_answers") or []]
     if answers:
-        answers[-1]["iav"] = score
+        answers[-1].update(iav=score, iav_passed=passed)
     return {"path": ["iav"], "iav_score": score, "iav_passed": passed, "events": [ev],
             "round_answers": answers}

@@ -52,10 +52,11 @@ def clip(ctx: Context) -> ClipScorer:
 def chat_model(ctx: Context) -> Any:
     if ctx.chat_model is not None:
         return ctx.chat_model
-    key = (ctx.llm, ctx.llm_temperature, ctx.llm_max_tokens, ctx.llm_timeout)
+    spec = "embedded" if ctx.llm == "none" else ctx.llm  # the default LLM when one is asked for
+    key = (spec, ctx.llm_temperature, ctx.llm_max_tokens, ctx.llm_timeout)
     with _LOCK:
         if key not in _CHATS:
-            _CHATS[key] = load_chat_model(ctx.llm, temperature=ctx.llm_temperature,
+            _CHATS[key] = load_chat_model(spec, temperature=ctx.llm_temperature,
                                           max_tokens=ctx.llm_max_tokens, timeout=ctx.llm_timeout)
         return _CHATS[key]
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from .. import ranker
 from ..data import NIL
 from ..matching import map_answer
 from ..prompts import build_tes_messages
@@ -37,6 +38,32 @@ def rank_by_embedding(state: State, ctx: Context, cands: list[dict[str, Any]]) -
     return emb.similarity(q, [entity_text(c) for c in cands])
 
 
+def retrieval_scores(state: State, ctx: Context, cands: list[dict[str, Any]]) -> list[float]:
+    """The retrieval ranker's scores for ``cands`` in this round (mention, context, round clue)."""
+    clues = round_clues(state, ctx.clue_mode)
+    sims = rank_by_embedding(state, ctx, cands)
+    return ranker.score(state["mention"], state.get("context", ""),
+                        " ".join(c["text"] for c in clues), cands, sims, ctx.ranker_weights)
+
+
+def tes_retrieval(state: State, ctx: Context) -> dict[str, Any]:
+    cands = allowed_candidates(state)
+    if not cands:
+        choice, top = NIL, []
+    else:
+        scores = retrieval_scores(state, ctx, cands)
+        order = sorted(range(len(cands)), key=lambda i: -scores[i])
+        choice = cands[order[0]]["name"]
+        top = [{"name": cands[i]["name"], "score": round(scores[i], 3)} for i in order[:3]]
+    ev = {"type": "tes_answer", "round": state.get("round", 1), "strategy": "retrieval",
+          "mapped": choice, "method": "retrieval", "top": top,
+          "offered": [c["name"] for c in cands]}
+    update: dict[str, Any] = {"path": ["tes"], "choice": choice, "llm_answer": None, "events": [ev]}
+    if state.get("first_answer") is None:
+        update["first_answer"] = choice
+    return update
+
+
 def _text(msg: Any) -> str:
     content = getattr(msg, "content", msg)
     if isinstance(content, list):  # content blocks
@@ -46,6 +73,8 @@ def _text(msg: Any) -> str:
 
 def tes(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = settings_of(runtime)
+    if not ctx.uses_llm:
+        return tes_retrieval(state, ctx)
     cands = allowed_candidates(state)
     allow_nil = bool(state.get("allow_nil"))
     names = [c["name"] for c in cands]

@@ -33,7 +33,7 @@ def vif(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     calls = 0
     picked: str | None = None
     how = "fixed_order"
-    if offered and ctx.vif_llm_choice:
+    if offered and ctx.vif_llm_choice and ctx.uses_llm:
         messages = build_vif_messages(
             mention=state["mention"], context=state.get("context", ""), answer=state.get("choice"),
             score=state.get("iav_score"),
@@ -48,7 +48,8 @@ def vif(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             requested = [tc.get("name") for tc in tool_calls]
             events.append({"type": "vif_request", "offered": offered, "requested": requested,
                            "raw": str(getattr(msg, "content", ""))[:300],
-                           "latency_s": round(time.perf_counter() - t0, 3)})
+                           "latency_s": round(time.perf_counter() - t0, 3),
+                           "tokens": (getattr(msg, "usage_metadata", None) or {}).get("total_tokens")})
             if not tool_calls:
                 how = "fallback_no_tool_call"
             elif requested[0] not in offered:

@@ -1,0 +1,94 @@
+"""``i2cr eval``: run a dataset through the linker and report accuracy by stage, cost and speed.
+
+Results go to ``OUT/results.jsonl`` (one line per mention, written as it completes), the
+metrics to ``OUT/metrics.json``, the report to ``OUT/report.md`` and ``OUT/stages.png``. A run killed
+at any point resumes with ``resume=True``: ids already in the results are skipped, a torn last
+line is cut, and metrics are computed from the file, one record per id.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from ..data import DataError, Mention, load_mentions, shuffle_candidates
+from ..graph import Context
+from . import metrics as M
+from .report import markdown, write_png
+from .runner import read_results, run
+
+
+def select(items: list, *, limit: int | None = None, sample: int | None = None,
+           seed: int = 0) -> list:
+    if sample is not None and sample < len(items):
+        keep = set(random.Random(seed).sample(range(len(items)), sample))
+        items = [it for i, it in enumerate(items) if i in keep]
+    if limit is not None:
+        items = items[:limit]
+    return items
+
+
+def _meta_path(out: Path) -> Path:
+    return out / "run.json"
+
+
+def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *,
+             settings: Context | None = None, image_root: str | None = None,
+             resume: bool = False, limit: int | None = None, sample: int | None = None,
+             seed: int = 0, keep_order: bool = False, shuffle_seed: int = 0,
+             concurrency: int = 1, progress: bool = True, command: str = "") -> dict[str, Any]:
+    settings = settings or Context()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    items: list[Mention | DataError] = load_mentions(data, labels, image_root=image_root,
+                                                     strict=False)
+    if not keep_order:
+        items = shuffle_candidates(items, shuffle_seed)
+    items = select(items, limit=limit, sample=sample, seed=seed)
+    results_path = out / "results.jsonl"
+    meta = {"wall_s": 0.0}
+    if resume and _meta_path(out).exists():
+        meta = json.loads(_meta_path(out).read_text())
+    elif not resume and results_path.exists():
+        results_path.unlink()
+    info = {"dataset": str(data), "labels": str(labels), "command": command,
+            "order": "original order (kept)" if keep_order else f"shuffled, seed {shuffle_seed}",
+            "strategy": settings.strategy, "llm": settings.llm if settings.chat_model is None
+            else type(settings.chat_model).__name__,
+            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, "
+                       f"Python {platform.python_version()}",
+            "settings": settings.public(), "limit": limit, "sample": sample, "seed": seed}
+    t0 = time.perf_counter()
+    base_wall = float(meta.get("wall_s") or 0.0)
+
+    def save_meta() -> None:
+        meta.update(info=info, wall_s=base_wall + time.perf_counter() - t0)
+        tmp = _meta_path(out).with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta, indent=2, default=str))
+        tmp.replace(_meta_path(out))
+
+    try:
+        for i, _ in enumerate(run(items, settings, out=results_path, resume=resume,
+                                  progress=progress, desc="evaluating",
+                                  concurrency=concurrency), 1):
+            if i % 20 == 0:
+                save_meta()
+    finally:
+        save_meta()
+    wanted = {it.id if isinstance(it, Mention) else (it.record or "?") for it in items}
+    recs, seen = [], set()
+    for r in read_results(results_path):
+        if r["id"] in wanted and r["id"] not in seen:
+            seen.add(r["id"])
+            recs.append(r)
+    m = M.compute(recs, wall_s=meta["wall_s"], max_vif=max(settings.vif_cap, 1))
+    m["info"] = info
+    (out / "metrics.json").write_text(json.dumps(m, indent=2, default=str))
+    write_png(m, out / "stages.png", title=f"{Path(str(data)).name}: top-1 by stage "
+              f"({m['labelled']} mentions, {info['strategy']})")
+    (out / "report.md").write_text(markdown(m, info))
+    return m

@@ -1,0 +1,110 @@
+"""Metrics of a run, computed from its per-mention result records alone.
+
+Stages (top-1 accuracy over every labelled mention; errors count as wrong):
+
+- ``first``: TES's very first answer;
+- ``icr``: round 1 after ICR (the text answer);
+- ``iav``: after round 1's IAV. IAV never changes an answer, it decides whether VIF runs, so this
+  equals ``icr``; the gate's own quality is reported as its pass rate and the accuracy of the
+  answers it passed;
+- ``vif_k``: the answer if the run had stopped after k VIF iterations: the first round <= k+1
+  whose answer passed IAV, else the text answer;
+- ``final``: the answer given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any, Iterable
+
+
+def _eq(a: Any, b: Any) -> bool:
+    return isinstance(a, str) and isinstance(b, str) and a.strip().lower() == b.strip().lower()
+
+
+def answer_after_vif(rec: dict[str, Any], k: int) -> str | None:
+    """The answer had the run stopped after ``k`` VIF iterations (round k+1)."""
+    for r in rec.get("rounds") or []:
+        if r.get("round", 1) <= k + 1 and r.get("iav_passed"):
+            return r.get("answer")
+    return rec.get("text_answer")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    pos = (len(v) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def _tokens(rec: dict[str, Any]) -> int:
+    return sum(int(e.get("tokens") or 0) for e in rec.get("events") or []
+               if e.get("type") in ("tes_answer", "vif_request"))
+
+
+def path_signature(path: list[str]) -> str:
+    return ">".join(p for p in path if p not in ("prepare", "final"))
+
+
+def compute(records: Iterable[dict[str, Any]], *, wall_s: float | None = None,
+            max_vif: int = 4) -> dict[str, Any]:
+    recs = list(records)
+    labelled = [r for r in recs if "gold" in r]
+    n = len(labelled)
+    m: dict[str, Any] = {"mentions": len(recs), "labelled": n,
+                         "errors": sum(1 for r in recs if r.get("error"))}
+
+    def acc(get) -> float | None:
+        if not n:
+            return None
+        return sum(1 for r in labelled if not r.get("error") and _eq(get(r), r["gold"])) / n
+
+    stages = {"first": acc(lambda r: r.get("first_answer")),
+              "icr": acc(lambda r: r.get("text_answer")),
+              "iav": acc(lambda r: r.get("text_answer"))}
+    for k in range(1, max_vif + 1):
+        stages[f"vif_{k}"] = acc(lambda r, k=k: answer_after_vif(r, k))
+    stages["final"] = acc(lambda r: r.get("answer"))
+    m["accuracy"] = stages
+
+    ok = [r for r in labelled if not r.get("error")]
+    r1 = [r for r in ok if (r.get("rounds") or [{}])[0].get("iav_passed") is not None]
+    passed = [r for r in r1 if r["rounds"][0].get("iav_passed")]
+    m["iav_gate"] = {
+        "checked": len(r1),
+        "pass_rate": len(passed) / len(r1) if r1 else None,
+        "accuracy_of_passed": (sum(_eq(r["text_answer"], r["gold"]) for r in passed) / len(passed)
+                               if passed else None),
+        "accuracy_of_failed": (sum(_eq(r["text_answer"], r["gold"]) for r in r1 if r not in passed)
+                               / (len(r1) - len(passed)) if len(r1) > len(passed) else None),
+    }
+    vif_changed = [r for r in ok if r.get("answer") != r.get("text_answer")]
+    m["vif_changes"] = {
+        "changed": len(vif_changed),
+        "fixed": sum(1 for r in vif_changed if _eq(r["answer"], r["gold"])),
+        "broken": sum(1 for r in vif_changed if _eq(r["text_answer"], r["gold"])),
+    }
+
+    gold_nil = [r for r in labelled if _eq(r["gold"], "nil")]
+    pred_nil = [r for r in labelled if _eq(r.get("answer"), "nil")]
+    if gold_nil:
+        tp = sum(1 for r in pred_nil if _eq(r["gold"], "nil"))
+        m["nil"] = {"gold": len(gold_nil), "predicted": len(pred_nil),
+                    "precision": tp / len(pred_nil) if pred_nil else None,
+                    "recall": tp / len(gold_nil)}
+
+    k = max(len(recs), 1)
+    m["cost"] = {"llm_calls_per_mention": sum(r.get("llm_calls") or 0 for r in recs) / k,
+                 "tokens_per_mention": sum(_tokens(r) for r in recs) / k,
+                 "tool_calls_per_mention": sum(len(r.get("tools_used") or []) for r in recs) / k}
+    lat = [float(r["elapsed_s"]) for r in recs if r.get("elapsed_s") is not None]
+    m["speed"] = {"latency_p50_s": percentile(lat, 0.5), "latency_p95_s": percentile(lat, 0.95),
+                  "wall_s": wall_s,
+                  "mentions_per_s": (len(recs) / wall_s) if wall_s else None}
+    m["routes"] = dict(Counter(r.get("final_reason") or "error" for r in recs).most_common())
+    m["paths"] = dict(Counter(path_signature(r.get("path") or []) for r in recs).most_common(8))
+    m["iav_modes"] = dict(Counter(str((r.get("scores") or {}).get("iav_mode")) for r in recs))
+    return m

@@ -1,0 +1,91 @@
+"""The evaluation report: Markdown plus one PNG of accuracy per stage/round."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+STAGE_LABELS = {"first": "TES first answer", "icr": "after ICR (text answer)",
+                "iav": "after IAV (round 1)", "final": "final"}
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def _num(x: float | None, fmt: str = "{:.2f}") -> str:
+    return "—" if x is None else fmt.format(x)
+
+
+def stage_rows(metrics: dict[str, Any]) -> list[tuple[str, float | None]]:
+    rows = []
+    for k, v in metrics["accuracy"].items():
+        label = STAGE_LABELS.get(k) or f"after VIF round {k.split('_')[1]}"
+        rows.append((label, v))
+    return rows
+
+
+def write_png(metrics: dict[str, Any], path: str | Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(lab, v) for lab, v in stage_rows(metrics) if v is not None]
+    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
+    xs = range(len(rows))
+    vals = [100 * v for _, v in rows]
+    ax.plot(list(xs), vals, marker="o", color="#3b5bdb")
+    for x, v in zip(xs, vals):
+        ax.annotate(f"{v:.1f}", (x, v), textcoords="offset points", xytext=(0, 7), ha="center",
+                    fontsize=8)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([lab.replace(" (", "\n(") for lab, _ in rows], rotation=30, ha="right",
+                       fontsize=8)
+    ax.set_ylabel("top-1 accuracy (%)")
+    lo = min(vals) if vals else 0
+    ax.set_ylim(max(0, lo - 5), min(100, max(vals or [100]) + 4))
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title or "Accuracy by stage", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def markdown(metrics: dict[str, Any], info: dict[str, Any]) -> str:
+    lines = [f"# i2cr evaluation: {info.get('dataset', '')}", ""]
+    lines += [f"- command: `{info.get('command', '')}`",
+              f"- mentions: {metrics['mentions']} ({metrics['labelled']} labelled, "
+              f"{metrics['errors']} errors)",
+              f"- candidate order: {info.get('order', '')}",
+              f"- strategy: {info.get('strategy', '')}; LLM: {info.get('llm', '')}; "
+              f"IAV modes: {metrics.get('iav_modes')}",
+              f"- machine: {info.get('machine', '')}", ""]
+    lines += ["## Top-1 accuracy by stage", "", "| stage | accuracy (%) |", "|---|---|"]
+    lines += [f"| {lab} | {_pct(v)} |" for lab, v in stage_rows(metrics)]
+    g = metrics["iav_gate"]
+    lines += ["", f"IAV gate (round 1): checked {g['checked']}, pass rate {_pct(g['pass_rate'])}%, "
+              f"accuracy of passed answers {_pct(g['accuracy_of_passed'])}%, of failed "
+              f"{_pct(g['accuracy_of_failed'])}%.",
+              f"VIF changed {metrics['vif_changes']['changed']} answers: "
+              f"{metrics['vif_changes']['fixed']} fixed, {metrics['vif_changes']['broken']} broken.", ""]
+    if "nil" in metrics:
+        n = metrics["nil"]
+        lines += [f"NIL: {n['gold']} gold, {n['predicted']} predicted, precision "
+                  f"{_pct(n['precision'])}%, recall {_pct(n['recall'])}%.", ""]
+    c, s = metrics["cost"], metrics["speed"]
+    lines += ["## Cost and speed", "", "| measure | value |", "|---|---|",
+              f"| LLM calls / mention | {_num(c['llm_calls_per_mention'])} |",
+              f"| tokens / mention | {_num(c['tokens_per_mention'], '{:.0f}')} |",
+              f"| tool calls / mention | {_num(c['tool_calls_per_mention'])} |",
+              f"| latency p50 / p95 (s) | {_num(s['latency_p50_s'], '{:.3f}')} / "
+              f"{_num(s['latency_p95_s'], '{:.3f}')} |",
+              f"| mentions / s | {_num(s['mentions_per_s'])} |",
+              f"| wall time (s) | {_num(s['wall_s'], '{:.1f}')} |", ""]
+    lines += ["## Routes", "", "| final reason | mentions |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in metrics["routes"].items()]
+    lines += ["", "| path (TES/ICR/IAV/VIF) | mentions |", "|---|---|"]
+    lines += [f"| `{k or '(none)'}` | {v} |" for k, v in metrics["paths"].items()]
+    lines += ["", "![accuracy by stage](stages.png)", ""]
+    return "\n".join(lines)

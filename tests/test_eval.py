@@ -1,0 +1,141 @@
+"""The evaluation harness: metrics against hand-computed values, resume after a kill, reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import EXAMPLES, SHARED
+
+from i2cr.eval import metrics as M
+from i2cr.eval.runner import ResultWriter, read_results
+
+
+def rec(i, gold, first, text, final, rounds=(), calls=1, tools=(), elapsed=1.0, reason="x",
+        path=("prepare", "tes", "icr", "final"), error=None):
+    return {"id": str(i), "gold": gold, "first_answer": first, "text_answer": text,
+            "answer": final, "rounds": list(rounds), "llm_calls": calls, "tools_used": list(tools),
+            "elapsed_s": elapsed, "final_reason": reason, "path": list(path), "error": error,
+            "events": [{"type": "tes_answer", "tokens": 100}] * calls, "scores": {"iav_mode": "clip"}}
+
+
+RECORDS = [
+    # 1: right from the start, IAV passes in round 1
+    rec(1, "A", "A", "A", "A", rounds=[{"round": 1, "answer": "A", "iav_passed": True}],
+        reason="iav_passed_text", elapsed=1.0),
+    # 2: TES wrong, ICR fixes it, IAV fails, VIF round 2 answer C passes: wrong final
+    rec(2, "B", "X", "B", "C", rounds=[{"round": 1, "answer": "B", "iav_passed": False},
+                                      {"round": 2, "answer": "C", "iav_passed": True}],
+        calls=3, tools=["ocr"], reason="iav_passed_round_2", elapsed=2.0),
+    # 3: text answer wrong, fixed by VIF in round 3
+    rec(3, "D", "E", "E", "D", rounds=[{"round": 1, "answer": "E", "iav_passed": False},
+                                      {"round": 2, "answer": "E", "iav_passed": False},
+                                      {"round": 3, "answer": "D", "iav_passed": True}],
+        calls=5, tools=["ocr", "caption"], reason="iav_passed_round_3", elapsed=3.0),
+    # 4: gold nil, predicted nil
+    rec(4, "nil", "nil", "nil", "nil", reason="nil_chosen", elapsed=4.0),
+    # 5: an error record counts as wrong
+    {"id": "5", "gold": "F", "answer": None, "error": "DataError: bad"},
+]
+
+
+def test_metrics_match_hand_computed_values():
+    m = M.compute(RECORDS, wall_s=20.0, max_vif=3)
+    a = m["accuracy"]
+    assert a["first"] == pytest.approx(2 / 5)  # 1 and 4
+    assert a["icr"] == pytest.approx(3 / 5)  # 1, 2, 4
+    assert a["iav"] == a["icr"]
+    assert a["vif_1"] == pytest.approx(2 / 5)  # 2 switches to C at round 2 (wrong); 1, 4 right
+    assert a["vif_2"] == pytest.approx(3 / 5)  # 3 switches to D at round 3
+    assert a["vif_3"] == pytest.approx(3 / 5)
+    assert a["final"] == pytest.approx(3 / 5)  # 1, 3, 4
+    assert m["errors"] == 1 and m["labelled"] == 5
+    assert m["nil"] == {"gold": 1, "predicted": 1, "precision": 1.0, "recall": 1.0}
+    assert m["cost"]["llm_calls_per_mention"] == pytest.approx((1 + 3 + 5 + 1 + 0) / 5)
+    assert m["cost"]["tokens_per_mention"] == pytest.approx(100 * 10 / 5)
+    assert m["cost"]["tool_calls_per_mention"] == pytest.approx(3 / 5)
+    assert m["speed"]["latency_p50_s"] == pytest.approx(2.5)  # of 1, 2, 3, 4
+    assert m["speed"]["latency_p95_s"] == pytest.approx(3.85)
+    assert m["speed"]["mentions_per_s"] == pytest.approx(5 / 20)
+    assert m["iav_gate"]["checked"] == 3 and m["iav_gate"]["pass_rate"] == pytest.approx(1 / 3)
+    assert m["vif_changes"] == {"changed": 2, "fixed": 1, "broken": 1}
+    assert m["routes"]["iav_passed_round_2"] == 1 and m["routes"]["error"] == 1
+
+
+def test_torn_last_line_is_cut_and_nothing_is_counted_twice(tmp_path):
+    p = tmp_path / "r.jsonl"
+    w = ResultWriter(p)
+    w.write({"id": "a", "answer": "A"})
+    w.write({"id": "b", "answer": "B"})
+    w.close()
+    with p.open("a") as fh:
+        fh.write('{"id": "c", "ans')  # killed mid-write
+    w = ResultWriter(p, resume=True)
+    assert w.done == {"a", "b"}
+    w.write({"id": "c", "answer": "C"})
+    w.close()
+    assert [r["id"] for r in read_results(p)] == ["a", "b", "c"]
+
+
+EVAL = [sys.executable, "-m", "i2cr.cli", "eval"]
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not SHARED.exists(), reason="shared WikiMEL dev data not present")
+def test_eval_resumes_after_sigkill_with_the_same_metrics(tmp_path):
+    data, labels = str(SHARED / "WikiMEL_dev.json"), str(SHARED / "WikiMEL_dev_label.json")
+    args = [data, labels, "--sample", "40", "--seed", "3", "--no-progress"]
+    ref = subprocess.run(EVAL + args + ["--out-dir", str(tmp_path / "ref")], capture_output=True,
+                         text=True, timeout=900)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "killed"
+    for _ in range(2):  # kill twice at different points, then finish
+        p = subprocess.Popen(EVAL + args + ["--out-dir", str(out), "--resume"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        res = out / "results.jsonl"
+        deadline = time.time() + 300
+        start = len(read_results(res)) if res.exists() else 0
+        while time.time() < deadline and p.poll() is None:
+            if res.exists() and len(read_results(res)) >= start + 8:
+                break
+            time.sleep(0.05)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    fin = subprocess.run(EVAL + args + ["--out-dir", str(out), "--resume"], capture_output=True,
+                         text=True, timeout=900)
+    assert fin.returncode == 0, fin.stderr[-2000:]
+    ids = [r["id"] for r in read_results(out / "results.jsonl")]
+    assert len(ids) == 40 and len(set(ids)) == 40
+    m_ref = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    m_res = json.loads((out / "metrics.json").read_text())
+    assert m_res["accuracy"] == m_ref["accuracy"] and m_res["routes"] == m_ref["routes"]
+    assert (out / "report.md").read_text().count("| final |") == 1
+    assert (out / "stages.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.integration
+def test_eval_on_the_shipped_examples_reports_nil(tmp_path):
+    p = subprocess.run(EVAL + [str(EXAMPLES / "mentions.json"), str(EXAMPLES / "labels.json"),
+                               "--out-dir", str(tmp_path), "--no-progress", "--keep-order"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["labelled"] == 4 and m["nil"]["gold"] == 1
+    assert m["info"]["order"] == "original order (kept)" and m["info"]["strategy"] == "retrieval"
+    assert m["cost"]["llm_calls_per_mention"] == 0
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not SHARED.exists(), reason="shared WikiMEL dev data not present")
+def test_bench_reports_the_pipeline_over_raw_ratio():
+    from i2cr.eval.bench import bench
+
+    r = bench(str(SHARED / "WikiMEL_dev.json"), str(SHARED / "WikiMEL_dev_label.json"), n=30)
+    assert r["mentions"] == 30 and r["texts_encoded"] > 30
+    assert r["raw_model_s"] > 0 and r["pipeline_over_raw"] >= 1.0
+    assert r["llm_calls_per_mention"] == 0
