@@ -51,9 +51,10 @@ def cmd_link(args: argparse.Namespace) -> int:
         items = items[: args.limit]
     single = len(items) == 1 and not args.out
     n = errors = correct = labelled = calls = 0
+    linker = _linker(args)
     try:
         for rec in run(items, settings, out=args.out, resume=args.resume,
-                       progress=not args.no_progress):
+                       progress=not args.no_progress and not args.stream, linker=linker):
             n += 1
             errors += rec.get("error") is not None
             calls += rec.get("llm_calls") or 0
@@ -63,7 +64,7 @@ def cmd_link(args: argparse.Namespace) -> int:
             if args.out and not args.print:
                 continue
             if not args.events:
-                rec = {k: v for k, v in rec.items() if k != "events"}
+                rec = {k: v for k, v in rec.items() if k not in ("events", "trace")}
             print(json.dumps(rec, ensure_ascii=False, indent=2 if single else None, default=str),
                   flush=True)
     except KeyboardInterrupt:
@@ -80,6 +81,83 @@ def cmd_link(args: argparse.Namespace) -> int:
             summary += f"; results in {args.out}"
         print(summary, file=sys.stderr)
     return 0 if errors == 0 else 1
+
+
+def _linker(args: argparse.Namespace):
+    """link_mention, with live node events (--stream) and a SQLite checkpointer (--checkpoint)."""
+    from functools import partial
+
+    from .linker import link_mention
+
+    kw: dict[str, Any] = {}
+    if args.stream:
+        def show(kind: str, ev: dict[str, Any]) -> None:
+            if kind == "node":
+                edge = ev.get("choice") or ev.get("answer") or ev.get("iav_mode") or ""
+                print(f"  · {ev['node']:<7} {edge}", file=sys.stderr, flush=True)
+                for e in ev.get("events", []):
+                    brief = {k: v for k, v in e.items() if k in ("type", "choice", "score",
+                             "threshold", "decision", "tool", "how", "mapped", "mode")}
+                    print(f"      {json.dumps(brief, ensure_ascii=False, default=str)}",
+                          file=sys.stderr, flush=True)
+            elif ev.get("type") == "llm_call":
+                print(f"      llm[{ev.get('node')}]: {str(ev.get('raw') or ev.get('error'))[:100]!r}",
+                      file=sys.stderr, flush=True)
+        kw["on_event"] = show
+    if args.checkpoint:
+        import sqlite3
+
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        from .graph import compile_graph
+
+        conn = sqlite3.connect(args.checkpoint, check_same_thread=False)
+        saver = SqliteSaver(conn)
+        g = compile_graph(checkpointer=saver)
+
+        def with_thread(m, settings, **more):
+            return link_mention(m, settings, graph=g, config={"configurable": {"thread_id": m.id}},
+                                **kw, **more)
+        return with_thread
+    return partial(link_mention, **kw)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .eval.runner import read_results
+    from .trace import render_html, render_mermaid, render_tree
+
+    path = Path(args.run)
+    if path.is_dir():
+        path = path / "results.jsonl"
+    if not path.exists():
+        print(f"i2cr: no results file at {path}", file=sys.stderr)
+        return 2
+    recs = read_results(path)
+    if args.html:
+        Path(args.html).write_text(render_html(recs, title=f"i2cr run: {path}",
+                                               image_root=args.image_root), encoding="utf-8")
+        print(f"wrote {args.html} ({len(recs)} mentions)", file=sys.stderr)
+        return 0
+    if args.mention_id:
+        recs = [r for r in recs if str(r["id"]) == args.mention_id]
+        if not recs:
+            print(f"i2cr: no mention {args.mention_id!r} in {path}", file=sys.stderr)
+            return 2
+    if args.mermaid:
+        from .graph import graph
+
+        for r in recs[:1]:
+            print(render_mermaid(r, graph))
+        return 0
+    for r in recs:
+        if "trace" not in r:
+            print(f"{r['id']}: no trace (error: {r.get('error')})")
+            continue
+        print(render_tree(r))
+        print()
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -147,7 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--events", action="store_true", help="include the decision events in output")
     pl.add_argument("--print", action="store_true", help="print results even with --out")
     pl.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pl.add_argument("--stream", action="store_true", help="print node events as they happen")
+    pl.add_argument("--checkpoint", metavar="DB.sqlite",
+                    help="keep every state of every mention in SQLite (thread id = mention id)")
     pl.set_defaults(func=cmd_link)
+
+    pt = sub.add_parser("trace", help="show the decisions of a run (tree, Mermaid, HTML)")
+    pt.add_argument("run", help="results JSONL, or an eval --out-dir")
+    pt.add_argument("mention_id", nargs="?", help="one mention (default: all)")
+    pt.add_argument("--mermaid", action="store_true", help="the graph with this mention's path")
+    pt.add_argument("--html", metavar="PAGE.html", help="write one self-contained page for the run")
+    pt.add_argument("--image-root", help="folder of the run's images, to embed them in --html")
+    pt.set_defaults(func=cmd_trace)
 
     pe = sub.add_parser("eval", help="evaluate on a labelled dataset: accuracy by stage, cost, speed")
     pe.add_argument("data", help="dataset (I2CR/MELBench JSON or JSONL)")

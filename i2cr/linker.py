@@ -7,7 +7,7 @@ but no state crosses mentions), so a distributed engine can map it over a corpus
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .data import Candidate, DataError, Mention, parse_candidates
 from .graph import Context, graph as default_graph
@@ -56,12 +56,21 @@ def error_record(rid: str, err: BaseException, label: str | None = None) -> dict
 
 
 def link_mention(m: Mention, settings: Context | None = None, *, graph: Any = None,
-                 config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the graph on one sample and return its result record."""
+                 config: dict[str, Any] | None = None,
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the graph on one sample and return its result record, with its trace (built from the
+    graph's stream; ``on_event`` sees node visits and custom events as they happen)."""
+    from .trace import traced_invoke
+
     g = graph or default_graph
+    settings = settings or Context()
     t0 = time.perf_counter()
-    out = g.invoke(m.to_input(), context=settings or Context(), config=config)
-    return result_record(m, out, time.perf_counter() - t0)
+    out, trace = traced_invoke(g, m.to_input(), context=settings, config=config,
+                               on_event=on_event, with_prompts=settings.trace_prompts)
+    rec = result_record(m, out, time.perf_counter() - t0)
+    rec["image"] = m.image_ref()
+    rec["trace"] = trace
+    return rec
 
 
 def link(mention: str, context: str, candidates: Sequence[dict[str, Any] | str | Candidate], *,

@@ -8,10 +8,12 @@ PY=${PYTHON:-python3}
 LLAMA_VERSION=0.3.36
 WHEELS=${I2CR_WHEEL_CACHE:-$HOME/.cache/i2cr-wheels}
 
-if ! command -v tesseract >/dev/null 2>&1; then
+# System packages: Tesseract (OCR tool) and Chromium + ChromeDriver (the trace page's browser test)
+if ! command -v tesseract >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq tesseract-ocr tesseract-ocr-eng >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq tesseract-ocr tesseract-ocr-eng \
+    chromium chromium-driver >/dev/null
 fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

@@ -110,6 +110,9 @@ class Context:
     clue_cache: str | None = field(default="~/.cache/i2cr/clues", metadata={"description": (
         "Folder of the on-disk clue cache for live tool backends; 'none' switches it off.")})
 
+    trace_prompts: bool = field(default=True, metadata={"description": (
+        "Keep full LLM prompts in each mention's trace (off makes result files smaller).")})
+
     # --- objects (not settable from the environment) --------------------------------------------
     chat_model: Any = field(default=None, metadata={"env": False, "description": (
         "An already-built langchain chat model; overrides 'llm' (used by tests and notebooks).")})

@@ -18,6 +18,7 @@ from ..tools import ToolInput
 from . import resources
 from .context import Context, settings_of
 from .state import State
+from .trace_events import emit, prompt_text
 
 
 def unused_tools(state: State) -> list[str]:
@@ -46,6 +47,10 @@ def vif(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             calls += 1
             tool_calls = list(getattr(msg, "tool_calls", None) or [])
             requested = [tc.get("name") for tc in tool_calls]
+            emit({"type": "llm_call", "node": "vif", "prompt": prompt_text(messages),
+                  "tools_offered": offered, "raw": str(getattr(msg, "content", "")),
+                  "tool_calls": requested, "latency_s": round(time.perf_counter() - t0, 3),
+                  "tokens": (getattr(msg, "usage_metadata", None) or {}).get("total_tokens")})
             events.append({"type": "vif_request", "offered": offered, "requested": requested,
                            "raw": str(getattr(msg, "content", ""))[:300],
                            "latency_s": round(time.perf_counter() - t0, 3),
@@ -80,6 +85,8 @@ def vif(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     events.append({"type": "tool_call", "tool": picked, "how": how, "backend": res.backend,
                    "ok": res.ok, "error": res.error, "result": res.text[:500],
                    "latency_s": round(time.perf_counter() - t0, 3)})
+    emit({"type": "tool_result", "node": "vif", "tool": picked, "ok": res.ok, "text": res.text,
+          "error": res.error})
     rnd = (state.get("round") or 1) + 1
     return {**update, "events": events,
             "tools_used": [*(state.get("tools_used") or []), picked],

@@ -1,0 +1,140 @@
+"""Traces: content on scripted routes, the CLI views, the HTML page in headless Chromium,
+the SQLite checkpointer, and no secrets anywhere."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from conftest import CLUES, EXAMPLES, JORDAN_CANDIDATES
+from fakes import ScriptedChatModel, tool_call
+from langchain_core.messages import AIMessage
+
+from i2cr.data import Candidate, Mention
+from i2cr.linker import link_mention
+from i2cr.trace import TRACE_SCHEMA, render_html, render_tree
+
+
+def mention(**kw):
+    d = dict(id="t1", mention="Jordan", context="Jordan dunks during the 1991 NBA Finals.",
+             candidates=[Candidate(**c) for c in JORDAN_CANDIDATES])
+    d.update(kw)
+    return Mention(**d)
+
+
+def test_trace_lists_nodes_scores_edges_and_tool_calls(settings, image_file):
+    fake = ScriptedChatModel(script=["Answer: Jordan", "Answer: Michael Jordan",
+                                     AIMessage("", tool_calls=[tool_call("caption")]),
+                                     "Answer: Michael Jordan"])
+    ctx = settings(fake, icr_threshold=0.45, iav_threshold=1e9, max_vif_rounds=1)
+    rec = link_mention(mention(image=image_file, clues=dict(CLUES)), ctx)
+    tr = rec["trace"]
+    assert tr["schema"] == TRACE_SCHEMA
+    nodes = [s["node"] for s in tr["steps"]]
+    assert nodes == rec["path"] == ["prepare", "tes", "icr", "tes", "icr", "iav", "vif", "tes",
+                                    "icr", "iav", "final"]
+    s = tr["steps"]
+    # TES: the prompt, the raw answer and the mapped choice
+    llm = [c for c in s[1]["stream"] if c["type"] == "llm_call"][0]
+    assert "Candidates:" in llm["prompt"][-1]["content"] and llm["raw"] == "Answer: Jordan"
+    assert s[1]["choice"] == "Jordan" and s[1]["events"][0]["offered"][0] == "Michael Jordan"
+    # ICR: score beside threshold, decision, and the edge back to TES with the reason
+    icr = s[2]["events"][0]
+    assert icr["threshold"] == 0.45 and icr["score"] < 0.45 and icr["decision"] == "reject_and_rechoose"
+    assert s[2]["edge"]["to"] == "tes" and "rejected" in s[2]["edge"]["why"]
+    assert s[4]["edge"] == {"to": "iav", "why": s[4]["edge"]["why"]} and ">=" in s[4]["edge"]["why"]
+    # IAV failed -> VIF; the tool call and its result
+    assert s[5]["events"][0]["decision"] == "fail" and s[5]["edge"]["to"] == "vif"
+    tool = [e for e in s[6]["events"] if e["type"] == "tool_call"][0]
+    assert tool["tool"] == "caption" and tool["result"] == CLUES["Caption"]
+    vif_llm = [c for c in s[6]["stream"] if c["type"] == "llm_call"][0]
+    assert vif_llm["tool_calls"] == ["caption"]
+    assert s[6]["edge"]["to"] == "tes" and "caption" in s[6]["edge"]["why"]
+    assert s[-1]["edge"]["to"] == "__end__"
+    tree = render_tree(rec)
+    assert "icr: 'Jordan' cos" in tree and "⇢ tes: ICR" in tree and "tool caption" in tree
+
+
+def test_no_secret_enters_a_trace(settings, monkeypatch, image_file):
+    secrets = {"OPENAI_API_KEY": "sk-openai-SECRET-123", "VISION_KEY": "vision-SECRET-456",
+               "AZURE_OPENAI_API_KEY": "azure-SECRET-789", "I2CR_LLM_API_KEY": "compat-SECRET-0"}
+    for k, v in secrets.items():
+        monkeypatch.setenv(k, v)
+    fake = ScriptedChatModel(script=["Answer: Michael Jordan",
+                                     AIMessage("", tool_calls=[tool_call("ocr")]),
+                                     "Answer: Michael Jordan"])
+    rec = link_mention(mention(image=image_file, clues=dict(CLUES)),
+                       settings(fake, icr_threshold=-1, iav_threshold=1e9, max_vif_rounds=1))
+    text = json.dumps(rec, default=str)
+    assert all(v not in text for v in secrets.values())
+
+
+def test_html_page_in_headless_chromium(settings, tmp_path, image_file):
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("chromium / chromedriver not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    recs = []
+    for i, (ans, gold) in enumerate([("Michael Jordan", "Michael Jordan"),
+                                     ("Jordan Peele", "Michael Jordan")]):
+        fake = ScriptedChatModel(script=[f"Answer: {ans}"])
+        r = link_mention(mention(id=f"m{i}", image=image_file, label=gold),
+                         settings(fake, icr_threshold=-1, iav_threshold=-1e9))
+        recs.append(r)
+    page = tmp_path / "run.html"
+    page.write_text(render_html(recs, title="test run"), encoding="utf-8")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--no-first-run", "--disable-background-networking", "--disable-component-update",
+              "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900"):
+        opts.add_argument(a)
+    drv = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    try:
+        drv.get(page.as_uri())
+        visible = lambda: [e for e in drv.find_elements(By.CSS_SELECTOR, ".mention") if e.is_displayed()]
+        assert len(visible()) == 2
+        assert drv.find_element(By.ID, "m-m0").find_element(By.TAG_NAME, "img").get_attribute("src").startswith("data:image/png")
+        drv.find_element(By.ID, "only-wrong").click()  # the filter on wrong answers
+        shown = visible()
+        assert [e.get_attribute("id") for e in shown] == ["m-m1"]
+        assert drv.find_element(By.ID, "count").text == "1 of 2 mentions"
+        shot = tmp_path / "page.png"
+        drv.save_screenshot(str(shot))
+        assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 5000
+    finally:
+        drv.quit()
+
+
+def test_cli_trace_views_and_checkpointer(tmp_path):
+    out, db = tmp_path / "r.jsonl", tmp_path / "states.sqlite"
+    p = subprocess.run([sys.executable, "-m", "i2cr.cli", "link", str(EXAMPLES / "mentions.json"),
+                        "--out", str(out), "--checkpoint", str(db), "--no-progress"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    tree = subprocess.run([sys.executable, "-m", "i2cr.cli", "trace", str(out), "obama-podium"],
+                          capture_output=True, text=True, check=True).stdout
+    assert tree.startswith("obama-podium  'Obama' →") and "├─ icr:" in tree and "└─ final:" in tree
+    mm = subprocess.run([sys.executable, "-m", "i2cr.cli", "trace", str(out), "jordan-nba",
+                         "--mermaid"], capture_output=True, text=True, check=True).stdout
+    assert "class final,icr,prepare,tes visited" in mm and "tes ==>|3| icr" in mm
+    page = tmp_path / "run.html"
+    subprocess.run([sys.executable, "-m", "i2cr.cli", "trace", str(out), "--html", str(page)],
+                   check=True, capture_output=True)
+    assert page.read_text().count("class='mention") == 4
+    # the checkpointer kept every state of every mention: replay one
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    from i2cr.graph import compile_graph
+
+    g = compile_graph(checkpointer=SqliteSaver(sqlite3.connect(db, check_same_thread=False)))
+    hist = list(g.get_state_history({"configurable": {"thread_id": "jordan-nba"}}))
+    assert len(hist) >= 5  # input, prepare, tes, icr, final
+    assert hist[0].values["answer"] == "Michael Jordan"
+    assert [h.next for h in reversed(hist)][1:4] == [("prepare",), ("tes",), ("icr",)]
