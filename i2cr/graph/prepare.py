@@ -64,6 +64,12 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         cands = pruned
         update["candidates"] = cands
 
+    context = state.get("context") or ""
+    if len(context) > ctx.max_context_chars:
+        update["context"] = context[: ctx.max_context_chars]
+        events.append({"type": "context_truncated", "from_chars": len(context),
+                       "to_chars": ctx.max_context_chars})
+
     ref = state.get("image")
     if not ref:
         status, reason = "absent", "the mention has no image"
