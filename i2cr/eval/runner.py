@@ -71,6 +71,7 @@ def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
     from ..graph import resources
     from ..graph.iav import caption_text
     from ..graph.texts import entity_text, icr_query
+    from ..tools.builtin import CLUE_KEYS
 
     emb = resources.embedder(settings)
     texts: list[str] = []
@@ -84,6 +85,14 @@ def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
         cap = caption_text({"precomputed_clues": m.clues})
         if cap and settings.iav_mode in ("auto", "caption"):
             queries.append(cap)
+        if settings.clue_mode == "round" and m.clues:
+            # the queries of VIF rounds over precomputed clues: known now, so batch them too
+            for tool in settings.tool_names:
+                text = str(m.clues.get(CLUE_KEYS.get(tool, ""), "") or "").strip()
+                if text:
+                    clue = [{"tool": tool, "text": text, "ok": True}]
+                    queries.append(icr_query(m.mention, m.context[: settings.max_context_chars],
+                                             clue, settings.embed_query_prefix))
     before = emb.encoded
     emb.warm(texts)
     emb.warm(queries, query=True)
