@@ -138,3 +138,43 @@ def test_cli_trace_views_and_checkpointer(tmp_path):
     assert len(hist) >= 5  # input, prepare, tes, icr, final
     assert hist[0].values["answer"] == "Michael Jordan"
     assert [h.next for h in reversed(hist)][1:4] == [("prepare",), ("tes",), ("icr",)]
+
+
+@pytest.mark.parametrize("case", ["no_image", "corrupt_image", "nil", "exhausted", "iav_pass",
+                                  "fallback_tool"])
+def test_trace_of_each_scripted_route(settings, image_file, corrupt_image, case):
+    script = {"no_image": ["Answer: Michael Jordan"], "corrupt_image": ["Answer: Michael Jordan"],
+              "nil": ["Answer: nil"], "iav_pass": ["Answer: Michael Jordan"],
+              "exhausted": [f"Answer: {c['name']}" for c in JORDAN_CANDIDATES],
+              "fallback_tool": ["Answer: Michael Jordan", AIMessage("no tool for you"),
+                                "Answer: Michael Jordan"]}[case]
+    kw = {"no_image": dict(icr_threshold=-1), "corrupt_image": dict(icr_threshold=-1),
+          "nil": dict(icr_threshold=-1), "iav_pass": dict(icr_threshold=-1, iav_threshold=-1e9),
+          "exhausted": dict(icr_threshold=1e9),
+          "fallback_tool": dict(icr_threshold=-1, iav_threshold=1e9, max_vif_rounds=1)}[case]
+    img = {"corrupt_image": corrupt_image, "iav_pass": image_file,
+           "fallback_tool": image_file}.get(case)
+    m = mention(image=img, clues=dict(CLUES) if case == "fallback_tool" else None,
+                allow_nil=case == "nil")
+    rec = link_mention(m, settings(ScriptedChatModel(script=list(script)), **kw))
+    steps = rec["trace"]["steps"]
+    assert [s["node"] for s in steps] == rec["path"]
+    for a, b in zip(steps, steps[1:]):
+        assert a["edge"]["to"] == b["node"] and a["edge"]["why"]
+    assert steps[-1]["edge"]["to"] == "__end__"
+    why = {s["node"]: s["edge"]["why"] for s in steps}
+    if case in ("no_image", "corrupt_image"):
+        assert "nothing visual to verify" in why["icr"]
+        assert steps[0]["image_status"] == ("absent" if case == "no_image" else "corrupt")
+    elif case == "nil":
+        assert why["icr"] == "NIL chosen" and rec["answer"] == "nil"
+    elif case == "exhausted":
+        assert "reflections exhausted" in steps[-2]["edge"]["why"]
+        assert [s["events"][0]["decision"] for s in steps if s["node"] == "icr"][-1] == "exhausted_keep_best"
+    elif case == "iav_pass":
+        iav = [s for s in steps if s["node"] == "iav"][0]
+        assert iav["events"][0]["score"] >= iav["events"][0]["threshold"] and "accept" in why["iav"]
+    else:
+        tool = [e for s in steps for e in s["events"] if e["type"] == "tool_call"][0]
+        assert tool["how"] == "fallback_no_tool_call" and tool["tool"] == "ocr"
+        assert "clue from ocr" in why["vif"]
