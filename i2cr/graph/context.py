@@ -70,6 +70,9 @@ class Context:
     max_reflections: int = field(default=3, metadata={"description": (
         "How many times TES may re-choose after ICR rejects a choice.")})
     embed_batch_size: int = 64
+    embedding_cache: str | None = field(default="~/.cache/i2cr/embeddings", metadata={"description": (
+        "Folder of the persistent entity-embedding store (keyed by model and text), so a "
+        "knowledge base is embedded once; 'none' keeps embeddings in memory only.")})
     device: str = "cpu"
 
     # --- IAV ---------------------------------------------------------------------------------
