@@ -235,3 +235,17 @@ def test_caption_bridge_when_no_image(settings, jordan):
     assert out["iav_mode"] == "caption"
     assert out["path"] == ["prepare", "tes", "icr", "iav", "final"]
     assert out["final_reason"] == "iav_passed_text"
+
+
+def test_retrieval_answers_nil_only_when_allowed_and_nothing_fits(jordan):
+    from i2cr.graph import Context
+
+    unrelated = [{"name": "Paris Hilton", "desc": "Name: Paris Hilton. Sex: female. Birth: 1981."},
+                 {"name": "Amman", "desc": "Amman is the capital of a country in Western Asia."}]
+    ctx = Context(clue_cache="none")
+    out = run(jordan(candidates=unrelated, allow_nil=True), ctx)
+    assert out["answer"] == "nil" and out["path"] == ["prepare", "tes", "icr", "final"]
+    out = run(jordan(candidates=unrelated, allow_nil=False), ctx)
+    assert out["answer"] in {"Paris Hilton", "Amman"}
+    out = run(jordan(allow_nil=True), ctx)  # a fitting candidate is still chosen
+    assert out["answer"] == "Michael Jordan"

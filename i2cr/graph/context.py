@@ -44,6 +44,9 @@ class Context:
     prune_k: int | None = field(default=None, metadata={"description": (
         "Keep only the top-k candidates of the retrieval ranker before TES (UniMEL uses 5); "
         "None keeps all.")})
+    nil_threshold: float = field(default=0.1, metadata={"description": (
+        "Retrieval TES answers NIL (where the sample allows it) when the best candidate's ranker "
+        "probability is below this. Not calibrated: the WikiMEL dev split has no NIL gold.")})
     ranker_weights: str | None = field(default=None, metadata={"description": (
         "Path to ranker weights JSON; None uses the shipped ones (fitted on WikiMEL dev).")})
     llm_temperature: float = 0.0

@@ -8,6 +8,7 @@ recorded.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -56,6 +57,10 @@ def tes_retrieval(state: State, ctx: Context) -> dict[str, Any]:
         order = sorted(range(len(cands)), key=lambda i: -scores[i])
         choice = cands[order[0]]["name"]
         top = [{"name": cands[i]["name"], "score": round(scores[i], 3)} for i in order[:3]]
+        best_p = 1.0 / (1.0 + math.exp(-scores[order[0]]))
+        if state.get("allow_nil") and best_p < ctx.nil_threshold:
+            choice = NIL
+            top.insert(0, {"name": NIL, "score": None, "best_probability": round(best_p, 4)})
     ev = {"type": "tes_answer", "round": state.get("round", 1), "strategy": "retrieval",
           "mapped": choice, "method": "retrieval", "top": top,
           "offered": [c["name"] for c in cands]}
