@@ -142,17 +142,11 @@ class AzureVision:
                 logging_enable=False)
         return self._client
 
-    def _image_key(self, inp: ToolInput) -> str:
-        ref = inp.image_ref or ""
-        if ref.startswith(("http://", "https://")):
-            return "url:" + ref
-        return inp.image().sha256
-
     def analyze(self, inp: ToolInput) -> dict[str, Any]:
         """Every clue for the image, from memory, the disk cache, or one Azure call."""
         if not inp.image_ref:
             raise ToolUnavailable("the mention has no image")
-        ikey = self._image_key(inp)
+        ikey = inp.image_key()
         with self._lock:
             if ikey in self._memo:
                 return self._memo[ikey]
@@ -182,7 +176,7 @@ class AzureVision:
         feats = [VisualFeatures.READ, VisualFeatures.CAPTION, VisualFeatures.DENSE_CAPTIONS,
                  VisualFeatures.TAGS, VisualFeatures.OBJECTS]
         ref = inp.image_ref or ""
-        is_url = ref.startswith(("http://", "https://"))
+        is_url = inp.is_url()
         data = None
         if not is_url:
             img = inp.image()
@@ -238,12 +232,16 @@ def azure_tool(name: str, vision: AzureVision) -> VisualTool:
 
     return VisualTool(name=name, description=DESCRIPTIONS.get(name, name), fn=fn, backend="azure",
                       version=vision.version,
-                      check=lambda inp: bool(inp.image_ref) and (
-                          inp.image_ref.startswith(("http://", "https://")) or inp.has_image()))
+                      check=lambda inp: inp.image_reachable())
 
 
 _SHARED: dict[tuple, AzureVision] = {}
 _SHARED_LOCK = threading.Lock()
+
+
+def azure_configured(settings: Any) -> bool:
+    """Whether an Azure AI Vision endpoint is set (in the settings or VISION_ENDPOINT)."""
+    return bool(getattr(settings, "vision_endpoint", None) or os.environ.get("VISION_ENDPOINT"))
 
 
 def shared_vision(settings: Any, cache: ClueCache | None) -> AzureVision:

@@ -51,6 +51,17 @@ class ToolInput:
         except ToolUnavailable:
             return False
 
+    def is_url(self) -> bool:
+        return bool(self.image_ref) and self.image_ref.startswith(("http://", "https://"))
+
+    def image_reachable(self) -> bool:
+        """A URL (a service fetches it) or a local image that decodes."""
+        return self.is_url() or self.has_image()
+
+    def image_key(self) -> str:
+        """The key clues are cached under: the content hash, or the URL for remote images."""
+        return "url:" + (self.image_ref or "") if self.is_url() else self.image().sha256
+
 
 @dataclass
 class ToolResult:

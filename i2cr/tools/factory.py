@@ -16,7 +16,6 @@ tool, backend and backend version.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 from .base import ToolInput, VisualTool, registered_tools
@@ -51,9 +50,7 @@ def cached(tool: VisualTool, cache: ClueCache | None) -> VisualTool:
         return tool
 
     def fn(inp: ToolInput) -> str:
-        ref = inp.image_ref or ""
-        ikey = "url:" + ref if ref.startswith(("http://", "https://")) else inp.image().sha256
-        key = ClueCache.key(ikey, tool.name, tool.backend, tool.version)
+        key = ClueCache.key(inp.image_key(), tool.name, tool.backend, tool.version)
         hit = cache.get(key)
         if hit is not None:
             return hit
@@ -74,7 +71,9 @@ class Backends:
         self.cache = clue_cache(getattr(settings, "clue_cache", None))
 
     def azure_configured(self) -> bool:
-        return bool(getattr(self.settings, "vision_endpoint", None) or os.environ.get("VISION_ENDPOINT"))
+        from .azure import azure_configured
+
+        return azure_configured(self.settings)
 
     def vision(self):
         from .azure import shared_vision

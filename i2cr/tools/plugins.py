@@ -9,7 +9,7 @@ feature, sharing the run's single analyze call per image. Offer it with
 
 from __future__ import annotations
 
-from .azure import _objects_text
+from .azure import _objects_text, azure_configured
 from .base import ToolInput, ToolUnavailable, VisualTool
 
 DESCRIPTION = ("Detect the objects and people in the image, with confidences (e.g. how many people "
@@ -20,7 +20,7 @@ def _azure_objects(inp: ToolInput) -> str:
     from .factory import Backends
 
     backends = Backends(inp.settings)
-    if not backends.azure_configured():
+    if not azure_configured(inp.settings):
         raise ToolUnavailable("no precomputed Objects and Azure AI Vision is not configured")
     return backends.tool("objects", "azure").fn(inp)
 
@@ -34,11 +34,7 @@ def objects(inp: ToolInput) -> str:
 def _available(inp: ToolInput) -> bool:
     if inp.precomputed and "Objects" in inp.precomputed:
         return True
-    import os
-
-    configured = bool(getattr(inp.settings, "vision_endpoint", None) or os.environ.get("VISION_ENDPOINT"))
-    return configured and bool(inp.image_ref) and (
-        inp.image_ref.startswith(("http://", "https://")) or inp.has_image())
+    return azure_configured(inp.settings) and inp.image_reachable()
 
 
 def objects_tool() -> VisualTool:
