@@ -155,7 +155,7 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     if spec in {"embedded", "smollm2"}:
         return "embedded", "", None
     provider, sep, rest = spec.partition(":")
-    if not sep or not rest and provider != "embedded":
+    if not sep or (not rest and provider != "embedded"):
         raise BackendError(
             f"LLM spec {spec!r} is not understood; use 'embedded', 'openai:gpt-4o', "
             "'azure:<deployment>' or 'openai-compat:<model>@<base_url>'")

@@ -9,6 +9,7 @@ line is cut, and metrics are computed from the file, one record per id.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import random
 import time
@@ -59,7 +60,7 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
             "order": "original order (kept)" if keep_order else f"shuffled, seed {shuffle_seed}",
             "strategy": settings.strategy, "llm": settings.llm if settings.chat_model is None
             else type(settings.chat_model).__name__,
-            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, "
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                        f"Python {platform.python_version()}",
             "settings": settings.public(), "limit": limit, "sample": sample, "seed": seed}
     t0 = time.perf_counter()

@@ -22,7 +22,7 @@ from . import resources
 from .context import Context, settings_of
 from .state import State
 from .texts import entity_text, icr_query, round_clues
-from .trace_events import emit, prompt_text
+from .trace_events import emit, prompt_text, tokens_of
 
 RETRY_NOTE = ("Your previous reply named no candidate from the list. Reply with exactly one line: "
               "'Answer: <candidate name>' using a name from the list.")
@@ -115,12 +115,12 @@ def tes(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         m = map_answer(raw, names, allow_nil=allow_nil)
         emit({"type": "llm_call", "node": "tes", "attempt": attempt, "prompt": prompt_text(messages),
               "raw": raw, "mapped": m.name, "latency_s": round(time.perf_counter() - t0, 3),
-              "tokens": (getattr(msg, "usage_metadata", None) or {}).get("total_tokens")})
+              "tokens": tokens_of(msg)})
         events.append({"type": "tes_answer", "round": state.get("round", 1), "attempt": attempt,
                        "raw": raw[:500], "mapped": m.name, "method": m.method,
                        "score": round(m.score, 1), "offered": names,
                        "latency_s": round(time.perf_counter() - t0, 3),
-                       "tokens": (getattr(msg, "usage_metadata", None) or {}).get("total_tokens")})
+                       "tokens": tokens_of(msg)})
         if m.name is not None:
             choice, how = m.name, m.method
             break

@@ -18,6 +18,11 @@ def emit(event: dict[str, Any]) -> None:
         pass
 
 
+def tokens_of(msg: Any) -> int | None:
+    """Total tokens of a chat-model reply, when the backend reports usage."""
+    return (getattr(msg, "usage_metadata", None) or {}).get("total_tokens")
+
+
 def prompt_text(messages: list[Any]) -> list[dict[str, str]]:
     return [{"role": getattr(m, "type", "?"), "content": str(getattr(m, "content", m))}
             for m in messages]

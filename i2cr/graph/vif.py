@@ -18,7 +18,7 @@ from ..tools import ToolInput
 from . import resources
 from .context import Context, settings_of
 from .state import State
-from .trace_events import emit, prompt_text
+from .trace_events import emit, prompt_text, tokens_of
 
 
 def unused_tools(state: State) -> list[str]:
@@ -50,11 +50,11 @@ def vif(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             emit({"type": "llm_call", "node": "vif", "prompt": prompt_text(messages),
                   "tools_offered": offered, "raw": str(getattr(msg, "content", "")),
                   "tool_calls": requested, "latency_s": round(time.perf_counter() - t0, 3),
-                  "tokens": (getattr(msg, "usage_metadata", None) or {}).get("total_tokens")})
+                  "tokens": tokens_of(msg)})
             events.append({"type": "vif_request", "offered": offered, "requested": requested,
                            "raw": str(getattr(msg, "content", ""))[:300],
                            "latency_s": round(time.perf_counter() - t0, 3),
-                           "tokens": (getattr(msg, "usage_metadata", None) or {}).get("total_tokens")})
+                           "tokens": tokens_of(msg)})
             if not tool_calls:
                 how = "fallback_no_tool_call"
             elif requested[0] not in offered:
