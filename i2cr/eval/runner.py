@@ -70,7 +70,7 @@ def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
     text once, each round-1 query, and each caption-bridge text. Returns how many were encoded."""
     from ..graph import resources
     from ..graph.iav import caption_text
-    from ..graph.texts import entity_text, icr_query
+    from ..graph.texts import entity_text, query_for
     from ..tools.builtin import CLUE_KEYS
 
     emb = resources.embedder(settings)
@@ -80,8 +80,7 @@ def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
         if not isinstance(m, Mention):
             continue
         texts.extend(entity_text(c.to_dict()) for c in m.candidates)
-        queries.append(icr_query(m.mention, m.context[: settings.max_context_chars], [],
-                                 settings.embed_query_prefix))
+        queries.append(query_for(m.mention, m.context, [], settings))
         cap = caption_text({"precomputed_clues": m.clues})
         if cap and settings.iav_mode in ("auto", "caption"):
             queries.append(cap)
@@ -91,8 +90,7 @@ def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
                 text = str(m.clues.get(CLUE_KEYS.get(tool, ""), "") or "").strip()
                 if text:
                     clue = [{"tool": tool, "text": text, "ok": True}]
-                    queries.append(icr_query(m.mention, m.context[: settings.max_context_chars],
-                                             clue, settings.embed_query_prefix))
+                    queries.append(query_for(m.mention, m.context, clue, settings))
     before = emb.encoded
     emb.warm(texts)
     emb.warm(queries, query=True)

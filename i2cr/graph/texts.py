@@ -26,6 +26,14 @@ def round_clues(state: dict[str, Any], mode: str) -> list[Clue]:
     return clues if mode == "cumulative" else clues[-1:]
 
 
+def query_for(mention: str, context: str, clues: Sequence[Clue], settings: Any) -> str:
+    """The ICR/TES query as a run builds it: the context cut to ``max_context_chars`` (as the
+    prepare node does) and the embedder's query prefix. Prefetching uses it too, so the texts
+    it encodes ahead are the ones the graph asks for."""
+    return icr_query(mention, (context or "")[: settings.max_context_chars], clues,
+                     settings.embed_query_prefix)
+
+
 def icr_query(mention: str, context: str, clues: Sequence[Clue], prefix: str = "") -> str:
     q = f"{mention}. {context}".strip()
     for c in clues:
