@@ -1,11 +1,13 @@
 """Per-mention traces of the reasoning graph, built from LangGraph's own stream.
 
-``traced_invoke`` runs the graph with ``stream_mode=["updates", "custom", "values"]``: each
-``updates`` chunk is one node visit (its decision events ride in the update), each ``custom``
-chunk is what a node wrote through the stream writer (full LLM prompts and raw replies, tool
-outputs), and the last ``values`` chunk is the final state. The trace lists the node visits in
-order, each with the edge taken next and why. It holds no settings and no environment, so no key
-can enter it.
+``traced_invoke`` runs the graph with ``stream_mode="updates"``: each chunk is one node visit (its
+decision events ride in the update). What nodes emit beyond the state (full LLM prompts and raw
+replies, tool outputs) goes to a collector and joins the visit of the node that emitted it. The
+final state is the input with every update applied through the graph's own channels (reducers such
+as ``path`` and ``events`` add up, the others keep the last value), which is what LangGraph's
+``values`` mode would give, without copying the state after every step. The trace lists the node
+visits in order, each with the edge taken next and why. It holds no settings and no environment,
+so no key can enter it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import html
 import json
 from typing import Any, Callable
+
+from .graph.trace_events import COLLECTOR
 
 TRACE_SCHEMA = "i2cr.trace/1"
 
@@ -66,7 +70,6 @@ def traced_invoke(graph: Any, inp: dict[str, Any], *, context: Any, config: dict
     """Run the graph; return (final state, trace)."""
     steps: list[dict[str, Any]] = []
     pending: list[dict[str, Any]] = []
-    final: dict[str, Any] = {}
     observer = on_event
 
     def notify(kind: str, ev: dict[str, Any]) -> None:
@@ -78,27 +81,32 @@ def traced_invoke(graph: Any, inp: dict[str, Any], *, context: Any, config: dict
         except Exception:  # noqa: BLE001 - a broken observer (e.g. a closed pipe) must not
             observer = None  # fail the mention; stop telling it
 
-    for mode, chunk in graph.stream(inp, context=context, config=config,
-                                    stream_mode=["updates", "custom", "values"]):
-        if mode == "custom":
-            if not with_prompts:
-                chunk = {k: v for k, v in chunk.items() if k != "prompt"}
-            pending.append(chunk)
-            notify("custom", chunk)
-        elif mode == "updates":
+    channels = getattr(graph, "channels", {}) or {}
+    state: dict[str, Any] = dict(inp)
+    token = COLLECTOR.set(pending)
+    try:
+        for chunk in graph.stream(inp, context=context, config=config, stream_mode="updates"):
             for node, upd in chunk.items():
                 if node.startswith("__"):
                     continue
                 upd = upd or {}
+                for k, v in upd.items():
+                    op = getattr(channels.get(k), "operator", None)
+                    state[k] = op(state[k], v) if op is not None and k in state else v
+                mine = [c for c in pending if c.get("node") in (None, node)]
+                pending[:] = [c for c in pending if c.get("node") not in (None, node)]
+                if not with_prompts:
+                    mine = [{k: v for k, v in c.items() if k != "prompt"} for c in mine]
+                for c in mine:
+                    notify("custom", c)
                 step = {"step": len(steps), "node": node,
                         **{k: upd[k] for k in _SUMMARY_KEYS if k in upd},
-                        "events": list(upd.get("events") or []),
-                        "stream": [c for c in pending if c.get("node") in (None, node)]}
-                pending = [c for c in pending if c.get("node") not in (None, node)]
+                        "events": list(upd.get("events") or []), "stream": mine}
                 steps.append(step)
                 notify("node", step)
-        elif mode == "values":
-            final = chunk
+    finally:
+        COLLECTOR.reset(token)
+    final = state
     for i, s in enumerate(steps):
         nxt = steps[i + 1]["node"] if i + 1 < len(steps) else "__end__"
         s["edge"] = {"to": nxt, "why": _edge_reason(s, nxt) if nxt != "__end__" else "done"}

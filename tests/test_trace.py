@@ -59,6 +59,33 @@ def test_trace_lists_nodes_scores_edges_and_tool_calls(settings, image_file):
     assert "icr: 'Jordan' cos" in tree and "⇢ tes: ICR" in tree and "tool caption" in tree
 
 
+def test_trace_state_equals_langgraphs_and_custom_mode_still_streams(settings, image_file):
+    """traced_invoke rebuilds the final state from updates and collects what nodes emit; a user
+    streaming the graph in LangGraph's own custom mode still sees the same emits live."""
+    from i2cr.graph import graph
+    from i2cr.trace import traced_invoke
+
+    def script():
+        return ScriptedChatModel(script=["Answer: Michael Jordan",
+                                         AIMessage("", tool_calls=[tool_call("caption")]),
+                                         "Answer: Michael Jordan"])
+
+    m = mention(image=image_file, clues=dict(CLUES))
+    ctx = settings(script(), icr_threshold=-1, iav_threshold=1e9, max_vif_rounds=1)
+    final, trace = traced_invoke(graph, m.to_input(), context=ctx)
+    ref = graph.invoke(m.to_input(), context=settings(script(), icr_threshold=-1,
+                                                        iav_threshold=1e9, max_vif_rounds=1))
+    for k in ("answer", "final_reason", "path", "round_answers", "clues", "tools_used", "llm_calls"):
+        assert final[k] == ref[k], k
+    assert [e["type"] for e in final["events"]] == [e["type"] for e in ref["events"]]
+    emitted = [c for s in trace["steps"] for c in s["stream"]]
+    custom = [c for mode, c in graph.stream(
+        m.to_input(), context=settings(script(), icr_threshold=-1, iav_threshold=1e9,
+                                       max_vif_rounds=1), stream_mode=["custom"])]
+    assert [c["type"] for c in custom] == [c["type"] for c in emitted]
+    assert {"llm_call", "tool_result"} <= {c["type"] for c in custom}
+
+
 def test_no_secret_enters_a_trace(settings, monkeypatch, image_file):
     secrets = {"OPENAI_API_KEY": "sk-openai-SECRET-123", "VISION_KEY": "vision-SECRET-456",
                "AZURE_OPENAI_API_KEY": "azure-SECRET-789", "I2CR_LLM_API_KEY": "compat-SECRET-0"}

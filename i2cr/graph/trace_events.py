@@ -1,15 +1,28 @@
-"""Custom stream events: what nodes write through LangGraph's stream writer for traces.
+"""Custom stream events: what nodes write for traces beyond the state.
 
-They carry what the state does not keep (full prompts and raw LLM replies, tool outputs). With
-``stream_mode="custom"`` a caller sees them live; with ``invoke`` they cost nothing.
+They carry what the state does not keep (full prompts and raw LLM replies, tool outputs). Inside
+:func:`i2cr.trace.traced_invoke` they go to the trace's collector; otherwise they go through
+LangGraph's stream writer, so ``graph.stream(..., stream_mode="custom")`` sees them live, and with
+``invoke`` they cost nothing. (The collector exists because asking LangGraph for the ``custom``
+mode made every mention about 5.6 ms slower here, more than the graph's whole own work.)
 """
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
+
+# set by traced_invoke; LangGraph runs nodes with a copy of the caller's context, so nodes on
+# worker threads see the same list
+COLLECTOR: ContextVar[list[dict[str, Any]] | None] = ContextVar("i2cr_trace_collector",
+                                                                default=None)
 
 
 def emit(event: dict[str, Any]) -> None:
+    sink = COLLECTOR.get()
+    if sink is not None:
+        sink.append(event)
+        return
     try:
         from langgraph.config import get_stream_writer
 
