@@ -80,13 +80,33 @@ class VectorStore:
                 self._db.set(self._key(t), np.asarray(v, dtype=np.float32).tobytes())
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matrix products natively (AMX or AVX512-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return any(f in flags for f in (" amx_bf16", " avx512_bf16"))
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """'auto' -> 'bfloat16' on a CPU with native bf16 (MiniLM encodes about 2.7x faster there,
+    cosines move by under 0.004), else 'float32'."""
+    if dtype not in {"auto", "float32", "bfloat16"}:
+        raise ValueError(f"embed_dtype must be auto, float32 or bfloat16, not {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device == "cpu" and cpu_has_bf16() else "float32"
+
+
 class Embedder:
     def __init__(self, name: str, *, device: str = "cpu", batch_size: int = 64,
                  allow_downloads: bool = False, cache_size: int = 500_000,
-                 store_dir: str | None = None):
+                 store_dir: str | None = None, dtype: str = "float32"):
         from sentence_transformers import SentenceTransformer
 
         self.name = name
+        self.dtype = resolve_dtype(dtype, device)
         self.batch_size = batch_size
         _quiet_transformers()
         path = resolve_sentence_model(name)
@@ -97,8 +117,14 @@ class Embedder:
             raise ModelUnavailable(
                 f"cannot load embedder {name!r} ({type(e).__name__}: {e}). Give a local path or a "
                 "model already in the Hugging Face cache, or set allow_downloads") from e
+        if self.dtype == "bfloat16":
+            import torch
+
+            self.model.to(torch.bfloat16)
         self.max_seq_length = getattr(self.model, "max_seq_length", None)
-        self.store = (VectorStore(store_dir, name)
+        # bf16 vectors differ a little from float32 ones: the store keeps them apart
+        store_name = name if self.dtype == "float32" else f"{name}@{self.dtype}"
+        self.store = (VectorStore(store_dir, store_name)
                       if store_dir and str(store_dir).lower() not in {"none", "off"} else None)
         self.from_store = 0  # entity texts read from the persistent store
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # entity texts (they repeat)
@@ -131,8 +157,7 @@ class Embedder:
         got: dict[str, np.ndarray] = {}
         if missing:
             t0 = time.perf_counter()
-            vecs = self.model.encode(missing, batch_size=self.batch_size, normalize_embeddings=True,
-                                     convert_to_numpy=True, show_progress_bar=False)
+            vecs = self.raw_encode(missing)
             with self._lock:
                 self.model_seconds += time.perf_counter() - t0
                 self.encoded += len(missing)
@@ -148,6 +173,11 @@ class Embedder:
             if not texts:
                 return np.zeros((0, 1), dtype=np.float32)
             return np.stack([cache[t] if t in cache else got[t] for t in texts])
+
+    def raw_encode(self, texts: Sequence[str]) -> np.ndarray:
+        """The model alone: normalised float32 vectors, no cache (the benchmark times this)."""
+        return self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False)
 
     def warm(self, texts: Iterable[str], *, query: bool = False) -> None:
         """Encode texts ahead of time in large batches (e.g. every candidate of a dataset)."""

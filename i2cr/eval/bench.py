@@ -7,8 +7,11 @@ Two runs, models loaded beforehand and not counted:
   entities were embedded before (the usual set-up of a linker); queries are encoded again.
 
 For each, the raw model time is the bare sentence-transformers model encoding exactly the texts that
-run encoded, in batches (plus CLIP forward passes when CLIP ran); their ratio shows the overhead of
-the graph, the features and the Python around the model.
+run encoded, in batches, the faster of two passes (CLIP is not timed: the offline default has no
+CLIP weights and uses the caption bridge); in
+bfloat16 the first pass over new batch shapes also pays for compiling their kernels. The ratio shows
+the overhead of the graph, the features and the Python around the model (the pipeline's own kernel
+compiling included).
 """
 
 from __future__ import annotations
@@ -25,20 +28,23 @@ from .metrics import compute
 from .runner import run
 
 
+def _raw_seconds(emb: Any, texts: list[str]) -> float:
+    t0 = time.perf_counter()
+    if texts:
+        emb.raw_encode(texts)
+    return time.perf_counter() - t0
+
+
 def _timed(items: list, settings: Context) -> dict[str, Any]:
     resources.reset()
     emb = resources.embedder(settings)
-    emb.model.encode(["warm-up"], show_progress_bar=False)
+    emb.raw_encode(["warm-up"])
     emb.record = []
     t0 = time.perf_counter()
     recs = list(run(items, settings, progress=False))
     pipeline_s = time.perf_counter() - t0
     texts, emb.record = list(emb.record), None
-    t0 = time.perf_counter()
-    if texts:
-        emb.model.encode(texts, batch_size=settings.embed_batch_size, normalize_embeddings=True,
-                         show_progress_bar=False)
-    raw_s = time.perf_counter() - t0
+    raw_s = min(_raw_seconds(emb, texts) for _ in range(2))
     m = compute(recs, wall_s=pipeline_s)
     return {"pipeline_s": round(pipeline_s, 3), "mentions_per_s": round(len(recs) / pipeline_s, 2),
             "texts_encoded": len(texts), "entity_texts_from_store": emb.from_store,

@@ -21,13 +21,15 @@ _CHATS: dict[tuple, Any] = {}
 
 
 def embedder(ctx: Context) -> Embedder:
-    key = (ctx.embedder, ctx.device, ctx.embed_batch_size, ctx.allow_downloads, ctx.embedding_cache)
+    key = (ctx.embedder, ctx.device, ctx.embed_batch_size, ctx.allow_downloads, ctx.embedding_cache,
+           ctx.embed_dtype)
     with _LOCK:
         if key not in _EMBEDDERS:
             _EMBEDDERS[key] = Embedder(ctx.embedder, device=ctx.device,
                                        batch_size=ctx.embed_batch_size,
                                        allow_downloads=ctx.allow_downloads,
-                                       store_dir=ctx.embedding_cache)
+                                       store_dir=ctx.embedding_cache,
+                                       dtype=ctx.embed_dtype)
         return _EMBEDDERS[key]
 
 
