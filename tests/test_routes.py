@@ -249,3 +249,32 @@ def test_retrieval_answers_nil_only_when_allowed_and_nothing_fits(jordan):
     assert out["answer"] in {"Paris Hilton", "Amman"}
     out = run(jordan(allow_nil=True), ctx)  # a fitting candidate is still chosen
     assert out["answer"] == "Michael Jordan"
+
+
+def test_fallback_last_gives_the_last_rounds_answer_and_text_the_first(settings, jordan, image_file):
+    def scripted():  # round 1 says Peele, every later round Michael Jordan; VIF in fixed order
+        return ScriptedChatModel(script=["Answer: Jordan Peele"] + ["Answer: Michael Jordan"] * 2)
+
+    base = dict(icr_threshold=ALWAYS, iav_threshold=NEVER, vif_llm_choice=False, max_vif_rounds=2)
+    state = jordan(image=image_file, precomputed_clues=dict(CLUES))
+    out = run(state, settings(scripted(), fallback="last", **base))
+    assert [r["answer"] for r in out["round_answers"]] == ["Jordan Peele", "Michael Jordan",
+                                                           "Michael Jordan"]
+    assert out["answer"] == "Michael Jordan" and out["fallback"] == "last"
+    assert out["final_reason"] == "no_round_passed_iav_last_round"
+    out = run(state, settings(scripted(), fallback="text", **base))
+    assert out["answer"] == "Jordan Peele" and out["final_reason"] == "no_round_passed_iav"
+    # with an LLM, 'auto' follows the paper: one clue per round, the text answer as fallback
+    out = run(state, settings(scripted(), **base))
+    assert out["fallback"] == "text" and out["answer"] == "Jordan Peele"
+
+
+def test_cumulative_clues_enter_later_rounds_queries(settings, jordan, image_file):
+    fake = ScriptedChatModel(script=["Answer: Michael Jordan"] * 3)
+    out = run(jordan(image=image_file, precomputed_clues=dict(CLUES)),
+              settings(fake, icr_threshold=ALWAYS, iav_threshold=NEVER, vif_llm_choice=False,
+                       max_vif_rounds=2, clue_mode="cumulative"))
+    prompts = [c["messages"][-1] for c in fake.calls]
+    assert CLUES["OCR text"] not in prompts[0]
+    assert CLUES["OCR text"] in prompts[1] and CLUES["Caption"] not in prompts[1]
+    assert CLUES["OCR text"] in prompts[2] and CLUES["Caption"] in prompts[2]

@@ -8,7 +8,8 @@ Stages (top-1 accuracy over every labelled mention; errors count as wrong):
   equals ``icr``; the gate's own quality is reported as its pass rate and the accuracy of the
   answers it passed;
 - ``vif_k``: the answer if the run had stopped after k VIF iterations: the first round <= k+1
-  whose answer passed IAV, else the text answer;
+  whose answer passed IAV, else the text answer (or, for a run with ``fallback='last'``, the
+  answer of the last round <= k+1);
 - ``final``: the answer given.
 """
 
@@ -25,9 +26,12 @@ def _eq(a: Any, b: Any) -> bool:
 
 def answer_after_vif(rec: dict[str, Any], k: int) -> str | None:
     """The answer had the run stopped after ``k`` VIF iterations (round k+1)."""
-    for r in rec.get("rounds") or []:
-        if r.get("round", 1) <= k + 1 and r.get("iav_passed"):
+    upto = [r for r in rec.get("rounds") or [] if r.get("round", 1) <= k + 1]
+    for r in upto:
+        if r.get("iav_passed"):
             return r.get("answer")
+    if rec.get("fallback") == "last" and upto and upto[-1].get("answer") not in (None, "nil"):
+        return upto[-1].get("answer")
     return rec.get("text_answer")
 
 

@@ -109,9 +109,14 @@ class Context:
         "Cap on VIF iterations; None means one per visual tool.")})
     vif_llm_choice: bool = field(default=True, metadata={"description": (
         "Ask the LLM which tool to call (tool calling); off uses the paper's fixed order.")})
-    clue_mode: str = field(default="round", metadata={"description": (
-        "'round': each round's prompt has only that round's clue (as the paper); 'cumulative': "
-        "every clue gathered so far.")})
+    clue_mode: str = field(default="auto", metadata={"description": (
+        "'round': each round's prompt and query have only that round's clue (as the paper); "
+        "'cumulative': every clue gathered so far; 'auto': round with an LLM (the paper found all "
+        "clues at once worse for its LLM), cumulative with the retrieval ranker (better in dev CV).")})
+    fallback: str = field(default="auto", metadata={"description": (
+        "The answer when no round passes IAV: 'text' (round 1's, as the paper) or 'last' (the last "
+        "round's, which with cumulative clues has seen every clue); 'auto': last with cumulative "
+        "clues, else text.")})
     tesseract_lang: str = "eng"
     tesseract_psm: int = 3
     vision_endpoint: str | None = field(default=None, metadata={"description": (
@@ -147,17 +152,41 @@ class Context:
             raise ValueError(f"iav_mode must be auto, clip, caption or off, not {self.iav_mode!r}")
         if self.tes_strategy not in {"auto", "llm", "retrieval"}:
             raise ValueError(f"tes_strategy must be auto, llm or retrieval, not {self.tes_strategy!r}")
+        if self.clue_mode not in {"auto", "round", "cumulative"}:
+            raise ValueError(f"clue_mode must be auto, round or cumulative, not {self.clue_mode!r}")
         if self.embed_dtype not in {"auto", "float32", "bfloat16"}:
             raise ValueError(f"embed_dtype must be auto, float32 or bfloat16, not {self.embed_dtype!r}")
-        if self.clue_mode not in {"round", "cumulative"}:
-            raise ValueError(f"clue_mode must be round or cumulative, not {self.clue_mode!r}")
+        if self.fallback not in {"auto", "text", "last"}:
+            raise ValueError(f"fallback must be auto, text or last, not {self.fallback!r}")
 
     # derived values ---------------------------------------------------------------------------
     @property
     def alpha(self) -> float:
+        """ICR's threshold: the setting, else for the retrieval ranker the value its calibration
+        chose by cross-validation, else the embedder's calibrated value."""
         if self.icr_threshold is not None:
             return float(self.icr_threshold)
+        if self.strategy == "retrieval":
+            from ..ranker import load_weights
+
+            fitted = load_weights(self.ranker_weights)[1].get("icr_threshold", {})
+            if fitted.get("embedder") == self.embedder and fitted.get("value") is not None:
+                return float(fitted["value"])
         return ICR_THRESHOLDS.get(self.embedder, DEFAULT_ICR_THRESHOLD)
+
+    @property
+    def query_clues(self) -> str:
+        """The clue mode in force: 'round' or 'cumulative'."""
+        if self.clue_mode != "auto":
+            return self.clue_mode
+        return "cumulative" if self.strategy == "retrieval" else "round"
+
+    @property
+    def fallback_answer(self) -> str:
+        """What stands when no round passes IAV: 'text' or 'last'."""
+        if self.fallback != "auto":
+            return self.fallback
+        return "last" if self.query_clues == "cumulative" else "text"
 
     @property
     def strategy(self) -> str:

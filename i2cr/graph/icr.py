@@ -21,7 +21,7 @@ from .texts import entity_text, query_for, round_clues
 
 def icr_score(state: State, ctx: Context, name: str) -> float:
     cand = next(c for c in state["candidates"] if c["name"] == name)
-    q = query_for(state["mention"], state.get("context", ""), round_clues(state, ctx.clue_mode), ctx)
+    q = query_for(state["mention"], state.get("context", ""), round_clues(state, ctx.query_clues), ctx)
     return resources.embedder(ctx).similarity(q, [entity_text(cand)])[0]
 
 

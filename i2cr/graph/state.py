@@ -42,6 +42,8 @@ class OutputState(TypedDict, total=False):
     answer: str | None
     is_nil: bool
     final_reason: str
+    fallback: str
+    fallback: str  # what stood when no round passed IAV: 'text' or 'last'
     path: list[str]
     text_answer: str | None
     first_answer: str | None
@@ -104,3 +106,4 @@ class State(InputState, total=False):
     answer: str | None
     is_nil: bool
     final_reason: str
+    fallback: str

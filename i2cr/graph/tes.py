@@ -8,7 +8,6 @@ recorded.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -21,7 +20,7 @@ from ..prompts import build_tes_messages
 from . import resources
 from .context import Context, settings_of
 from .state import State
-from .texts import entity_text, query_for, round_clues
+from .texts import entity_text, occupation_query, query_for, round_clues
 from .trace_events import emit, prompt_text, tokens_of
 
 RETRY_NOTE = ("Your previous reply named no candidate from the list. Reply with exactly one line: "
@@ -35,16 +34,29 @@ def allowed_candidates(state: State) -> list[dict[str, Any]]:
 
 def rank_by_embedding(state: State, ctx: Context, cands: list[dict[str, Any]]) -> list[float]:
     emb = resources.embedder(ctx)
-    q = query_for(state["mention"], state.get("context", ""), round_clues(state, ctx.clue_mode), ctx)
+    q = query_for(state["mention"], state.get("context", ""), round_clues(state, ctx.query_clues), ctx)
     return emb.similarity(q, [entity_text(c) for c in cands])
 
 
-def retrieval_scores(state: State, ctx: Context, cands: list[dict[str, Any]]) -> list[float]:
-    """The retrieval ranker's scores for ``cands`` in this round (mention, context, round clue)."""
-    clues = round_clues(state, ctx.clue_mode)
+def occupation_sims(emb: Any, context: str, cands: list[dict[str, Any]],
+                    ctx: Context) -> list[float | None]:
+    """Similarity of the context to each candidate's occupation (None: no occupation given)."""
+    occs = [ranker.occupation(c) for c in cands]
+    known = [o for o in occs if o]
+    if not known:
+        return [None] * len(cands)
+    sims = dict(zip(known, emb.similarity(occupation_query(context, ctx), known)))
+    return [sims[o] if o else None for o in occs]
+
+
+def retrieval_scores(state: State, ctx: Context, cands: list[dict[str, Any]]):
+    """The retrieval ranker's (scores, features) for ``cands`` in this round (mention, context,
+    round clues)."""
+    clues = round_clues(state, ctx.query_clues)
     sims = rank_by_embedding(state, ctx, cands)
-    return ranker.score(state["mention"], state.get("context", ""),
-                        " ".join(c["text"] for c in clues), cands, sims, ctx.ranker_weights)
+    occ = occupation_sims(resources.embedder(ctx), state.get("context", ""), cands, ctx)
+    return ranker.rank(state["mention"], state.get("context", ""),
+                       " ".join(c["text"] for c in clues), cands, sims, ctx.ranker_weights, occ)
 
 
 def tes_retrieval(state: State, ctx: Context) -> dict[str, Any]:
@@ -52,11 +64,11 @@ def tes_retrieval(state: State, ctx: Context) -> dict[str, Any]:
     if not cands:
         choice, top = NIL, []
     else:
-        scores = retrieval_scores(state, ctx, cands)
+        scores, F = retrieval_scores(state, ctx, cands)
         order = sorted(range(len(cands)), key=lambda i: -scores[i])
         choice = cands[order[0]]["name"]
         top = [{"name": cands[i]["name"], "score": round(scores[i], 3)} for i in order[:3]]
-        best_p = 1.0 / (1.0 + math.exp(-scores[order[0]]))
+        best_p = ranker.top_probability(scores, F, ctx.ranker_weights)
         if state.get("allow_nil") and best_p < ctx.nil_threshold:
             choice = NIL
             top.insert(0, {"name": NIL, "score": None, "best_probability": round(best_p, 4)})
@@ -97,7 +109,7 @@ def tes(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             break
         messages = build_tes_messages(
             mention=state["mention"], context=state.get("context", ""), candidates=cands,
-            excluded=state.get("excluded") or [], clues=round_clues(state, ctx.clue_mode),
+            excluded=state.get("excluded") or [], clues=round_clues(state, ctx.query_clues),
             allow_nil=allow_nil, desc_chars=ctx.desc_chars, retry_note=note)
         t0 = time.perf_counter()
         try:

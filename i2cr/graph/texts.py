@@ -34,6 +34,23 @@ def query_for(mention: str, context: str, clues: Sequence[Clue], settings: Any) 
                      settings.embed_query_prefix)
 
 
+def occupation_query(context: str, settings: Any) -> str:
+    """The text the ranker compares with each candidate's occupation: the (cut) context."""
+    return settings.embed_query_prefix + (context or "")[: settings.max_context_chars]
+
+
+def clue_sequence(clues: dict[str, Any] | None, tool_names: Sequence[str]) -> list[Clue]:
+    """The useful precomputed clues in the order VIF's fixed order would fetch them."""
+    from ..tools.builtin import CLUE_KEYS, _clue_text
+
+    out: list[Clue] = []
+    for tool in tool_names:
+        text = _clue_text((clues or {}).get(CLUE_KEYS.get(tool, ""))).strip()
+        if text:
+            out.append({"tool": tool, "text": text, "ok": True})
+    return out
+
+
 def icr_query(mention: str, context: str, clues: Sequence[Clue], prefix: str = "") -> str:
     q = f"{mention}. {context}".strip()
     for c in clues:
