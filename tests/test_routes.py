@@ -278,3 +278,23 @@ def test_cumulative_clues_enter_later_rounds_queries(settings, jordan, image_fil
     assert CLUES["OCR text"] not in prompts[0]
     assert CLUES["OCR text"] in prompts[1] and CLUES["Caption"] not in prompts[1]
     assert CLUES["OCR text"] in prompts[2] and CLUES["Caption"] in prompts[2]
+
+
+def test_pruning_keeps_the_rankers_top_k_for_the_llm(settings, jordan):
+    from i2cr.graph.tes import retrieval_scores
+
+    state = jordan()
+    ctx = settings(ScriptedChatModel(script=["Answer: Michael Jordan"]), prune_k=2,
+                   icr_threshold=ALWAYS)
+    scores, _ = retrieval_scores({**state, "round": 1, "clues": []}, ctx, state["candidates"])
+    by_score = [c["name"] for _, c in sorted(zip(scores, state["candidates"]),
+                                             key=lambda t: -t[0])]
+    fake = ctx.chat_model
+    out = run(state, ctx)
+    pruned = events(out, "candidates_pruned")[0]
+    assert len(pruned["dropped"]) == len(state["candidates"]) - 2
+    assert set(pruned["dropped"]) == set(by_score[2:])
+    listed = [ln.split(". ", 1)[1].split(":")[0] for ln in fake.calls[0]["messages"][-1].splitlines()
+              if ln[:1].isdigit() and ". " in ln]
+    assert sorted(listed) == sorted(by_score[:2])  # the LLM sees only the two kept
+    assert out["answer"] == "Michael Jordan"

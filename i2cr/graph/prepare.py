@@ -56,7 +56,7 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     elif ctx.prune_k and len(cands) > ctx.prune_k:
         from .tes import retrieval_scores
 
-        scores = retrieval_scores({**state, "round": 1, "clues": []}, ctx, cands)
+        scores, _ = retrieval_scores({**state, "round": 1, "clues": []}, ctx, cands)
         keep = sorted(range(len(cands)), key=lambda i: -scores[i])[: ctx.prune_k]
         pruned = [cands[i] for i in sorted(keep)]
         events.append({"type": "candidates_pruned", "k": ctx.prune_k,
