@@ -183,6 +183,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"LLM calls/mention {c['llm_calls_per_mention']:.2f}, tool calls/mention "
           f"{c['tool_calls_per_mention']:.2f}, {s['mentions_per_s'] or 0:.2f} mentions/s, "
           f"p50 {s['latency_p50_s'] or 0:.3f}s; report: {args.out_dir}/report.md")
+    if c.get("llm_failed_calls"):
+        print(f"warning: {c['llm_failed_calls']} LLM calls failed and TES fell back to the embedding "
+              f"ranking {c.get('tes_fallbacks', 0)} times: these answers are not the LLM's "
+              "(see the llm_error events in results.jsonl)", file=sys.stderr)
     return 0
 
 

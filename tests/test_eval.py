@@ -67,6 +67,17 @@ def test_metrics_match_hand_computed_values():
     assert m["routes"]["iav_passed_round_2"] == 1 and m["routes"]["error"] == 1
 
 
+def test_failed_llm_calls_and_fallbacks_are_counted_and_warned_about():
+    r = rec(1, "A", "A", "A", "A")
+    r["events"] = [{"type": "llm_error", "node": "tes", "error": "APIConnectionError"},
+                   {"type": "llm_error", "node": "tes", "error": "APIConnectionError"},
+                   {"type": "tes_fallback", "choice": "A", "method": "embedding_fallback"},
+                   {"type": "llm_error", "node": "vif", "error": "Timeout"}]
+    c = M.compute([r, rec(2, "B", "B", "B", "B")])["cost"]
+    assert c["llm_failed_calls"] == 3 and c["tes_fallbacks"] == 1
+    assert M.compute(RECORDS)["cost"]["llm_failed_calls"] == 0
+
+
 def test_torn_last_line_is_cut_and_nothing_is_counted_twice(tmp_path):
     p = tmp_path / "r.jsonl"
     w = ResultWriter(p)

@@ -103,7 +103,12 @@ def compute(records: Iterable[dict[str, Any]], *, wall_s: float | None = None,
     k = max(len(recs), 1)
     m["cost"] = {"llm_calls_per_mention": sum(r.get("llm_calls") or 0 for r in recs) / k,
                  "tokens_per_mention": sum(_tokens(r) for r in recs) / k,
-                 "tool_calls_per_mention": sum(len(r.get("tools_used") or []) for r in recs) / k}
+                 "tool_calls_per_mention": sum(len(r.get("tools_used") or []) for r in recs) / k,
+                 # failed LLM calls (errors, timeouts): their answers came from the fallbacks
+                 "llm_failed_calls": sum(1 for r in recs for e in r.get("events") or []
+                                         if e.get("type") == "llm_error"),
+                 "tes_fallbacks": sum(1 for r in recs for e in r.get("events") or []
+                                      if e.get("type") == "tes_fallback")}
     lat = [float(r["elapsed_s"]) for r in recs if r.get("elapsed_s") is not None]
     m["speed"] = {"latency_p50_s": percentile(lat, 0.5), "latency_p95_s": percentile(lat, 0.95),
                   "wall_s": wall_s,

@@ -79,6 +79,8 @@ def markdown(metrics: dict[str, Any], info: dict[str, Any]) -> str:
               f"| LLM calls / mention | {_num(c['llm_calls_per_mention'])} |",
               f"| tokens / mention | {_num(c['tokens_per_mention'], '{:.0f}')} |",
               f"| tool calls / mention | {_num(c['tool_calls_per_mention'])} |",
+              f"| failed LLM calls (total) | {c.get('llm_failed_calls', 0)} |",
+              f"| TES fallbacks to the embedding ranking (total) | {c.get('tes_fallbacks', 0)} |",
               f"| latency p50 / p95 (s) | {_num(s['latency_p50_s'], '{:.3f}')} / "
               f"{_num(s['latency_p95_s'], '{:.3f}')} |",
               f"| mentions / s | {_num(s['mentions_per_s'])} |",
