@@ -9,8 +9,9 @@ from what TES sees in that round (mention, context, and the round's visual clues
 - rapidfuzz similarities of mention and candidate name; whether the mention's words are in the name,
   and whether they are its last words (a surname) or its first words (a given name);
 - how much of the name is in the context, and in the clue text (e.g. OCR);
-- popularity priors: the rank of the Wikidata QID number among the candidates (older, lower ids
-  are on the whole better-known entities), and whether the description lists a spouse;
+- popularity priors: how far the Wikidata QID number is above the candidates' lowest, in orders of
+  magnitude (older, lower ids are on the whole better-known entities), and whether the description
+  lists a spouse;
 - agreement of gender words in the clue / context with the description's ``Sex:`` field;
 - time: years in the context against the description's birth and death years (before birth, as a
   child, within the lifetime, after death, unless the text speaks of a child or of a grave or
@@ -37,7 +38,7 @@ import numpy as np
 from rapidfuzz import fuzz, utils
 
 FEATURES = ["sim", "sim_gap", "token_set", "partial", "wratio", "mention_in_name", "name_in_context",
-            "name_in_clue", "qid_rank", "gender_clue", "gender_context", "year_fit",
+            "name_in_clue", "qid_gap", "gender_clue", "gender_context", "year_fit",
             "surname_match", "given_name_match", "has_spouse", "gender_words_context",
             "before_birth", "child_at_year", "in_lifetime", "after_death",
             "painting_era", "monochrome_era", "occupation_context", "no_occupation"]
@@ -84,6 +85,16 @@ def _qid_num(c: dict[str, Any]) -> float:
     return float(q[1:]) if q[:1] in "Qq" and q[1:].isdigit() else math.inf
 
 
+def qid_gaps(candidates: Sequence[dict[str, Any]]) -> list[float]:
+    """How many orders of magnitude each candidate's Wikidata QID number is above the lowest of the
+    candidates, capped at 3 and scaled to 0..1 (0: the best-known candidate; 0.5 without a QID).
+    A gap, not a rank, so it means the same with 3 candidates as with 10."""
+    logs = [math.log10(q) if 0 < q < math.inf else None for q in map(_qid_num, candidates)]
+    known = [x for x in logs if x is not None]
+    low = min(known) if known else 0.0
+    return [0.5 if x is None else min(x - low, 3.0) / 3.0 for x in logs]
+
+
 def occupation(cand: dict[str, Any]) -> str:
     """The ``Occupation:`` field of a structured description ('' when there is none)."""
     m = _OCCUPATION.search(cand.get("desc") or "")
@@ -116,11 +127,7 @@ def features(mention: str, context: str, clue_text: str, candidates: Sequence[di
     occ = list(occupation_sims) if occupation_sims is not None else [None] * n
     occ_known = [o for o in occ if o is not None]
     occ_best = max(occ_known) if occ_known else 0.0
-    qids = [_qid_num(c) for c in candidates]
-    order = sorted(range(n), key=lambda i: qids[i])
-    qrank = [0.0] * n
-    for r, i in enumerate(order):
-        qrank[i] = r / (n - 1) if n > 1 and qids[i] != math.inf else (0.5 if n > 1 else 0.0)
+    qrank = qid_gaps(candidates)
     rows = []
     for i, c in enumerate(candidates):
         name, desc = c["name"], c.get("desc") or ""

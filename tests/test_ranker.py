@@ -25,7 +25,10 @@ def test_features_capture_gender_year_popularity_and_names():
     assert list(col(F, "gender_clue")) == [-1.0, 1.0, -1.0]  # 'woman' agrees with Sex: female
     assert list(col(F, "gender_context")) == [-1.0, 1.0, -1.0]  # 'her'
     assert list(col(F, "year_fit")) == [1.0, 1.0, -1.0]  # 2009 is outside 1815..1910
-    assert list(col(F, "qid_rank")) == [0.0, 0.5, 1.0]  # Q76 is the best-known
+    # Q76 is the best-known; Q13133 is 2.2 orders of magnitude above it; Q999999 over 3 (capped)
+    assert np.allclose(col(F, "qid_gap"), [0.0, (np.log10(13133) - np.log10(76)) / 3, 1.0])
+    two = features("Obama", "", "", CANDS[:2], [0.5, 0.4])  # the same gap with fewer candidates
+    assert np.allclose(col(two, "qid_gap"), col(F, "qid_gap")[:2])
     assert list(col(F, "mention_in_name")) == [1.0, 1.0, 1.0]
     assert col(F, "sim_gap")[0] == 0.0 and col(F, "sim_gap")[2] < 0
 

@@ -112,7 +112,8 @@ class Context:
     clue_mode: str = field(default="auto", metadata={"description": (
         "'round': each round's prompt and query have only that round's clue (as the paper); "
         "'cumulative': every clue gathered so far; 'auto': round with an LLM (the paper found all "
-        "clues at once worse for its LLM), cumulative with the retrieval ranker (better in dev CV).")})
+        "clues at once worse for its LLM), cumulative with the retrieval ranker (its last round "
+        "then has seen every clue).")})
     fallback: str = field(default="auto", metadata={"description": (
         "The answer when no round passes IAV: 'text' (round 1's, as the paper) or 'last' (the last "
         "round's, which with cumulative clues has seen every clue); 'auto': last with cumulative "
