@@ -220,13 +220,3 @@ def top_probability(scores: Sequence[float], F: np.ndarray, weights: str | None 
     x = fit_inputs(np.asarray(F))[int(np.argmax(scores))]
     z = float(np.dot(fit["coef"], x) + fit["intercept"])
     return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
-
-
-def top_margin(scores: np.ndarray) -> float:
-    """The best score minus log-sum-exp of the others (the log-odds of the softmax's top)."""
-    s = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
-    if len(s) == 1:
-        return 10.0
-    rest = s[1:]
-    m = rest.max()
-    return float(s[0] - (m + math.log(np.exp(rest - m).sum())))
