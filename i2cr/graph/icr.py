@@ -16,12 +16,12 @@ from . import resources
 from .context import Context, settings_of
 from .state import State
 from .tes import allowed_candidates
-from .texts import entity_text, query_for, round_clues
+from .texts import entity_text, round_query
 
 
 def icr_score(state: State, ctx: Context, name: str) -> float:
     cand = next(c for c in state["candidates"] if c["name"] == name)
-    q = query_for(state["mention"], state.get("context", ""), round_clues(state, ctx.query_clues), ctx)
+    q = round_query(state, ctx)
     return resources.embedder(ctx).similarity(q, [entity_text(cand)])[0]
 
 

@@ -20,7 +20,7 @@ from ..prompts import build_tes_messages
 from . import resources
 from .context import Context, settings_of
 from .state import State
-from .texts import entity_text, occupation_query, query_for, round_clues
+from .texts import entity_text, occupation_query, round_clues, round_query
 from .trace_events import emit, prompt_text, tokens_of
 
 RETRY_NOTE = ("Your previous reply named no candidate from the list. Reply with exactly one line: "
@@ -34,7 +34,7 @@ def allowed_candidates(state: State) -> list[dict[str, Any]]:
 
 def rank_by_embedding(state: State, ctx: Context, cands: list[dict[str, Any]]) -> list[float]:
     emb = resources.embedder(ctx)
-    q = query_for(state["mention"], state.get("context", ""), round_clues(state, ctx.query_clues), ctx)
+    q = round_query(state, ctx)
     return emb.similarity(q, [entity_text(c) for c in cands])
 
 

@@ -34,6 +34,12 @@ def query_for(mention: str, context: str, clues: Sequence[Clue], settings: Any) 
                      settings.embed_query_prefix)
 
 
+def round_query(state: dict[str, Any], settings: Any) -> str:
+    """The query TES's ranking and ICR compare with entity texts in the current round."""
+    return query_for(state["mention"], state.get("context", ""),
+                     round_clues(state, settings.query_clues), settings)
+
+
 def occupation_query(context: str, settings: Any) -> str:
     """The text the ranker compares with each candidate's occupation: the (cut) context."""
     return settings.embed_query_prefix + (context or "")[: settings.max_context_chars]
