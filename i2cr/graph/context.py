@@ -44,11 +44,13 @@ class Context:
     prune_k: int | None = field(default=None, metadata={"description": (
         "Keep only the top-k candidates of the retrieval ranker before TES (UniMEL uses 5); "
         "None keeps all.")})
-    nil_threshold: float = field(default=0.1, metadata={"description": (
-        "Retrieval TES answers NIL (where the sample allows it) when the best candidate's ranker "
-        "probability is below this. Not calibrated: the WikiMEL dev split has no NIL gold.")})
+    nil_threshold: float | None = field(default=None, metadata={"description": (
+        "Retrieval TES answers NIL (where the sample allows it) when the ranker's p_link, the "
+        "probability that its best candidate is the referent at all, is below this; None takes "
+        "the threshold fitted with the weights (chosen by cross-validation on NIL gold).")})
     ranker_weights: str | None = field(default=None, metadata={"description": (
-        "Path to ranker weights JSON; None uses the shipped ones (fitted on WikiMEL dev).")})
+        "Path to ranker weights JSON (python -m i2cr.eval.calibrate writes one); None uses the "
+        "shipped ones (fitted on WikiMEL dev and five news/web entity-linking sets).")})
     llm_temperature: float = 0.0
     llm_max_tokens: int = 64
     llm_timeout: float = 120.0
@@ -170,7 +172,7 @@ class Context:
         if self.strategy == "retrieval":
             from ..ranker import load_weights
 
-            fitted = load_weights(self.ranker_weights)[1].get("icr_threshold", {})
+            fitted = load_weights(self.ranker_weights).icr_threshold
             if fitted.get("embedder") == self.embedder and fitted.get("value") is not None:
                 return float(fitted["value"])
         return ICR_THRESHOLDS.get(self.embedder, DEFAULT_ICR_THRESHOLD)

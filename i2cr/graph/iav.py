@@ -21,7 +21,7 @@ from ..images import IMAGES, ImageError
 from . import resources
 from .context import Context, settings_of
 from .state import State
-from .texts import entity_text
+from ..texts import entity_text
 
 
 def caption_text(state: State) -> str:

@@ -16,7 +16,8 @@ from . import resources
 from .context import Context, settings_of
 from .state import State
 from .tes import allowed_candidates
-from .texts import entity_text, round_query
+from ..texts import entity_text
+from .texts import round_query
 
 
 def icr_score(state: State, ctx: Context, name: str) -> float:

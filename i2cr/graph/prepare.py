@@ -54,10 +54,10 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     if not cands:
         events.append({"type": "no_candidates"})
     elif ctx.prune_k and len(cands) > ctx.prune_k:
-        from .tes import retrieval_scores
+        from .tes import retrieval_ranking
 
-        scores, _ = retrieval_scores({**state, "round": 1, "clues": []}, ctx, cands)
-        keep = sorted(range(len(cands)), key=lambda i: -scores[i])[: ctx.prune_k]
+        ranking = retrieval_ranking({**state, "round": 1, "clues": []}, ctx, cands)
+        keep = ranking.order[: ctx.prune_k]
         pruned = [cands[i] for i in sorted(keep)]
         events.append({"type": "candidates_pruned", "k": ctx.prune_k,
                        "dropped": [c["name"] for c in cands if c not in pruned]})

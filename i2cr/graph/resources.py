@@ -11,6 +11,7 @@ from typing import Any
 from ..clip import ClipScorer
 from ..embeddings import Embedder, ModelUnavailable
 from ..llm import load_chat_model
+from ..ranker import Ranker, load_weights
 from ..tools import VisualTool, build_tools
 from .context import Context
 
@@ -31,6 +32,11 @@ def embedder(ctx: Context) -> Embedder:
                                        store_dir=ctx.embedding_cache,
                                        dtype=ctx.embed_dtype)
         return _EMBEDDERS[key]
+
+
+def ranker(ctx: Context) -> Ranker:
+    """The retrieval ranker over the run's embedder and weights (weights are parsed once)."""
+    return Ranker(embedder(ctx), load_weights(ctx.ranker_weights), ctx)
 
 
 def clip(ctx: Context) -> ClipScorer:

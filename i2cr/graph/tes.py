@@ -13,14 +13,15 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from .. import ranker
 from ..data import NIL
 from ..matching import map_answer
 from ..prompts import build_tes_messages
+from ..ranker import Ranking
+from ..texts import entity_text
 from . import resources
 from .context import Context, settings_of
 from .state import State
-from .texts import entity_text, occupation_query, round_clues, round_query
+from .texts import round_clues, round_query
 from .trace_events import emit, prompt_text, tokens_of
 
 RETRY_NOTE = ("Your previous reply named no candidate from the list. Reply with exactly one line: "
@@ -38,43 +39,30 @@ def rank_by_embedding(state: State, ctx: Context, cands: list[dict[str, Any]]) -
     return emb.similarity(q, [entity_text(c) for c in cands])
 
 
-def occupation_sims(emb: Any, context: str, cands: list[dict[str, Any]],
-                    ctx: Context) -> list[float | None]:
-    """Similarity of the context to each candidate's occupation (None: no occupation given)."""
-    occs = [ranker.occupation(c) for c in cands]
-    known = [o for o in occs if o]
-    if not known:
-        return [None] * len(cands)
-    sims = dict(zip(known, emb.similarity(occupation_query(context, ctx), known)))
-    return [sims[o] if o else None for o in occs]
-
-
-def retrieval_scores(state: State, ctx: Context, cands: list[dict[str, Any]]):
-    """The retrieval ranker's (scores, features) for ``cands`` in this round (mention, context,
-    round clues)."""
-    clues = round_clues(state, ctx.query_clues)
-    sims = rank_by_embedding(state, ctx, cands)
-    occ = occupation_sims(resources.embedder(ctx), state.get("context", ""), cands, ctx)
-    return ranker.rank(state["mention"], state.get("context", ""),
-                       " ".join(c["text"] for c in clues), cands, sims, ctx.ranker_weights, occ)
+def retrieval_ranking(state: State, ctx: Context, cands: list[dict[str, Any]]) -> Ranking:
+    """The ranker's view of ``cands`` in this round (mention, context, round clues)."""
+    return resources.ranker(ctx).rank(state["mention"], state.get("context", ""),
+                                      round_clues(state, ctx.query_clues), cands)
 
 
 def tes_retrieval(state: State, ctx: Context) -> dict[str, Any]:
     cands = allowed_candidates(state)
+    ev: dict[str, Any] = {"type": "tes_answer", "round": state.get("round", 1),
+                          "strategy": "retrieval", "method": "retrieval",
+                          "offered": [c["name"] for c in cands]}
     if not cands:
-        choice, top = NIL, []
+        choice = NIL
+        ev["top"] = []
     else:
-        scores, F = retrieval_scores(state, ctx, cands)
-        order = sorted(range(len(cands)), key=lambda i: -scores[i])
-        choice = cands[order[0]]["name"]
-        top = [{"name": cands[i]["name"], "score": round(scores[i], 3)} for i in order[:3]]
-        best_p = ranker.top_probability(scores, F, ctx.ranker_weights)
-        if state.get("allow_nil") and best_p < ctx.nil_threshold:
+        r = retrieval_ranking(state, ctx, cands)
+        choice = cands[r.best]["name"]
+        table = r.table()
+        ev.update(top=table[:3], scores=table, model=r.model, p_link=round(r.p_link, 4),
+                  nil_threshold=r.nil_threshold)
+        if state.get("allow_nil") and r.nil:
             choice = NIL
-            top.insert(0, {"name": NIL, "score": None, "best_probability": round(best_p, 4)})
-    ev = {"type": "tes_answer", "round": state.get("round", 1), "strategy": "retrieval",
-          "mapped": choice, "method": "retrieval", "top": top,
-          "offered": [c["name"] for c in cands]}
+            ev["nil_reason"] = f"p_link {r.p_link:.3f} < {r.nil_threshold}"
+    ev["mapped"] = choice
     update: dict[str, Any] = {"path": ["tes"], "choice": choice, "llm_answer": None, "events": [ev]}
     if state.get("first_answer") is None:
         update["first_answer"] = choice

@@ -1,20 +1,11 @@
-"""The texts that the embedder and CLIP compare: the ICR query and the entity text."""
+"""Which clues a round carries, and the round's query (the texts themselves: :mod:`i2cr.texts`)."""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+from ..texts import query_for
 from .state import Clue
-
-
-def entity_text(cand: dict[str, Any]) -> str:
-    """Entity name + description (WikiMEL descriptions already start with 'Name: ...')."""
-    name, desc = cand.get("name", ""), (cand.get("desc") or "").strip()
-    if not desc:
-        return name
-    if desc.lower().startswith(("name: " + name).lower()):
-        return desc
-    return f"{name}. {desc}"
 
 
 def round_clues(state: dict[str, Any], mode: str) -> list[Clue]:
@@ -26,23 +17,10 @@ def round_clues(state: dict[str, Any], mode: str) -> list[Clue]:
     return clues if mode == "cumulative" else clues[-1:]
 
 
-def query_for(mention: str, context: str, clues: Sequence[Clue], settings: Any) -> str:
-    """The ICR/TES query as a run builds it: the context cut to ``max_context_chars`` (as the
-    prepare node does) and the embedder's query prefix. Prefetching uses it too, so the texts
-    it encodes ahead are the ones the graph asks for."""
-    return icr_query(mention, (context or "")[: settings.max_context_chars], clues,
-                     settings.embed_query_prefix)
-
-
 def round_query(state: dict[str, Any], settings: Any) -> str:
     """The query TES's ranking and ICR compare with entity texts in the current round."""
     return query_for(state["mention"], state.get("context", ""),
                      round_clues(state, settings.query_clues), settings)
-
-
-def occupation_query(context: str, settings: Any) -> str:
-    """The text the ranker compares with each candidate's occupation: the (cut) context."""
-    return settings.embed_query_prefix + (context or "")[: settings.max_context_chars]
 
 
 def clue_sequence(clues: dict[str, Any] | None, tool_names: Sequence[str]) -> list[Clue]:
@@ -55,10 +33,3 @@ def clue_sequence(clues: dict[str, Any] | None, tool_names: Sequence[str]) -> li
         if text:
             out.append({"tool": tool, "text": text, "ok": True})
     return out
-
-
-def icr_query(mention: str, context: str, clues: Sequence[Clue], prefix: str = "") -> str:
-    q = f"{mention}. {context}".strip()
-    for c in clues:
-        q += f" {c['text'].strip()}"
-    return prefix + q

@@ -1,0 +1,219 @@
+"""The ranker as one object: its weights, its inputs, its scores and its NIL decision.
+
+A weights file holds two fitted models, chosen per mention: ``prior`` (used when any candidate has
+a ``prior``) and ``no_prior`` (fitted with every prior stripped, so its other weights carry the
+ranking alone). Each model has
+
+- ``coef``: a conditional logit over :data:`~.features.FEATURES` (a softmax over one mention's
+  candidates: it compares candidates and is trained for exactly what TES does);
+- ``nil``: a logistic model over :data:`NIL_FEATURES` of the best candidate (its softmax
+  probability, lead, similarity, name match, prior, the number of candidates), giving
+  ``p_link``, the probability that the best candidate is the referent at all; where a sample
+  allows NIL, NIL is answered when ``p_link`` is below ``nil_threshold`` (chosen by
+  cross-validation on the NIL gold of the fitting data).
+
+TES, pruning, prefetching and calibration all go through :class:`Ranker`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..texts import context_query, entity_text, query_for
+from .features import FEATURES, features, has_prior, occupation
+
+NIL_FEATURES = ["top_prob", "margin", "top_sim", "top_exact", "top_wratio", "top_token_set",
+                "top_acronym", "top_demonym", "top_mention_in_desc", "top_prior", "log_candidates",
+                "mention_lowercase", "mention_words"]
+# personal pronouns: a name lookup cannot have found their referent (that is coreference), so
+# where NIL is allowed a pronoun is NIL, whatever the candidates (a rule, not a fitted weight)
+PRONOUNS = {"i", "me", "my", "mine", "myself", "you", "your", "yours", "yourself", "he", "him", "his",
+            "himself", "she", "her", "hers", "herself", "it", "its", "itself", "we", "us", "our",
+            "ours", "ourselves", "they", "them", "their", "theirs", "themselves"}
+MODELS = ("prior", "no_prior")
+
+
+def nil_features(mention: str, probs: np.ndarray, F: np.ndarray) -> np.ndarray:
+    """The mention-level row the NIL model reads: the best candidate's features and its lead, and
+    the mention's own form (lower case, as common nouns are; its length in words)."""
+    if not len(probs):
+        return np.zeros(len(NIL_FEATURES))
+    order = np.argsort(-probs)
+    b = int(order[0])
+    second = float(probs[order[1]]) if len(order) > 1 else 0.0
+    col = {k: FEATURES.index(k) for k in FEATURES}
+    return np.asarray([
+        float(probs[b]), float(probs[b]) - second, F[b, col["sim"]], F[b, col["exact"]],
+        F[b, col["wratio"]], F[b, col["token_set"]], F[b, col["acronym"]], F[b, col["demonym"]],
+        F[b, col["mention_in_desc"]], F[b, col["prior"]], math.log(len(probs)),
+        float(mention.strip()[:1].islower()),
+        min(len(mention.split()), 6) / 6,
+    ], dtype=np.float64)
+
+
+def link_probability(nil: Mapping[str, Any] | None, mention: str, probs: np.ndarray,
+                     F: np.ndarray) -> float:
+    """``p_link`` from a fitted NIL model (1 without one; 0 without candidates or for a
+    pronoun)."""
+    if not len(probs) or mention.strip().lower() in PRONOUNS:
+        return 0.0
+    if not nil:
+        return 1.0
+    x = (nil_features(mention, probs, F) - np.asarray(nil["mean"])) / np.asarray(nil["scale"])
+    return sigmoid(float(np.dot(nil["coef"], x) + nil["intercept"]))
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    if not len(scores):
+        return scores
+    e = np.exp(scores - scores.max())
+    return e / e.sum()
+
+
+def sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A parsed weights file."""
+
+    spec: dict[str, Any]
+    source: str
+
+    def coef(self, model: str) -> np.ndarray:
+        return np.asarray(self.spec["models"][model]["coef"], dtype=np.float64)
+
+    def p_link(self, model: str, mention: str, probs: np.ndarray, F: np.ndarray) -> float:
+        return link_probability(self.spec["models"][model].get("nil"), mention, probs, F)
+
+    def nil_threshold(self, model: str) -> float:
+        return float(self.spec["models"][model].get("nil_threshold", 0.0))
+
+    @property
+    def icr_threshold(self) -> dict[str, Any]:
+        return self.spec.get("icr_threshold") or {}
+
+
+@lru_cache(maxsize=8)
+def load_weights(path: str | None = None) -> Weights:
+    """A weights file (the shipped one by default), checked against this version's features."""
+    where = path or "(shipped)"
+    try:
+        text = (Path(path).read_text(encoding="utf-8") if path
+                else files("i2cr.ranker").joinpath("weights.json").read_text(encoding="utf-8"))
+        spec = json.loads(text)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read ranker weights {where}: {e}") from e
+    if not isinstance(spec, dict) or spec.get("features") != FEATURES or \
+            set(spec.get("models") or {}) != set(MODELS) or spec.get("nil_features") != NIL_FEATURES:
+        raise ValueError(f"ranker weights {where} were fitted for other features; refit them with "
+                         "python -m i2cr.eval.calibrate")
+    for m in MODELS:
+        if len(spec["models"][m].get("coef") or []) != len(FEATURES):
+            raise ValueError(f"ranker weights {where}: model {m!r} has the wrong number of weights")
+    return Weights(spec, where)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The ranker's view of one mention's candidates in one round."""
+
+    candidates: list[dict[str, Any]]
+    scores: np.ndarray  # linear scores (comparable within the mention)
+    probs: np.ndarray  # softmax over the candidates
+    features: np.ndarray
+    model: str  # 'prior' or 'no_prior'
+    p_link: float  # probability that the best candidate is the referent at all
+    nil_threshold: float
+
+    @property
+    def order(self) -> list[int]:
+        return [int(i) for i in np.argsort(-self.scores, kind="stable")]
+
+    @property
+    def best(self) -> int:
+        return self.order[0]
+
+    @property
+    def nil(self) -> bool:
+        """Whether NIL beats the best candidate (to be applied only where NIL is allowed)."""
+        return self.p_link < self.nil_threshold
+
+    def table(self, k: int | None = None) -> list[dict[str, Any]]:
+        """Candidates best first with score and probability (for traces)."""
+        return [{"name": self.candidates[i]["name"], "score": round(float(self.scores[i]), 3),
+                 "p": round(float(self.probs[i]), 4)} for i in self.order[:k]]
+
+
+class Ranker:
+    """Scores a mention's candidates with the embedder and the weights; NIL by ``p_link``.
+
+    ``settings`` supplies ``max_context_chars``, ``embed_query_prefix`` and, optionally,
+    ``nil_threshold`` (None: the fitted one). Without weights it computes features only (for
+    fitting)."""
+
+    def __init__(self, embedder: Any, weights: Weights | None, settings: Any):
+        self.embedder, self.weights, self.settings = embedder, weights, settings
+
+    # the texts it embeds ------------------------------------------------------------------------
+    def entity_texts(self, candidates: Sequence[Mapping[str, Any]]) -> list[str]:
+        texts = [entity_text(c) for c in candidates]
+        texts += [o for o in (occupation(dict(c)) for c in candidates) if o]
+        return texts
+
+    def queries(self, mention: str, context: str,
+                clue_sets: Iterable[Sequence[Mapping[str, Any]]]) -> list[str]:
+        """The query texts for every round (one clue set per round) and the context query."""
+        return [context_query(context, self.settings)] + [
+            query_for(mention, context, clues, self.settings) for clues in clue_sets]
+
+    # scoring ------------------------------------------------------------------------------------
+    def features(self, mention: str, context: str, clues: Sequence[Mapping[str, Any]],
+                 candidates: Sequence[Mapping[str, Any]], *, strip_prior: bool = False
+                 ) -> np.ndarray:
+        cands = [dict(c) for c in candidates]
+        if strip_prior:
+            cands = [{k: v for k, v in c.items() if k != "prior"} for c in cands]
+        if not cands:
+            return np.zeros((0, len(FEATURES)))
+        emb = self.embedder
+        ents = [entity_text(c) for c in cands]
+        sims = emb.similarity(query_for(mention, context, clues, self.settings), ents)
+        cq = context_query(context, self.settings)
+        csims = emb.similarity(cq, ents)
+        occs = [occupation(c) for c in cands]
+        known = [o for o in occs if o]
+        osims: list[float | None] = [None] * len(cands)
+        if known:
+            got = dict(zip(known, emb.similarity(cq, known)))
+            osims = [got[o] if o else None for o in occs]
+        clue_text = " ".join(str(c.get("text", "")) for c in clues)
+        return features(mention, context, clue_text, cands, sims, csims, osims)
+
+    def rank(self, mention: str, context: str, clues: Sequence[Mapping[str, Any]],
+             candidates: Sequence[Mapping[str, Any]]) -> Ranking:
+        cands = [dict(c) for c in candidates]
+        model = "prior" if has_prior(cands) else "no_prior"
+        F = self.features(mention, context, clues, cands)
+        return self.ranking(mention, cands, F, model)
+
+    def ranking(self, mention: str, cands: list[dict[str, Any]], F: np.ndarray,
+                model: str) -> Ranking:
+        if self.weights is None:
+            raise ValueError("this ranker has no weights: it computes features only")
+        scores = F @ self.weights.coef(model) if len(cands) else np.zeros(0)
+        probs = softmax(scores)
+        threshold = getattr(self.settings, "nil_threshold", None)
+        if threshold is None:
+            threshold = self.weights.nil_threshold(model)
+        return Ranking(cands, scores, probs, F, model, self.weights.p_link(model, mention, probs, F),
+                       float(threshold))

@@ -1,0 +1,160 @@
+"""Names as knowledge bases write them, and mentions as texts write them.
+
+Every comparison of a mention with a candidate name goes through here, so that ``Justin_Bieber``,
+``St._Louis,_Missouri``, ``Iron_Man_(Ultimate_Marvel_character)`` and ``Caf%C3%A9`` mean what they
+say before any matching or embedding:
+
+- :func:`title_parts` splits a title into its base (``St. Louis``), a comma qualifier
+  (``Missouri``) and a trailing parenthesised disambiguator (``Ultimate Marvel character``), after
+  undoing underscores and percent-escapes;
+- :func:`mention_forms` gives the surface forms a mention may stand for: the mention itself without
+  a possessive or a leading article, and its singular; :func:`demonym_forms`, for a demonym or
+  adjectival form (``Chinese``, ``South African``), the place and the people it names, from the
+  shipped table ``demonyms.tsv``;
+- :func:`is_acronym_of` tells whether a mention (``UN``, ``U.N.``, ``OLPC``) is the initialism of a
+  name.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.resources import files
+from urllib.parse import unquote
+
+_SPACES = re.compile(r"\s+")
+_DISAMBIG = re.compile(r"^(.*\S)\s*\(([^()]+)\)\s*$")
+_POSSESSIVE = re.compile(r"(?:['\u2019]s|s['\u2019])$", re.I)
+_ARTICLE = re.compile(r"^(the|a|an)\s+", re.I)
+_WORD = re.compile(r"[^\W_]+")
+# words an initialism usually skips ("United Nations Educational, Scientific and Cultural ...")
+_MINOR = {"of", "the", "and", "for", "de", "du", "des", "la", "le", "in", "on", "at", "to", "&",
+          "a", "an", "y", "e", "del", "der", "von", "van"}
+
+
+def clean(text: str) -> str:
+    """Underscores to spaces, percent-escapes decoded, white space folded."""
+    text = text or ""
+    if "%" in text:
+        text = unquote(text)
+    return _SPACES.sub(" ", text.replace("_", " ")).strip()
+
+
+def fold(text: str) -> str:
+    """Lower case, accents removed, punctuation to spaces: the form exact comparisons use."""
+    t = unicodedata.normalize("NFKD", clean(text))
+    t = "".join(ch for ch in t if not unicodedata.combining(ch)).lower()
+    return " ".join(_WORD.findall(t))
+
+
+@dataclass(frozen=True)
+class Title:
+    """A knowledge-base title taken apart: ``base, qualifier (disambiguator)``."""
+
+    full: str  # cleaned, whole
+    base: str  # without the disambiguator and the comma qualifier
+    qualifier: str  # after the first ", " of the part before the disambiguator ('' if none)
+    disambiguator: str  # inside the trailing parentheses ('' if none)
+
+    @property
+    def display(self) -> str:
+        """The title without its disambiguator (``St. Louis, Missouri``)."""
+        return f"{self.base}, {self.qualifier}" if self.qualifier else self.base
+
+
+@lru_cache(maxsize=65536)
+def title_parts(name: str) -> Title:
+    full = clean(name)
+    head, disamb = full, ""
+    m = _DISAMBIG.match(full)
+    if m:
+        head, disamb = m.group(1).strip(), m.group(2).strip()
+    base, qual = head, ""
+    if ", " in head:
+        b, q = head.split(", ", 1)
+        if b.strip() and q.strip():
+            base, qual = b.strip(), q.strip()
+    return Title(full=full, base=base, qualifier=qual, disambiguator=disamb)
+
+
+@lru_cache(maxsize=1)
+def demonyms() -> dict[str, str]:
+    """Folded demonym or adjectival form -> place title (from the shipped ``demonyms.tsv``)."""
+    out: dict[str, str] = {}
+    text = files("i2cr.ranker").joinpath("demonyms.tsv").read_text(encoding="utf-8")
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        form, _, place = line.partition("\t")
+        if place.strip():
+            out[fold(form)] = place.strip()
+    return out
+
+
+def strip_mention(mention: str) -> str:
+    """The mention without a possessive ending or a leading article, cleaned."""
+    m = clean(mention)
+    m2 = _POSSESSIVE.sub("", m).strip() if len(m) > 3 else m
+    m2 = _ARTICLE.sub("", m2).strip()
+    return m2 or m
+
+
+def singular(folded: str) -> str:
+    """The folded phrase with its last word made singular (``power stations`` -> ``power
+    station``, ``policies`` -> ``policy``); unchanged when it does not look plural."""
+    head, _, last = folded.rpartition(" ")
+    if len(last) <= 3 or last.endswith(("ss", "us", "is")):
+        return folded
+    if last.endswith("ies"):
+        last = last[:-3] + "y"
+    elif last.endswith(("ches", "shes", "xes", "sses")):
+        last = last[:-2]
+    elif last.endswith("s"):
+        last = last[:-1]
+    return f"{head} {last}".strip()
+
+
+@lru_cache(maxsize=65536)
+def mention_forms(mention: str) -> tuple[str, ...]:
+    """Folded surface forms the mention may stand for: itself (cleaned, without possessive or
+    article) and its singular (``newspapers`` -> ``newspaper``)."""
+    f = fold(strip_mention(mention))
+    return tuple(dict.fromkeys(x for x in (f, singular(f)) if x))
+
+
+@lru_cache(maxsize=65536)
+def demonym_forms(mention: str) -> tuple[str, ...]:
+    """For a demonym or adjectival form, its place and the people, folded (``Russian`` ->
+    ``russia``, ``russians``, ``russian people``); () for any other mention."""
+    f = fold(strip_mention(mention))
+    place = demonyms().get(f)
+    if place is None and f.endswith("s"):
+        place = demonyms().get(f[:-1])  # "Russians"
+    if not place:
+        return ()
+    f = f.rstrip("s")
+    return (fold(place), f + "s", f + " people")
+
+
+def initials(name: str, *, skip_minor: bool) -> str:
+    words = _WORD.findall(clean(name))
+    if skip_minor:
+        words = [w for w in words if w.lower() not in _MINOR]
+    return "".join(w[0] for w in words).lower()
+
+
+def is_acronym_of(mention: str, name: str) -> bool:
+    """``UN`` / ``U.N.`` for ``United Nations``, ``OLPC`` for ``One Laptop per Child``: the
+    mention (2 to 8 letters, written in capitals or with dots) is the name's initials, with or
+    without its minor words."""
+    m = clean(mention)
+    letters = "".join(_WORD.findall(m))
+    if not (2 <= len(letters) <= 8) or not (letters.isupper() or "." in m):
+        return False
+    if len(_WORD.findall(title_parts(name).display)) < 2:
+        return False
+    low = letters.lower()
+    base = title_parts(name).display
+    return low in (initials(base, skip_minor=True), initials(base, skip_minor=False))

@@ -1,0 +1,42 @@
+"""The texts the embedder and CLIP compare: the entity text and the ICR / ranker queries.
+
+One owner for each: TES's ranker, ICR, IAV, prefetching and calibration all build their texts
+here, so a text encoded ahead of time is exactly the one a node asks for.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from .ranker.names import clean
+
+
+def entity_text(cand: Mapping[str, Any]) -> str:
+    """Entity name (title form undone: ``St._Louis`` -> ``St. Louis``) + description (WikiMEL
+    descriptions already start with 'Name: ...')."""
+    name, desc = clean(str(cand.get("name", ""))), (cand.get("desc") or "").strip()
+    if not desc:
+        return name
+    if desc.lower().startswith(("name: " + name).lower()):
+        return desc
+    return f"{name}. {desc}"
+
+
+def icr_query(mention: str, context: str, clues: Sequence[Mapping[str, Any]], prefix: str = "") -> str:
+    q = f"{clean(mention)}. {context}".strip()
+    for c in clues:
+        q += f" {c['text'].strip()}"
+    return prefix + q
+
+
+def query_for(mention: str, context: str, clues: Sequence[Mapping[str, Any]], settings: Any) -> str:
+    """The ICR/TES query as a run builds it: the context cut to ``max_context_chars`` (as the
+    prepare node does) and the embedder's query prefix."""
+    return icr_query(mention, (context or "")[: settings.max_context_chars], clues,
+                     settings.embed_query_prefix)
+
+
+def context_query(context: str, settings: Any) -> str:
+    """The context alone (cut, with the query prefix): what the ranker compares with each entity
+    text (topical fit) and with each candidate's occupation."""
+    return settings.embed_query_prefix + (context or "")[: settings.max_context_chars]
