@@ -146,8 +146,8 @@ def test_langgraph_dev_serves_the_graph_to_the_sdk_with_schemas(dev_server):
     assert out["tools_used"] == local["tools_used"] and out["path"] == local["path"]
     assert [c["text"] for c in out["clues"]] == [c["text"] for c in local["clues"]]
 
-    thread = client.threads.create()
-    parts = list(client.runs.stream(thread["thread_id"], aid, input=MENTION, context=SETTINGS,
+    thread = client.threads.create()  # the graph's name works as the assistant id too
+    parts = list(client.runs.stream(thread["thread_id"], "i2cr", input=MENTION, context=SETTINGS,
                                     stream_mode=["updates", "custom"]))
     updates = [p.data for p in parts if p.event == "updates"]
     custom = [p.data for p in parts if p.event == "custom"]
