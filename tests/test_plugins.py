@@ -217,3 +217,18 @@ def test_a_basetool_gets_the_image_reference_and_llm_arguments_are_refused(plugi
 
     with pytest.raises(TypeError, match="'search' has required argument\\(s\\) query"):
         register_tool(search)
+
+
+def test_register_tool_as_a_decorator_gives_a_tool_that_is_still_the_function(plugins, tmp_path):
+    plugins({})
+
+    @register_tool
+    def size(inp):
+        """The image's size."""
+        return "{}x{}".format(*inp.image().size)
+
+    assert isinstance(size, base.VisualTool) and registered_tools()["size"] is size
+    assert size.description == "The image's size."
+    Image.new("RGB", (70, 55)).save(tmp_path / "a.png")
+    inp = ToolInput(str(tmp_path / "a.png"))
+    assert size(inp) == "70x55" and size.run(inp).text == "70x55"
