@@ -278,9 +278,8 @@ def load_entry_points(force: bool = False) -> list[str]:
         names = []
         errors: dict[str, str] = {}
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            source = f"entry point {ep.name!r} ({ep.value})"
             try:
-                tool = as_visual_tool(ep.load(), source=source)
+                tool = as_visual_tool(ep.load(), source=ep.value)
             except Exception as e:  # noqa: BLE001 - one broken plug-in must not stop the others
                 msg = (f"i2cr: visual-tool plug-in {ep.name!r} = {ep.value!r} (entry-point group "
                        f"{ENTRY_POINT_GROUP}) was not loaded: {type(e).__name__}: {e}")
