@@ -2,12 +2,18 @@
 
 ``InputState`` is what a caller passes; ``State`` adds what the nodes write. Everything is plain
 JSON-able data (no images, no models), so a checkpointer can store it and a trace can show it.
+
+The TypedDicts come from ``typing_extensions``: on Python < 3.12 pydantic (and so LangGraph's
+``get_input_jsonschema`` and the API server behind Studio) cannot build a schema from
+``typing.TypedDict``.
 """
 
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any
+
+from typing_extensions import TypedDict
 
 
 class CandidateDict(TypedDict, total=False):
@@ -42,7 +48,6 @@ class OutputState(TypedDict, total=False):
     answer: str | None
     is_nil: bool
     final_reason: str
-    fallback: str
     fallback: str  # what stood when no round passed IAV: 'text' or 'last'
     path: list[str]
     text_answer: str | None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .base import ToolInput, VisualTool, registered_tools
+from .base import ToolInput, VisualTool, plugin_errors, registered_tools
 from .builtin import PAPER_ORDER, first_available, precomputed_tool, tesseract_tool
 from .cache import ClueCache, clue_cache
 
@@ -112,9 +112,11 @@ class Backends:
 
 def build_tools(settings: Any, get_clip: Callable[[], Any] | None = None) -> dict[str, VisualTool]:
     """The tools a run offers, by name, in the order of ``settings.tools``: built-ins with their
-    configured backend, then plug-ins registered in code or through entry points."""
+    configured backend, then plug-ins registered in code or through entry points. A plug-in
+    whose entry point failed to load is left out (its load already warned, once, naming it)."""
     backends = parse_backends(settings.tool_backend)
     plugins = registered_tools()
+    broken = plugin_errors()
     made = Backends(settings, get_clip)
     out: dict[str, VisualTool] = {}
     for n in settings.tool_names:
@@ -122,6 +124,8 @@ def build_tools(settings: Any, get_clip: Callable[[], Any] | None = None) -> dic
             out[n] = plugins[n]
         elif n in PAPER_ORDER:
             out[n] = made.tool(n, backends.get(n, "auto"))
+        elif n in broken:
+            continue
         else:
             raise ValueError(f"unknown visual tool {n!r}; built-ins: {', '.join(PAPER_ORDER)}; "
                              f"registered: {', '.join(sorted(plugins)) or 'none'}")

@@ -1,0 +1,158 @@
+"""LangGraph Studio: the graph's input/output JSON schemas, and ``langgraph dev`` (the
+``langgraph-cli[inmem]`` server Studio talks to) driven by the official ``langgraph-sdk`` client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from i2cr.graph import graph
+from i2cr.linker import link
+
+INPUT_FIELDS = {"mention", "context", "image", "candidates", "precomputed_clues", "allow_nil"}
+OUTPUT_FIELDS = {"answer", "is_nil", "final_reason", "path", "clues", "tools_used", "events"}
+
+
+def test_input_and_output_json_schemas_name_the_fields():
+    ins, outs = graph.get_input_jsonschema(), graph.get_output_jsonschema()
+    assert ins and outs
+    assert INPUT_FIELDS <= set(ins["properties"])
+    assert OUTPUT_FIELDS <= set(outs["properties"])
+    cand = ins["properties"]["candidates"]["items"]
+    cand = ins.get("$defs", {}).get(cand["$ref"].rsplit("/", 1)[-1], cand) if "$ref" in cand else cand
+    assert {"name", "desc"} <= set(cand["properties"])
+    assert "tes_strategy" in graph.get_context_jsonschema()["properties"]
+
+
+# --- langgraph dev --------------------------------------------------------------------------------
+
+SERVER_CAP_S = 300.0  # only so that a broken server cannot hang the suite; startup is awaited
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the server's whole process group (the CLI, uvicorn and its workers)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    try:  # anything of the group left behind
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def dev_server(tmp_path_factory):
+    """``langgraph dev`` on 127.0.0.1 on a free port, offline, from the repository root; yields
+    its URL once ``/ok`` answers and stops its process group afterwards."""
+    pytest.importorskip("langgraph_api", reason="needs langgraph-cli[inmem] (the test extra)")
+    pytest.importorskip("langgraph_sdk", reason="needs langgraph-sdk (the test extra)")
+    import httpx
+
+    cli = Path(sys.executable).parent / "langgraph"
+    assert cli.exists(), f"no langgraph command next to {sys.executable}"
+    port = _free_port()
+    log = tmp_path_factory.mktemp("langgraph-dev") / "server.log"
+    env = dict(os.environ, LANGGRAPH_CLI_NO_ANALYTICS="1", LANGSMITH_TRACING="false",
+               LANGCHAIN_TRACING_V2="false", LANGSMITH_API_KEY="", LANGCHAIN_API_KEY="",
+               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
+                                          if p))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(cli), "dev", "--host", "127.0.0.1", "--port", str(port),
+                                 "--no-browser", "--no-reload"], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        cap = time.monotonic() + SERVER_CAP_S
+        while True:  # wait for the event: the server answers /ok, or it exits
+            if proc.poll() is not None:
+                pytest.fail(f"langgraph dev exited with {proc.returncode}:\n"
+                            + log.read_text(errors="replace")[-3000:])
+            try:
+                if httpx.get(f"{url}/ok", timeout=10).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > cap:
+                pytest.fail(f"langgraph dev never answered /ok:\n"
+                            + log.read_text(errors="replace")[-3000:])
+            time.sleep(0.5)
+        yield url
+    finally:
+        _stop(proc)
+
+
+MENTION = {
+    "mention": "Jordan",
+    "context": "Jordan dunks during the 1991 NBA Finals.",
+    "candidates": [
+        {"name": "Jordan Peele", "desc": "Name: Jordan Peele. Occupation: film director, comedian."},
+        {"name": "Michael Jordan", "desc": "Name: Michael Jordan. Occupation: basketball player. "
+         "Team: Chicago Bulls."},
+        {"name": "Jordan", "desc": "Jordan is a country in Western Asia."},
+    ],
+    "precomputed_clues": {"OCR text": "CHICAGO BULLS 23", "Caption": "a basketball player dunking",
+                          "Tags": "basketball; sport; arena"},
+}
+# Retrieval TES (no LLM); IAV never passes, so VIF runs the two offered tools and emits custom
+# events. Not the defaults (which would offer ocr first): the server must honour the context.
+SETTINGS = {"tes_strategy": "retrieval", "tools": "caption,tags", "tool_backend": "precomputed",
+            "caption_threshold": 1e9, "clue_cache": "none"}
+
+
+@pytest.mark.integration
+def test_langgraph_dev_serves_the_graph_to_the_sdk_with_schemas(dev_server):
+    from langgraph_sdk import get_sync_client
+
+    local = link(MENTION["mention"], MENTION["context"], MENTION["candidates"],
+                 clues=MENTION["precomputed_clues"], **SETTINGS)
+    assert local["error"] is None and local["tools_used"] == ["caption", "tags"]
+
+    client = get_sync_client(url=dev_server)
+    assistants = client.assistants.search(graph_id="i2cr")
+    assert assistants, "langgraph dev serves no assistant for the graph 'i2cr'"
+    aid = assistants[0]["assistant_id"]
+
+    schemas = client.assistants.get_schemas(aid)
+    assert schemas["input_schema"] and schemas["output_schema"], schemas
+    assert INPUT_FIELDS <= set(schemas["input_schema"]["properties"])
+    assert OUTPUT_FIELDS <= set(schemas["output_schema"]["properties"])
+    assert "tes_strategy" in schemas["context_schema"]["properties"]
+
+    thread = client.threads.create()
+    out = client.runs.wait(thread["thread_id"], aid, input=MENTION, context=SETTINGS)
+    assert out["answer"] == local["answer"]
+    assert out["tools_used"] == local["tools_used"] and out["path"] == local["path"]
+    assert [c["text"] for c in out["clues"]] == [c["text"] for c in local["clues"]]
+
+    thread = client.threads.create()  # the graph's name works as the assistant id too
+    parts = list(client.runs.stream(thread["thread_id"], "i2cr", input=MENTION, context=SETTINGS,
+                                    stream_mode=["updates", "custom"]))
+    updates = [p.data for p in parts if p.event == "updates"]
+    custom = [p.data for p in parts if p.event == "custom"]
+    assert [n for u in updates for n in u] == local["path"]  # one update per node visit
+    final = next(u["final"] for u in updates if "final" in u)
+    assert final["answer"] == local["answer"]
+    assert [(e["tool"], e["text"]) for e in custom if e.get("type") == "tool_result"] == \
+        [(c["tool"], c["text"]) for c in local["clues"]]
