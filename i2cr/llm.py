@@ -207,23 +207,37 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
 _SCRUBBING: dict[type, type] = {}
 
 
+def _scrub_replies(result: Any) -> Any:
+    """A chat result whose text replies are scrubbed too (a server may echo the key in a reply)."""
+    for g in getattr(result, "generations", None) or []:
+        msg = getattr(g, "message", None)
+        if msg is not None and isinstance(msg.content, str):
+            clean = scrub(msg.content)
+            if clean != msg.content:
+                msg.content = clean
+                if getattr(g, "text", None):
+                    g.text = clean
+    return result
+
+
 def _scrubbing(cls: type) -> type:
-    """A subclass of the chat model ``cls`` whose errors are scrubbed of secrets where they are
-    raised: a server that echoes the request's ``Authorization`` header in its error body puts
-    the key into the exception text, which nodes record in events, the checkpoint and traces."""
+    """A subclass of the chat model ``cls`` whose errors (and replies) are scrubbed of secrets
+    where they are raised: a server that echoes the request's ``Authorization`` header in its
+    error body puts the key into the exception text, which nodes record in events, the
+    checkpoint and traces."""
     if cls in _SCRUBBING:
         return _SCRUBBING[cls]
 
     class Scrubbing(cls):  # type: ignore[misc, valid-type]
         def _generate(self, *args: Any, **kwargs: Any) -> Any:
             try:
-                return super()._generate(*args, **kwargs)
+                return _scrub_replies(super()._generate(*args, **kwargs))
             except Exception as e:  # noqa: BLE001 - re-raised, scrubbed
                 raise scrub_exception(e) from None
 
         async def _agenerate(self, *args: Any, **kwargs: Any) -> Any:
             try:
-                return await super()._agenerate(*args, **kwargs)
+                return _scrub_replies(await super()._agenerate(*args, **kwargs))
             except Exception as e:  # noqa: BLE001
                 raise scrub_exception(e) from None
 

@@ -70,7 +70,8 @@ def test_azure_scrubbing_goes_through_the_shared_place(monkeypatch):
 
 class EchoingServer:
     """An OpenAI-compatible server that fails every linking prompt with an error body echoing
-    the request's Authorization header (alternately 500 and 400); anything else answers."""
+    the request's Authorization header (alternately 500 and 400); anything else gets a reply
+    that echoes it."""
 
     def __init__(self):
         self.seen_keys: list[str] = []
@@ -96,10 +97,11 @@ class EchoingServer:
                 body = self.rfile.read(n)
                 auth = self.headers.get("Authorization", "")
                 outer.seen_keys.append(auth)
-                if b"Candidates" not in body:  # not a linking prompt (e.g. a backend check): fine
+                if b"Candidates" not in body:  # not a linking prompt (e.g. a backend check): a
+                    # reply, which echoes the key too
                     self._send(200, {"id": "c", "object": "chat.completion", "created": 0,
                                      "model": "m", "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": "ok"}}]})
+                                     "message": {"role": "assistant", "content": f"ok ({auth})"}}]})
                     return
                 code = 500 if len(outer.seen_keys) % 2 else 400
                 self._send(code, {"error": {"message": f"bad request; you sent Authorization: {auth}",
@@ -116,6 +118,23 @@ class EchoingServer:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+def test_chat_model_errors_and_replies_come_scrubbed(monkeypatch):
+    from langchain_core.messages import HumanMessage
+
+    from i2cr.llm import load_chat_model
+
+    monkeypatch.setenv("I2CR_LLM_API_KEY", KEY)
+    with EchoingServer() as srv:
+        chat = load_chat_model(f"openai-compat:m@{srv.url}", max_tokens=8)
+        reply = chat.invoke([HumanMessage("hello")])
+        with pytest.raises(Exception) as err:
+            chat.invoke([HumanMessage("Candidates: a, b")])
+    assert srv.seen_keys and KEY in srv.seen_keys[0]
+    assert KEY not in reply.content and reply.content == "ok (Bearer ***)"
+    assert "Error" in type(err.value).__name__ and type(err.value).__name__ != "ScrubbedError"
+    assert KEY not in str(err.value) and "Bearer ***" in str(err.value)
 
 
 def test_an_echoing_llm_server_cannot_leak_the_key(tmp_path):
