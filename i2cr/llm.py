@@ -115,8 +115,8 @@ class EmbeddedServer:
             time.sleep(0.25)
         tail = self.log_tail()
         self.stop()
-        raise BackendError(scrub(f"llama.cpp server did not answer within "
-                                 f"{self.startup_timeout:.0f}s" + (f"; its log ends: {tail}" if tail else "")))
+        raise BackendError(scrub(f"llama.cpp server did not answer within {self.startup_timeout:.0f}s"
+                                 + (f"; its log ends: {tail}" if tail else "")))
 
     def log_tail(self, n: int = 600) -> str:
         """The last ``n`` characters of the server's log, on one line."""

@@ -121,7 +121,7 @@ def traced_invoke(graph: Any, inp: dict[str, Any], *, context: Any, config: dict
                 for k, v in upd.items():
                     op = getattr(channels.get(k), "operator", None)
                     state[k] = op(state[k], v) if op is not None and k in state else v
-                mine = _clean_errors([c for c in pending if c.get("node") in (None, node)])
+                mine = [c for c in pending if c.get("node") in (None, node)]  # scrubbed by emit
                 pending[:] = [c for c in pending if c.get("node") not in (None, node)]
                 if not with_prompts:
                     mine = [{k: v for k, v in c.items() if k != "prompt"} for c in mine]

@@ -12,7 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import EXAMPLES, ROOT
+from conftest import EXAMPLES, JORDAN_CANDIDATES, ROOT
 
 from i2cr import redact
 from i2cr.linker import error_record
@@ -178,3 +178,26 @@ def test_a_failing_tool_records_its_error_scrubbed(monkeypatch):
     res = VisualTool(name="mine", description="d", fn=fn, needs_image=False).run(ToolInput(None))
     assert not res.ok and res.error.startswith("RuntimeError: 401 for token ***")
     assert "plugin-token-5551234" not in res.error and "abcdefgh" not in res.error
+
+
+def test_a_chat_model_of_yours_failing_with_the_key_leaks_it_nowhere(settings, monkeypatch,
+                                                                      capsys, image_file):
+    """A chat model given in code (not built by i2cr) whose errors carry the key: the record,
+    its trace and the --stream lines are scrubbed (by the trace and the custom-event emitter)."""
+    from fakes import ScriptedChatModel
+
+    from i2cr.cli import _stream_printer
+    from i2cr.data import Candidate, Mention
+    from i2cr.linker import link_mention
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    boom = RuntimeError(f"Error code: 401 - invalid key, you sent Authorization: Bearer {KEY}")
+    fake = ScriptedChatModel(script=[boom, boom])
+    m = Mention(id="k1", mention="Jordan", context="Jordan dunks during the 1991 NBA Finals.",
+                candidates=[Candidate(**c) for c in JORDAN_CANDIDATES])
+    rec = link_mention(m, settings(fake, icr_threshold=-1, tes_retries=1),
+                       on_event=_stream_printer(m.id))
+    err = capsys.readouterr().err
+    text = json.dumps(rec, default=str)
+    assert "llm_error" in text and "Bearer ***" in text and "Bearer ***" in err
+    assert KEY not in text and KEY not in err
