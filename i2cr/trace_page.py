@@ -385,8 +385,10 @@ def _card(r: dict[str, Any], image_root: str | None, remote_images: bool) -> str
     short_rank, gold_text = _gold_summary(r, visits)
     verdict = {"ok": "✓", "bad": "✗", "na": "·"}[cls]
     gold = r.get("gold")
+    answer = "(no answer)" if r.get("answer") is None else str(r.get("answer"))
+    mention = "?" if r.get("mention") is None else str(r.get("mention"))
     summary = (f"<summary><span class='verdict'>{verdict}</span> <b>{e(str(r['id']))}</b>: "
-               f"“{e(str(r.get('mention')))}” → <span class='answer'>{e(str(r.get('answer')))}</span>"
+               f"“{e(mention)}” → <span class='answer'>{e(answer)}</span>"
                + (f" <span class='gold'>gold: {e(str(gold))}</span>" if gold is not None and cls == "bad"
                   else "")
                + (f"<span class='rank'>{e(short_rank)}</span>" if short_rank else "")
@@ -402,7 +404,7 @@ def _card(r: dict[str, Any], image_root: str | None, remote_images: bool) -> str
     ctx = ((r.get("trace") or {}).get("input") or {}).get("context", r.get("context"))
     if ctx:
         body.append(f"<p class='context'><b>Context</b>: {e(str(ctx))}</p>")
-    body.append(f"<p class='why-answer'><b>Why “{e(str(r.get('answer')))}”</b>: "
+    body.append(f"<p class='why-answer'><b>Why {e(answer if r.get('answer') is None else f'“{answer}”')}</b>: "
                 f"{e(why_answer(r, visits))}</p>")
     if gold_text:
         body.append(f"<p class='gold-rank'>{e(gold_text)}</p>")
