@@ -66,6 +66,7 @@ def image_root(tmp_path):
     (root / "fake.png").write_text("TEXT-NAMED-PNG not an image\n")
     (root / "passwd-link.png").symlink_to("/etc/passwd")
     os.mkfifo(root / "pipe.png")
+    (root / "zero.png").symlink_to("/dev/zero")
     render_text_image(tmp_path / "outside.png", "OUT")
     return root
 
@@ -79,7 +80,8 @@ def test_page_embeds_only_images_under_the_root(image_root, tmp_path, root_kind)
     root = {"run root": str(image_root), "filesystem root": "/", "none": None}[root_kind]
     refs = ["/proc/self/environ", "/etc/passwd", str(image_root / "notes.txt"),
             str(image_root / "fake.png"), str(image_root / "passwd-link.png"),
-            str(image_root / "pipe.png"), str(tmp_path / "outside.png"), "ok.png",
+            str(image_root / "pipe.png"), str(image_root / "zero.png"), "/dev/zero",
+            str(tmp_path / "outside.png"), "ok.png",
             str(image_root / "ok.png")]
     recs = [synthetic(f"r{i}", "Michael Jordan", image=ref) for i, ref in enumerate(refs)]
     page = render_html(recs, image_root=root)
