@@ -85,25 +85,10 @@ def cmd_link(args: argparse.Namespace) -> int:
 
 def _linker(args: argparse.Namespace):
     """link_mention, with live node events (--stream) and a SQLite checkpointer (--checkpoint)."""
-    from functools import partial
-
     from .linker import link_mention
 
-    kw: dict[str, Any] = {}
-    if args.stream:
-        def show(kind: str, ev: dict[str, Any]) -> None:
-            if kind == "node":
-                edge = ev.get("choice") or ev.get("answer") or ev.get("iav_mode") or ""
-                print(f"  · {ev['node']:<7} {edge}", file=sys.stderr, flush=True)
-                for e in ev.get("events", []):
-                    brief = {k: v for k, v in e.items() if k in ("type", "choice", "score",
-                             "threshold", "decision", "tool", "how", "mapped", "mode")}
-                    print(f"      {json.dumps(brief, ensure_ascii=False, default=str)}",
-                          file=sys.stderr, flush=True)
-            elif ev.get("type") == "llm_call":
-                print(f"      llm[{ev.get('node')}]: {str(ev.get('raw') or ev.get('error'))[:100]!r}",
-                      file=sys.stderr, flush=True)
-        kw["on_event"] = show
+    show = _stream_printer if args.stream else None
+    g = None
     if args.checkpoint:
         import sqlite3
 
@@ -112,21 +97,51 @@ def _linker(args: argparse.Namespace):
         from .graph import compile_graph
 
         conn = sqlite3.connect(args.checkpoint, check_same_thread=False)
-        saver = SqliteSaver(conn)
-        g = compile_graph(checkpointer=saver)
+        g = compile_graph(checkpointer=SqliteSaver(conn))
+    if show is None and g is None:
+        return link_mention
 
-        def with_thread(m, settings, **more):
-            return link_mention(m, settings, graph=g, config={"configurable": {"thread_id": m.id}},
-                                **kw, **more)
-        return with_thread
-    return partial(link_mention, **kw)
+    def linker(m, settings, **more):
+        kw: dict[str, Any] = {}
+        if show is not None:
+            kw["on_event"] = show(m.id)
+        if g is not None:
+            kw.update(graph=g, config={"configurable": {"thread_id": m.id}})
+        return link_mention(m, settings, **kw, **more)
+    return linker
+
+
+def _stream_printer(mention_id: str):
+    """--stream: one line per node visit, decision event and LLM reply, each naming the mention;
+    tool events carry their clue (cut). Data is made terminal-safe and scrubbed of secrets."""
+    from .redact import scrub
+    from .trace import printable
+
+    mid = printable(mention_id)
+
+    def out(line: str) -> None:
+        print(f"[{mid}] {printable(scrub(line))}", file=sys.stderr, flush=True)
+
+    def show(kind: str, ev: dict[str, Any]) -> None:
+        if kind == "node":
+            edge = ev.get("choice") or ev.get("answer") or ev.get("iav_mode") or ""
+            out(f"· {ev['node']:<7} {edge}")
+            for e in ev.get("events", []):
+                brief = {k: v for k, v in e.items() if k in ("type", "choice", "score",
+                         "threshold", "decision", "tool", "how", "mapped", "mode", "error")}
+                if e.get("type") == "tool_call":
+                    brief["clue"] = str(e.get("result") or "")[:200]
+                out(f"    {json.dumps(brief, ensure_ascii=False, default=str)}")
+        elif ev.get("type") == "llm_call":
+            out(f"    llm[{ev.get('node')}]: {str(ev.get('raw') or ev.get('error'))[:100]!r}")
+    return show
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .eval.runner import read_results
-    from .trace import render_html, render_mermaid, render_tree
+    from .trace import printable, render_html, render_mermaid, render_tree
 
     path = Path(args.run)
     if path.is_dir():
@@ -136,8 +151,12 @@ def cmd_trace(args: argparse.Namespace) -> int:
         return 2
     recs = read_results(path)
     if args.html:
-        Path(args.html).write_text(render_html(recs, title=f"i2cr run: {path}",
-                                               image_root=args.image_root), encoding="utf-8")
+        root = args.image_root or _dataset_folder(path)
+        if root is None:
+            print("i2cr: local images are not embedded: give --image-root (only images under it "
+                  "are)", file=sys.stderr)
+        Path(args.html).write_text(render_html(recs, title=f"i2cr run: {path}", image_root=root,
+                                               remote_images=args.remote_images), encoding="utf-8")
         print(f"wrote {args.html} ({len(recs)} mentions)", file=sys.stderr)
         return 0
     if args.mention_id:
@@ -153,11 +172,23 @@ def cmd_trace(args: argparse.Namespace) -> int:
         return 0
     for r in recs:
         if "trace" not in r:
-            print(f"{r['id']}: no trace (error: {r.get('error')})")
+            print(printable(f"{r['id']}: no trace (error: {r.get('error')})"))
             continue
         print(render_tree(r))
         print()
     return 0
+
+
+def _dataset_folder(results: Any) -> str | None:
+    """The folder of the dataset an eval run read (from its run.json), where its images are by
+    default; None for a run without one."""
+    from pathlib import Path
+
+    try:
+        info = json.loads((Path(results).parent / "run.json").read_text(encoding="utf-8"))["info"]
+        return str(Path(info["dataset"]).resolve().parent)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -239,7 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("mention_id", nargs="?", help="one mention (default: all)")
     pt.add_argument("--mermaid", action="store_true", help="the graph with this mention's path")
     pt.add_argument("--html", metavar="PAGE.html", help="write one self-contained page for the run")
-    pt.add_argument("--image-root", help="folder of the run's images, to embed them in --html")
+    pt.add_argument("--image-root", help="folder of the run's images: --html embeds only images "
+                    "under it (default: an eval run's dataset folder)")
+    pt.add_argument("--remote-images", action="store_true",
+                    help="let the --html page load the data's image URLs (off: nothing remote)")
     pt.set_defaults(func=cmd_trace)
 
     pe = sub.add_parser("eval", help="evaluate on a labelled dataset: accuracy by stage, cost, speed")

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 from .data import Candidate, DataError, Mention, parse_candidates
 from .graph import Context, graph as default_graph
+from .redact import error_text
 
 
 def result_record(m: Mention, out: dict[str, Any], elapsed: float) -> dict[str, Any]:
@@ -50,7 +51,7 @@ def result_record(m: Mention, out: dict[str, Any], elapsed: float) -> dict[str, 
 
 
 def error_record(rid: str, err: BaseException, label: str | None = None) -> dict[str, Any]:
-    rec = {"id": rid, "answer": None, "error": f"{type(err).__name__}: {err}"}
+    rec = {"id": rid, "answer": None, "error": error_text(err)}
     if label is not None:
         rec["gold"], rec["correct"] = label, False
     return rec

@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 
+from .redact import scrub, scrub_exception
+
 
 class BackendError(RuntimeError):
     """A chat-model backend could not be set up (bad spec, missing package, server did not start)."""
@@ -87,7 +89,10 @@ class EmbeddedServer:
         if importlib.util.find_spec("llama_cpp") is None:
             raise BackendError("the embedded LLM needs llama-cpp-python (pip install 'i2cr[llamacpp]')")
         self.port = _free_port()
-        self._log = tempfile.NamedTemporaryFile(prefix="i2cr-llama-", suffix=".log", delete=False)
+        # an unnamed temporary file (O_TMPFILE, or unlinked at once): the server's log leaves
+        # nothing in the temp folder, whether the server stops cleanly or this process is killed
+        self._close_log()
+        self._log = tempfile.TemporaryFile(prefix="i2cr-llama-", suffix=".log")
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path),
                "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
                "--model_alias", "embedded", "--verbose", "False"]
@@ -97,27 +102,56 @@ class EmbeddedServer:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BackendError(f"llama.cpp server exited with code {self.proc.returncode} while "
-                                   f"starting; its log: {self._log.name}")
+                code = self.proc.returncode
+                tail = self.log_tail()
+                self.stop()
+                raise BackendError(scrub(f"llama.cpp server exited with code {code} while "
+                                         f"starting" + (f"; its log ends: {tail}" if tail else "")))
             try:
                 if httpx.get(f"{self.base_url}/models", timeout=2.0).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)
+        tail = self.log_tail()
         self.stop()
-        raise BackendError(f"llama.cpp server did not answer within {self.startup_timeout:.0f}s")
+        raise BackendError(scrub(f"llama.cpp server did not answer within {self.startup_timeout:.0f}s"
+                                 + (f"; its log ends: {tail}" if tail else "")))
+
+    def log_tail(self, n: int = 600) -> str:
+        """The last ``n`` characters of the server's log, on one line."""
+        if self._log is None:
+            return ""
+        try:
+            self._log.flush()
+            size = self._log.seek(0, os.SEEK_END)
+            self._log.seek(max(0, size - n))
+            text = self._log.read().decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return ""
+        return " ".join(text.split())[-n:]
+
+    def _close_log(self) -> None:
+        log, self._log = self._log, None
+        if log is not None:
+            try:
+                log.close()
+            except OSError:
+                pass
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+            if proc is None or proc.poll() is not None:
+                return
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        finally:
+            self._close_log()
 
     @property
     def pid(self) -> int | None:
@@ -170,9 +204,65 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     return provider, rest, base_url
 
 
+_SCRUBBING: dict[type, type] = {}
+
+
+def _scrub_replies(result: Any) -> Any:
+    """A chat result whose text replies are scrubbed too (a server may echo the key in a reply)."""
+    for g in getattr(result, "generations", None) or []:
+        msg = getattr(g, "message", None)
+        if msg is not None and isinstance(msg.content, str):
+            clean = scrub(msg.content)
+            if clean != msg.content:
+                msg.content = clean
+                if getattr(g, "text", None):
+                    g.text = clean
+    return result
+
+
+def _scrubbing(cls: type) -> type:
+    """A subclass of the chat model ``cls`` whose errors (and replies) are scrubbed of secrets
+    where they are raised: a server that echoes the request's ``Authorization`` header in its
+    error body puts the key into the exception text, which nodes record in events, the
+    checkpoint and traces."""
+    if cls in _SCRUBBING:
+        return _SCRUBBING[cls]
+
+    class Scrubbing(cls):  # type: ignore[misc, valid-type]
+        def _generate(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return _scrub_replies(super()._generate(*args, **kwargs))
+            except Exception as e:  # noqa: BLE001 - re-raised, scrubbed
+                raise scrub_exception(e) from None
+
+        async def _agenerate(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return _scrub_replies(await super()._agenerate(*args, **kwargs))
+            except Exception as e:  # noqa: BLE001
+                raise scrub_exception(e) from None
+
+        def _stream(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from super()._stream(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001
+                raise scrub_exception(e) from None
+
+        async def _astream(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                async for chunk in super()._astream(*args, **kwargs):
+                    yield chunk
+            except Exception as e:  # noqa: BLE001
+                raise scrub_exception(e) from None
+
+    Scrubbing.__name__ = Scrubbing.__qualname__ = cls.__name__
+    _SCRUBBING[cls] = Scrubbing
+    return Scrubbing
+
+
 def load_chat_model(spec: str, *, temperature: float = 0.0, max_tokens: int = 64,
                     timeout: float = 120.0) -> Any:
-    """Build a langchain chat model from one string (see the module docstring)."""
+    """Build a langchain chat model from one string (see the module docstring). Its errors come
+    scrubbed of every configured secret (:mod:`i2cr.redact`)."""
     provider, model, base_url = parse_spec(spec)
     common: dict[str, Any] = dict(temperature=temperature, max_tokens=max_tokens, timeout=timeout,
                                   max_retries=2)
@@ -182,17 +272,18 @@ def load_chat_model(spec: str, *, temperature: float = 0.0, max_tokens: int = 64
         version = os.environ.get("AZURE_OPENAI_API_VERSION") or os.environ.get("OPENAI_API_VERSION")
         if not os.environ.get("AZURE_OPENAI_ENDPOINT"):
             raise BackendError("azure: set AZURE_OPENAI_ENDPOINT (and AZURE_OPENAI_API_KEY)")
-        return AzureChatOpenAI(azure_deployment=model, api_version=version or "2024-10-21", **common)
+        return _scrubbing(AzureChatOpenAI)(azure_deployment=model, api_version=version or "2024-10-21",
+                                           **common)
 
     from langchain_openai import ChatOpenAI
 
+    chat = _scrubbing(ChatOpenAI)
     if provider == "openai":
         if not os.environ.get("OPENAI_API_KEY"):
             raise BackendError("openai: set OPENAI_API_KEY")
-        return ChatOpenAI(model=model, **common)
+        return chat(model=model, **common)
     if provider == "openai-compat":
         key = os.environ.get("I2CR_LLM_API_KEY") or "not-needed"
-        return ChatOpenAI(model=model, base_url=base_url, api_key=key, **common)
+        return chat(model=model, base_url=base_url, api_key=key, **common)
     server = embedded_server(model or None)
-    return ChatOpenAI(model="embedded", base_url=server.base_url, api_key="not-needed",
-                      seed=0, **common)
+    return chat(model="embedded", base_url=server.base_url, api_key="not-needed", seed=0, **common)

@@ -6,17 +6,18 @@ replies, tool outputs) goes to a collector and joins the visit of the node that 
 final state is the input with every update applied through the graph's own channels (reducers such
 as ``path`` and ``events`` add up, the others keep the last value), which is what LangGraph's
 ``values`` mode would give, without copying the state after every step. The trace lists the node
-visits in order, each with the edge taken next and why. It holds no settings and no environment,
-so no key can enter it.
+visits in order, each with the edge taken next and why, and the input the page needs to explain
+an answer (context, candidate names). It holds no settings and no environment, and error texts
+are scrubbed (:mod:`i2cr.redact`), so no key can enter it.
 """
 
 from __future__ import annotations
 
-import html
-import json
+import re
 from typing import Any, Callable
 
 from .graph.trace_events import COLLECTOR
+from .redact import scrub
 
 TRACE_SCHEMA = "i2cr.trace/1"
 
@@ -59,6 +60,31 @@ def _edge_reason(step: dict[str, Any], nxt: str) -> str:
     return ""
 
 
+TRACE_CONTEXT_CHARS = 2000
+
+
+def _clean_errors(items: list[Any]) -> list[Any]:
+    """``items`` (events) with every error text scrubbed of secrets."""
+    out = []
+    for e in items:
+        if isinstance(e, dict) and isinstance(e.get("error"), str) and e["error"]:
+            e = {**e, "error": scrub(e["error"])}
+        out.append(e)
+    return out
+
+
+def _trace_input(inp: dict[str, Any]) -> dict[str, Any]:
+    """What the trace keeps of the input: the context (cut) and the candidates' names."""
+    ctx = str(inp.get("context") or "")
+    out: dict[str, Any] = {"context": ctx[:TRACE_CONTEXT_CHARS],
+                           "candidates": [{k: c[k] for k in ("name", "qid") if c.get(k)}
+                                          for c in inp.get("candidates") or []
+                                          if isinstance(c, dict)]}
+    if len(ctx) > TRACE_CONTEXT_CHARS:
+        out["context_cut_from"] = len(ctx)
+    return out
+
+
 _SUMMARY_KEYS = ("choice", "icr_score", "icr_decision", "iav_score", "iav_passed", "iav_mode",
                  "image_status", "image_reason", "round", "excluded", "tools_available",
                  "answer", "final_reason", "last_clue_ok")
@@ -90,10 +116,12 @@ def traced_invoke(graph: Any, inp: dict[str, Any], *, context: Any, config: dict
                 if node.startswith("__"):
                     continue
                 upd = upd or {}
+                if upd.get("events"):
+                    upd = {**upd, "events": _clean_errors(upd["events"])}
                 for k, v in upd.items():
                     op = getattr(channels.get(k), "operator", None)
                     state[k] = op(state[k], v) if op is not None and k in state else v
-                mine = [c for c in pending if c.get("node") in (None, node)]
+                mine = [c for c in pending if c.get("node") in (None, node)]  # scrubbed by emit
                 pending[:] = [c for c in pending if c.get("node") not in (None, node)]
                 if not with_prompts:
                     mine = [{k: v for k, v in c.items() if k != "prompt"} for c in mine]
@@ -110,10 +138,21 @@ def traced_invoke(graph: Any, inp: dict[str, Any], *, context: Any, config: dict
     for i, s in enumerate(steps):
         nxt = steps[i + 1]["node"] if i + 1 < len(steps) else "__end__"
         s["edge"] = {"to": nxt, "why": _edge_reason(s, nxt) if nxt != "__end__" else "done"}
-    return final, {"schema": TRACE_SCHEMA, "steps": steps}
+    return final, {"schema": TRACE_SCHEMA, "input": _trace_input(inp), "steps": steps}
 
 
 # --- rendering ---------------------------------------------------------------------------------
+
+# C0 and C1 control characters (ESC starts ANSI/OSC sequences, BEL ends OSC ones, CR rewrites
+# the line) and the bidirectional overrides that reorder what a terminal shows
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: Any) -> str:
+    """``text`` safe for a terminal: control characters shown as escapes (``\\x1b``), never sent."""
+    return _CONTROL.sub(lambda m: (f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                                   else f"\\u{ord(m.group()):04x}"), str(text))
+
 
 def _short(x: Any, n: int = 90) -> str:
     s = " ".join(str(x).split())
@@ -121,7 +160,8 @@ def _short(x: Any, n: int = 90) -> str:
 
 
 def render_tree(rec: dict[str, Any]) -> str:
-    """A readable tree of one mention's decisions."""
+    """A readable tree of one mention's decisions, safe for a terminal (data cannot send control
+    sequences)."""
     gold = rec.get("gold")
     verdict = "" if gold is None else ("  ✓" if rec.get("correct") else f"  ✗ (gold: {gold})")
     lines = [f"{rec['id']}  {rec.get('mention')!r} → {rec.get('answer')!r}{verdict}  "
@@ -141,8 +181,9 @@ def render_tree(rec: dict[str, Any]) -> str:
         elif node == "tes":
             e = ev.get("tes_answer", {})
             desc = f"→ {s.get('choice')!r} ({e.get('method', '?')})"
-            if e.get("top"):
-                desc += "  top: " + ", ".join(f"{t['name']} {t['score']}" for t in e["top"])
+            top = e.get("top") or (e.get("scores") or [])[:3]
+            if top:
+                desc += "  top: " + ", ".join(f"{t.get('name')} {t.get('score')}" for t in top)
         elif node == "icr":
             e = ev.get("icr", {})
             desc = f"{e.get('choice')!r} cos {e.get('score')} vs α {e.get('threshold')}: {e.get('decision')}"
@@ -162,7 +203,7 @@ def render_tree(rec: dict[str, Any]) -> str:
                              f" ({c.get('tokens') or '?'} tokens, {c.get('latency_s', '?')}s)")
         if s.get("edge") and s["edge"]["to"] != "__end__":
             lines.append(f"{pad}   ⇢ {s['edge']['to']}: {s['edge']['why']}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def render_mermaid(rec: dict[str, Any], graph: Any) -> str:
@@ -194,107 +235,9 @@ def stage_change(rec: dict[str, Any]) -> str:
     return "changed"
 
 
-def _image_uri(rec: dict[str, Any], image_root: str | None) -> str | None:
-    import base64
-    import mimetypes
-    from pathlib import Path
-
-    ref = rec.get("image")
-    if not ref:
-        return None
-    if ref.startswith(("http://", "https://")):
-        return ref
-    p = Path(ref)
-    if not p.is_absolute() and image_root:
-        p = Path(image_root) / p
-    if not p.is_file() or p.stat().st_size > 2_000_000:
-        return None
-    mime = mimetypes.guess_type(p.name)[0] or "image/png"
-    return f"data:{mime};base64," + base64.b64encode(p.read_bytes()).decode()
-
-
 def render_html(records: list[dict[str, Any]], *, title: str = "i2cr run",
-                image_root: str | None = None) -> str:
-    """One self-contained HTML page for a run: filters and one card per mention."""
-    routes = sorted({r.get("final_reason") or "error" for r in records})
-    cards = []
-    for r in records:
-        steps = (r.get("trace") or {}).get("steps") or []
-        correct = r.get("correct")
-        cls = "ok" if correct else ("bad" if correct is False else "na")
-        route = r.get("final_reason") or "error"
-        rows = []
-        for s in steps:
-            ev = {e.get("type"): e for e in s.get("events", [])}
-            detail = ""
-            if s["node"] == "icr" and "icr" in ev:
-                e = ev["icr"]
-                detail = f"{e.get('choice')}: cos {e.get('score')} vs α {e.get('threshold')} → {e.get('decision')}"
-            elif s["node"] == "iav" and "iav" in ev:
-                e = ev["iav"]
-                detail = f"{e.get('choice')}: {e.get('mode')} {e.get('score')} vs β {e.get('threshold')} → {e.get('decision')}"
-            elif s["node"] == "tes":
-                detail = f"→ {s.get('choice')}"
-            elif s["node"] == "vif" and "tool_call" in ev:
-                e = ev["tool_call"]
-                detail = f"{e.get('tool')} ({e.get('how')}): {_short(e.get('result') or e.get('error') or '∅', 160)}"
-            elif s["node"] == "prepare":
-                detail = f"image {s.get('image_status')}, IAV {s.get('iav_mode') or 'none'}"
-            elif s["node"] == "final":
-                detail = f"{s.get('answer')} ({s.get('final_reason')})"
-            why = s.get("edge", {}).get("why", "")
-            rows.append(f"<tr><td>{s['step']}</td><td class='node'>{html.escape(s['node'])}</td>"
-                        f"<td>{html.escape(detail)}</td><td class='why'>{html.escape(why)}</td></tr>")
-        img = _image_uri(r, image_root)
-        img_html = f"<img src='{html.escape(img)}' alt='mention image'>" if img else ""
-        clues = "".join(f"<li><b>{html.escape(c.get('tool', ''))}</b>: {html.escape(_short(c.get('text') or '∅', 300))}</li>"
-                        for c in r.get("clues") or [])
-        cards.append(
-            f"<section class='mention {cls}' data-correct='{cls}' data-route='{html.escape(route)}' "
-            f"data-change='{stage_change(r)}' id='m-{html.escape(str(r['id']))}'>"
-            f"<h2>{html.escape(str(r['id']))}: “{html.escape(str(r.get('mention')))}” → "
-            f"{html.escape(str(r.get('answer')))}"
-            + (f" <span class='gold'>gold: {html.escape(str(r.get('gold')))}</span>" if r.get("gold") else "")
-            + f"</h2><p class='route'>{html.escape(route)} · path: {html.escape(' → '.join(r.get('path') or []))}</p>"
-            f"{img_html}<table><tr><th>#</th><th>node</th><th>decision</th><th>edge</th></tr>{''.join(rows)}</table>"
-            + (f"<ul class='clues'>{clues}</ul>" if clues else "") + "</section>")
-    route_opts = "".join(f"<option value='{html.escape(x)}'>{html.escape(x)}</option>" for x in routes)
-    data = json.dumps({"mentions": len(records)})
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body{{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}}
-.controls{{position:sticky;top:0;background:#fff;padding:.6em;border-bottom:1px solid #ddd;z-index:1}}
-.mention{{background:#fff;border-left:6px solid #adb5bd;margin:1em 0;padding:.5em 1em;box-shadow:0 1px 2px #0002}}
-.mention.ok{{border-color:#2f9e44}} .mention.bad{{border-color:#e03131}}
-h2{{font-size:1.05em;margin:.3em 0}} .gold{{color:#e03131;font-weight:normal}}
-.route{{color:#666;font-size:.85em}} table{{border-collapse:collapse;font-size:.85em;width:100%}}
-td,th{{border-bottom:1px solid #eee;padding:2px 6px;text-align:left;vertical-align:top}}
-.node{{font-weight:bold}} .why{{color:#666}} img{{max-height:160px;float:right;margin-left:1em}}
-.hidden{{display:none}}
-</style></head><body>
-<h1>{html.escape(title)}</h1>
-<div class="controls">
-<label><input type="checkbox" id="only-wrong"> wrong answers only</label>
-<label>route <select id="route"><option value="">all</option>{route_opts}</select></label>
-<label>stage change <select id="change"><option value="">all</option>
-<option value="fixed_by_vif">fixed by VIF</option><option value="broken_by_vif">broken by VIF</option>
-<option value="unchanged">unchanged</option></select></label>
-<span id="count"></span></div>
-<main>{''.join(cards)}</main>
-<script>
-const info = {data};
-function apply() {{
-  const wrong = document.getElementById('only-wrong').checked;
-  const route = document.getElementById('route').value;
-  const change = document.getElementById('change').value;
-  let shown = 0;
-  for (const el of document.querySelectorAll('.mention')) {{
-    const ok = (!wrong || el.dataset.correct === 'bad') && (!route || el.dataset.route === route)
-      && (!change || el.dataset.change === change);
-    el.classList.toggle('hidden', !ok); if (ok) shown++;
-  }}
-  document.getElementById('count').textContent = shown + ' of ' + info.mentions + ' mentions';
-}}
-for (const id of ['only-wrong','route','change']) document.getElementById(id).addEventListener('change', apply);
-apply();
-</script></body></html>"""
+                image_root: str | None = None, remote_images: bool = False) -> str:
+    """One self-contained HTML page for a run (see :mod:`i2cr.trace_page`)."""
+    from .trace_page import render_page
+
+    return render_page(records, title=title, image_root=image_root, remote_images=remote_images)

@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import CLUES, EXAMPLES, JORDAN_CANDIDATES
@@ -115,7 +116,8 @@ def test_html_page_in_headless_chromium(settings, tmp_path, image_file):
                          settings(fake, icr_threshold=-1, iav_threshold=-1e9))
         recs.append(r)
     page = tmp_path / "run.html"
-    page.write_text(render_html(recs, title="test run"), encoding="utf-8")
+    page.write_text(render_html(recs, title="test run", image_root=str(Path(image_file).parent)),
+                    encoding="utf-8")
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

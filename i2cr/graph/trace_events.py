@@ -19,6 +19,11 @@ COLLECTOR: ContextVar[list[dict[str, Any]] | None] = ContextVar("i2cr_trace_coll
 
 
 def emit(event: dict[str, Any]) -> None:
+    """Send one custom event (its error text, if any, scrubbed of secrets first)."""
+    if isinstance(event.get("error"), str) and event["error"]:
+        from ..redact import scrub
+
+        event = {**event, "error": scrub(event["error"])}
     sink = COLLECTOR.get()
     if sink is not None:
         sink.append(event)

@@ -21,6 +21,7 @@ from typing import Any
 
 from .base import ToolInput, ToolUnavailable, VisualTool
 from .builtin import CLUE_KEYS, DESCRIPTIONS
+from ..redact import register, scrub
 from .cache import ClueCache
 
 AZURE_MAX_BYTES = 20 * 1024 * 1024
@@ -34,9 +35,8 @@ class AzureVisionError(RuntimeError):
 
 
 def _scrub(text: str, secret: str | None) -> str:
-    if secret and secret in text:
-        text = text.replace(secret, "***")
-    return text
+    """The shared scrubbing (every configured secret), plus this client's own key."""
+    return scrub(text, (secret,))
 
 
 def fit_for_azure(data: bytes, size: tuple[int, int], ref: str) -> bytes:
@@ -94,6 +94,7 @@ class AzureVision:
             raise ToolUnavailable("Azure AI Vision needs VISION_ENDPOINT (and VISION_KEY, or an "
                                   "Entra ID login)")
         self._key = key if key is not None else os.environ.get("VISION_KEY")
+        register(self._key)  # scrubbed from every error text, not only this client's
         self._credential = credential
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.cache, self.language = cache, language

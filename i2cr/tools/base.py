@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..images import IMAGES, ImageError, LoadedImage
+from ..redact import error_text, scrub
 
 ENTRY_POINT_GROUP = "i2cr.visual_tools"
 
@@ -107,9 +108,9 @@ class VisualTool:
         try:
             text = self.fn(inp)
         except ToolUnavailable as e:
-            return ToolResult(self.name, "", False, self.backend, f"unavailable: {e}")
+            return ToolResult(self.name, "", False, self.backend, scrub(f"unavailable: {e}"))
         except Exception as e:  # noqa: BLE001 - a failing tool becomes an observation
-            return ToolResult(self.name, "", False, self.backend, f"{type(e).__name__}: {e}")
+            return ToolResult(self.name, "", False, self.backend, error_text(e))
         if not isinstance(text, str):
             text = "" if text is None else str(text)
         return ToolResult(self.name, text, True, self.backend)
