@@ -91,7 +91,8 @@ class Mention:
                 continue
             name = _cut(c.name, MAX_NAME_CHARS, f"candidates[{i}].name", cuts)
             desc = _cut(c.desc, MAX_DESC_CHARS, f"candidates[{i}].desc", cuts)
-            cands.append(c if name is c.name and desc is c.desc else replace(c, name=name, desc=desc))
+            same = name is c.name and desc is c.desc
+            cands.append(c if same else replace(c, name=name, desc=desc))
         self.candidates = cands
         if isinstance(self.clues, dict):
             self.clues = {k: _cap_clue(v, f"clues[{k!r}]", cuts) for k, v in self.clues.items()}

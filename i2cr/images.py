@@ -81,8 +81,8 @@ class _Deadline:
         for sock in socks:
             self._shut(sock)
 
-    def error(self, ref: str) -> ImageError:
-        return ImageError("timeout", f"image URL {_short(ref)} did not finish downloading within "
+    def error(self) -> ImageError:  # no URL in reasons: it may carry a signed token
+        return ImageError("timeout", f"image URL did not finish downloading within "
                           f"{self.seconds:g} s (image_timeout)")
 
     def __enter__(self) -> "_Deadline":
@@ -103,23 +103,23 @@ def _fetch(ref: str, timeout: float, deadline: float) -> bytes:
                 r.raise_for_status()
                 length = r.headers.get("content-length", "")
                 if length.isdigit() and int(length) > MAX_IMAGE_BYTES:
-                    raise ImageError("unsupported", f"image at URL {_short(ref)} is {length} "
-                                     f"bytes, over {MAX_IMAGE_BYTES}")
+                    raise ImageError("unsupported", f"image at URL is {length} bytes, over "
+                                     f"{MAX_IMAGE_BYTES}")
                 chunks, n = [], 0
                 for chunk in r.iter_bytes():
                     n += len(chunk)
                     if n > MAX_IMAGE_BYTES:
                         raise ImageError("unsupported",
-                                         f"image at URL {_short(ref)} is over {MAX_IMAGE_BYTES} bytes")
+                                         f"image at URL is over {MAX_IMAGE_BYTES} bytes")
                     if dl.expired.is_set():
-                        raise dl.error(ref)
+                        raise dl.error()
                     chunks.append(chunk)
                 if dl.expired.is_set():
-                    raise dl.error(ref)
+                    raise dl.error()
                 return b"".join(chunks)
         except httpx.HTTPError as e:
             if dl.expired.is_set():
-                raise dl.error(ref) from None
+                raise dl.error() from None
             raise ImageError("unreachable", f"cannot fetch image URL ({type(e).__name__})") from None
 
 
@@ -148,14 +148,16 @@ def decode_image(ref: str, data: bytes) -> LoadedImage:
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.width * im.height > MAX_PIXELS:
-                raise ImageError("unsupported", f"image {_short(ref)} has {im.width}x{im.height} pixels, "
+                raise ImageError("unsupported", f"image {_short(ref)} has "
+                                 f"{im.width}x{im.height} pixels, "
                                  f"over {MAX_PIXELS}")
             im.load()
             rgb = im.convert("RGB")
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError("corrupt", f"cannot decode image {_short(ref)} ({type(e).__name__}: {e})") from None
+        raise ImageError("corrupt", f"cannot decode image {_short(ref)} "
+                         f"({type(e).__name__}: {e})") from None
     return LoadedImage(ref=ref, data=data, image=rgb, sha256=hashlib.sha256(data).hexdigest())
 
 
@@ -177,8 +179,8 @@ class ImageLoader:
                 self._cache.move_to_end(ref)
         if hit is None:
             try:
-                data = _read_bytes(ref, self.timeout, self.deadline if deadline is None else deadline)
-                hit = decode_image(ref, data)
+                limit = self.deadline if deadline is None else deadline
+                hit = decode_image(ref, _read_bytes(ref, self.timeout, limit))
             except ImageError as e:
                 hit = e
             with self._lock:

@@ -27,8 +27,13 @@ _WARNED: set[tuple[str, str]] = set()
 _WARNED_LOCK = threading.Lock()
 
 
+def _digest(key: str, payload: bytes) -> bytes:
+    return hashlib.blake2b(key.encode("utf-8") + payload, digest_size=_DIGEST).digest()
+
+
 def frame(key: str, payload: bytes) -> bytes:
-    return MAGIC + hashlib.blake2b(key.encode("utf-8") + payload, digest_size=_DIGEST).digest() + payload
+    """``payload`` as stored under ``key``: a magic tag, its checksum, the bytes."""
+    return MAGIC + _digest(key, payload) + payload
 
 
 def unframe(key: str, raw: object) -> bytes | None:
@@ -36,8 +41,7 @@ def unframe(key: str, raw: object) -> bytes | None:
     if not isinstance(raw, bytes) or len(raw) < len(MAGIC) + _DIGEST or not raw.startswith(MAGIC):
         return None
     digest, payload = raw[len(MAGIC): len(MAGIC) + _DIGEST], raw[len(MAGIC) + _DIGEST:]
-    ok = hashlib.blake2b(key.encode("utf-8") + payload, digest_size=_DIGEST).digest() == digest
-    return payload if ok else None
+    return payload if _digest(key, payload) == digest else None
 
 
 class CheckedStore:
@@ -71,8 +75,8 @@ class CheckedStore:
     def _bypass(self, e: BaseException) -> None:
         self.failure = f"{type(e).__name__}: {e}"
         self._db = None
-        self._warn(f"is unusable ({self.failure}); running without it. Remove the folder to "
-                   "rebuild it.")
+        self._warn(f"is unusable ({self.failure}); running without it (remove it to have it "
+                   "rebuilt).")
 
     def report_damage(self) -> None:
         self.damaged += 1

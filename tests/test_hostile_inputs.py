@@ -27,7 +27,7 @@ def jordan(**kw):
     return Mention(**d)
 
 
-# --- item 3: an image URL that trickles bytes ------------------------------------------------------
+# --- item 3: an image URL that trickles bytes -----------------------------------------------------
 
 class TrickleServer:
     """A 127.0.0.1 server that answers every request with ``head`` at once, then ``trickle`` one
@@ -94,7 +94,7 @@ def test_image_url_over_the_size_cap_is_refused_from_its_header():
     assert f"over {MAX_IMAGE_BYTES}" in rec["image_reason"]
 
 
-# --- item 4: huge text fields ----------------------------------------------------------------------
+# --- item 4: huge text fields ---------------------------------------------------------------------
 
 def test_huge_clue_and_description_are_cut_at_load_and_recorded(tmp_path):
     big_clue, big_desc = "CHICAGO BULLS 23 " * 300_000, "basketball player. " * 55_000  # 5 MB, 1 MB
@@ -137,7 +137,7 @@ def test_every_text_field_is_capped_and_odd_clues_are_shrunk_not_dropped():
     assert again.truncations == m.truncations
 
 
-# --- item 5: damaged caches ------------------------------------------------------------------------
+# --- item 5: damaged caches -----------------------------------------------------------------------
 
 TEXTS = [c["name"] + ". " + c["desc"] for c in JORDAN_CANDIDATES]
 
@@ -277,7 +277,8 @@ def test_damaged_clue_cache_is_bypassed_or_rebuilt(tmp_path, monkeypatch, caplog
     for _ in range(3):
         res = ocr.run(ToolInput(img, None, ctx))
         assert res.ok and res.text == "REAL TEXT", res.error
-    assert len(_cache_warnings(caplog)) == 1 and "clue cache" in _cache_warnings(caplog)[0].getMessage()
+    [warning] = _cache_warnings(caplog)
+    assert "clue cache" in warning.getMessage()
     # bypassed: the tool ran each time; rebuilt: once, then the rewritten entry served
     assert len(calls) == (3 if kind in ("file_for_folder", "garbage") else 1)
     rec = link_mention(jordan(id=kind, image=img), Context(tool_backend="ocr=tesseract",
@@ -285,7 +286,7 @@ def test_damaged_clue_cache_is_bypassed_or_rebuilt(tmp_path, monkeypatch, caplog
     assert rec["error"] is None and rec["answer"] == "Michael Jordan"
 
 
-# --- item 9: deep, broken and oddly named inputs ---------------------------------------------------
+# --- item 9: deep, broken and oddly named inputs --------------------------------------------------
 
 DEEP = "[" * 100_000 + "]" * 100_000
 GOOD = {"mention": "Jordan", "mention_context": "Jordan dunks.",
@@ -336,7 +337,8 @@ def test_invalid_utf8_on_one_jsonl_line_loses_only_that_line(tmp_path):
     assert len(items) == 40
     bad = [x for x in items if isinstance(x, DataError)]
     assert len(bad) == 1 and bad[0].record == "line 31" and "not UTF-8" in str(bad[0])
-    assert [x.id for x in items if isinstance(x, Mention)] == [f"r{i}" for i in range(1, 41) if i != 31]
+    ids = [x.id for x in items if isinstance(x, Mention)]
+    assert ids == [f"r{i}" for i in range(1, 41) if i != 31]
 
 
 def test_a_folder_given_as_data_or_labels_is_a_clear_error(tmp_path, capsys):
@@ -356,6 +358,9 @@ def test_a_folder_given_as_data_or_labels_is_a_clear_error(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "is a folder, not a file" in err and "Traceback" not in err
         assert len(err.strip().splitlines()) == 1
+    assert main(["eval", str(good), str(folder), "--out-dir", str(tmp_path / "out"),
+                 "--no-progress"]) == 2
+    assert "is a folder, not a file" in capsys.readouterr().err
 
 
 def test_image_path_over_the_name_limit_runs_text_only_with_the_reason(tmp_path):

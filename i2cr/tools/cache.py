@@ -52,7 +52,8 @@ class ClueCache:
         return val
 
     def set(self, key: str, value: Any) -> None:
-        self._store.set(f"{self.FORMAT}|{key}", json.dumps(value, ensure_ascii=False).encode("utf-8"))
+        payload = json.dumps(value, ensure_ascii=False).encode("utf-8")
+        self._store.set(f"{self.FORMAT}|{key}", payload)
 
     def clear(self) -> None:
         self._store.clear()
