@@ -368,3 +368,15 @@ def test_image_path_over_the_name_limit_runs_text_only_with_the_reason(tmp_path)
     rec = link_mention(jordan(id="long", image=long), Context(clue_cache="none"))
     assert rec["error"] is None and rec["answer"] == "Michael Jordan"
     assert rec["image_status"] == "missing" and "too long" in rec["image_reason"].lower()
+
+
+def test_integer_too_long_to_read_is_one_bad_record(tmp_path):
+    p = tmp_path / "d.jsonl"  # json refuses integers over 4300 digits with a ValueError
+    p.write_text(json.dumps(dict(GOOD, id="ok")) + '\n{"id": "n", "mention": ' + "9" * 5000 + "}\n")
+    ok, bad = load_mentions(p, strict=False)
+    assert ok.id == "ok" and bad.record == "line 2" and "unreadable JSON value" in str(bad)
+    whole = tmp_path / "d.json"
+    whole.write_text('{"a": {"mention": ' + "9" * 5000 + "}}")
+    with pytest.raises(DataError, match="unreadable JSON value") as e:
+        load_mentions(whole)
+    assert str(whole) in str(e.value) and "\n" not in str(e.value)
