@@ -23,11 +23,11 @@ NIL = "nil"
 CLUE_KEYS = ("OCR text", "Caption", "Dense Captions", "Tags")
 
 # Caps on every text field of a mention, in characters, applied when a Mention is made (so the
-# loaders, link() and the API all get them). Far above anything in WikiMEL/RichpediaMEL/TextEL
-# (longest: mention 58, name 86, desc 487, clue 590 characters), they only stop hostile records
-# (a 50 MB OCR clue took 6.9 GB and 3.5 minutes). A longer field is cut, never rejected, and the
-# cut is recorded in ``Mention.truncations`` and the result record's ``truncated``. The context
-# has a ceiling here too; the ``max_context_chars`` setting cuts it further before use.
+# loaders, link() and the API all get them). Far above anything in the WikiMEL and TextEL dev
+# splits (longest: mention 58, name 86, desc 487, clue 590 characters), they only stop hostile
+# records (a 50 MB OCR clue took 6.9 GB and 3.5 minutes). A longer field is cut, never rejected,
+# and the cut is recorded in ``Mention.truncations`` and the result record's ``truncated``. The
+# context has a ceiling here too; the ``max_context_chars`` setting cuts it further before use.
 MAX_MENTION_CHARS = 500
 MAX_CONTEXT_CHARS = 100_000
 MAX_NAME_CHARS = 300
@@ -91,6 +91,8 @@ class Mention:
                 continue
             name = _cut(c.name, MAX_NAME_CHARS, f"candidates[{i}].name", cuts)
             desc = _cut(c.desc, MAX_DESC_CHARS, f"candidates[{i}].desc", cuts)
+            if desc is not c.desc:  # positions change when candidates are shuffled: name it
+                cuts[-1]["candidate"] = name
             same = name is c.name and desc is c.desc
             cands.append(c if same else replace(c, name=name, desc=desc))
         self.candidates = cands

@@ -112,6 +112,7 @@ def test_huge_clue_and_description_are_cut_at_load_and_recorded(tmp_path):
     assert cut["clues['OCR text']"] == {"field": "clues['OCR text']", "from_chars": len(big_clue),
                                         "to_chars": D.MAX_CLUE_CHARS}
     assert cut["candidates[1].desc"]["from_chars"] == len(big_desc.strip())
+    assert cut["candidates[1].desc"]["candidate"] == "Jordan Peele"
     out = link_mention(m, Context(clue_cache="none", tool_backend="precomputed"))
     assert out["error"] is None and out["answer"] == "Michael Jordan"
     assert out["truncated"] == m.truncations
