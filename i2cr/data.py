@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,6 +22,18 @@ NIL = "nil"
 
 # Canonical names of the precomputed visual clues, as the dataset spells them.
 CLUE_KEYS = ("OCR text", "Caption", "Dense Captions", "Tags")
+
+# Caps on every text field of a mention, in characters, applied when a Mention is made (so the
+# loaders, link() and the API all get them). Far above anything in the WikiMEL and TextEL dev
+# splits (longest: mention 58, name 86, desc 487, clue 590 characters), they only stop hostile
+# records (a 50 MB OCR clue took 6.9 GB and 3.5 minutes). A longer field is cut, never rejected,
+# and the cut is recorded in ``Mention.truncations`` and the result record's ``truncated``. The
+# context has a ceiling here too; the ``max_context_chars`` setting cuts it further before use.
+MAX_MENTION_CHARS = 500
+MAX_CONTEXT_CHARS = 100_000
+MAX_NAME_CHARS = 300
+MAX_DESC_CHARS = 4_000
+MAX_CLUE_CHARS = 4_000  # per clue; a list or object clue counts the characters of all its parts
 
 
 class DataError(ValueError):
@@ -69,6 +82,26 @@ class Mention:
     label: str | None = None
     allow_nil: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    truncations: list[dict[str, Any]] = field(default_factory=list)  # fields cut to their caps
+
+    def __post_init__(self) -> None:
+        cuts = self.truncations = list(self.truncations)
+        self.mention = _cut(self.mention, MAX_MENTION_CHARS, "mention", cuts)
+        self.context = _cut(self.context, MAX_CONTEXT_CHARS, "context", cuts)
+        cands = []
+        for i, c in enumerate(self.candidates):
+            if not isinstance(c, Candidate):
+                cands.append(c)
+                continue
+            name = _cut(c.name, MAX_NAME_CHARS, f"candidates[{i}].name", cuts)
+            desc = _cut(c.desc, MAX_DESC_CHARS, f"candidates[{i}].desc", cuts)
+            if desc is not c.desc:  # positions change when candidates are shuffled: name it
+                cuts[-1]["candidate"] = name
+            same = name is c.name and desc is c.desc
+            cands.append(c if same else replace(c, name=name, desc=desc))
+        self.candidates = cands
+        if isinstance(self.clues, dict):
+            self.clues = {k: _cap_clue(v, f"clues[{k!r}]", cuts) for k, v in self.clues.items()}
 
     def image_ref(self) -> str | None:
         """The image as a URL or a resolved local path (None when the sample has no image)."""
@@ -92,6 +125,72 @@ class Mention:
             "precomputed_clues": dict(self.clues) if self.clues else None,
             "allow_nil": self.allow_nil,
         }
+
+
+def _cut(text: Any, cap: int, name: str, cuts: list[dict[str, Any]]) -> Any:
+    if isinstance(text, str) and len(text) > cap:
+        cuts.append({"field": name, "from_chars": len(text), "to_chars": cap})
+        return text[:cap]
+    return text
+
+
+def _size(value: Any) -> tuple[int, int]:
+    """(characters, depth) of a clue value: its strings count their characters, and every
+    number, item or key at least one."""
+    n, deepest, stack = 0, 0, [(value, 0)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, str):
+            n += len(x)
+        elif isinstance(x, dict):
+            n, deepest = n + len(x), max(deepest, d)
+            stack.extend((k, d + 1) for k in x.keys())
+            stack.extend((v, d + 1) for v in x.values())
+        elif isinstance(x, (list, tuple)):
+            n, deepest = n + len(x), max(deepest, d)
+            stack.extend((v, d + 1) for v in x)
+        else:
+            n += 1
+    return n, deepest
+
+
+MAX_CLUE_DEPTH = 16  # a clue nested deeper than this has its deeper parts dropped
+
+
+def _shrink(value: Any, budget: int, depth: int = 0) -> tuple[Any, int]:
+    """``value`` with its leading parts kept within ``budget`` characters (as :func:`_size`
+    counts them), and the characters kept."""
+    if isinstance(value, str):
+        return value[:budget], min(len(value), budget)
+    if depth > MAX_CLUE_DEPTH or not isinstance(value, (list, tuple, dict)):
+        return (value, 1) if depth <= MAX_CLUE_DEPTH else (None, 1)
+    used, items = 0, value.items() if isinstance(value, dict) else enumerate(value)
+    out: Any = {} if isinstance(value, dict) else []
+    for k, v in items:
+        if used >= budget:
+            break
+        if isinstance(k, str):
+            k = k[: max(budget - used, 0)]
+            used += len(k)
+        used += 1
+        v, n = _shrink(v, max(budget - used, 0), depth + 1)
+        used += n
+        if isinstance(out, dict):
+            out[k] = v
+        else:
+            out.append(v)
+    return out, used
+
+
+def _cap_clue(value: Any, name: str, cuts: list[dict[str, Any]]) -> Any:
+    if isinstance(value, str) or value is None:
+        return _cut(value, MAX_CLUE_CHARS, name, cuts)
+    size, depth = _size(value)
+    if size <= MAX_CLUE_CHARS and depth <= MAX_CLUE_DEPTH:
+        return value
+    value, kept = _shrink(value, MAX_CLUE_CHARS)
+    cuts.append({"field": name, "from_chars": size, "to_chars": kept})
+    return value
 
 
 def _req_str(rec: dict, key: str, *, source: str, rid: str, aliases: tuple[str, ...] = (),
@@ -178,19 +277,100 @@ def parse_record(rec: Any, rid: str, *, source: str, image_root: str | None = No
                    allow_nil=nil_ok)
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError("file not found", source=str(path)) from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"is not UTF-8 text ({e.reason} at byte {e.start})",
-                        source=str(path)) from None
+def _open_error(path: Path, e: OSError) -> DataError:
+    if isinstance(e, FileNotFoundError):
+        return DataError("file not found", source=str(path))
+    if isinstance(e, IsADirectoryError) or path.is_dir():
+        return DataError("is a folder, not a file", source=str(path))
+    return DataError(f"cannot read ({e.strerror or type(e).__name__})", source=str(path))
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than Python's recursion limit lets ``json`` read."""
+
+
+def _loads(text: str | bytes) -> Any:
+    """``json.loads`` whose every failure is a ValueError with a one-line reason: malformed JSON,
+    nesting deeper than Python's recursion limit, or an integer too long to convert."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}",
+        raise ValueError(f"malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise TooDeep("JSON nested too deeply to read") from None
+    except ValueError as e:  # e.g. an integer over the 4300-digit conversion limit
+        raise ValueError(f"unreadable JSON value ({str(e).split(':')[0]})") from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise _open_error(path, e) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"is not UTF-8 text ({e.reason} at byte {e.start})",
                         source=str(path)) from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return _loads(_read_text(path))
+    except ValueError as e:
+        raise DataError(str(e), source=str(path)) from None
+
+
+_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:,]')
+
+
+def _members(text: str) -> Iterator[tuple[str, str]]:
+    """``(key or index, JSON text)`` of each member of the top-level object or array, found by
+    counting brackets outside strings, so that a file whose one record is nested too deeply for
+    ``json`` still yields the others. Raises ValueError when the text is not one such container."""
+    depth, kind, start, key, index = 0, "", 0, None, 0
+    for m in _TOKEN.finditer(text):
+        tok = m.group()
+        if tok in "[{":
+            depth += 1
+            if depth == 1:
+                kind, start = tok, m.end()
+        elif tok in "]}":
+            depth -= 1
+            if depth == 0:
+                if text[m.end():].strip():
+                    break
+                if text[start: m.start()].strip():
+                    yield (key if kind == "{" else str(index)), text[start: m.start()]
+                return
+        elif depth == 1 and tok == ":" and kind == "{":
+            start = m.end()
+        elif depth == 1 and tok == ",":
+            yield (key if kind == "{" else str(index)), text[start: m.start()]
+            key, index, start = None, index + 1, m.end()
+        elif depth == 1 and tok.startswith('"') and kind == "{" and key is None:
+            key = json.loads(tok)
+    raise ValueError("not a JSON object or array")
+
+
+def _salvage(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+    """The records of a JSON file too deep to read whole: each read on its own, a too-deep one
+    yielded as a DataError."""
+    try:
+        members = list(_members(text))
+    except ValueError:
+        members = None
+    if not members or text.lstrip().startswith("{") and any(k == "mention" for k, _ in members):
+        raise DataError("JSON nested too deeply to read", source=str(path))
+    for key, value in members:
+        try:
+            rec = _loads(value)
+        except ValueError as e:
+            yield key, DataError(str(e).split(" at line")[0], source=str(path), record=key)
+            continue
+        if text.lstrip().startswith("[") and isinstance(rec, dict) and "id" in rec:
+            key = str(rec["id"])
+        yield key, rec
 
 
 def load_labels(path: str | Path) -> dict[str, str]:
@@ -210,38 +390,45 @@ def load_labels(path: str | Path) -> dict[str, str]:
 def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
     """Yield ``(id, raw record)`` pairs from an I2CR JSON file, a single-sample JSON or JSONL.
 
-    A malformed JSONL line is yielded as ``(id, DataError)`` so that one bad line does not lose
-    the others; a malformed JSON document fails as a whole, since nothing in it can be trusted.
+    A malformed JSONL line (bad JSON, bad UTF-8, nested too deeply) is yielded as
+    ``(id, DataError)`` so that one bad line does not lose the others; so is a record of a JSON
+    document nested too deeply to read. A malformed JSON document fails as a whole, since
+    nothing in it can be trusted.
     """
     path = Path(path)
     if path.suffix == ".jsonl":
         try:
-            fh = path.open("r", encoding="utf-8", errors="strict")
-        except FileNotFoundError:
-            raise DataError("file not found", source=str(path)) from None
+            fh = path.open("rb")
+        except OSError as e:
+            raise _open_error(path, e) from None
         with fh:
-            lineno = 0
-            while True:
-                lineno += 1
+            for lineno, raw_line in enumerate(fh, 1):
+                if not raw_line.strip():
+                    continue
+                bad = f"line{lineno}", f"line {lineno}"
                 try:
-                    line = fh.readline()
+                    line = raw_line.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    raise DataError(f"is not UTF-8 text near line {lineno} ({e.reason})",
-                                    source=str(path)) from None
-                if not line:
-                    break
-                if not line.strip():
+                    yield bad[0], DataError(f"is not UTF-8 text ({e.reason} at byte {e.start} of "
+                                            "the line)", source=str(path), record=bad[1])
                     continue
                 try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield f"line{lineno}", DataError(f"malformed JSON: {e.msg}", source=str(path),
-                                                     record=f"line {lineno}")
+                    rec = _loads(line)
+                except ValueError as e:
+                    yield bad[0], DataError(str(e).replace(" at line 1,", " at"),
+                                            source=str(path), record=bad[1])
                     continue
                 rid = str(rec.get("id", f"line{lineno}")) if isinstance(rec, dict) else f"line{lineno}"
                 yield rid, rec
         return
-    raw = _read_json(path)
+    text = _read_text(path)
+    try:
+        raw = _loads(text)
+    except TooDeep:
+        yield from _salvage(path, text)
+        return
+    except ValueError as e:
+        raise DataError(str(e), source=str(path)) from None
     if isinstance(raw, dict) and "mention" in raw and not isinstance(raw["mention"], dict):
         yield str(raw.get("id", path.stem)), raw  # one sample on its own
     elif isinstance(raw, dict):

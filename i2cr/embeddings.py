@@ -51,33 +51,56 @@ def _quiet_transformers() -> None:
 
 
 class VectorStore:
-    """Entity embeddings on disk, keyed by model and text (diskcache over SQLite: safe for
-    concurrent runs), so a knowledge base is embedded once, not once per run."""
+    """Entity embeddings on disk, keyed by model and text, so a knowledge base is embedded once,
+    not once per run. A :class:`~i2cr.store.CheckedStore`: each vector is stored as its length
+    and float32 values under a checksum, and a read is used only if the checksum, the length
+    (the model's dimension) and the values (finite) all check out; anything else is a miss."""
 
-    def __init__(self, directory: str, model: str):
-        import diskcache
+    FORMAT = "v2"  # vectors written before checksums (raw float32 bytes) are simply not read
 
-        self.directory = str(Path(directory).expanduser())
-        self._db = diskcache.Cache(self.directory, size_limit=4 * 2 ** 30)
+    def __init__(self, directory: str, model: str, dim: int | None = None):
+        from .store import CheckedStore
+
+        self._store = CheckedStore(directory, "embedding cache", size_limit=4 * 2 ** 30)
+        self.directory = self._store.directory
         self.model = model
+        self.dim = dim
+
+    @property
+    def damaged(self) -> int:
+        return self._store.damaged
 
     def _key(self, text: str) -> str:
         import hashlib
 
-        return self.model + "|" + hashlib.sha1(text.encode("utf-8")).hexdigest()
+        return f"{self.FORMAT}|{self.model}|" + hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+    def _vector(self, payload: bytes | None) -> np.ndarray | None:
+        if payload is None or len(payload) < 4:
+            return None
+        dim = int.from_bytes(payload[:4], "little")
+        if len(payload) != 4 + 4 * dim or dim == 0 or (self.dim is not None and dim != self.dim):
+            return None
+        v = np.frombuffer(payload, dtype=np.float32, offset=4)
+        return v if np.isfinite(v).all() else None
 
     def get_many(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         out = {}
         for t in texts:
-            raw = self._db.get(self._key(t))
-            if raw is not None:
-                out[t] = np.frombuffer(raw, dtype=np.float32)
+            payload = self._store.get(self._key(t))
+            v = self._vector(payload)
+            if v is not None:
+                out[t] = v
+            elif payload is not None:  # checksummed yet not a vector of this model: damage too
+                self._store.report_damage()
         return out
 
     def put_many(self, items: dict[str, np.ndarray]) -> None:
-        with self._db.transact():
-            for t, v in items.items():
-                self._db.set(self._key(t), np.asarray(v, dtype=np.float32).tobytes())
+        def payload(v: np.ndarray) -> bytes:
+            v = np.asarray(v, dtype=np.float32).reshape(-1)
+            return len(v).to_bytes(4, "little") + v.tobytes()
+
+        self._store.set_many((self._key(t), payload(v)) for t, v in items.items())
 
 
 def cpu_has_bf16() -> bool:
@@ -124,7 +147,9 @@ class Embedder:
         self.max_seq_length = getattr(self.model, "max_seq_length", None)
         # bf16 vectors differ a little from float32 ones: the store keeps them apart
         store_name = name if self.dtype == "float32" else f"{name}@{self.dtype}"
-        self.store = (VectorStore(store_dir, store_name)
+        dim_of = (getattr(self.model, "get_embedding_dimension", None)
+                  or getattr(self.model, "get_sentence_embedding_dimension", None))
+        self.store = (VectorStore(store_dir, store_name, dim_of() if dim_of else None)
                       if store_dir and str(store_dir).lower() not in {"none", "off"} else None)
         self.from_store = 0  # entity texts read from the persistent store
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # entity texts (they repeat)

@@ -44,6 +44,8 @@ def result_record(m: Mention, out: dict[str, Any], elapsed: float) -> dict[str, 
     }
     if out.get("image_reason"):
         rec["image_reason"] = out.get("image_reason")
+    if m.truncations:  # fields cut to their caps when the mention was loaded
+        rec["truncated"] = list(m.truncations)
     if m.label is not None:
         rec["gold"] = m.label
         rec["correct"] = (rec["answer"] or "").lower() == m.label.lower()

@@ -97,6 +97,10 @@ class Context:
         "IAV threshold beta in CLIP logit units (100 x cosine).")})
     caption_threshold: float = field(default=20.0, metadata={"description": (
         "Caption-bridge threshold in the same units (100 x text-embedding cosine).")})
+    image_timeout: float = field(default=20.0, metadata={"description": (
+        "Deadline in seconds for downloading one image URL as a whole (connection, headers and "
+        "body, at most 50 MB); past it the image is unusable (image_status 'timeout') and the "
+        "mention runs without it.")})
     allow_downloads: bool = field(default=False, metadata={"description": (
         "Let model loaders fetch weights from a hub; off by default so that runs stay offline.")})
 

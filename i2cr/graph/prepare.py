@@ -75,7 +75,7 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         status, reason = "absent", "the mention has no image"
     else:
         try:
-            IMAGES.load(ref)
+            IMAGES.load(ref, deadline=ctx.image_timeout)
             status, reason = "ok", None
         except ImageError as e:
             status, reason = e.kind, e.reason

@@ -1,35 +1,50 @@
 """An on-disk clue cache, keyed by image content hash + tool + backend + backend version.
 
-Built on diskcache (SQLite underneath), which is safe for several processes and threads using
-the same folder at once. A second run over the same images reads clues from here instead of
-calling a service again.
+A :class:`~i2cr.store.CheckedStore` (diskcache over SQLite, safe for several processes and threads
+using the same folder at once): a second run over the same images reads clues from here instead of
+calling a service again. Clues are stored as JSON under a checksum; a damaged entry is a miss (the
+tool runs again and the entry is rewritten) and a damaged or unopenable folder is bypassed, each
+reported once.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
+from ..store import CheckedStore
+
 DEFAULT_DIR = os.path.join(os.path.expanduser("~"), ".cache", "i2cr", "clues")
 
 
 class ClueCache:
-    def __init__(self, directory: str | os.PathLike = DEFAULT_DIR, size_limit: int = 2 ** 30):
-        import diskcache
+    FORMAT = "v2"  # entries written before checksums (pickled values) are simply not read
 
-        self.directory = str(Path(directory).expanduser())
-        self._cache = diskcache.Cache(self.directory, size_limit=size_limit)
+    def __init__(self, directory: str | os.PathLike = DEFAULT_DIR, size_limit: int = 2 ** 30):
+        self._store = CheckedStore(str(directory), "clue cache", size_limit=size_limit)
+        self.directory = self._store.directory
         self.hits = 0
         self.misses = 0
+
+    @property
+    def damaged(self) -> int:
+        return self._store.damaged
 
     @staticmethod
     def key(image_key: str, tool: str, backend: str, version: str) -> str:
         return f"{image_key}|{tool}|{backend}|{version}"
 
     def get(self, key: str) -> Any | None:
-        val = self._cache.get(key, default=None)
+        payload = self._store.get(f"{self.FORMAT}|{key}")
+        val = None
+        if payload is not None:
+            try:
+                val = json.loads(payload.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                self._store.report_damage()
         if val is None:
             self.misses += 1
         else:
@@ -37,16 +52,17 @@ class ClueCache:
         return val
 
     def set(self, key: str, value: Any) -> None:
-        self._cache.set(key, value)
+        payload = json.dumps(value, ensure_ascii=False).encode("utf-8")
+        self._store.set(f"{self.FORMAT}|{key}", payload)
 
     def clear(self) -> None:
-        self._cache.clear()
+        self._store.clear()
 
     def close(self) -> None:
-        self._cache.close()
+        self._store.close()
 
     def __len__(self) -> int:
-        return len(self._cache)
+        return len(self._store)
 
 
 _CACHES: dict[str, ClueCache] = {}

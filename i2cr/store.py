@@ -1,0 +1,131 @@
+"""A checked on-disk key-value store: the one rule for every persistent cache (entity embeddings,
+tool clues). A cache is an optimisation only, so damage never reaches a mention:
+
+- every value is framed with a checksum over its key and bytes, and a read that does not check
+  out (garbage, a truncated or swapped value, random bytes of the right length) is a miss, which
+  the caller recomputes and writes back (so damaged entries are rebuilt one by one);
+- a store that cannot be opened or read (a damaged database, a file where the folder should be,
+  no permission) is bypassed for the rest of the process;
+- either is reported once per folder, as a warning on the ``i2cr.cache`` logger (on stderr when
+  logging is not configured), never silently.
+
+diskcache (SQLite underneath) keeps it safe for several processes and threads at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from pathlib import Path
+from typing import Iterable
+
+LOG = logging.getLogger("i2cr.cache")
+MAGIC = b"i2c1"
+_DIGEST = 16
+_WARNED: set[tuple[str, str]] = set()
+_WARNED_LOCK = threading.Lock()
+
+
+def _digest(key: str, payload: bytes) -> bytes:
+    return hashlib.blake2b(key.encode("utf-8") + payload, digest_size=_DIGEST).digest()
+
+
+def frame(key: str, payload: bytes) -> bytes:
+    """``payload`` as stored under ``key``: a magic tag, its checksum, the bytes."""
+    return MAGIC + _digest(key, payload) + payload
+
+
+def unframe(key: str, raw: object) -> bytes | None:
+    """The payload, or None when ``raw`` is not a value this store wrote under ``key``."""
+    if not isinstance(raw, bytes) or len(raw) < len(MAGIC) + _DIGEST or not raw.startswith(MAGIC):
+        return None
+    digest, payload = raw[len(MAGIC): len(MAGIC) + _DIGEST], raw[len(MAGIC) + _DIGEST:]
+    return payload if _digest(key, payload) == digest else None
+
+
+class CheckedStore:
+    """``get``/``set`` of bytes under string keys in a diskcache folder, checked as above.
+    ``what`` names the cache in warnings (e.g. 'embedding cache')."""
+
+    def __init__(self, directory: str, what: str, size_limit: int):
+        self.directory = str(Path(directory).expanduser())
+        self.what = what
+        self.damaged = 0  # entries that failed their check (each was a miss)
+        self.failure: str | None = None  # why the store is bypassed, once it is
+        self._db = None
+        try:
+            import diskcache
+
+            self._db = diskcache.Cache(self.directory, size_limit=size_limit)
+        except Exception as e:  # noqa: BLE001 - any failure to open means: run without it
+            self._bypass(e)
+
+    @property
+    def usable(self) -> bool:
+        return self._db is not None
+
+    def _warn(self, reason: str) -> None:
+        with _WARNED_LOCK:
+            if (self.what, self.directory) in _WARNED:
+                return
+            _WARNED.add((self.what, self.directory))
+        LOG.warning("i2cr: %s at %s %s", self.what, self.directory, reason)
+
+    def _bypass(self, e: BaseException) -> None:
+        self.failure = f"{type(e).__name__}: {e}"
+        self._db = None
+        self._warn(f"is unusable ({self.failure}); running without it (remove it to have it "
+                   "rebuilt).")
+
+    def report_damage(self) -> None:
+        self.damaged += 1
+        self._warn("has damaged entries (they failed their checksum); they are recomputed and "
+                   "rewritten, never used.")
+
+    def get(self, key: str) -> bytes | None:
+        db = self._db
+        if db is None:
+            return None
+        try:
+            raw = db.get(key, default=None)
+        except Exception as e:  # noqa: BLE001
+            self._bypass(e)
+            return None
+        if raw is None:
+            return None
+        payload = unframe(key, raw)
+        if payload is None:
+            self.report_damage()
+        return payload
+
+    def set_many(self, items: Iterable[tuple[str, bytes]]) -> None:
+        db = self._db
+        if db is None:
+            return
+        try:
+            with db.transact():
+                for key, payload in items:
+                    db.set(key, frame(key, payload))
+        except Exception as e:  # noqa: BLE001
+            self._bypass(e)
+
+    def set(self, key: str, payload: bytes) -> None:
+        self.set_many([(key, payload)])
+
+    def clear(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.clear()
+            except Exception as e:  # noqa: BLE001
+                self._bypass(e)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+
+    def __len__(self) -> int:
+        try:
+            return len(self._db) if self._db is not None else 0
+        except Exception:  # noqa: BLE001
+            return 0

