@@ -88,9 +88,13 @@ def test_cli_links_the_shipped_example_offline(tmp_path):
 def test_cli_reports_malformed_input(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"x": {"mention": "a", "mention_context": "b", "Candentity": [{"desc": "no name"}]}}')
-    p = subprocess.run([sys.executable, "-m", "i2cr.cli", "link", str(bad), "--llm",
-                        "openai-compat:none@http://127.0.0.1:9/v1", "--no-progress"],
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, "-m", "i2cr.cli", "link", str(bad), "--json",
+                        "--no-progress"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 1
     rec = json.loads(p.stdout)
     assert rec["id"] == "x" and "Candentity[0]" in rec["error"]
+    table = subprocess.run([sys.executable, "-m", "i2cr.cli", "link", str(bad), "--no-progress"],
+                           capture_output=True, text=True, timeout=300)
+    assert table.returncode == 1
+    row = table.stdout.splitlines()[1]
+    assert row.startswith("x ") and "(error)" in row and "Candentity[0]" in row
