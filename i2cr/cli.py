@@ -95,8 +95,7 @@ def _check_llm(settings, progress: bool) -> None:
 
     if settings.chat_model is None and settings.uses_llm and progress:
         t0 = time.perf_counter()
-        print(f"i2cr: checking the LLM backend {settings.llm if settings.llm != 'none' else 'embedded'}"
-              " ...", file=sys.stderr, flush=True)
+        print("i2cr: checking the LLM backend ...", file=sys.stderr, flush=True)
         check_backend(settings)
         print(f"i2cr: LLM backend ready ({time.perf_counter() - t0:.1f}s)", file=sys.stderr,
               flush=True)
@@ -131,7 +130,7 @@ def cmd_link(args: argparse.Namespace) -> int:
     items = check_items(items, gold)
     single = len(items) == 1 and not args.out
     show = args.print or not args.out
-    n = errors = correct = labelled = calls = failed = 0
+    n = correct = labelled = calls = 0
     linker = _linker(args)
     stats = RunStats()
     progress = not args.no_progress and not args.stream
@@ -140,9 +139,7 @@ def cmd_link(args: argparse.Namespace) -> int:
         for rec in run(items, settings, out=args.out, resume=args.resume, progress=progress,
                        linker=linker, stats=stats):
             n += 1
-            errors += rec.get("error") is not None
             calls += rec.get("llm_calls") or 0
-            failed += any(e.get("type") == "llm_error" for e in rec.get("events") or [])
             if "correct" in rec:
                 labelled += 1
                 correct += bool(rec["correct"])
@@ -163,6 +160,7 @@ def cmd_link(args: argparse.Namespace) -> int:
         return 130
     finally:
         llm.shutdown()
+    errors, failed = stats.errors, stats.llm_failed
     if n == 0 and args.out:
         print(f"i2cr: nothing left to link: all {len(items)} mention(s) are already in {args.out}",
               file=sys.stderr)

@@ -44,6 +44,11 @@ def answer_after_vif(rec: dict[str, Any], k: int) -> str | None:
     return rec.get("text_answer")
 
 
+def llm_failed(rec: dict[str, Any]) -> bool:
+    """Whether a record has a failed LLM call (its answer then came from a fallback)."""
+    return any(e.get("type") == "llm_error" for e in rec.get("events") or [])
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -70,9 +75,7 @@ def compute(records: Iterable[dict[str, Any]], *, wall_s: float | None = None,
     m: dict[str, Any] = {"mentions": len(recs), "labelled": n,
                          "errors": sum(1 for r in recs if r.get("error")),
                          "labelled_errors": sum(1 for r in labelled if r.get("error")),
-                         "llm_failed_mentions": sum(
-                             1 for r in recs if any(e.get("type") == "llm_error"
-                                                    for e in r.get("events") or []))}
+                         "llm_failed_mentions": sum(1 for r in recs if llm_failed(r))}
 
     def acc(get) -> float | None:
         if not n:

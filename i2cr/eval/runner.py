@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from ..data import DataError, Mention
 from ..graph import Context
 from ..linker import error_record, link_mention
+from .metrics import llm_failed
 
 Warn = Callable[[str], None]
 
@@ -212,11 +213,6 @@ def run_one(item: Mention | DataError, settings: Context,
         raise
     except Exception as e:  # noqa: BLE001 - one mention must not take the run down
         return error_record(item.id, e, item.label)
-
-
-def llm_failed(rec: dict[str, Any]) -> bool:
-    """Whether a record has a failed LLM call (its answer then came from a fallback)."""
-    return any(e.get("type") == "llm_error" for e in rec.get("events") or [])
 
 
 def _say(progress: bool, msg: str) -> None:
