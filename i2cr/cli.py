@@ -130,6 +130,7 @@ def cmd_link(args: argparse.Namespace) -> int:
     items = check_items(items, gold)
     single = len(items) == 1 and not args.out
     show = args.print or not args.out
+    args.json = args.json or args.events  # events only exist in the JSON records
     n = correct = labelled = calls = 0
     linker = _linker(args)
     stats = RunStats()
@@ -340,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true",
                     help="print each result as a JSON record instead of a table row")
     pl.add_argument("--events", action="store_true",
-                    help="with --json: include the decision events and the trace")
+                    help="print JSON records with the decision events and the trace")
     pl.add_argument("--print", action="store_true", help="print results even with --out")
     pl.add_argument("--no-progress", action="store_true", help="no progress bar")
     pl.add_argument("--stream", action="store_true", help="print node events as they happen")

@@ -68,6 +68,8 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
         raise DataError("no mentions to evaluate in the file", source=str(data))
     if not keep_order:
         items = shuffle_candidates(items, shuffle_seed)
+    if warn is not None and sample is not None and sample > len(items):
+        warn(f"--sample {sample} is more than the {len(items)} mention(s) of {data}: all are used")
     items = check_items(select(items, limit=limit, sample=sample, seed=seed), gold, warn=warn)
     if progress and settings.chat_model is None and settings.uses_llm:
         print("i2cr: checking the LLM backend ...", file=sys.stderr, flush=True)
