@@ -128,7 +128,8 @@ def test_the_readme_command_serves_the_embedded_gguf_for_openai_compat():
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", *argv],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while proc.poll() is None:  # wait on the server itself: up, or gone
+        give_up = time.monotonic() + 900  # only against a server that hangs without a word
+        while proc.poll() is None and time.monotonic() < give_up:  # wait on it: up, or gone
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).status_code == 200:
                     break
