@@ -208,9 +208,10 @@ def check_backend(settings: Any, *, timeout: float = 8.0) -> None:
     of every answer silently coming from the fallback ranker.
 
     Builds the chat model the graph will use (for ``embedded`` that starts the server) and, for
-    HTTP backends other than Azure, asks ``GET <base_url>/models`` (3 s to connect, ``timeout`` in
-    all). Raises :class:`BackendError`; does nothing when the run uses no LLM or was handed a
-    chat model. A backend that passed is not asked again in this process."""
+    HTTP backends other than Azure, asks ``GET <base_url>/models`` (3 s to connect or between
+    bytes, ``timeout`` in all). Raises :class:`BackendError` (naming the backend without any
+    credentials in its URL); does nothing when the run uses no LLM or was handed a chat model. A
+    backend that passed is not asked again in this process."""
     if getattr(settings, "chat_model", None) is not None or not settings.uses_llm:
         return
     from .graph import resources
@@ -220,13 +221,14 @@ def check_backend(settings: Any, *, timeout: float = 8.0) -> None:
     with _CHECKED_LOCK:
         if key in _CHECKED:
             return
+    provider, name, base_url = parse_spec(spec)
+    label = f"{provider}:{name}@{_without_userinfo(base_url)}" if base_url else spec
     try:
-        provider, _, _ = parse_spec(spec)
         model = resources.chat_model(settings)
     except BackendError:
         raise
     except Exception as e:  # noqa: BLE001 - any construction failure means the same to the user
-        raise BackendError(f"LLM backend {spec!r} cannot be set up: {type(e).__name__}: "
+        raise BackendError(f"LLM backend {label!r} cannot be set up: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
     if provider != "azure":
         base = str(getattr(model, "openai_api_base", None) or "https://api.openai.com/v1")
@@ -234,17 +236,29 @@ def check_backend(settings: Any, *, timeout: float = 8.0) -> None:
         api_key = secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret
         url = base.rstrip("/") + "/models"
         shown = _without_userinfo(url)
-        try:
-            r = httpx.get(url, headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
-                          timeout=httpx.Timeout(timeout, connect=min(3.0, timeout)))
-        except httpx.HTTPError as e:
-            raise BackendError(f"LLM backend {spec!r}: cannot reach {shown} ({type(e).__name__})") \
-                from None
+        got: dict[str, Any] = {}
+
+        def probe() -> None:  # in a thread, so that a server trickling bytes cannot hold us
+            try:
+                got["r"] = httpx.get(url, timeout=min(3.0, timeout), headers=(
+                    {"Authorization": f"Bearer {api_key}"} if api_key else {}))
+            except Exception as e:  # noqa: BLE001 - reported below
+                got["e"] = e
+
+        t = threading.Thread(target=probe, daemon=True, name="i2cr-backend-check")
+        t.start()
+        t.join(timeout)
+        if t.is_alive():
+            raise BackendError(f"LLM backend {label!r}: {shown} did not answer within {timeout:.0f}s")
+        if "e" in got:
+            raise BackendError(f"LLM backend {label!r}: cannot reach {shown} "
+                               f"({type(got['e']).__name__})")
+        r = got["r"]
         if r.status_code in (401, 403):
-            raise BackendError(f"LLM backend {spec!r}: {shown} refused the API key "
+            raise BackendError(f"LLM backend {label!r}: {shown} refused the API key "
                                f"(HTTP {r.status_code})")
         if r.status_code >= 500:
-            raise BackendError(f"LLM backend {spec!r}: {shown} answered HTTP {r.status_code}")
+            raise BackendError(f"LLM backend {label!r}: {shown} answered HTTP {r.status_code}")
     with _CHECKED_LOCK:
         _CHECKED.add(key)
 

@@ -119,7 +119,7 @@ def test_backend_check_gives_up_on_a_server_that_never_answers():
     srv.listen(8)  # accepts connections (the kernel does), never says a word
     try:
         port = srv.getsockname()[1]
-        with pytest.raises(BackendError, match="cannot reach .*Timeout"):
+        with pytest.raises(BackendError, match="did not answer within 1s"):
             check_backend(Context(llm=f"openai-compat:m@http://127.0.0.1:{port}/v1"), timeout=1.0)
     finally:
         srv.close()
