@@ -1,7 +1,10 @@
 """The ``i2cr`` command line.
 
     i2cr link FILE [--labels L] [--out results.jsonl] [--resume] [--limit N] [--llm SPEC]
-                   [--set name=value ...]
+                   [--set name=value ...] [--json]
+    i2cr eval DATA LABELS [--out-dir DIR] ...
+    i2cr trace RUN [MENTION_ID] [--html PAGE]
+    i2cr bench DATA LABELS [-n N]
     i2cr graph
 """
 
@@ -33,54 +36,148 @@ def _settings(args: argparse.Namespace):
         raise SystemExit(f"i2cr: {e}") from None
 
 
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 1 (for --limit, --sample, -n, --concurrency)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {v}")
+    return v
+
+
+_CTRL = {c: "?" for c in (*range(32), *range(127, 160))}
+
+
+def _cell(v: Any, width: int | None = None) -> str:
+    """A table cell: one line, control characters (terminal escapes) neutralised, cut to width."""
+    s = ("" if v is None else str(v)).replace("\t", " ").translate(_CTRL)
+    if width is not None and len(s) > width:
+        s = s[: width - 1] + "…"
+    return s if width is None else s.ljust(width)
+
+
+TABLE = (("id", 16), ("mention", 16), ("answer", 26), ("gold", 26), ("correct", 7), ("route", None))
+
+
+def table_header() -> str:
+    return "  ".join(_cell(name, w) for name, w in TABLE).rstrip()
+
+
+def table_row(rec: dict[str, Any]) -> str:
+    """One result as a row of the terminal table (mention, answer, gold, correct, route)."""
+    err = rec.get("error")
+    ok = "" if "correct" not in rec else ("yes" if rec["correct"] else "no")
+    vals = {"id": rec.get("id"), "mention": rec.get("mention", ""),
+            "answer": "(error)" if err else rec.get("answer"), "gold": rec.get("gold", "—"),
+            "correct": ok, "route": f"error: {err}" if err else rec.get("final_reason")}
+    return "  ".join(_cell(vals[name], w) for name, w in TABLE).rstrip()
+
+
+def _speed(st) -> str:
+    r = st.rates()
+    parts = []
+    if r["linking_mentions_per_s"]:
+        parts.append(f"linking {r['linking_mentions_per_s']:.1f} mentions/s")
+    if r["run_mentions_per_s"]:
+        parts.append(f"whole run {r['run_mentions_per_s']:.1f} mentions/s (loading "
+                     f"{st.load_s:.1f}s, embedding {st.embedded_texts:,} texts {st.embed_s:.1f}s, "
+                     f"linking {st.link_s:.1f}s)")
+    return "; ".join(parts)
+
+
+def _check_llm(settings, progress: bool) -> None:
+    """Check the LLM backend before the first mention, saying so when it takes a while."""
+    import time
+
+    from .llm import check_backend
+
+    if settings.chat_model is None and settings.uses_llm and progress:
+        t0 = time.perf_counter()
+        print("i2cr: checking the LLM backend ...", file=sys.stderr, flush=True)
+        check_backend(settings)
+        print(f"i2cr: LLM backend ready ({time.perf_counter() - t0:.1f}s)", file=sys.stderr,
+              flush=True)
+    else:
+        check_backend(settings)
+
+
+def _writable_file(path: str | None, flag: str) -> None:
+    from pathlib import Path
+
+    if path and Path(path).is_dir():
+        raise DataError(f"{flag} names a folder; give a file path", source=path)
+
+
 def cmd_link(args: argparse.Namespace) -> int:
     from . import llm
-    from .data import load_mentions, shuffle_candidates
-    from .eval.runner import run
+    from .data import load_labels, load_mentions, shuffle_candidates
+    from .eval.runner import RunStats, check_items, run
 
     settings = _settings(args)
-    try:
-        items = load_mentions(args.file, args.labels, image_root=args.image_root, strict=False,
-                              allow_nil=True if args.allow_nil else None)
-    except DataError as e:
-        print(f"i2cr: {e}", file=sys.stderr)
+    _writable_file(args.out, "--out")
+    gold = load_labels(args.labels) if args.labels else {}
+    items = load_mentions(args.file, gold, image_root=args.image_root, strict=False,
+                          allow_nil=True if args.allow_nil else None)
+    if not items:
+        print(f"i2cr: no mentions to link in {args.file}", file=sys.stderr)
         return 2
     if args.shuffle_seed is not None:
         items = shuffle_candidates(items, args.shuffle_seed)
     if args.limit is not None:
         items = items[: args.limit]
+    items = check_items(items, gold)
     single = len(items) == 1 and not args.out
-    n = errors = correct = labelled = calls = 0
+    show = args.print or not args.out
+    args.json = args.json or args.events  # events only exist in the JSON records
+    n = correct = labelled = calls = 0
     linker = _linker(args)
+    stats = RunStats()
+    progress = not args.no_progress and not args.stream
     try:
-        for rec in run(items, settings, out=args.out, resume=args.resume,
-                       progress=not args.no_progress and not args.stream, linker=linker):
+        _check_llm(settings, progress)
+        for rec in run(items, settings, out=args.out, resume=args.resume, progress=progress,
+                       linker=linker, stats=stats):
             n += 1
-            errors += rec.get("error") is not None
             calls += rec.get("llm_calls") or 0
             if "correct" in rec:
                 labelled += 1
                 correct += bool(rec["correct"])
-            if args.out and not args.print:
+            if not show:
                 continue
-            if not args.events:
-                rec = {k: v for k, v in rec.items() if k not in ("events", "trace")}
-            print(json.dumps(rec, ensure_ascii=False, indent=2 if single else None, default=str),
-                  flush=True)
+            if args.json:
+                if not args.events:
+                    rec = {k: v for k, v in rec.items() if k not in ("events", "trace")}
+                print(json.dumps(rec, ensure_ascii=False, indent=2 if single else None,
+                                 default=str), flush=True)
+            else:
+                if n == 1:
+                    print(table_header(), flush=True)
+                print(table_row(rec), flush=True)
     except KeyboardInterrupt:
         print("i2cr: interrupted; results so far are saved" + (f" in {args.out}; rerun with "
               "--resume to go on" if args.out else ""), file=sys.stderr)
         return 130
     finally:
         llm.shutdown()
-    if n > 1 or args.out:
+    errors, failed = stats.errors, stats.llm_failed
+    if n == 0 and args.out:
+        print(f"i2cr: nothing left to link: all {len(items)} mention(s) are already in {args.out}",
+              file=sys.stderr)
+    if n > 1 or args.out or errors or failed:
         summary = f"i2cr: {n} mention(s) linked, {errors} error(s), {calls / max(n, 1):.2f} LLM calls/mention"
         if labelled:
-            summary += f", top-1 {correct / labelled:.1%} on {labelled} labelled"
+            summary += f", top-1 {correct / labelled:.1%} on {labelled} labelled (errors count as wrong)"
         if args.out:
             summary += f"; results in {args.out}"
         print(summary, file=sys.stderr)
-    return 0 if errors == 0 else 1
+        if n > 1 and _speed(stats):
+            print(f"i2cr: {_speed(stats)}", file=sys.stderr)
+    if failed:
+        print(f"i2cr: {failed} mention(s) had failed LLM calls; their answers came from the "
+              "fallback ranker, not the LLM (see the llm_error events)", file=sys.stderr)
+    return 0 if errors == 0 and failed == 0 else 1
 
 
 def _linker(args: argparse.Namespace):
@@ -194,37 +291,49 @@ def _dataset_folder(results: Any) -> str | None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from . import llm
     from .eval.harness import evaluate
-    from .eval.report import stage_rows
+    from .eval.report import failures, stage_rows
 
     settings = _settings(args)
+    out_dir = args.out_dir
+    if out_dir is None:
+        out_dir = "runs/eval"
+        print(f"i2cr: no --out-dir given: writing to {out_dir}/", file=sys.stderr)
     try:
-        m = evaluate(args.data, args.labels, args.out_dir, settings=settings,
+        m = evaluate(args.data, args.labels, out_dir, settings=settings,
                      image_root=args.image_root, resume=args.resume, limit=args.limit,
                      sample=args.sample, seed=args.seed, keep_order=args.keep_order,
                      shuffle_seed=args.shuffle_seed, concurrency=args.concurrency,
                      progress=not args.no_progress, command="i2cr " + " ".join(sys.argv[1:]))
     except KeyboardInterrupt:
-        print(f"i2cr: interrupted; rerun with --resume to go on ({args.out_dir})", file=sys.stderr)
+        print(f"i2cr: interrupted; rerun with --resume to go on ({out_dir})", file=sys.stderr)
         return 130
     finally:
         llm.shutdown()
     for label, v in stage_rows(m):
         print(f"{label:32s} {'—' if v is None else f'{100 * v:5.1f}%'}")
     c, s = m["cost"], m["speed"]
+    seg = s.get("segment") or {}
     print(f"LLM calls/mention {c['llm_calls_per_mention']:.2f}, tool calls/mention "
-          f"{c['tool_calls_per_mention']:.2f}, {s['mentions_per_s'] or 0:.2f} mentions/s, "
-          f"p50 {s['latency_p50_s'] or 0:.3f}s; report: {args.out_dir}/report.md")
-    if c.get("llm_failed_calls"):
-        print(f"warning: {c['llm_failed_calls']} LLM calls failed and TES fell back to the embedding "
-              f"ranking {c.get('tes_fallbacks', 0)} times: these answers are not the LLM's "
-              "(see the llm_error events in results.jsonl)", file=sys.stderr)
-    return 0
+          f"{c['tool_calls_per_mention']:.2f}, p50 {s['latency_p50_s'] or 0:.3f}s")
+    print(f"speed: linking {s['mentions_per_s'] or 0:.2f} mentions/s, whole run "
+          f"{s.get('run_mentions_per_s') or 0:.2f} mentions/s ({seg.get('linked', 0)} linked now: "
+          f"loading {seg.get('load_s', 0):.1f}s, embedding {seg.get('embedded_texts', 0):,} texts "
+          f"{seg.get('embed_s', 0):.1f}s, linking {seg.get('link_s', 0):.1f}s)")
+    print(f"{m['mentions']} mention(s), {m['labelled']} labelled, {m['errors']} error(s); "
+          f"report: {out_dir}/report.md")
+    bad = failures(m)
+    for b in bad:
+        print(f"i2cr: {b}", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .eval.bench import bench
+    from .llm import check_backend
 
-    r = bench(args.data, args.labels, n=args.n, settings=_settings(args), seed=args.seed)
+    settings = _settings(args)
+    check_backend(settings)
+    r = bench(args.data, args.labels, n=args.n, settings=settings, seed=args.seed)
     print(json.dumps(r, indent=2))
     return 0
 
@@ -241,14 +350,17 @@ def build_parser() -> argparse.ArgumentParser:
         "Multimodal entity linking with the I2CR method as a LangGraph agent."))
     sub = p.add_subparsers(dest="command", required=True)
 
-    pl = sub.add_parser("link", help="link the mentions of a file and print JSON results")
+    pl = sub.add_parser("link", help="link the mentions of a file and print a table of results",
+                        description="Link the mentions of a file. Prints one table row per mention "
+                        "(mention, answer, gold, correct, route); --json prints the JSON records "
+                        "instead, --out writes them to a JSONL file.")
     pl.add_argument("file", help="I2CR/MELBench JSON (id -> sample), one sample as JSON, or JSONL")
     pl.add_argument("--labels", help="label file (id -> gold name or 'nil') to score the results")
     pl.add_argument("--image-root", help="folder that image paths are relative to "
                     "(default: the input file's folder)")
     pl.add_argument("--out", help="write results as JSONL here (with --resume, skip ids done)")
     pl.add_argument("--resume", action="store_true", help="go on from an earlier --out file")
-    pl.add_argument("--limit", type=int, help="link only the first N mentions")
+    pl.add_argument("--limit", type=_count, metavar="N", help="link only the first N mentions")
     pl.add_argument("--shuffle-seed", type=int, metavar="SEED",
                     help="shuffle each mention's candidates with this seed (for scoring on data "
                     "whose raw order leaks the gold)")
@@ -257,7 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--set", action="append", metavar="NAME=VALUE",
                     help="any setting of the context schema, e.g. --set icr_threshold=0.4")
     pl.add_argument("--allow-nil", action="store_true", help="let every mention be linked to NIL")
-    pl.add_argument("--events", action="store_true", help="include the decision events in output")
+    pl.add_argument("--json", action="store_true",
+                    help="print each result as a JSON record instead of a table row")
+    pl.add_argument("--events", action="store_true",
+                    help="print JSON records with the decision events and the trace")
     pl.add_argument("--print", action="store_true", help="print results even with --out")
     pl.add_argument("--no-progress", action="store_true", help="no progress bar")
     pl.add_argument("--stream", action="store_true", help="print node events as they happen")
@@ -276,31 +391,47 @@ def build_parser() -> argparse.ArgumentParser:
                     help="let the --html page load the data's image URLs (off: nothing remote)")
     pt.set_defaults(func=cmd_trace)
 
-    pe = sub.add_parser("eval", help="evaluate on a labelled dataset: accuracy by stage, cost, speed")
+    pe = sub.add_parser("eval", help="evaluate on a labelled dataset: accuracy by stage, cost, speed",
+                        description="Link every mention of a labelled dataset and write "
+                        "results.jsonl, metrics.json, report.md and stages.png to --out-dir. "
+                        "Exits 1 when a record errored or an LLM call failed (both are reported).")
     pe.add_argument("data", help="dataset (I2CR/MELBench JSON or JSONL)")
     pe.add_argument("labels", help="label file: id -> gold name or 'nil'")
-    pe.add_argument("--out-dir", default="runs/eval", help="results.jsonl, report.md, stages.png")
-    pe.add_argument("--image-root")
+    pe.add_argument("--out-dir", default=None, metavar="DIR",
+                    help="folder for results.jsonl, metrics.json, report.md, stages.png "
+                    "(default: runs/eval)")
+    pe.add_argument("--image-root", metavar="DIR",
+                    help="folder that image paths are relative to (default: the data file's folder)")
     pe.add_argument("--resume", action="store_true", help="go on from a killed run in --out-dir")
-    pe.add_argument("--limit", type=int)
-    pe.add_argument("--sample", type=int, metavar="N", help="a random sample of N mentions")
+    pe.add_argument("--limit", type=_count, metavar="N",
+                    help="evaluate only the first N mentions (after --sample)")
+    pe.add_argument("--sample", type=_count, metavar="N", help="a random sample of N mentions")
     pe.add_argument("--seed", type=int, default=0, help="seed of --sample")
     pe.add_argument("--keep-order", action="store_true",
                     help="keep the file's candidate order (by default candidates are shuffled)")
-    pe.add_argument("--shuffle-seed", type=int, default=0)
-    pe.add_argument("--concurrency", type=int, default=1, help="mentions in flight (API backends)")
-    pe.add_argument("--llm")
-    pe.add_argument("--set", action="append", metavar="NAME=VALUE")
-    pe.add_argument("--no-progress", action="store_true")
+    pe.add_argument("--shuffle-seed", type=int, default=0, metavar="SEED",
+                    help="seed of the candidate shuffle (default 0; the report names it)")
+    pe.add_argument("--concurrency", type=_count, default=1, metavar="N",
+                    help="mentions in flight (API backends)")
+    pe.add_argument("--llm", metavar="SPEC", help="LLM backend, e.g. embedded, openai:gpt-4o, "
+                    "azure:<deployment>, openai-compat:<model>@<base_url> (default: none, TES by "
+                    "retrieval)")
+    pe.add_argument("--set", action="append", metavar="NAME=VALUE",
+                    help="any setting of the context schema, e.g. --set icr_threshold=0.4")
+    pe.add_argument("--no-progress", action="store_true",
+                    help="no progress lines (loading, embedding, linking)")
     pe.set_defaults(func=cmd_eval)
 
-    pb = sub.add_parser("bench", help="time the offline pipeline against the raw model work")
-    pb.add_argument("data")
-    pb.add_argument("labels")
-    pb.add_argument("-n", type=int, default=200, help="mentions")
-    pb.add_argument("--seed", type=int, default=0)
-    pb.add_argument("--llm")
-    pb.add_argument("--set", action="append", metavar="NAME=VALUE")
+    pb = sub.add_parser("bench", help="time the offline pipeline against the raw model work",
+                        description="Time the pipeline on a random sample against the embedder "
+                        "alone, cold (empty entity-embedding store) and warm; prints JSON.")
+    pb.add_argument("data", help="dataset (I2CR/MELBench JSON or JSONL)")
+    pb.add_argument("labels", help="label file: id -> gold name or 'nil'")
+    pb.add_argument("-n", type=_count, default=200, metavar="N", help="mentions (default 200)")
+    pb.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    pb.add_argument("--llm", metavar="SPEC", help="LLM backend (as for eval; default none)")
+    pb.add_argument("--set", action="append", metavar="NAME=VALUE",
+                    help="any setting of the context schema")
     pb.set_defaults(func=cmd_bench)
 
     pg = sub.add_parser("graph", help="print the graph as Mermaid")
@@ -309,12 +440,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .llm import BackendError
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except DataError as e:
+    except (DataError, BackendError) as e:
         print(f"i2cr: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that cannot be read or written: one line, no traceback
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"i2cr: {e.strerror or type(e).__name__}{where}", file=sys.stderr)
         return 2
 
 

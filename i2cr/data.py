@@ -207,6 +207,16 @@ def _req_str(rec: dict, key: str, *, source: str, rid: str, aliases: tuple[str, 
     raise DataError("is missing", source=source, record=rid, field=key)
 
 
+def _flag(v: Any, *, source: str, rid: str, field: str) -> bool:
+    """A yes/no field: a JSON boolean (or null), or the strings 'true' / 'false'; nothing else."""
+    if v is None or isinstance(v, bool):
+        return bool(v)
+    if isinstance(v, str) and v.strip().lower() in ("true", "false"):
+        return v.strip().lower() == "true"
+    raise DataError(f"must be true or false, got {v!r}"[:200], source=source, record=rid,
+                    field=field)
+
+
 def parse_candidates(raw: Any, *, source: str, rid: str, fieldname: str = "Candentity",
                      allow_empty: bool = False) -> list[Candidate]:
     if not isinstance(raw, list):
@@ -261,7 +271,8 @@ def parse_record(rec: Any, rid: str, *, source: str, image_root: str | None = No
                         field="mention_imgpath")
     if label is None and isinstance(rec.get("label"), str):
         label = rec["label"]
-    nil_ok = bool(rec.get("allow_nil", False)) if allow_nil is None else allow_nil
+    nil_ok = _flag(rec.get("allow_nil", False), source=source, rid=rid, field="allow_nil") \
+        if allow_nil is None else allow_nil
     if label is not None and label.strip().lower() == NIL:
         label, nil_ok = NIL, True
     key = "Candentity" if "Candentity" in rec else "candidates"

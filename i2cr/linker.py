@@ -84,11 +84,16 @@ def link(mention: str, context: str, candidates: Sequence[dict[str, Any] | str |
 
     >>> link("Jordan", "Jordan dunks in the 1991 finals", [{"name": "Michael Jordan", "desc": ...},
     ...      {"name": "Jordan (country)", "desc": ...}], llm="openai:gpt-4o")   # doctest: +SKIP
+
+    Raises :class:`i2cr.llm.BackendError` when the LLM backend cannot be set up or reached.
     """
     if settings is None:
         settings = Context.from_overrides(overrides)
     elif overrides:
         raise TypeError("pass either settings or keyword overrides, not both")
+    from .llm import check_backend
+
+    check_backend(settings)  # a bad spec, key or endpoint fails here, not as silent fallbacks
     raw = [c.to_dict() if isinstance(c, Candidate) else c for c in candidates]
     cands = parse_candidates(raw, source="link()", rid="0", allow_empty=allow_nil)
     if not mention or not mention.strip():

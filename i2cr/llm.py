@@ -287,3 +287,77 @@ def load_chat_model(spec: str, *, temperature: float = 0.0, max_tokens: int = 64
         return chat(model=model, base_url=base_url, api_key=key, **common)
     server = embedded_server(model or None)
     return chat(model="embedded", base_url=server.base_url, api_key="not-needed", seed=0, **common)
+
+
+_CHECKED: set[tuple] = set()
+_CHECKED_LOCK = threading.Lock()
+
+
+def check_backend(settings: Any, *, timeout: float = 8.0) -> None:
+    """Make sure the run's LLM backend answers before the first mention, in one cheap step, so that
+    a bad spec, a missing key or an unreachable server fails at once with one clear line instead
+    of every answer silently coming from the fallback ranker.
+
+    Builds the chat model the graph will use (for ``embedded`` that starts the server) and, for
+    HTTP backends other than Azure, asks ``GET <base_url>/models`` (3 s to connect or between
+    bytes, ``timeout`` in all). Raises :class:`BackendError` (naming the backend without any
+    credentials in its URL); does nothing when the run uses no LLM or was handed a chat model. A
+    backend that passed is not asked again in this process."""
+    if getattr(settings, "chat_model", None) is not None or not settings.uses_llm:
+        return
+    from .graph import resources
+
+    spec = "embedded" if settings.llm == "none" else settings.llm
+    key = (spec, settings.llm_temperature, settings.llm_max_tokens, settings.llm_timeout)
+    with _CHECKED_LOCK:
+        if key in _CHECKED:
+            return
+    provider, name, base_url = parse_spec(spec)
+    label = f"{provider}:{name}@{_without_userinfo(base_url)}" if base_url else spec
+    try:
+        model = resources.chat_model(settings)
+    except BackendError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any construction failure means the same to the user
+        raise BackendError(f"LLM backend {label!r} cannot be set up: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if provider != "azure":
+        base = str(getattr(model, "openai_api_base", None) or "https://api.openai.com/v1")
+        secret = getattr(model, "openai_api_key", None)
+        api_key = secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret
+        url = base.rstrip("/") + "/models"
+        shown = _without_userinfo(url)
+        got: dict[str, Any] = {}
+
+        def probe() -> None:  # in a thread, so that a server trickling bytes cannot hold us
+            try:
+                got["r"] = httpx.get(url, timeout=min(3.0, timeout), headers=(
+                    {"Authorization": f"Bearer {api_key}"} if api_key else {}))
+            except Exception as e:  # noqa: BLE001 - reported below
+                got["e"] = e
+
+        t = threading.Thread(target=probe, daemon=True, name="i2cr-backend-check")
+        t.start()
+        t.join(timeout)
+        if t.is_alive():
+            raise BackendError(f"LLM backend {label!r}: {shown} did not answer within {timeout:.0f}s")
+        if "e" in got:
+            raise BackendError(f"LLM backend {label!r}: cannot reach {shown} "
+                               f"({type(got['e']).__name__})")
+        r = got["r"]
+        if r.status_code in (401, 403):
+            raise BackendError(f"LLM backend {label!r}: {shown} refused the API key "
+                               f"(HTTP {r.status_code})")
+        if r.status_code >= 500:
+            raise BackendError(f"LLM backend {label!r}: {shown} answered HTTP {r.status_code}")
+    with _CHECKED_LOCK:
+        _CHECKED.add(key)
+
+
+def _without_userinfo(url: str) -> str:
+    """A URL fit to print: any ``user:password@`` part and query string left out."""
+    try:
+        u = httpx.URL(url)
+        return str(u.copy_with(username=None, password=None, query=None))
+    except Exception:  # noqa: BLE001
+        return "<the configured URL>"

@@ -88,9 +88,60 @@ def test_cli_links_the_shipped_example_offline(tmp_path):
 def test_cli_reports_malformed_input(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"x": {"mention": "a", "mention_context": "b", "Candentity": [{"desc": "no name"}]}}')
-    p = subprocess.run([sys.executable, "-m", "i2cr.cli", "link", str(bad), "--llm",
-                        "openai-compat:none@http://127.0.0.1:9/v1", "--no-progress"],
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, "-m", "i2cr.cli", "link", str(bad), "--json",
+                        "--no-progress"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 1
     rec = json.loads(p.stdout)
     assert rec["id"] == "x" and "Candentity[0]" in rec["error"]
+    table = subprocess.run([sys.executable, "-m", "i2cr.cli", "link", str(bad), "--no-progress"],
+                           capture_output=True, text=True, timeout=300)
+    assert table.returncode == 1
+    row = table.stdout.splitlines()[1]
+    assert row.startswith("x ") and "(error)" in row and "Candentity[0]" in row
+
+
+def test_the_readme_command_serves_the_embedded_gguf_for_openai_compat():
+    """The README's `python -m llama_cpp.server` command, run as written (on a free port), serves
+    the wheel's GGUF to the `openai-compat` backend."""
+    import re
+    import shlex
+    import socket
+    import time
+
+    import httpx
+
+    from i2cr.llm import smollm2_gguf
+
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(r"^python -m llama_cpp\.server (.*?)\n(i2cr link .*?)$", readme.replace("\\\n", " "),
+                  re.M)
+    assert m, "the README shows the llama_cpp.server command and the link that uses it"
+    argv = shlex.split(m.group(1))
+    assert argv[argv.index("--model") + 1] == "$(python -c 'from i2cr.llm import smollm2_gguf; print(smollm2_gguf())')"
+    argv[argv.index("--model") + 1] = str(smollm2_gguf())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv[argv.index("--port") + 1] = str(port)
+    spec = shlex.split(m.group(2))[shlex.split(m.group(2)).index("--llm") + 1]
+    spec = spec.replace(":8000/", f":{port}/")
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        give_up = time.monotonic() + 900  # only against a server that hangs without a word
+        while proc.poll() is None and time.monotonic() < give_up:  # wait on it: up, or gone
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        assert proc.poll() is None, "llama_cpp.server exited"
+        res = link("Jordan", "Jordan dunks during the 1991 NBA Finals.", JORDAN_CANDIDATES,
+                   settings=Context(llm=spec, iav_mode="off", llm_max_tokens=48, tes_retries=0))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert res["llm_calls"] >= 1 and res["error"] is None
+    assert not [e for e in res["events"] if e["type"] == "llm_error"]
+    answers = [e for e in res["events"] if e["type"] == "tes_answer"]
+    assert answers and answers[0]["raw"].strip()

@@ -4,6 +4,11 @@ Results go to ``OUT/results.jsonl`` (one line per mention, written as it complet
 metrics to ``OUT/metrics.json``, the report to ``OUT/report.md`` and ``OUT/stages.png``. A run killed
 at any point resumes with ``resume=True``: ids already in the results are skipped, a torn last
 line is cut, and metrics are computed from the file, one record per id.
+
+Every labelled record counts: one that fails to load or to link is an error record, scored as a
+wrong answer, and the metrics say how many there were. Throughput is reported for the last
+segment of a run (after a resume, only the mentions linked by this invocation over its own time),
+for its linking phase and as a whole.
 """
 
 from __future__ import annotations
@@ -12,19 +17,24 @@ import json
 import os
 import platform
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from ..data import DataError, Mention, load_mentions, shuffle_candidates
+from ..data import DataError, Mention, load_labels, load_mentions, shuffle_candidates
 from ..graph import Context
 from . import metrics as M
 from .report import markdown, write_png
-from .runner import read_results, run
+from .runner import RunStats, Warn, check_items, read_results, run, warn_stderr
 
 
 def select(items: list, *, limit: int | None = None, sample: int | None = None,
            seed: int = 0) -> list:
+    """The first ``limit`` items of a random ``sample`` of them (both optional, both >= 1)."""
+    for name, v in (("limit", limit), ("sample", sample)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name} must be a whole number >= 1, not {v!r}")
     if sample is not None and sample < len(items):
         keep = set(random.Random(seed).sample(range(len(items)), sample))
         items = [it for i, it in enumerate(items) if i in keep]
@@ -41,15 +51,30 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
              settings: Context | None = None, image_root: str | None = None,
              resume: bool = False, limit: int | None = None, sample: int | None = None,
              seed: int = 0, keep_order: bool = False, shuffle_seed: int = 0,
-             concurrency: int = 1, progress: bool = True, command: str = "") -> dict[str, Any]:
+             concurrency: int = 1, progress: bool = True, command: str = "",
+             warn: Warn | None = warn_stderr) -> dict[str, Any]:
+    """Evaluate; raises :class:`DataError` when the input holds no mention at all (nothing to
+    score), :class:`i2cr.llm.BackendError` when the LLM backend does not answer."""
+    from ..llm import check_backend
+
     settings = settings or Context()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    items: list[Mention | DataError] = load_mentions(data, labels, image_root=image_root,
+    if out.exists() and not out.is_dir():
+        raise DataError("--out-dir names a file, not a folder", source=str(out))
+    gold = load_labels(labels) if labels else {}
+    items: list[Mention | DataError] = load_mentions(data, gold, image_root=image_root,
                                                      strict=False)
+    if not items:
+        raise DataError("no mentions to evaluate in the file", source=str(data))
     if not keep_order:
         items = shuffle_candidates(items, shuffle_seed)
-    items = select(items, limit=limit, sample=sample, seed=seed)
+    if warn is not None and sample is not None and sample > len(items):
+        warn(f"--sample {sample} is more than the {len(items)} mention(s) of {data}: all are used")
+    items = check_items(select(items, limit=limit, sample=sample, seed=seed), gold, warn=warn)
+    if progress and settings.chat_model is None and settings.uses_llm:
+        print("i2cr: checking the LLM backend ...", file=sys.stderr, flush=True)
+    check_backend(settings)
+    out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
     meta = {"wall_s": 0.0}
     if resume and _meta_path(out).exists():
@@ -65,28 +90,31 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
             "settings": settings.public(), "limit": limit, "sample": sample, "seed": seed}
     t0 = time.perf_counter()
     base_wall = float(meta.get("wall_s") or 0.0)
+    stats = RunStats()
+    segment = int(meta.get("segments") or 0) + 1  # this invocation's number (1 + resumes)
 
     def save_meta() -> None:
-        meta.update(info=info, wall_s=base_wall + time.perf_counter() - t0)
+        meta.update(info=info, wall_s=base_wall + time.perf_counter() - t0, segments=segment,
+                    last_segment=stats.as_dict())
         tmp = _meta_path(out).with_suffix(".tmp")
         tmp.write_text(json.dumps(meta, indent=2, default=str))
         tmp.replace(_meta_path(out))
 
     try:
         for i, _ in enumerate(run(items, settings, out=results_path, resume=resume,
-                                  progress=progress, desc="evaluating",
-                                  concurrency=concurrency), 1):
+                                  progress=progress, desc="linking", concurrency=concurrency,
+                                  stats=stats, warn=warn), 1):
             if i % 20 == 0:
                 save_meta()
     finally:
         save_meta()
     wanted = {it.id if isinstance(it, Mention) else (it.record or "?") for it in items}
     recs, seen = [], set()
-    for r in read_results(results_path):
+    for r in read_results(results_path, warn=None):  # damaged lines were reported on resume
         if r["id"] in wanted and r["id"] not in seen:
             seen.add(r["id"])
             recs.append(r)
-    m = M.compute(recs, wall_s=meta["wall_s"], max_vif=max(settings.vif_cap, 1))
+    m = M.compute(recs, wall_s=meta["wall_s"], max_vif=max(settings.vif_cap, 1), segment=stats)
     m["info"] = info
     (out / "metrics.json").write_text(json.dumps(m, indent=2, default=str))
     write_png(m, out / "stages.png", title=f"{Path(str(data)).name}: top-1 by stage "

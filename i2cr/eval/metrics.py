@@ -11,6 +11,15 @@ Stages (top-1 accuracy over every labelled mention; errors count as wrong):
   whose answer passed IAV, else the text answer (or, for a run with ``fallback='last'``, the
   answer of the last round <= k+1);
 - ``final``: the answer given.
+
+Every labelled record is in the denominator: a record that failed to load or to link (an error
+record, with its gold label) is a wrong answer at every stage; ``errors`` counts them, and
+``llm_failed_mentions`` counts the mentions whose answer came from a fallback after a failed LLM
+call.
+
+Speed: with the stats of the run segment that produced the records (``segment``, after a resume
+the last invocation only), ``mentions_per_s`` is the linking phase's throughput and
+``run_mentions_per_s`` that of the whole segment, model loading and embedding included.
 """
 
 from __future__ import annotations
@@ -35,6 +44,11 @@ def answer_after_vif(rec: dict[str, Any], k: int) -> str | None:
     return rec.get("text_answer")
 
 
+def llm_failed(rec: dict[str, Any]) -> bool:
+    """Whether a record has a failed LLM call (its answer then came from a fallback)."""
+    return any(e.get("type") == "llm_error" for e in rec.get("events") or [])
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -54,12 +68,14 @@ def path_signature(path: list[str]) -> str:
 
 
 def compute(records: Iterable[dict[str, Any]], *, wall_s: float | None = None,
-            max_vif: int = 4) -> dict[str, Any]:
+            max_vif: int = 4, segment: Any = None) -> dict[str, Any]:
     recs = list(records)
     labelled = [r for r in recs if "gold" in r]
     n = len(labelled)
     m: dict[str, Any] = {"mentions": len(recs), "labelled": n,
-                         "errors": sum(1 for r in recs if r.get("error"))}
+                         "errors": sum(1 for r in recs if r.get("error")),
+                         "labelled_errors": sum(1 for r in labelled if r.get("error")),
+                         "llm_failed_mentions": sum(1 for r in recs if llm_failed(r))}
 
     def acc(get) -> float | None:
         if not n:
@@ -120,6 +136,13 @@ def compute(records: Iterable[dict[str, Any]], *, wall_s: float | None = None,
     m["speed"] = {"latency_p50_s": percentile(lat, 0.5), "latency_p95_s": percentile(lat, 0.95),
                   "wall_s": wall_s,
                   "mentions_per_s": (len(recs) / wall_s) if wall_s else None}
+    if segment is not None:  # a RunStats: the invocation that produced the newest records
+        seg = segment.as_dict() if hasattr(segment, "as_dict") else dict(segment)
+        m["speed"].update(
+            mentions_per_s=seg.get("linking_mentions_per_s"),
+            run_mentions_per_s=seg.get("run_mentions_per_s"),
+            segment={k: v for k, v in seg.items() if k in (
+                "linked", "load_s", "embedded_texts", "embed_s", "link_s", "wall_s")})
     m["routes"] = dict(Counter(r.get("final_reason") or "error" for r in recs).most_common())
     m["paths"] = dict(Counter(path_signature(r.get("path") or []) for r in recs).most_common(8))
     m["iav_modes"] = dict(Counter(str((r.get("scores") or {}).get("iav_mode")) for r in recs))

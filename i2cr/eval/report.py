@@ -17,6 +17,21 @@ def _num(x: float | None, fmt: str = "{:.2f}") -> str:
     return "—" if x is None else fmt.format(x)
 
 
+def failures(metrics: dict[str, Any]) -> list[str]:
+    """What went wrong in a run, one phrase each (empty when nothing did): error records, which
+    count as wrong answers, and mentions answered by a fallback after a failed LLM call."""
+    out = []
+    if metrics.get("errors"):
+        out.append(f"{metrics['errors']} error record(s) "
+                   f"({metrics.get('labelled_errors', 0)} labelled, each scored as a wrong answer)")
+    if metrics.get("llm_failed_mentions"):
+        c = metrics.get("cost", {})
+        out.append(f"{metrics['llm_failed_mentions']} mention(s) with failed LLM calls "
+                   f"({c.get('llm_failed_calls', 0)} calls; {c.get('tes_fallbacks', 0)} TES "
+                   "answers from the embedding fallback, not the LLM)")
+    return out
+
+
 def stage_rows(metrics: dict[str, Any]) -> list[tuple[str, float | None]]:
     rows = []
     for k, v in metrics["accuracy"].items():
@@ -55,6 +70,9 @@ def write_png(metrics: dict[str, Any], path: str | Path, title: str = "") -> Pat
 
 def markdown(metrics: dict[str, Any], info: dict[str, Any]) -> str:
     lines = [f"# i2cr evaluation: {info.get('dataset', '')}", ""]
+    bad = failures(metrics)
+    if bad:
+        lines += [f"**{'; '.join(bad)}.**", ""]
     lines += [f"- command: `{info.get('command', '')}`",
               f"- mentions: {metrics['mentions']} ({metrics['labelled']} labelled, "
               f"{metrics['errors']} errors)",
@@ -83,8 +101,16 @@ def markdown(metrics: dict[str, Any], info: dict[str, Any]) -> str:
               f"| TES fallbacks to the embedding ranking (total) | {c.get('tes_fallbacks', 0)} |",
               f"| latency p50 / p95 (s) | {_num(s['latency_p50_s'], '{:.3f}')} / "
               f"{_num(s['latency_p95_s'], '{:.3f}')} |",
-              f"| mentions / s | {_num(s['mentions_per_s'])} |",
-              f"| wall time (s) | {_num(s['wall_s'], '{:.1f}')} |", ""]
+              f"| mentions / s, linking phase | {_num(s['mentions_per_s'])} |",
+              f"| mentions / s, whole run (loading and embedding included) | "
+              f"{_num(s.get('run_mentions_per_s', s['mentions_per_s']))} |",
+              f"| wall time (s) | {_num(s['wall_s'], '{:.1f}')} |"]
+    seg = s.get("segment")
+    if seg:
+        lines += [f"| last segment: mentions linked / loading / embedding ({seg['embedded_texts']} "
+                  f"texts) / linking (s) | {seg['linked']} / {_num(seg['load_s'], '{:.1f}')} / "
+                  f"{_num(seg['embed_s'], '{:.1f}')} / {_num(seg['link_s'], '{:.1f}')} |"]
+    lines += [""]
     lines += ["## Routes", "", "| final reason | mentions |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in metrics["routes"].items()]
     lines += ["", "| path (TES/ICR/IAV/VIF) | mentions |", "|---|---|"]

@@ -1,55 +1,85 @@
-"""Run the linker over many mentions: one JSON line per mention, resumable, with a progress bar.
+"""Run the linker over many mentions: one JSON line per mention, resumable, with progress.
 
-Results are appended to a JSONL file and flushed line by line. On ``resume`` the file is read back,
-a torn last line (from a crash mid-write) is cut off, and every id already there is skipped, so a
-killed run loses nothing and repeats nothing.
+Results are appended to a JSONL file and flushed line by line. On ``resume`` the file is read back:
+a torn last line (from a crash mid-write) is cut off, a damaged line elsewhere is reported and
+skipped (every valid record around it is kept), and every id already there is skipped, so a killed
+run loses nothing and repeats nothing.
+
+A run goes through three phases, each shown on its own progress line: loading the models,
+embedding the texts the mentions need (in batches), and linking. Their times are kept in
+:class:`RunStats`, so that throughput can be reported for the linking phase and for the whole run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from ..data import DataError, Mention
 from ..graph import Context
 from ..linker import error_record, link_mention
+from .metrics import llm_failed
+
+Warn = Callable[[str], None]
 
 
-def read_results(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]]:
-    """Every complete record of a results file, in file order. With ``repair``, a torn tail (from a
-    crash mid-write) is truncated away."""
+def warn_stderr(msg: str) -> None:
+    print(f"i2cr: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def read_results(path: str | Path, *, repair: bool = False,
+                 warn: Warn | None = warn_stderr) -> list[dict[str, Any]]:
+    """Every valid record of a results file, in file order.
+
+    A line that is not a JSON record with an ``id`` is skipped and reported through ``warn`` with
+    its line number; the records after it are kept. Only the last line may be torn (no newline, from
+    a crash mid-write): with ``repair`` it is cut off (or, if it is a whole record that lost its
+    newline, the newline is added)."""
     path = Path(path)
     if not path.exists():
         return []
     data = path.read_bytes()
     out: list[dict[str, Any]] = []
-    good_end = 0
     pos = 0
-    for line in data.splitlines(keepends=True):
-        pos += len(line)
-        if not line.endswith(b"\n"):
-            break  # torn last line
+    lines = data.splitlines(keepends=True)
+    for lineno, line in enumerate(lines, 1):
+        start, pos = pos, pos + len(line)
+        torn = not line.endswith((b"\n", b"\r"))  # only the last line can lack its newline
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            rec = None
+        ok = isinstance(rec, dict) and "id" in rec
+        if torn:
+            if ok:
+                out.append(rec)
+            if repair:
+                with path.open("r+b") as fh:
+                    if ok:
+                        fh.seek(0, os.SEEK_END)
+                        fh.write(b"\n")
+                    else:
+                        fh.truncate(start)
             break
-        if isinstance(rec, dict) and "id" in rec:
+        if ok:
             out.append(rec)
-        good_end = pos
-    if repair and good_end < len(data):
-        with path.open("r+b") as fh:
-            fh.truncate(good_end)
+        elif line.strip() and warn is not None:
+            what = "not JSON" if rec is None else "not a record with an 'id'"
+            warn(f"{path} line {lineno}: {what}; skipped (the records around it are kept)")
     return out
 
 
 class ResultWriter:
-    def __init__(self, path: str | Path, *, resume: bool = False):
+    def __init__(self, path: str | Path, *, resume: bool = False, warn: Warn | None = warn_stderr):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume:
-            self.done = {r["id"] for r in read_results(self.path, repair=True)}
+            self.done = {r["id"] for r in read_results(self.path, repair=True, warn=warn)}
         else:
             self.done = set()
             self.path.write_text("")
@@ -63,6 +93,49 @@ class ResultWriter:
 
     def close(self) -> None:
         self.fh.close()
+
+
+def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] | None = None,
+                *, warn: Warn | None = warn_stderr) -> list[Mention | DataError]:
+    """Make every input record count once, under its own id.
+
+    - A record that failed to load keeps its gold label (from ``labels``), so that it is scored
+      as a wrong answer rather than left out of the accuracy.
+    - A repeated id: the first record with it is linked; each later one becomes an error record
+      ``<id>#dup<k>`` ("duplicate id"), scored as a wrong answer when the id is labelled.
+    - A null or empty id (read as ``'None'`` or ``''``) is reported.
+    """
+    labels = labels or {}
+    out: list[Mention | DataError] = []
+    seen: dict[str, int] = {}
+    dups: list[str] = []
+    nulls = 0
+    for i, it in enumerate(items, 1):
+        rid = _rid(it)
+        if rid in ("None", "", "null"):
+            nulls += 1
+        if rid in seen:
+            seen[rid] += 1
+            new = f"{rid}#dup{seen[rid]}"
+            err = DataError(f"duplicate id {rid!r} (record {i} of the input); not linked, "
+                            "scored as an error", record=new)
+            err.label = it.label if isinstance(it, Mention) else labels.get(rid)
+            dups.append(rid)
+            out.append(err)
+            continue
+        seen[rid] = 1
+        if isinstance(it, DataError) and getattr(it, "label", None) is None:
+            it.label = labels.get(rid)
+        out.append(it)
+    if warn is not None and dups:
+        shown = ", ".join(repr(d) for d in list(dict.fromkeys(dups))[:5])
+        warn(f"{len(dups)} record(s) repeat an id already used ({shown}"
+             f"{', ...' if len(set(dups)) > 5 else ''}): the first is linked, each repeat becomes "
+             "an error record '<id>#dup<k>' and counts as a wrong answer")
+    if warn is not None and nulls:
+        warn(f"{nulls} record(s) have a null or empty id; they are linked under the id 'None' "
+             "(repeats of it count as duplicates)")
+    return out
 
 
 def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
@@ -105,11 +178,34 @@ def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
     return emb.encoded - before
 
 
+@dataclass
+class RunStats:
+    """What a run did and how long each phase took (filled in by :func:`run` as it goes)."""
+
+    mentions: int = 0  # records to produce in this run (after resume skipped the done ones)
+    linked: int = 0  # records produced so far
+    errors: int = 0  # error records among them
+    llm_failed: int = 0  # mentions with at least one failed LLM call (answered by a fallback)
+    load_s: float = 0.0  # loading the models
+    embedded_texts: int = 0  # texts run through the embedder ahead of the graph
+    embed_s: float = 0.0  # embedding them
+    link_s: float = 0.0  # the graph itself
+    wall_s: float = 0.0  # the whole run, from the first phase to the last record
+
+    def rates(self) -> dict[str, float | None]:
+        return {"linking_mentions_per_s": self.linked / self.link_s if self.link_s else None,
+                "run_mentions_per_s": self.linked / self.wall_s if self.wall_s else None}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), **self.rates()}
+
+
 def run_one(item: Mention | DataError, settings: Context,
             linker: Callable[[Mention, Context], dict[str, Any]] = link_mention) -> dict[str, Any]:
-    """One record's result; a bad record or a failure inside the graph becomes an error record."""
+    """One record's result; a bad record or a failure inside the graph becomes an error record
+    (with its gold label when it has one, so that it is scored as a wrong answer)."""
     if isinstance(item, DataError):
-        return error_record(item.record or "?", item)
+        return error_record(item.record or "?", item, getattr(item, "label", None))
     try:
         return linker(item, settings)
     except (KeyboardInterrupt, SystemExit):
@@ -118,65 +214,140 @@ def run_one(item: Mention | DataError, settings: Context,
         return error_record(item.id, e, item.label)
 
 
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"i2cr: {msg}", file=sys.stderr, flush=True)
+
+
+def load_models(items: list[Mention | DataError], settings: Context) -> list[str]:
+    """Load the models the run will need before the first mention (the embedder, and CLIP when a
+    mention has an image and IAV may use it). Returns their names; a model that cannot load is
+    left for the graph to report per mention."""
+    from ..embeddings import ModelUnavailable
+    from ..graph import resources
+
+    names = []
+    resources.embedder(settings)
+    names.append(settings.embedder)
+    if settings.iav_mode in ("auto", "clip") and any(
+            isinstance(m, Mention) and m.image for m in items):
+        try:
+            resources.clip(settings)
+            names.append(settings.clip_model)
+        except ModelUnavailable:
+            pass  # remembered by resources; each mention records why IAV did not use CLIP
+    return names
+
+
 def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | Path | None = None,
         resume: bool = False, progress: bool = True, desc: str = "linking",
         linker: Callable[[Mention, Context], dict[str, Any]] = link_mention,
-        concurrency: int = 1) -> Iterator[dict[str, Any]]:
+        concurrency: int = 1, stats: RunStats | None = None,
+        warn: Warn | None = warn_stderr) -> Iterator[dict[str, Any]]:
     """Link every item, yielding result records (skipping those already in ``out`` on resume).
 
     With ``concurrency`` > 1, mentions run in a thread pool (for API backends, whose calls wait on
     the network); records are written by this thread as they complete, so the file stays whole.
+    ``stats`` (a :class:`RunStats`) is filled in as the run goes: counts and per-phase times.
+    With ``progress``, each phase (loading models, embedding, linking) has its own progress line.
     """
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     from tqdm.auto import tqdm
 
+    st = stats if stats is not None else RunStats()
+    t_start = time.perf_counter()
     items = list(items)
-    writer = ResultWriter(out, resume=resume) if out else None
+    writer = ResultWriter(out, resume=resume, warn=warn) if out else None
     todo = [it for it in items if not writer or _rid(it) not in writer.done]
+    st.mentions = len(todo)
+    if writer and len(todo) < len(items):
+        _say(progress, f"resuming: {len(items) - len(todo)} of {len(items)} mention(s) already "
+             f"in {out}, {len(todo)} to go")
     chunk = 512  # prefetch a chunk's texts in batches just before it runs: bounded memory
+    sub = 128  # mentions per prefetch call, so that the embedding phase can show progress
+    show = progress and len(todo) > 1
+    bar = None
 
     def warm(i: int) -> None:
-        if len(todo) > 1 and i % chunk == 0:
-            try:
-                prefetch(todo[i:i + chunk], settings)
-            except Exception:  # noqa: BLE001 - an optimisation; the run itself reports errors
-                pass
-    bar = tqdm(total=len(todo), desc=desc, unit="mention", disable=not progress or len(todo) < 2,
-               dynamic_ncols=True)
+        if len(todo) < 2 or i % chunk != 0:
+            return
+        part = todo[i:i + chunk]
+        t0 = time.perf_counter()
+        ebar = tqdm(total=len(part), desc="embedding texts", unit="mention", disable=not show,
+                    dynamic_ncols=True, leave=True)
+        n0 = st.embedded_texts
+        try:
+            for k in range(0, len(part), sub):
+                st.embedded_texts += prefetch(part[k:k + sub], settings)
+                ebar.update(len(part[k:k + sub]))
+                ebar.set_postfix_str(f"{st.embedded_texts - n0} texts encoded")
+        except Exception:  # noqa: BLE001 - an optimisation; the run itself reports errors
+            pass
+        finally:
+            ebar.close()
+            st.embed_s += time.perf_counter() - t0
 
     def emit(rec: dict[str, Any]) -> dict[str, Any]:
         if writer:
             writer.write(rec)
-        bar.update(1)
+        st.linked += 1
+        st.errors += rec.get("error") is not None
+        st.llm_failed += llm_failed(rec)
+        if bar is not None:
+            bar.update(1)
         return rec
 
+    def tick() -> None:
+        now = time.perf_counter()
+        st.wall_s = now - t_start
+        st.link_s = max(0.0, st.wall_s - st.load_s - st.embed_s)
+
     try:
+        if todo and any(isinstance(m, Mention) for m in todo):
+            t0 = time.perf_counter()
+            _say(show, "loading models ...")
+            try:
+                names = load_models(todo, settings)
+                _say(show, f"loaded {', '.join(names)} in {time.perf_counter() - t0:.1f}s")
+            except Exception as e:  # noqa: BLE001 - each mention then records the failure
+                _say(show, f"a model did not load ({type(e).__name__}); the mentions will say why")
+            st.load_s = time.perf_counter() - t0
+        warm(0)
+        bar = tqdm(total=len(todo), desc=desc, unit="mention", disable=not show, dynamic_ncols=True)
         if concurrency <= 1:
             for i, it in enumerate(todo):
-                warm(i)
-                yield emit(run_one(it, settings, linker))
+                if i:
+                    warm(i)
+                rec = run_one(it, settings, linker)
+                tick()
+                yield emit(rec)
             return
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             pending = set()
             queue = iter(todo)
             try:
                 for i, it in enumerate(queue):  # at most 2x concurrency in flight
-                    warm(i)
+                    if i:
+                        warm(i)
                     pending.add(pool.submit(run_one, it, settings, linker))
                     if len(pending) >= 2 * concurrency:
                         done, pending = wait(pending, return_when=FIRST_COMPLETED)
                         for f in done:
+                            tick()
                             yield emit(f.result())
                 while pending:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for f in done:
+                        tick()
                         yield emit(f.result())
             finally:
                 for f in pending:
                     f.cancel()
     finally:
-        bar.close()
+        tick()
+        if bar is not None:
+            bar.close()
         if writer:
             writer.close()
 

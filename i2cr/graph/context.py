@@ -165,6 +165,38 @@ class Context:
             raise ValueError(f"embed_dtype must be auto, float32 or bfloat16, not {self.embed_dtype!r}")
         if self.fallback not in {"auto", "text", "last"}:
             raise ValueError(f"fallback must be auto, text or last, not {self.fallback!r}")
+        self._check_tools()
+
+    def _check_tools(self) -> None:
+        """``tools`` must name built-in or registered tools, ``tool_backend`` known backends for
+        known tools (plug-ins are looked up only when a name is not a built-in)."""
+        from ..tools.builtin import PAPER_ORDER
+        from ..tools.factory import parse_backends
+
+        names = self.tool_names
+        if not names and self.tools.strip():
+            raise ValueError(f"tools {self.tools!r} names no tool")
+        unknown = [n for n in names if n not in PAPER_ORDER]
+        if unknown:
+            from ..tools import registered_tools
+
+            plugins = registered_tools()
+            unknown = [n for n in unknown if n not in plugins]
+            if unknown:
+                raise ValueError(
+                    f"unknown visual tool(s) {', '.join(map(repr, unknown))} in tools; built-ins: "
+                    f"{', '.join(PAPER_ORDER)}; registered: {', '.join(sorted(plugins)) or 'none'}")
+        backends = parse_backends(self.tool_backend)  # raises on an unknown backend
+        if "=" in (self.tool_backend or ""):
+            odd = [t for t in backends if t not in PAPER_ORDER]
+            if odd:
+                raise ValueError(f"tool_backend names {', '.join(map(repr, odd))}, not a built-in "
+                                 f"tool ({', '.join(PAPER_ORDER)}); plug-ins bring their own backend")
+        for t in names:
+            b = backends.get(t, "auto") if t in PAPER_ORDER else "plug-in"
+            if (b == "tesseract" and t != "ocr") or (b == "clip" and t not in ("caption", "tags")):
+                raise ValueError(f"tool_backend {self.tool_backend!r}: the {b} backend cannot serve "
+                                 f"the tool {t!r} (tesseract serves ocr; clip serves caption, tags)")
 
     # derived values ---------------------------------------------------------------------------
     @property

@@ -1,0 +1,426 @@
+"""Hostile input to the CLI and the Python API: nothing is hidden behind a fallback, nothing is
+silently dropped, every failure is one line and a non-zero exit code (issue 11 items 6-10, issue 12
+items 2, 6 and 7)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLES, JORDAN_CANDIDATES, ROOT
+
+from i2cr import Context, link
+from i2cr.data import DataError, parse_record
+from i2cr.eval.runner import ResultWriter, check_items, read_results, run_one
+from i2cr.llm import BackendError, check_backend
+
+CLI = [sys.executable, "-m", "i2cr.cli"]
+
+
+def cli(*args: str, env: dict | None = None, cwd: str | None = None, timeout: float = 600):
+    e = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", **(env or {}))
+    for k, v in list(e.items()):
+        if v is None:
+            del e[k]
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, env=e, cwd=cwd,
+                          timeout=timeout)
+
+
+def one_line_error(p) -> str:
+    assert "Traceback" not in p.stderr, p.stderr[-2000:]
+    lines = [x for x in p.stderr.splitlines() if x.startswith("i2cr: ") or "error:" in x]
+    assert lines, p.stderr[-2000:]
+    return "\n".join(lines)
+
+
+def unused_port() -> int:
+    """A 127.0.0.1 port nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+GOOD = {"mention": "Jordan", "mention_context": "Jordan dunks in the 1991 NBA Finals.",
+        "Candentity": JORDAN_CANDIDATES}
+
+
+def write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj))
+    return path
+
+
+# --- issue 11 item 6: malformed labelled records count as wrong answers ------------------------
+
+def dataset_with_bad_records(tmp_path: Path) -> tuple[Path, Path]:
+    data = {"good": GOOD,
+            "no-mention": {k: v for k, v in GOOD.items() if k != "mention"},
+            "cands-not-list": {**GOOD, "Candentity": "Michael Jordan"},
+            "not-an-object": [1, 2, 3],
+            "nameless": {**GOOD, "Candentity": [{"desc": "no name"}]}}
+    labels = {k: "Michael Jordan" for k in data}
+    return write_json(tmp_path / "data.json", data), write_json(tmp_path / "labels.json", labels)
+
+
+def test_eval_scores_malformed_labelled_records_as_wrong_and_exits_non_zero(tmp_path):
+    data, labels = dataset_with_bad_records(tmp_path)
+    # no --out-dir: it says where the results go (issue 12 item 7)
+    p = cli("eval", str(data), str(labels), "--no-progress", cwd=str(tmp_path))
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert "no --out-dir given: writing to runs/eval" in p.stderr
+    out = tmp_path / "runs" / "eval"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["labelled"] == 5 and m["errors"] == 4 and m["labelled_errors"] == 4
+    good = {r["id"]: r for r in read_results(out / "results.jsonl")}["good"]
+    assert good["error"] is None
+    acc = (1 if good["correct"] else 0) / 5  # out of all five, not of the one good record
+    assert m["accuracy"]["final"] == pytest.approx(acc)
+    assert "4 error record(s) (4 labelled, each scored as a wrong answer)" in p.stderr
+    report = (out / "report.md").read_text()
+    assert "4 error record(s)" in report and f"| final | {100 * acc:.1f} |" in report
+    assert re.search(rf"^final +{100 * acc:.1f}%$", p.stdout, re.M)
+
+
+def test_a_bad_record_keeps_its_gold_label():
+    err = check_items([DataError("is missing", record="x", field="mention")], {"x": "A"}, warn=None)
+    rec = run_one(err[0], Context())
+    assert rec["id"] == "x" and rec["gold"] == "A" and rec["correct"] is False
+
+
+# --- issue 11 item 7: the LLM backend is checked before the first mention ------------------------
+
+def test_backend_check_fails_fast_for_a_bogus_spec_a_missing_key_and_an_unreachable_server(
+        monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    cases = {"bogus": "not understood",
+             "openai:gpt-4o": "OPENAI_API_KEY",
+             f"openai-compat:m@http://127.0.0.1:{unused_port()}/v1": "cannot reach"}
+    for spec, why in cases.items():
+        t0 = time.monotonic()
+        with pytest.raises(BackendError, match=why):
+            check_backend(Context(llm=spec))
+        assert time.monotonic() - t0 < 10
+        with pytest.raises(BackendError, match=why):  # the Python API too
+            link("Jordan", "Jordan dunks.", JORDAN_CANDIDATES, llm=spec)
+
+
+def test_backend_check_gives_up_on_a_server_that_never_answers():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)  # accepts connections (the kernel does), never says a word
+    try:
+        port = srv.getsockname()[1]
+        with pytest.raises(BackendError, match="did not answer within 1s"):
+            check_backend(Context(llm=f"openai-compat:m@http://127.0.0.1:{port}/v1"), timeout=1.0)
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize("command", ["link", "eval"])
+def test_cli_stops_before_the_first_mention_when_the_backend_is_unusable(tmp_path, command):
+    port = unused_port()
+    env = {"OPENAI_API_KEY": None}
+    for spec, why in (("bogus", "not understood"), ("openai:gpt-4o", "OPENAI_API_KEY"),
+                      (f"openai-compat:m@http://127.0.0.1:{port}/v1", "cannot reach")):
+        args = [str(EXAMPLES / "mentions.json"), str(EXAMPLES / "labels.json")]
+        if command == "link":
+            args = [args[0], "--labels", args[1], "--out", str(tmp_path / "r.jsonl")]
+        else:
+            args += ["--out-dir", str(tmp_path / "ev")]
+        p = cli(command, *args, "--llm", spec, "--no-progress", env=env)
+        assert p.returncode == 2, (spec, p.stderr[-2000:])
+        assert why in one_line_error(p)
+        assert not (tmp_path / "r.jsonl").exists() or not (tmp_path / "r.jsonl").read_text()
+        assert not (tmp_path / "ev" / "results.jsonl").exists()
+
+
+class FakeOpenAI(ThreadingHTTPServer):
+    """An OpenAI-compatible server on 127.0.0.1 that answers ``lives`` chat completions, then
+    dies (stops listening) as a crashed backend would."""
+
+    def __init__(self, lives: int):
+        self.lives, self.calls = lives, 0
+        self.died = threading.Event()
+        super().__init__(("127.0.0.1", 0), _Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def die(self) -> None:
+        if not self.died.is_set():
+            self.died.set()
+            self.shutdown()
+            self.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"  # one request per connection: a dead server refuses the next
+
+    def log_message(self, *a):
+        pass
+
+    def _json(self, obj) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self._json({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        srv = self.server
+        srv.calls += 1
+        self._json({"id": "x", "object": "chat.completion", "created": 0, "model": "fake",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": "Michael Jordan"}}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}})
+        if srv.calls >= srv.lives:
+            threading.Thread(target=srv.die, daemon=True).start()
+
+
+def test_a_backend_that_dies_mid_run_is_counted_and_fails_the_run(tmp_path):
+    srv = FakeOpenAI(lives=1)
+    try:
+        out = tmp_path / "r.jsonl"
+        p = cli("link", str(EXAMPLES / "mentions.json"), "--out", str(out), "--no-progress",
+                "--limit", "2", "--llm", f"openai-compat:fake@{srv.base_url}",
+                "--set", "llm_timeout=5", "--set", "tes_retries=0")
+        assert srv.died.is_set() and srv.calls == 1
+        assert p.returncode == 1, p.stderr[-2000:]
+        recs = read_results(out)
+        failed = [r for r in recs if any(e["type"] == "llm_error" for e in r["events"])]
+        assert len(recs) == 2 and len(failed) >= 1 and all(r["error"] is None for r in recs)
+        assert f"{len(failed)} mention(s) had failed LLM calls" in p.stderr
+    finally:
+        srv.die()
+
+
+def test_eval_reports_a_backend_that_dies_mid_run(tmp_path):
+    srv = FakeOpenAI(lives=1)
+    try:
+        p = cli("eval", str(EXAMPLES / "mentions.json"), str(EXAMPLES / "labels.json"),
+                "--out-dir", str(tmp_path / "ev"), "--no-progress", "--keep-order", "--limit", "2",
+                "--llm", f"openai-compat:fake@{srv.base_url}", "--set", "llm_timeout=5",
+                "--set", "tes_retries=0")
+        assert p.returncode == 1, p.stderr[-2000:]
+        m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+        assert m["llm_failed_mentions"] >= 1 and m["cost"]["llm_failed_calls"] >= 1
+        assert f"{m['llm_failed_mentions']} mention(s) with failed LLM calls" in p.stderr
+        assert "mention(s) with failed LLM calls" in (tmp_path / "ev" / "report.md").read_text()
+    finally:
+        srv.die()
+
+
+# --- issue 11 item 8: settings and counts are validated, empty input is said -------------------
+
+def test_unknown_tools_and_backends_are_rejected():
+    with pytest.raises(ValueError, match="unknown visual tool.*'nonexistent'"):
+        Context(tools="ocr,nonexistent")
+    with pytest.raises(ValueError, match="unknown tool backend 'bogus'"):
+        Context(tool_backend="bogus")
+    with pytest.raises(ValueError, match="not a built-in tool"):
+        Context(tool_backend="ocr=tesseract,faces=azure")
+    with pytest.raises(ValueError, match="cannot serve the tool 'caption'"):
+        Context(tool_backend="caption=tesseract")
+    Context(tool_backend="ocr=tesseract,caption=precomputed")  # valid ones still pass
+
+
+def test_allow_nil_must_be_a_boolean():
+    def parse(v):
+        return parse_record({**GOOD, "allow_nil": v}, "r1", source="f.json")
+
+    assert parse(True).allow_nil is True and parse(False).allow_nil is False
+    assert parse("false").allow_nil is False and parse("True").allow_nil is True
+    for bad in ("no", "0", 1, [], {}):
+        with pytest.raises(DataError, match="record 'r1': field 'allow_nil': must be true or false"):
+            parse(bad)
+
+
+def test_cli_rejects_bad_settings_counts_and_empty_input(tmp_path):
+    empty = write_json(tmp_path / "empty.json", {})
+    ex = str(EXAMPLES / "mentions.json")
+    for args, why in ((["link", ex, "--set", "tools=nonexistent"], "unknown visual tool"),
+                      (["link", ex, "--set", "tool_backend=bogus"], "unknown tool backend"),
+                      (["link", ex, "--limit", "-1"], "must be 1 or more"),
+                      (["link", ex, "--limit", "0"], "must be 1 or more"),
+                      (["eval", ex, str(EXAMPLES / "labels.json"), "--sample", "0"],
+                       "must be 1 or more"),
+                      (["link", str(empty)], f"no mentions to link in {empty}"),
+                      (["eval", str(empty), str(EXAMPLES / "labels.json"), "--out-dir",
+                        str(tmp_path / "ev")], "no mentions to evaluate")):
+        p = cli(*args, "--no-progress")
+        assert p.returncode != 0, args
+        assert why in one_line_error(p), (args, p.stderr)
+
+
+def test_limit_keeps_exactly_n_mentions(tmp_path):
+    from i2cr.eval.harness import select
+
+    assert select(list(range(5)), limit=5) == list(range(5))
+    for bad in (-1, 0):
+        with pytest.raises(ValueError, match="limit must be"):
+            select(list(range(5)), limit=bad)
+    with pytest.raises(ValueError, match="sample must be"):
+        select(list(range(5)), sample=0)
+
+
+# --- issue 11 item 9 (CLI): output paths of the wrong kind -------------------------------------
+
+def test_out_paths_of_the_wrong_kind_are_one_line_errors(tmp_path):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    ex = str(EXAMPLES / "mentions.json")
+    for args, why in ((["eval", ex, str(EXAMPLES / "labels.json"), "--out-dir", str(a_file)],
+                       "--out-dir names a file"),
+                      (["link", ex, "--out", str(tmp_path)], "--out names a folder"),
+                      (["eval", ex, str(EXAMPLES / "labels.json"), "--out-dir",
+                        str(a_file / "sub")], str(a_file))):
+        p = cli(*args, "--no-progress")
+        assert p.returncode == 2, (args, p.stderr[-2000:])
+        assert why in one_line_error(p)
+    assert a_file.read_text() == "x"
+
+
+# --- issue 11 item 10: damaged results, duplicate ids, speed after a resume ---------------------
+
+def test_a_garbage_line_in_the_middle_loses_no_valid_record(tmp_path):
+    p = tmp_path / "r.jsonl"
+    lines = [json.dumps({"id": f"m{i}", "answer": "A"}) for i in range(60)]
+    lines[5] = "\x00garbage{{"
+    lines[9] = json.dumps(["not", "a", "record"])
+    p.write_text("\n".join(lines) + "\n" + '{"id": "m60", "ans')  # and a torn last line
+    warned: list[str] = []
+    w = ResultWriter(p, resume=True, warn=warned.append)
+    w.close()
+    assert w.done == {f"m{i}" for i in range(60)} - {"m5", "m9"}
+    assert len(warned) == 2 and "line 6: not JSON" in warned[0] and "line 10" in warned[1]
+    text = p.read_text()
+    assert "m59" in text and "m60" not in text  # only the torn last line was cut
+    assert text.endswith("\n")
+
+
+def test_a_whole_last_record_that_lost_its_newline_is_kept(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text('{"id": "a"}\n{"id": "b"}')
+    w = ResultWriter(p, resume=True)
+    w.write({"id": "c"})
+    w.close()
+    assert [r["id"] for r in read_results(p)] == ["a", "b", "c"]
+
+
+def test_duplicate_and_null_ids_are_warned_about_and_scored_as_errors(tmp_path):
+    data = tmp_path / "d.jsonl"
+    rows = [{"id": "a", **GOOD}, {"id": "b", **GOOD}, {"id": "a", **GOOD},
+            {"id": None, **GOOD}, {"id": None, **GOOD}]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    labels = write_json(tmp_path / "l.json", {"a": "Michael Jordan", "b": "Michael Jordan"})
+    p = cli("eval", str(data), str(labels), "--out-dir", str(tmp_path / "ev"), "--no-progress")
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert "2 record(s) repeat an id already used ('a', 'None')" in p.stderr
+    assert "2 record(s) have a null or empty id" in p.stderr
+    recs = {r["id"]: r for r in read_results(tmp_path / "ev" / "results.jsonl")}
+    assert set(recs) == {"a", "b", "None", "a#dup2", "None#dup2"}
+    assert "duplicate id 'a'" in recs["a#dup2"]["error"] and recs["a#dup2"]["gold"] == "Michael Jordan"
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["labelled"] == 3 and m["errors"] == 2  # a, b and the repeat of a
+
+
+def test_speed_after_a_resume_counts_only_the_last_segment(tmp_path):
+    from i2cr.eval.harness import evaluate
+
+    out = tmp_path / "ev"
+    kw = dict(settings=Context(), progress=False, warn=None)
+    evaluate(EXAMPLES / "mentions.json", EXAMPLES / "labels.json", out, **kw)
+    res = out / "results.jsonl"
+    lines = res.read_text().splitlines()
+    res.write_text("\n".join(lines[:3]) + "\n")  # one mention left to do
+    meta = json.loads((out / "run.json").read_text())
+    meta["wall_s"] = 1000.0  # a slow earlier segment
+    (out / "run.json").write_text(json.dumps(meta))
+    m = evaluate(EXAMPLES / "mentions.json", EXAMPLES / "labels.json", out, resume=True, **kw)
+    s = m["speed"]
+    assert s["segment"]["linked"] == 1 and m["mentions"] == 4
+    assert s["wall_s"] > 1000  # the whole run's time is still kept
+    assert s["mentions_per_s"] == pytest.approx(1 / s["segment"]["link_s"], rel=0.01)
+    assert s["run_mentions_per_s"] == pytest.approx(1 / s["segment"]["wall_s"], rel=0.01)
+    assert json.loads((out / "run.json").read_text())["segments"] == 2
+
+
+# --- issue 12 items 2, 6 and 7: progress phases, the table, help, packaging ---------------------
+
+def test_link_prints_a_table_with_phases_and_two_throughputs(tmp_path):
+    p = cli("link", str(EXAMPLES / "mentions.json"), "--labels", str(EXAMPLES / "labels.json"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = p.stdout.splitlines()
+    assert rows[0].split() == ["id", "mention", "answer", "gold", "correct", "route"]
+    assert [r.split()[0] for r in rows[1:]] == ["jordan-nba", "obama-podium", "paris-painting",
+                                                "cambridge-rowing"]
+    jordan = rows[1].split()
+    assert jordan[:5] == ["jordan-nba", "Jordan", "Michael", "Jordan", "Michael"]
+    assert jordan[-2] in ("yes", "no") and jordan[-1] == "text_only"
+    err = p.stderr
+    order = [err.index("loading models"), err.index("embedding texts"), err.index("linking:")]
+    assert order == sorted(order)
+    assert "i2cr: linking " in err and "mentions/s; whole run " in err
+    js = cli("link", str(EXAMPLES / "mentions.json"), "--json", "--no-progress")
+    recs = [json.loads(x) for x in js.stdout.splitlines()]
+    assert [r["id"] for r in recs] == ["jordan-nba", "obama-podium", "paris-painting",
+                                       "cambridge-rowing"]
+    assert "events" not in recs[0] and recs[0]["answer"] == "Michael Jordan"
+
+
+def test_table_cells_neutralise_terminal_escapes():
+    from i2cr.cli import table_row
+
+    row = table_row({"id": "x\x1b]52;c;AAAA\x07", "mention": "\x1b[2J", "answer": "A\nB",
+                     "final_reason": "r\x9b31m"})
+    assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in row)
+
+
+def test_every_image_the_examples_name_is_shipped():
+    from PIL import Image
+
+    data = json.loads((EXAMPLES / "mentions.json").read_text())
+    named = [s["mention_imgpath"] for s in data.values() if s.get("mention_imgpath")]
+    assert len(named) >= 2
+    for rel in named:
+        with Image.open(EXAMPLES / rel) as im:
+            im.verify()
+        assert (EXAMPLES / rel).stat().st_size < 50_000
+
+
+def test_eval_and_bench_options_have_help():
+    from i2cr.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name in ("eval", "bench", "link"):
+        p = sub.choices[name]
+        assert p.description, name
+        for a in p._actions:
+            if a.dest != "help":
+                assert a.help, f"i2cr {name} {a.option_strings or a.dest} has no help"
+
+
+def test_packaging_builds_with_its_license_field():
+    py = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert py["project"]["license"] == "Apache-2.0"
+    req = next(r for r in py["build-system"]["requires"] if r.startswith("setuptools"))
+    assert int(req.split(">=")[1].split(".")[0]) >= 77  # PEP 639 license strings
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
