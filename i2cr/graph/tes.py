@@ -15,6 +15,7 @@ from langgraph.runtime import Runtime
 
 from ..data import NIL
 from ..matching import map_answer
+from ..redact import error_text
 from ..prompts import build_tes_messages
 from ..ranker import Ranking
 from ..texts import entity_text
@@ -91,7 +92,7 @@ def tes(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     try:
         chat = resources.chat_model(ctx)
     except Exception as e:  # noqa: BLE001 - a backend that cannot start is recorded, not fatal
-        events.append({"type": "llm_error", "node": "tes", "error": f"{type(e).__name__}: {e}"})
+        events.append({"type": "llm_error", "node": "tes", "error": error_text(e)})
     for attempt in range(1 + max(0, ctx.tes_retries)):
         if chat is None:
             break
@@ -105,9 +106,9 @@ def tes(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001
             calls += 1
             events.append({"type": "llm_error", "node": "tes", "attempt": attempt,
-                           "error": f"{type(e).__name__}: {str(e)[:200]}"})
+                           "error": error_text(e)[:300]})
             emit({"type": "llm_call", "node": "tes", "attempt": attempt, "prompt": prompt_text(messages),
-                  "error": f"{type(e).__name__}: {str(e)[:200]}"})
+                  "error": error_text(e)[:300]})
             continue
         calls += 1
         raw = _text(msg)

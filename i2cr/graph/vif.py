@@ -14,6 +14,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from ..prompts import build_vif_messages
+from ..redact import error_text
 from ..tools import ToolInput
 from . import resources
 from .context import Context, settings_of
@@ -69,7 +70,7 @@ def vif(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             calls += 1
             how = "fallback_llm_error"
             events.append({"type": "llm_error", "node": "vif",
-                           "error": f"{type(e).__name__}: {str(e)[:200]}"})
+                           "error": error_text(e)[:300]})
     if picked is None and offered:
         picked = offered[0]
     update: dict[str, Any] = {"path": ["vif"], "llm_calls": (state.get("llm_calls") or 0) + calls,
