@@ -78,6 +78,23 @@ def test_bad_jsonl_line_loses_only_that_line(tmp_path):
     assert ok.id == "ok" and isinstance(bad, DataError) and "line 2" in str(bad)
 
 
+def test_candidate_priors_are_kept_and_checked(tmp_path):
+    p = tmp_path / "m.jsonl"
+    good = {"id": "a", "mention": "Paris", "context": "", "candidates": [
+        {"name": "Paris", "prior": 0.9}, {"name": "Paris, Texas", "prior": 1}, {"name": "Paris Hilton"}]}
+    bad = {"id": "b", "mention": "Paris", "context": "", "candidates": [{"name": "Paris",
+                                                                       "prior": "high"}]}
+    neg = {"id": "c", "mention": "Paris", "context": "", "candidates": [{"name": "Paris",
+                                                                       "prior": -1}]}
+    p.write_text("\n".join(json.dumps(r) for r in (good, bad, neg)) + "\n")
+    items = load_mentions(p, strict=False)
+    assert [c.prior for c in items[0].candidates] == [0.9, 1.0, None]
+    assert items[0].to_input()["candidates"][0]["prior"] == 0.9
+    assert "prior" not in items[0].to_input()["candidates"][2]
+    for e in items[1:]:
+        assert isinstance(e, DataError) and "'prior' must be a non-negative number" in str(e)
+
+
 def test_duplicate_candidates_are_dropped(tmp_path):
     p = write(tmp_path, "d.json", {"d": dict(SAMPLE, Candentity=["A", "a", "B"])})
     [m] = load_mentions(p)

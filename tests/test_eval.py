@@ -55,7 +55,8 @@ def test_metrics_match_hand_computed_values():
     assert a["vif_3"] == pytest.approx(3 / 5)
     assert a["final"] == pytest.approx(3 / 5)  # 1, 3, 4
     assert m["errors"] == 1 and m["labelled"] == 5
-    assert m["nil"] == {"gold": 1, "predicted": 1, "precision": 1.0, "recall": 1.0}
+    assert m["nil"] == {"gold": 1, "predicted": 1, "precision": 1.0, "recall": 1.0, "f1": 1.0}
+    assert m["accuracy_non_nil_gold"] == pytest.approx(2 / 4)  # of 1, 2, 3, 5 (an error): 1 and 3 are right
     assert m["cost"]["llm_calls_per_mention"] == pytest.approx((1 + 3 + 5 + 1 + 0) / 5)
     assert m["cost"]["tokens_per_mention"] == pytest.approx(100 * 10 / 5)
     assert m["cost"]["tool_calls_per_mention"] == pytest.approx(3 / 5)

@@ -251,6 +251,24 @@ def test_retrieval_answers_nil_only_when_allowed_and_nothing_fits(jordan):
     assert out["answer"] == "Michael Jordan"
 
 
+def test_retrieval_event_scores_every_candidate_and_says_why_nil(jordan):
+    from i2cr.graph import Context
+
+    out = run(jordan(allow_nil=True), Context(clue_cache="none"))
+    ev = events(out, "tes_answer")[0]
+    assert [s["name"] for s in ev["scores"]][0] == "Michael Jordan"
+    assert sorted(s["name"] for s in ev["scores"]) == sorted(c["name"] for c in jordan()["candidates"])
+    assert abs(sum(s["p"] for s in ev["scores"]) - 1) < 0.01  # a softmax over the candidates
+    assert ev["model"] == "no_prior" and ev["p_link"] >= ev["nil_threshold"]
+    he = run(jordan(mention="he", context="he dunks during the finals.", allow_nil=True),
+             Context(clue_cache="none"))
+    ev = events(he, "tes_answer")[0]
+    assert he["answer"] == "nil" and ev["p_link"] == 0.0 and "p_link" in ev["nil_reason"]
+    cands = [{**c, "prior": p} for c, p in zip(jordan()["candidates"], [1.0, 0.5, 0.3, 0.2])]
+    ev = events(run(jordan(candidates=cands), Context(clue_cache="none")), "tes_answer")[0]
+    assert ev["model"] == "prior"
+
+
 def test_fallback_last_gives_the_last_rounds_answer_and_text_the_first(settings, jordan, image_file):
     def scripted():  # round 1 says Peele, every later round Michael Jordan; VIF in fixed order
         return ScriptedChatModel(script=["Answer: Jordan Peele"] + ["Answer: Michael Jordan"] * 2)
