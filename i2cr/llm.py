@@ -65,10 +65,14 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 
 class EmbeddedServer:
-    """llama-cpp-python's OpenAI-compatible server in a child process on 127.0.0.1."""
+    """llama-cpp-python's OpenAI-compatible server in a child process on 127.0.0.1.
+
+    Starting waits on events, not on the clock: until the server answers, or its process exits
+    (reported at once with its log's end). ``startup_timeout`` only bounds a server that stays
+    alive and silent, and is generous so that a busy machine is not mistaken for a broken one."""
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None,
-                 startup_timeout: float = 120.0):
+                 startup_timeout: float = 900.0):
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise BackendError(f"GGUF model not found: {self.model_path}")
