@@ -168,8 +168,9 @@ class Context:
         self._check_tools()
 
     def _check_tools(self) -> None:
-        """``tools`` must name built-in or registered tools, ``tool_backend`` known backends for
-        known tools (plug-ins are looked up only when a name is not a built-in)."""
+        """``tools`` must name built-in, registered or declared (entry-point) tools,
+        ``tool_backend`` known backends for known tools (plug-ins are looked up only when a name is
+        not a built-in)."""
         from ..tools.builtin import PAPER_ORDER
         from ..tools.factory import parse_backends
 
@@ -179,9 +180,12 @@ class Context:
         unknown = [n for n in names if n not in PAPER_ORDER]
         if unknown:
             from ..tools import registered_tools
+            from ..tools.base import plugin_errors
 
             plugins = registered_tools()
-            unknown = [n for n in unknown if n not in plugins]
+            # a declared plug-in that failed to load was already named in its own warning; the
+            # run goes on without it, as with any tool that cannot run
+            unknown = [n for n in unknown if n not in plugins and n not in plugin_errors()]
             if unknown:
                 raise ValueError(
                     f"unknown visual tool(s) {', '.join(map(repr, unknown))} in tools; built-ins: "

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..data import Mention
 from .features import FEATURES
-from .model import MODELS, NIL_FEATURES, Ranker, link_probability, nil_features, softmax
+from .model import FIT_INPUTS, MODELS, NIL_FEATURES, Ranker, link_probability, nil_features, softmax
 
 SIM = FEATURES.index("sim")
 PRIOR_COLUMNS = [FEATURES.index("prior"), FEATURES.index("prior_top")]
@@ -150,7 +150,29 @@ def held_out_probs(examples: Sequence[Example], model: str, l2: float, folds: in
     return out
 
 
-def nil_rows(examples: Sequence[Example], probs: Sequence[np.ndarray], model: str):
+def fit_own(examples: Sequence[Example], model: str) -> dict[str, Any] | None:
+    """The candidate-level fit model (:func:`~.model.own_fit`): a logistic model over every
+    candidate of round 1, gold against the rest, on :data:`~.model.FIT_INPUTS`."""
+    from sklearn.linear_model import LogisticRegression
+
+    cols = [FEATURES.index(k) for k in FIT_INPUTS]
+    text = [e for e in examples if e.kind == "text"]
+    if not text:
+        return None
+    X = np.vstack([e.X(model)[:, cols] for e in text])
+    y = np.concatenate([e.gold for e in text])
+    if len(set(y.tolist())) < 2:
+        return None
+    mu, sd = X.mean(0), X.std(0)
+    sd = np.where(sd < 1e-6, 1.0, sd)
+    lr = LogisticRegression(max_iter=5000).fit((X - mu) / sd, y)
+    coef = lr.coef_[0] / sd
+    return {"inputs": FIT_INPUTS, "coef": [round(float(c), 6) for c in coef],
+            "intercept": round(float(lr.intercept_[0] - np.dot(coef, mu)), 6)}
+
+
+def nil_rows(examples: Sequence[Example], probs: Sequence[np.ndarray], model: str,
+             fit: dict[str, Any] | None = None):
     """(X, y) for the NIL model from round-1 examples: y=1 where the best candidate is the gold,
     0 where the gold is not a candidate (a mention whose best is another candidate says nothing
     about NIL and is left out)."""
@@ -161,12 +183,13 @@ def nil_rows(examples: Sequence[Example], probs: Sequence[np.ndarray], model: st
         top_ok = bool(e.gold[int(np.argmax(p))])
         if not top_ok and not e.is_nil:
             continue
-        X.append(nil_features(e.text, p, e.X(model)))
+        X.append(nil_features(e.text, p, e.X(model), fit))
         y.append(int(top_ok))
     return np.asarray(X).reshape(-1, len(NIL_FEATURES)), np.asarray(y)
 
 
-def fit_nil(X: np.ndarray, y: np.ndarray) -> dict[str, Any] | None:
+def fit_nil(X: np.ndarray, y: np.ndarray, fit: dict[str, Any] | None = None
+            ) -> dict[str, Any] | None:
     from sklearn.linear_model import LogisticRegression
 
     if len(set(y.tolist())) < 2:
@@ -177,7 +200,7 @@ def fit_nil(X: np.ndarray, y: np.ndarray) -> dict[str, Any] | None:
     return {"inputs": NIL_FEATURES, "mean": [round(float(v), 6) for v in mu],
             "scale": [round(float(v), 6) for v in sd],
             "coef": [round(float(v), 6) for v in lr.coef_[0]],
-            "intercept": round(float(lr.intercept_[0]), 6)}
+            "intercept": round(float(lr.intercept_[0]), 6), "fit": fit}
 
 
 def outcome(e: Example, probs: np.ndarray, plink: float, threshold: float) -> tuple[bool, bool]:
@@ -224,8 +247,9 @@ def fit_model(examples: Sequence[Example], model: str, l2: float, folds: int) ->
         examples = [e for e in examples if e.has_prior]
     coef = fit_coef(examples, model, l2)
     held = held_out_probs(examples, model, l2, folds)
-    X, y = nil_rows(examples, held, model)
-    nil = fit_nil(X, y)
+    own = fit_own(examples, model)
+    X, y = nil_rows(examples, held, model, own)
+    nil = fit_nil(X, y, own)
     plinks = [link_probability(nil, e.text, p, e.X(model)) if e.kind == "text" else 1.0
               for e, p in zip(examples, held)]
     threshold, sweep = choose_nil_threshold(examples, held, plinks)

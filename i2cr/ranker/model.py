@@ -32,7 +32,10 @@ from .features import FEATURES, features, has_prior, occupation
 
 NIL_FEATURES = ["top_prob", "margin", "top_sim", "top_exact", "top_wratio", "top_token_set",
                 "top_acronym", "top_demonym", "top_mention_in_desc", "top_prior", "log_candidates",
-                "mention_lowercase", "mention_words"]
+                "mention_lowercase", "mention_words", "top_fit"]
+# what the candidate-level fit model reads: how well one candidate fits the mention on its own
+FIT_INPUTS = ["sim", "exact", "wratio", "token_set", "mention_in_name", "acronym", "demonym",
+              "mention_in_desc"]
 # personal pronouns: a name lookup cannot have found their referent (that is coreference), so
 # where NIL is allowed a pronoun is NIL, whatever the candidates (a rule, not a fitted weight)
 PRONOUNS = {"i", "me", "my", "mine", "myself", "you", "your", "yours", "yourself", "he", "him", "his",
@@ -41,9 +44,21 @@ PRONOUNS = {"i", "me", "my", "mine", "myself", "you", "your", "yours", "yourself
 MODELS = ("prior", "no_prior")
 
 
-def nil_features(mention: str, probs: np.ndarray, F: np.ndarray) -> np.ndarray:
-    """The mention-level row the NIL model reads: the best candidate's features and its lead, and
-    the mention's own form (lower case, as common nouns are; its length in words)."""
+def own_fit(fit: Mapping[str, Any] | None, F: np.ndarray) -> np.ndarray:
+    """Each candidate's log-odds of being the referent from its own fit alone (a logistic model
+    over :data:`FIT_INPUTS`, fitted over every candidate: unlike the softmax, it knows that a
+    candidate whose name and text do not fit the mention is unlikely, whatever the others)."""
+    if not fit or not len(F):
+        return np.zeros(len(F))
+    cols = [FEATURES.index(k) for k in FIT_INPUTS]
+    return F[:, cols] @ np.asarray(fit["coef"]) + float(fit["intercept"])
+
+
+def nil_features(mention: str, probs: np.ndarray, F: np.ndarray,
+                 fit: Mapping[str, Any] | None = None) -> np.ndarray:
+    """The mention-level row the NIL model reads: the best candidate's features, its lead and its
+    own-fit log-odds (:func:`own_fit`), and the mention's own form (lower case, as common nouns
+    are; its length in words)."""
     if not len(probs):
         return np.zeros(len(NIL_FEATURES))
     order = np.argsort(-probs)
@@ -55,7 +70,7 @@ def nil_features(mention: str, probs: np.ndarray, F: np.ndarray) -> np.ndarray:
         F[b, col["wratio"]], F[b, col["token_set"]], F[b, col["acronym"]], F[b, col["demonym"]],
         F[b, col["mention_in_desc"]], F[b, col["prior"]], math.log(len(probs)),
         float(mention.strip()[:1].islower()),
-        min(len(mention.split()), 6) / 6,
+        min(len(mention.split()), 6) / 6, float(np.clip(own_fit(fit, F)[b], -20, 20)),
     ], dtype=np.float64)
 
 
@@ -67,7 +82,8 @@ def link_probability(nil: Mapping[str, Any] | None, mention: str, probs: np.ndar
         return 0.0
     if not nil:
         return 1.0
-    x = (nil_features(mention, probs, F) - np.asarray(nil["mean"])) / np.asarray(nil["scale"])
+    x = ((nil_features(mention, probs, F, nil.get("fit")) - np.asarray(nil["mean"]))
+         / np.asarray(nil["scale"]))
     return sigmoid(float(np.dot(nil["coef"], x) + nil["intercept"]))
 
 
