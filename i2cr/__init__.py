@@ -3,7 +3,7 @@
 >>> from i2cr import link, graph, Context      # doctest: +SKIP
 """
 
-from .data import Candidate, DataError, Mention, NIL, load_labels, load_mentions
+from .data import NIL, Candidate, DataError, Mention, load_labels, load_mentions
 from .graph import Context, build_graph, compile_graph, graph
 from .linker import link, link_mention
 

@@ -7,7 +7,8 @@ but no state crosses mentions), so a distributed engine can map it over a corpus
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .data import Candidate, DataError, Mention, parse_candidates
 from .graph import Context, graph as default_graph

@@ -83,7 +83,7 @@ class EmbeddedServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> "EmbeddedServer":
+    def start(self) -> EmbeddedServer:
         if self.proc is not None and self.proc.poll() is None:
             return self
         if importlib.util.find_spec("llama_cpp") is None:

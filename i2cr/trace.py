@@ -14,7 +14,8 @@ are scrubbed (:mod:`i2cr.redact`), so no key can enter it.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .graph.trace_events import COLLECTOR
 from .redact import scrub

@@ -11,8 +11,7 @@ from conftest import CLUES
 from fakes import ScriptedChatModel, tool_call
 from langchain_core.messages import AIMessage
 
-from i2cr.graph import graph
-from i2cr.graph import resources
+from i2cr.graph import graph, resources
 from i2cr.texts import entity_text, icr_query
 
 ALWAYS = -1e9  # a threshold every score passes

@@ -18,10 +18,10 @@ from langgraph.runtime import Runtime
 from ..data import NIL
 from ..embeddings import ModelUnavailable
 from ..images import IMAGES, ImageError
+from ..texts import entity_text
 from . import resources
 from .context import Context, settings_of
 from .state import State
-from ..texts import entity_text
 
 
 def caption_text(state: State) -> str:

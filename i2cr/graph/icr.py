@@ -12,11 +12,11 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from ..data import NIL
+from ..texts import entity_text
 from . import resources
 from .context import Context, settings_of
 from .state import State
 from .tes import allowed_candidates
-from ..texts import entity_text
 from .texts import round_query
 
 

@@ -15,9 +15,9 @@ from langgraph.runtime import Runtime
 
 from ..data import NIL
 from ..matching import map_answer
-from ..redact import error_text
 from ..prompts import build_tes_messages
 from ..ranker import Ranking
+from ..redact import error_text
 from ..texts import entity_text
 from . import resources
 from .context import Context, settings_of

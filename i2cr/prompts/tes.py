@@ -11,7 +11,8 @@ fenced and labelled as data, and the answer is mapped onto a candidate or NIL wh
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from langchain_core.messages import HumanMessage, SystemMessage
 

@@ -19,9 +19,9 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+from ..redact import register, scrub
 from .base import ToolInput, ToolUnavailable, VisualTool
 from .builtin import CLUE_KEYS, DESCRIPTIONS
-from ..redact import register, scrub
 from .cache import ClueCache
 
 AZURE_MAX_BYTES = 20 * 1024 * 1024

@@ -24,8 +24,9 @@ import inspect
 import shutil
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..images import IMAGES, ImageError, LoadedImage
 from ..redact import error_text, scrub

@@ -6,8 +6,9 @@ themselves unavailable and VIF does not offer them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.resources import files
-from typing import Any, Callable
+from typing import Any
 
 from .base import ToolInput, ToolUnavailable, VisualTool
 from .builtin import DESCRIPTIONS

@@ -16,7 +16,8 @@ tool, backend and backend version.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .base import ToolInput, VisualTool, plugin_errors, registered_tools
 from .builtin import PAPER_ORDER, first_available, precomputed_tool, tesseract_tool
