@@ -188,7 +188,7 @@ class Embedder:
                 self.encoded += len(missing)
                 if self.record is not None:
                     self.record.extend(missing)
-                got = {t: v.astype(np.float32) for t, v in zip(missing, vecs)}
+                got = {t: v.astype(np.float32) for t, v in zip(missing, vecs, strict=True)}
                 cache.update(got)
                 while len(cache) > size:
                     cache.popitem(last=False)

@@ -187,10 +187,12 @@ def render_tree(rec: dict[str, Any]) -> str:
                 desc += "  top: " + ", ".join(f"{t.get('name')} {t.get('score')}" for t in top)
         elif node == "icr":
             e = ev.get("icr", {})
-            desc = f"{e.get('choice')!r} cos {e.get('score')} vs α {e.get('threshold')}: {e.get('decision')}"
+            desc = (f"{e.get('choice')!r} cos {e.get('score')} vs α {e.get('threshold')}: "
+                    f"{e.get('decision')}")
         elif node == "iav":
             e = ev.get("iav", {})
-            desc = f"{e.get('choice')!r} {e.get('mode')} {e.get('score')} vs β {e.get('threshold')}: {e.get('decision')}"
+            desc = (f"{e.get('choice')!r} {e.get('mode')} {e.get('score')} vs β {e.get('threshold')}: "
+                    f"{e.get('decision')}")
         elif node == "vif":
             e = ev.get("tool_call", {})
             desc = (f"tool {e.get('tool')} ({e.get('how')}, {e.get('backend')}) → "
