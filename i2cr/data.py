@@ -339,8 +339,18 @@ _TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:,]')
 def _members(text: str) -> Iterator[tuple[str, str]]:
     """``(key or index, JSON text)`` of each member of the top-level object or array, found by
     counting brackets outside strings, so that a file whose one record is nested too deeply for
-    ``json`` still yields the others. Raises ValueError when the text is not one such container."""
-    depth, kind, start, key, index = 0, "", 0, None, 0
+    ``json`` still yields the others. Raises ValueError when the text is not one such container
+    (an object member without a key included)."""
+    depth, kind, start, index = 0, "", 0, 0
+    key: str | None = None
+
+    def name() -> str:
+        if kind != "{":
+            return str(index)
+        if key is None:
+            raise ValueError("an object member has no key")
+        return key
+
     for m in _TOKEN.finditer(text):
         tok = m.group()
         if tok in "[{":
@@ -353,12 +363,12 @@ def _members(text: str) -> Iterator[tuple[str, str]]:
                 if text[m.end():].strip():
                     break
                 if text[start: m.start()].strip():
-                    yield (key if kind == "{" else str(index)), text[start: m.start()]
+                    yield name(), text[start: m.start()]
                 return
         elif depth == 1 and tok == ":" and kind == "{":
             start = m.end()
         elif depth == 1 and tok == ",":
-            yield (key if kind == "{" else str(index)), text[start: m.start()]
+            yield name(), text[start: m.start()]
             key, index, start = None, index + 1, m.end()
         elif depth == 1 and tok.startswith('"') and kind == "{" and key is None:
             key = json.loads(tok)
