@@ -109,14 +109,14 @@ def embeddable_image(ref: str | None, image_root: str | None, *,
         if not real.is_relative_to(root) or any(real.is_relative_to(n) for n in _NEVER):
             why = "outside the image root"
             continue
-        data, why = _read_regular(real)
-        if data is None:
+        content, why = _read_regular(real)
+        if content is None:
             continue
-        mime = _image_mime(data)
+        mime = _image_mime(content)
         if mime is None:
             why = "not an image"
             continue
-        return f"data:{mime};base64," + base64.b64encode(data).decode(), ""
+        return f"data:{mime};base64," + base64.b64encode(content).decode(), ""
     return None, f"image not embedded: {why}"
 
 

@@ -63,7 +63,7 @@ class ToolInput:
             return False
 
     def is_url(self) -> bool:
-        return bool(self.image_ref) and self.image_ref.startswith(("http://", "https://"))
+        return bool(self.image_ref and self.image_ref.startswith(("http://", "https://")))
 
     def image_reachable(self) -> bool:
         """A URL (a service fetches it) or a local image that decodes."""
