@@ -43,6 +43,7 @@ class DataError(ValueError):
     def __init__(self, message: str, *, source: str | None = None, record: str | None = None,
                  field: str | None = None):
         self.source, self.record, self.field = source, record, field
+        self.label: str | None = None  # the record's gold answer, when a run knows it
         where = []
         if source:
             where.append(f"{source}")

@@ -54,7 +54,7 @@ def result_record(m: Mention, out: dict[str, Any], elapsed: float) -> dict[str, 
 
 
 def error_record(rid: str, err: BaseException, label: str | None = None) -> dict[str, Any]:
-    rec = {"id": rid, "answer": None, "error": error_text(err)}
+    rec: dict[str, Any] = {"id": rid, "answer": None, "error": error_text(err)}
     if label is not None:
         rec["gold"], rec["correct"] = label, False
     return rec
