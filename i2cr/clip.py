@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image
 
@@ -85,7 +85,7 @@ class ClipScorer:
                 feats = self.model.encode_text(self.tokenizer(missing).to(self.device))
                 feats = feats / feats.norm(dim=-1, keepdim=True)
             self.forward_passes += 1
-            for t, f in zip(missing, feats):
+            for t, f in zip(missing, feats, strict=True):
                 self._text_cache[t] = f
             while len(self._text_cache) > 100_000:
                 self._text_cache.popitem(last=False)

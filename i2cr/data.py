@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 NIL = "nil"
 
@@ -42,6 +43,7 @@ class DataError(ValueError):
     def __init__(self, message: str, *, source: str | None = None, record: str | None = None,
                  field: str | None = None):
         self.source, self.record, self.field = source, record, field
+        self.label: str | None = None  # the record's gold answer, when a run knows it
         where = []
         if source:
             where.append(f"{source}")
@@ -338,8 +340,18 @@ _TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:,]')
 def _members(text: str) -> Iterator[tuple[str, str]]:
     """``(key or index, JSON text)`` of each member of the top-level object or array, found by
     counting brackets outside strings, so that a file whose one record is nested too deeply for
-    ``json`` still yields the others. Raises ValueError when the text is not one such container."""
-    depth, kind, start, key, index = 0, "", 0, None, 0
+    ``json`` still yields the others. Raises ValueError when the text is not one such container
+    (an object member without a key included)."""
+    depth, kind, start, index = 0, "", 0, 0
+    key: str | None = None
+
+    def name() -> str:
+        if kind != "{":
+            return str(index)
+        if key is None:
+            raise ValueError("an object member has no key")
+        return key
+
     for m in _TOKEN.finditer(text):
         tok = m.group()
         if tok in "[{":
@@ -352,12 +364,12 @@ def _members(text: str) -> Iterator[tuple[str, str]]:
                 if text[m.end():].strip():
                     break
                 if text[start: m.start()].strip():
-                    yield (key if kind == "{" else str(index)), text[start: m.start()]
+                    yield name(), text[start: m.start()]
                 return
         elif depth == 1 and tok == ":" and kind == "{":
             start = m.end()
         elif depth == 1 and tok == ",":
-            yield (key if kind == "{" else str(index)), text[start: m.start()]
+            yield name(), text[start: m.start()]
             key, index, start = None, index + 1, m.end()
         elif depth == 1 and tok.startswith('"') and kind == "{" and key is None:
             key = json.loads(tok)

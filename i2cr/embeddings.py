@@ -11,8 +11,8 @@ import importlib.util
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -188,7 +188,7 @@ class Embedder:
                 self.encoded += len(missing)
                 if self.record is not None:
                     self.record.extend(missing)
-                got = {t: v.astype(np.float32) for t, v in zip(missing, vecs)}
+                got = {t: v.astype(np.float32) for t, v in zip(missing, vecs, strict=True)}
                 cache.update(got)
                 while len(cache) > size:
                     cache.popitem(last=False)

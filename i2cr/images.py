@@ -85,7 +85,7 @@ class _Deadline:
         return ImageError("timeout", f"image URL did not finish downloading within "
                           f"{self.seconds:g} s (image_timeout)")
 
-    def __enter__(self) -> "_Deadline":
+    def __enter__(self) -> _Deadline:
         self._timer.start()
         return self
 

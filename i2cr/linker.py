@@ -7,7 +7,8 @@ but no state crosses mentions), so a distributed engine can map it over a corpus
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .data import Candidate, DataError, Mention, parse_candidates
 from .graph import Context, graph as default_graph
@@ -53,7 +54,7 @@ def result_record(m: Mention, out: dict[str, Any], elapsed: float) -> dict[str, 
 
 
 def error_record(rid: str, err: BaseException, label: str | None = None) -> dict[str, Any]:
-    rec = {"id": rid, "answer": None, "error": error_text(err)}
+    rec: dict[str, Any] = {"id": rid, "answer": None, "error": error_text(err)}
     if label is not None:
         rec["gold"], rec["correct"] = label, False
     return rec

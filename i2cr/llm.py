@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -81,13 +81,13 @@ class EmbeddedServer:
         self.n_threads = n_threads or int(os.environ.get("I2CR_LLM_THREADS", 0)) or os.cpu_count() or 1
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> "EmbeddedServer":
+    def start(self) -> EmbeddedServer:
         if self.proc is not None and self.proc.poll() is None:
             return self
         if importlib.util.find_spec("llama_cpp") is None:
@@ -232,7 +232,7 @@ def _scrubbing(cls: type) -> type:
     if cls in _SCRUBBING:
         return _SCRUBBING[cls]
 
-    class Scrubbing(cls):  # type: ignore[misc, valid-type]
+    class Scrubbing(cls):
         def _generate(self, *args: Any, **kwargs: Any) -> Any:
             try:
                 return _scrub_replies(super()._generate(*args, **kwargs))
@@ -327,7 +327,7 @@ def check_backend(settings: Any, *, timeout: float = 8.0) -> None:
                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
     if provider != "azure":
         base = str(getattr(model, "openai_api_base", None) or "https://api.openai.com/v1")
-        secret = getattr(model, "openai_api_key", None)
+        secret: Any = getattr(model, "openai_api_key", None)  # whatever this chat model holds
         api_key = secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret
         url = base.rstrip("/") + "/models"
         shown = _without_userinfo(url)

@@ -9,8 +9,10 @@ the network for a minute.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
+from types import ModuleType
 
 
 @contextlib.contextmanager
@@ -20,18 +22,20 @@ def hub_offline(enabled: bool = True) -> Iterator[None]:
         return
     old_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     os.environ["HF_HUB_OFFLINE"] = os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    # the constants of any huggingface_hub version, set through the module's namespace
+    hub_constants: ModuleType | None
     try:
-        import huggingface_hub.constants as hub_constants
+        hub_constants = importlib.import_module("huggingface_hub.constants")
     except ImportError:  # pragma: no cover - huggingface_hub comes with sentence-transformers
         hub_constants = None
     old_const = getattr(hub_constants, "HF_HUB_OFFLINE", None)
     if hub_constants is not None:
-        hub_constants.HF_HUB_OFFLINE = True
+        vars(hub_constants)["HF_HUB_OFFLINE"] = True
     try:
         yield
     finally:
         if hub_constants is not None:
-            hub_constants.HF_HUB_OFFLINE = old_const
+            vars(hub_constants)["HF_HUB_OFFLINE"] = old_const
         for k, v in old_env.items():
             if v is None:
                 os.environ.pop(k, None)

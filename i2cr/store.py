@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 LOG = logging.getLogger("i2cr.cache")
 MAGIC = b"i2c1"

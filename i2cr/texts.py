@@ -6,7 +6,8 @@ here, so a text encoded ahead of time is exactly the one a node asks for.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .ranker.names import clean
 

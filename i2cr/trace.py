@@ -14,7 +14,8 @@ are scrubbed (:mod:`i2cr.redact`), so no key can enter it.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .graph.trace_events import COLLECTOR
 from .redact import scrub
@@ -186,10 +187,12 @@ def render_tree(rec: dict[str, Any]) -> str:
                 desc += "  top: " + ", ".join(f"{t.get('name')} {t.get('score')}" for t in top)
         elif node == "icr":
             e = ev.get("icr", {})
-            desc = f"{e.get('choice')!r} cos {e.get('score')} vs α {e.get('threshold')}: {e.get('decision')}"
+            desc = (f"{e.get('choice')!r} cos {e.get('score')} vs α {e.get('threshold')}: "
+                    f"{e.get('decision')}")
         elif node == "iav":
             e = ev.get("iav", {})
-            desc = f"{e.get('choice')!r} {e.get('mode')} {e.get('score')} vs β {e.get('threshold')}: {e.get('decision')}"
+            desc = (f"{e.get('choice')!r} {e.get('mode')} {e.get('score')} vs β {e.get('threshold')}: "
+                    f"{e.get('decision')}")
         elif node == "vif":
             e = ev.get("tool_call", {})
             desc = (f"tool {e.get('tool')} ({e.get('how')}, {e.get('backend')}) → "

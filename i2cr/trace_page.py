@@ -109,14 +109,14 @@ def embeddable_image(ref: str | None, image_root: str | None, *,
         if not real.is_relative_to(root) or any(real.is_relative_to(n) for n in _NEVER):
             why = "outside the image root"
             continue
-        data, why = _read_regular(real)
-        if data is None:
+        content, why = _read_regular(real)
+        if content is None:
             continue
-        mime = _image_mime(data)
+        mime = _image_mime(content)
         if mime is None:
             why = "not an image"
             continue
-        return f"data:{mime};base64," + base64.b64encode(data).decode(), ""
+        return f"data:{mime};base64," + base64.b64encode(content).decode(), ""
     return None, f"image not embedded: {why}"
 
 
@@ -305,7 +305,8 @@ _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
 .controls{position:sticky;top:0;background:#fff;padding:.6em;border-bottom:1px solid #ddd;z-index:1}
 .controls label,.controls button{margin-right:1em}
-.mention{background:#fff;border-left:6px solid #adb5bd;margin:.6em 0;padding:.3em 1em;box-shadow:0 1px 2px #0002}
+.mention{background:#fff;border-left:6px solid #adb5bd;margin:.6em 0;padding:.3em 1em;\
+box-shadow:0 1px 2px #0002}
 .mention.ok{border-color:#2f9e44} .mention.bad{border-color:#e03131}
 summary{cursor:pointer;font-size:1.02em;padding:.2em 0} .verdict{font-weight:bold}
 .mention.ok .verdict{color:#2f9e44} .mention.bad .verdict{color:#e03131}
@@ -341,7 +342,8 @@ function apply() {
 function openAll(open) {
   for (const el of document.querySelectorAll('.mention:not(.hidden)')) el.open = open;
 }
-for (const id of ['only-wrong','route','change']) document.getElementById(id).addEventListener('change', apply);
+for (const id of ['only-wrong','route','change']) \
+document.getElementById(id).addEventListener('change', apply);
 document.getElementById('expand-all').addEventListener('click', () => openAll(true));
 document.getElementById('collapse-all').addEventListener('click', () => openAll(false));
 apply();
@@ -355,15 +357,18 @@ def _steps_table(steps: list[dict[str, Any]]) -> str:
         detail = ""
         if s["node"] == "icr" and "icr" in ev:
             e = ev["icr"]
-            detail = f"{e.get('choice')}: cos {e.get('score')} vs α {e.get('threshold')} → {e.get('decision')}"
+            detail = (f"{e.get('choice')}: cos {e.get('score')} vs α {e.get('threshold')} → "
+                      f"{e.get('decision')}")
         elif s["node"] == "iav" and "iav" in ev:
             e = ev["iav"]
-            detail = f"{e.get('choice')}: {e.get('mode')} {e.get('score')} vs β {e.get('threshold')} → {e.get('decision')}"
+            detail = (f"{e.get('choice')}: {e.get('mode')} {e.get('score')} vs β {e.get('threshold')} → "
+                      f"{e.get('decision')}")
         elif s["node"] == "tes":
             detail = f"→ {s.get('choice')}"
         elif s["node"] == "vif" and "tool_call" in ev:
             e = ev["tool_call"]
-            detail = f"{e.get('tool')} ({e.get('how')}): {_short(e.get('result') or scrub(e.get('error')) or '∅', 160)}"
+            detail = (f"{e.get('tool')} ({e.get('how')}): "
+                      f"{_short(e.get('result') or scrub(e.get('error')) or '∅', 160)}")
         elif s["node"] == "prepare":
             detail = f"image {s.get('image_status')}, IAV {s.get('iav_mode') or 'none'}"
         elif s["node"] == "final":
@@ -404,7 +409,8 @@ def _card(r: dict[str, Any], image_root: str | None, remote_images: bool) -> str
     ctx = ((r.get("trace") or {}).get("input") or {}).get("context", r.get("context"))
     if ctx:
         body.append(f"<p class='context'><b>Context</b>: {e(str(ctx))}</p>")
-    body.append(f"<p class='why-answer'><b>Why {e(answer if r.get('answer') is None else f'“{answer}”')}</b>: "
+    body.append(f"<p class='why-answer'><b>Why "
+                f"{e(answer if r.get('answer') is None else f'“{answer}”')}</b>: "
                 f"{e(why_answer(r, visits))}</p>")
     if gold_text:
         body.append(f"<p class='gold-rank'>{e(gold_text)}</p>")
@@ -443,7 +449,8 @@ def render_page(records: list[dict[str, Any]], *, title: str = "i2cr run",
 <meta name="referrer" content="no-referrer">
 <title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p class='summary'>{len(recs)} mentions{f', {wrong} wrong of {labelled} labelled (shown first)' if labelled else ''}.
+<p class='summary'>{len(recs)} mentions\
+{f', {wrong} wrong of {labelled} labelled (shown first)' if labelled else ''}.
 Click a card to see why it got its answer.</p>
 <div class="controls">
 <label><input type="checkbox" id="only-wrong"> wrong answers only</label>
@@ -451,7 +458,8 @@ Click a card to see why it got its answer.</p>
 <label>stage change <select id="change"><option value="">all</option>
 <option value="fixed_by_vif">fixed by VIF</option><option value="broken_by_vif">broken by VIF</option>
 <option value="unchanged">unchanged</option></select></label>
-<button id="expand-all" type="button">expand all</button><button id="collapse-all" type="button">collapse all</button>
+<button id="expand-all" type="button">expand all</button>\
+<button id="collapse-all" type="button">collapse all</button>
 <span id="count"></span></div>
 <main>{''.join(cards)}</main>
 <script type="application/json" id="page-info">{info}</script>

@@ -12,8 +12,7 @@ from fakes import ScriptedChatModel, tool_call
 from langchain_core.messages import AIMessage
 
 from i2cr.graph import Context, graph
-from i2cr.tools import ToolInput
-from i2cr.tools import azure as az
+from i2cr.tools import ToolInput, azure as az
 from i2cr.tools.cache import ClueCache
 from i2cr.tools.factory import build_tools
 

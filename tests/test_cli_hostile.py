@@ -12,11 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import tomllib
 from conftest import EXAMPLES, JORDAN_CANDIDATES, ROOT
 
 from i2cr import Context, link

@@ -185,8 +185,8 @@ def test_stage_answers_follow_the_runs_fallback():
 
 def test_prefetch_encodes_every_text_the_graph_asks_for(tmp_path):
     from i2cr.data import load_mentions
-    from i2cr.graph import Context, resources
     from i2cr.eval.runner import prefetch, run
+    from i2cr.graph import Context, resources
 
     items = load_mentions(EXAMPLES / "mentions.json", EXAMPLES / "labels.json")
     ctx = Context(embedding_cache=str(tmp_path / "store"))

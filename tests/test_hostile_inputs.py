@@ -311,6 +311,16 @@ def test_deeply_nested_json_record_loses_only_that_record(tmp_path):
     assert str(alone) in str(e.value)
 
 
+def test_deep_json_with_a_keyless_member_fails_as_a_whole(tmp_path):
+    # a malformed document is not salvaged: no record may come back without an id
+    data = tmp_path / "deep.json"
+    data.write_text('{"a": ' + json.dumps(GOOD) + ', "deep": {"mention": ' + DEEP + '}, '
+                    + json.dumps(GOOD) + "}")
+    with pytest.raises(DataError, match="nested too deeply") as e:
+        load_mentions(data, strict=False)
+    assert str(data) in str(e.value) and "\n" not in str(e.value)
+
+
 def test_deeply_nested_labels_are_a_one_line_error(tmp_path):
     labels = tmp_path / "labels.json"
     labels.write_text('{"a": ' + DEEP + "}")

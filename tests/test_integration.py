@@ -117,7 +117,8 @@ def test_the_readme_command_serves_the_embedded_gguf_for_openai_compat():
                   re.M)
     assert m, "the README shows the llama_cpp.server command and the link that uses it"
     argv = shlex.split(m.group(1))
-    assert argv[argv.index("--model") + 1] == "$(python -c 'from i2cr.llm import smollm2_gguf; print(smollm2_gguf())')"
+    assert argv[argv.index("--model") + 1] == (
+        "$(python -c 'from i2cr.llm import smollm2_gguf; print(smollm2_gguf())')")
     argv[argv.index("--model") + 1] = str(smollm2_gguf())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-
 import pytest
 from conftest import render_text_image
 
@@ -35,9 +34,8 @@ def test_unknown_embedder_fails_clearly_offline():
 
 
 def test_tiny_clip_scores_in_logit_units(tiny_clip_config, image_file):
-    from i2cr.images import IMAGES
-
     from i2cr.clip import ClipScorer
+    from i2cr.images import IMAGES
 
     clip = ClipScorer("i2cr-tiny-clip", None, model_config=tiny_clip_config)  # its own caches
     img = IMAGES.load(image_file)

@@ -209,7 +209,8 @@ def test_conditional_logit_learns_the_signal_and_icr_replay_matches_the_graph_ru
     assert w[0] > 0.5 and abs(w[1]) < w[0] / 3
     acc = np.mean([Y[i][np.argmax(((F[i] - mu) / sd) @ w)] for i in range(60)])
     assert acc > 0.7
-    scores, sims, gold = np.array([3.0, 2.0, 1.0, 0.0]), np.array([0.1, 0.5, 0.3, 0.9]), np.array([0, 1, 0, 0])
+    scores, sims = np.array([3.0, 2.0, 1.0, 0.0]), np.array([0.1, 0.5, 0.3, 0.9])
+    gold = np.array([0, 1, 0, 0])
     assert icr_replay(scores, sims, gold, alpha=0.0, reflections=3) == 0  # first choice stands
     assert icr_replay(scores, sims, gold, alpha=0.4, reflections=3) == 1  # 2nd passes
     assert icr_replay(scores, sims, np.array([0, 0, 0, 1]), 0.95, 3) == 1  # best cosine kept

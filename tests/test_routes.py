@@ -11,8 +11,7 @@ from conftest import CLUES
 from fakes import ScriptedChatModel, tool_call
 from langchain_core.messages import AIMessage
 
-from i2cr.graph import graph
-from i2cr.graph import resources
+from i2cr.graph import graph, resources
 from i2cr.texts import entity_text, icr_query
 
 ALWAYS = -1e9  # a threshold every score passes
@@ -27,7 +26,7 @@ def icr_scores(ctx, state, names):
     emb = resources.embedder(ctx)
     q = icr_query(state["mention"], state["context"], [])
     by = {c["name"]: c for c in state["candidates"]}
-    return dict(zip(names, emb.similarity(q, [entity_text(by[n]) for n in names])))
+    return dict(zip(names, emb.similarity(q, [entity_text(by[n]) for n in names]), strict=True))
 
 
 def events(out, kind):
@@ -289,9 +288,9 @@ def test_fallback_last_gives_the_last_rounds_answer_and_text_the_first(settings,
 
 def test_cumulative_clues_enter_later_rounds_queries(settings, jordan, image_file):
     fake = ScriptedChatModel(script=["Answer: Michael Jordan"] * 3)
-    out = run(jordan(image=image_file, precomputed_clues=dict(CLUES)),
-              settings(fake, icr_threshold=ALWAYS, iav_threshold=NEVER, vif_llm_choice=False,
-                       max_vif_rounds=2, clue_mode="cumulative"))
+    run(jordan(image=image_file, precomputed_clues=dict(CLUES)),
+        settings(fake, icr_threshold=ALWAYS, iav_threshold=NEVER, vif_llm_choice=False,
+                 max_vif_rounds=2, clue_mode="cumulative"))
     prompts = [c["messages"][-1] for c in fake.calls]
     assert CLUES["OCR text"] not in prompts[0]
     assert CLUES["OCR text"] in prompts[1] and CLUES["Caption"] not in prompts[1]

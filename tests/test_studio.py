@@ -95,7 +95,7 @@ def dev_server(tmp_path_factory):
             except httpx.HTTPError:
                 pass
             if time.monotonic() > cap:
-                pytest.fail(f"langgraph dev never answered /ok:\n"
+                pytest.fail("langgraph dev never answered /ok:\n"
                             + log.read_text(errors="replace")[-3000:])
             time.sleep(0.5)
         yield url

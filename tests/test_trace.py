@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -127,9 +128,13 @@ def test_html_page_in_headless_chromium(settings, tmp_path, image_file):
     drv = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
     try:
         drv.get(page.as_uri())
-        visible = lambda: [e for e in drv.find_elements(By.CSS_SELECTOR, ".mention") if e.is_displayed()]
+
+        def visible():
+            return [e for e in drv.find_elements(By.CSS_SELECTOR, ".mention") if e.is_displayed()]
+
         assert len(visible()) == 2
-        assert drv.find_element(By.ID, "m-m0").find_element(By.TAG_NAME, "img").get_attribute("src").startswith("data:image/png")
+        img = drv.find_element(By.ID, "m-m0").find_element(By.TAG_NAME, "img")
+        assert img.get_attribute("src").startswith("data:image/png")
         drv.find_element(By.ID, "only-wrong").click()  # the filter on wrong answers
         shown = visible()
         assert [e.get_attribute("id") for e in shown] == ["m-m1"]
@@ -188,7 +193,7 @@ def test_trace_of_each_scripted_route(settings, image_file, corrupt_image, case)
     rec = link_mention(m, settings(ScriptedChatModel(script=list(script)), **kw))
     steps = rec["trace"]["steps"]
     assert [s["node"] for s in steps] == rec["path"]
-    for a, b in zip(steps, steps[1:]):
+    for a, b in pairwise(steps):
         assert a["edge"]["to"] == b["node"] and a["edge"]["why"]
     assert steps[-1]["edge"]["to"] == "__end__"
     why = {s["node"]: s["edge"]["why"] for s in steps}

@@ -76,7 +76,7 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
     check_backend(settings)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
-    meta = {"wall_s": 0.0}
+    meta: dict[str, Any] = {"wall_s": 0.0}
     if resume and _meta_path(out).exists():
         meta = json.loads(_meta_path(out).read_text())
     elif not resume and results_path.exists():

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 def _eq(a: Any, b: Any) -> bool:

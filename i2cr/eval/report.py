@@ -51,7 +51,7 @@ def write_png(metrics: dict[str, Any], path: str | Path, title: str = "") -> Pat
     xs = range(len(rows))
     vals = [100 * v for _, v in rows]
     ax.plot(list(xs), vals, marker="o", color="#3b5bdb")
-    for x, v in zip(xs, vals):
+    for x, v in zip(xs, vals, strict=True):
         ax.annotate(f"{v:.1f}", (x, v), textcoords="offset points", xytext=(0, 7), ha="center",
                     fontsize=8)
     ax.set_xticks(list(xs))

@@ -16,12 +16,14 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from ..data import DataError, Mention
 from ..graph import Context
+from ..graph.state import Clue
 from ..linker import error_record, link_mention
 from .metrics import llm_failed
 
@@ -124,7 +126,7 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
             out.append(err)
             continue
         seen[rid] = 1
-        if isinstance(it, DataError) and getattr(it, "label", None) is None:
+        if isinstance(it, DataError) and it.label is None:
             it.label = labels.get(rid)
         out.append(it)
     if warn is not None and dups:
@@ -161,8 +163,9 @@ def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
             continue
         cands = [c.to_dict() for c in m.candidates]
         seq = clue_sequence(m.clues, settings.tool_names)
-        rounds = [[]] + [seq[: i + 1] if settings.query_clues == "cumulative" else seq[i:i + 1]
-                         for i in range(len(seq))]
+        rounds: list[list[Clue]] = [[]] + [
+            seq[: i + 1] if settings.query_clues == "cumulative" else seq[i:i + 1]
+            for i in range(len(seq))]
         if ranker is not None:
             texts.extend(ranker.entity_texts(cands))
             queries.extend(ranker.queries(m.mention, m.context, rounds))
@@ -205,7 +208,7 @@ def run_one(item: Mention | DataError, settings: Context,
     """One record's result; a bad record or a failure inside the graph becomes an error record
     (with its gold label when it has one, so that it is scored as a wrong answer)."""
     if isinstance(item, DataError):
-        return error_record(item.record or "?", item, getattr(item, "label", None))
+        return error_record(item.record or "?", item, item.label)
     try:
         return linker(item, settings)
     except (KeyboardInterrupt, SystemExit):

@@ -256,7 +256,7 @@ class Context:
                 if f.metadata.get("env", True) is not False}
 
     @classmethod
-    def from_overrides(cls, overrides: dict[str, Any] | None = None) -> "Context":
+    def from_overrides(cls, overrides: dict[str, Any] | None = None) -> Context:
         """Build from ``name -> value`` pairs, coercing strings (as from ``--set k=v``)."""
         overrides = dict(overrides or {})
         hints = typing.get_type_hints(cls)

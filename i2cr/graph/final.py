@@ -19,6 +19,7 @@ def final(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     fallback = settings_of(runtime).fallback_answer
     cands = state.get("candidates") or []
     rnd = state.get("round") or 1
+    answer: str | None
     if not cands:
         answer, reason = NIL, "no_candidates"
     elif state.get("iav_passed"):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Checkpointer
 
 from i2cr.graph.context import Context
 from i2cr.graph.final import final
@@ -17,7 +19,7 @@ from i2cr.graph.tes import tes
 from i2cr.graph.vif import vif
 
 
-def build_graph() -> StateGraph:
+def build_graph() -> StateGraph[State, Context, InputState, OutputState]:
     g = StateGraph(State, context_schema=Context, input_schema=InputState,
                    output_schema=OutputState)
     g.add_node("prepare", prepare)
@@ -36,7 +38,8 @@ def build_graph() -> StateGraph:
     return g
 
 
-def compile_graph(checkpointer: Any = None, **kwargs: Any):
+def compile_graph(checkpointer: Checkpointer = None,
+                  **kwargs: Any) -> CompiledStateGraph[State, Context, InputState, OutputState]:
     return build_graph().compile(checkpointer=checkpointer, name="i2cr", **kwargs)
 
 

@@ -18,10 +18,10 @@ from langgraph.runtime import Runtime
 from ..data import NIL
 from ..embeddings import ModelUnavailable
 from ..images import IMAGES, ImageError
+from ..texts import entity_text
 from . import resources
 from .context import Context, settings_of
 from .state import State
-from ..texts import entity_text
 
 
 def caption_text(state: State) -> str:
@@ -34,7 +34,10 @@ def iav_score(state: State, ctx: Context, name: str) -> tuple[float, float]:
     """(score, threshold) of the current mode for one candidate."""
     cand = next(c for c in state["candidates"] if c["name"] == name)
     if state.get("iav_mode") == "clip":
-        img = IMAGES.load(state["image"])
+        ref = state.get("image")
+        if ref is None:  # prepare chooses CLIP only for an image that loaded
+            raise ImageError("missing", "no image to compare with")
+        img = IMAGES.load(ref)
         score = resources.clip(ctx).score(img.image, [entity_text(cand)], image_key=img.sha256)[0]
         return score, ctx.iav_threshold
     sim = resources.embedder(ctx).similarity(caption_text(state), [entity_text(cand)])[0]

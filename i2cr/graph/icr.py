@@ -12,11 +12,11 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from ..data import NIL
+from ..texts import entity_text
 from . import resources
 from .context import Context, settings_of
-from .state import State
+from .state import State, Tried
 from .tes import allowed_candidates
-from ..texts import entity_text
 from .texts import round_query
 
 
@@ -39,7 +39,7 @@ def icr(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         return {**update, **_accept(state, choice, None, rnd)}
 
     score = icr_score(state, ctx, choice)
-    tried = [*(state.get("tried") or []), {"name": choice, "icr": score}]
+    tried: list[Tried] = [*(state.get("tried") or []), {"name": choice, "icr": score}]
     alpha = ctx.alpha
     passed = score >= alpha
     reflections = state.get("reflections") or 0

@@ -9,19 +9,20 @@ recorded.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langgraph.runtime import Runtime
 
 from ..data import NIL
 from ..matching import map_answer
-from ..redact import error_text
 from ..prompts import build_tes_messages
 from ..ranker import Ranking
+from ..redact import error_text
 from ..texts import entity_text
 from . import resources
 from .context import Context, settings_of
-from .state import State
+from .state import CandidateDict, State
 from .texts import round_clues, round_query
 from .trace_events import emit, prompt_text, tokens_of
 
@@ -29,18 +30,18 @@ RETRY_NOTE = ("Your previous reply named no candidate from the list. Reply with 
               "'Answer: <candidate name>' using a name from the list.")
 
 
-def allowed_candidates(state: State) -> list[dict[str, Any]]:
+def allowed_candidates(state: State) -> list[CandidateDict]:
     excluded = set(state.get("excluded") or [])
     return [c for c in state.get("candidates") or [] if c["name"] not in excluded]
 
 
-def rank_by_embedding(state: State, ctx: Context, cands: list[dict[str, Any]]) -> list[float]:
+def rank_by_embedding(state: State, ctx: Context, cands: Sequence[Mapping[str, Any]]) -> list[float]:
     emb = resources.embedder(ctx)
     q = round_query(state, ctx)
     return emb.similarity(q, [entity_text(c) for c in cands])
 
 
-def retrieval_ranking(state: State, ctx: Context, cands: list[dict[str, Any]]) -> Ranking:
+def retrieval_ranking(state: State, ctx: Context, cands: Sequence[Mapping[str, Any]]) -> Ranking:
     """The ranker's view of ``cands`` in this round (mention, context, round clues)."""
     return resources.ranker(ctx).rank(state["mention"], state.get("context", ""),
                                       round_clues(state, ctx.query_clues), cands)

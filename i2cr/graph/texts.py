@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..texts import query_for
 from .state import Clue
 
 
-def round_clues(state: dict[str, Any], mode: str) -> list[Clue]:
+def round_clues(state: Mapping[str, Any], mode: str) -> list[Clue]:
     """The clues this round's prompt and ICR query carry: in round 1 none; later either only the
     clue that opened the round (the paper) or every useful clue so far ('cumulative')."""
     clues = [c for c in state.get("clues") or [] if c.get("ok") and c.get("text", "").strip()]
@@ -17,7 +18,7 @@ def round_clues(state: dict[str, Any], mode: str) -> list[Clue]:
     return clues if mode == "cumulative" else clues[-1:]
 
 
-def round_query(state: dict[str, Any], settings: Any) -> str:
+def round_query(state: Mapping[str, Any], settings: Any) -> str:
     """The query TES's ranking and ICR compare with entity texts in the current round."""
     return query_for(state["mention"], state.get("context", ""),
                      round_clues(state, settings.query_clues), settings)

@@ -11,7 +11,8 @@ fenced and labelled as data, and the answer is mapped onto a candidate or NIL wh
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
@@ -47,7 +48,7 @@ def short_desc(desc: str, limit: int = 120) -> str:
     return out
 
 
-def _clue_block(clues: Sequence[dict[str, Any]], max_chars: int = 600) -> str:
+def _clue_block(clues: Sequence[Mapping[str, Any]], max_chars: int = 600) -> str:
     lines = []
     for c in clues:
         text = " ".join(str(c.get("text", "")).split())[:max_chars]
@@ -59,8 +60,8 @@ def _clue_block(clues: Sequence[dict[str, Any]], max_chars: int = 600) -> str:
     return "Visual clues (data from the image):\n<<<\n" + "\n".join(lines) + "\n>>>\n"
 
 
-def build_tes_messages(*, mention: str, context: str, candidates: Sequence[dict[str, Any]],
-                       excluded: Sequence[str] = (), clues: Sequence[dict[str, Any]] = (),
+def build_tes_messages(*, mention: str, context: str, candidates: Sequence[Mapping[str, Any]],
+                       excluded: Sequence[str] = (), clues: Sequence[Mapping[str, Any]] = (),
                        allow_nil: bool = False, desc_chars: int = 120, retry_note: str = ""
                        ) -> list:
     system = SYSTEM_PROMPT + (NIL_RULE.format(marker=ANSWER_MARKER) if allow_nil else "")

@@ -17,12 +17,15 @@ import io
 import os
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..redact import register, scrub
 from .base import ToolInput, ToolUnavailable, VisualTool
 from .builtin import CLUE_KEYS, DESCRIPTIONS
-from ..redact import register, scrub
 from .cache import ClueCache
+
+if TYPE_CHECKING:
+    from azure.ai.vision.imageanalysis import ImageAnalysisClient
 
 AZURE_MAX_BYTES = 20 * 1024 * 1024
 AZURE_MIN_SIDE = 50
@@ -68,7 +71,7 @@ def parse_result(result: Any) -> dict[str, Any]:
     caption = result.caption.text if result.caption else ""
     dense = "; ".join(c.text for c in (result.dense_captions.list if result.dense_captions else []))
     tags = "; ".join(t.name for t in (result.tags.list if result.tags else []))
-    lines = []
+    lines: list[str] = []
     if result.read:
         for block in result.read.blocks:
             lines.extend(line.text for line in block.lines)
@@ -98,7 +101,7 @@ class AzureVision:
         self._credential = credential
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.cache, self.language = cache, language
-        self._client = None
+        self._client: ImageAnalysisClient | None = None
         self._memo: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -116,7 +119,7 @@ class AzureVision:
         except Exception:  # noqa: BLE001
             return f"api{API_VERSION}"
 
-    def client(self):
+    def client(self) -> ImageAnalysisClient:
         if self._client is None:
             try:
                 from azure.ai.vision.imageanalysis import ImageAnalysisClient
@@ -178,7 +181,7 @@ class AzureVision:
                  VisualFeatures.TAGS, VisualFeatures.OBJECTS]
         ref = inp.image_ref or ""
         is_url = inp.is_url()
-        data = None
+        data: bytes | None = None  # None for a URL: the service fetches it
         if not is_url:
             img = inp.image()
             data = fit_for_azure(img.data, img.size, ref)  # limits checked before any call
@@ -186,7 +189,7 @@ class AzureVision:
         while True:
             self.requests += 1
             try:
-                if is_url:
+                if data is None:
                     result = self.client().analyze_from_url(image_url=ref, visual_features=feats,
                                                             language=self.language)
                 else:

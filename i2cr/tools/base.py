@@ -24,8 +24,9 @@ import inspect
 import shutil
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..images import IMAGES, ImageError, LoadedImage
 from ..redact import error_text, scrub
@@ -62,7 +63,7 @@ class ToolInput:
             return False
 
     def is_url(self) -> bool:
-        return bool(self.image_ref) and self.image_ref.startswith(("http://", "https://"))
+        return bool(self.image_ref and self.image_ref.startswith(("http://", "https://")))
 
     def image_reachable(self) -> bool:
         """A URL (a service fetches it) or a local image that decodes."""

@@ -51,7 +51,7 @@ def precomputed_tool(name: str) -> VisualTool:
 
     return VisualTool(name=name, description=DESCRIPTIONS[name], fn=fn, backend="precomputed",
                       needs_image=False,
-                      check=lambda inp: bool(inp.precomputed) and key in inp.precomputed)
+                      check=lambda inp: bool(inp.precomputed and key in inp.precomputed))
 
 
 def tesseract_ocr(inp: ToolInput) -> str:

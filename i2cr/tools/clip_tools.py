@@ -6,8 +6,9 @@ themselves unavailable and VIF does not offer them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.resources import files
-from typing import Any, Callable
+from typing import Any
 
 from .base import ToolInput, ToolUnavailable, VisualTool
 from .builtin import DESCRIPTIONS
@@ -26,7 +27,7 @@ def _ranked(inp: ToolInput, get_clip: Callable[[], Any]) -> list[tuple[str, floa
     img = inp.image()
     vocab = vocabulary()
     scores = clip.score(img.image, [f"a photo of {t}" for t in vocab], image_key=img.sha256)
-    return sorted(zip(vocab, scores), key=lambda x: -x[1])
+    return sorted(zip(vocab, scores, strict=True), key=lambda x: -x[1])
 
 
 def clip_tags_tool(get_clip: Callable[[], Any], k: int = 8) -> VisualTool:

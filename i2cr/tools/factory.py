@@ -6,7 +6,7 @@ Backends per tool (``tool_backend``: one for all, or ``ocr=tesseract,caption=azu
 |---|---|---|
 | ``precomputed`` | ocr, caption, dense_captions, tags, objects | the sample's ``mention_imgdesc_Azure`` |
 | ``tesseract`` | ocr | the ``tesseract`` binary |
-| ``azure`` | ocr, caption, dense_captions, tags, objects | ``VISION_ENDPOINT`` + ``VISION_KEY`` (or Entra ID) |
+| ``azure`` | ocr, caption, dense_captions, tags, objects | ``VISION_ENDPOINT`` + ``VISION_KEY`` or Entra ID |
 | ``clip`` | caption, tags | CLIP weights (zero-shot over a shipped vocabulary) |
 | ``auto`` | all | the first that can run: precomputed, then Azure if configured, then the local ones |
 
@@ -16,7 +16,8 @@ tool, backend and backend version.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .base import ToolInput, VisualTool, plugin_errors, registered_tools
 from .builtin import PAPER_ORDER, first_available, precomputed_tool, tesseract_tool
