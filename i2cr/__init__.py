@@ -3,9 +3,6 @@
 >>> from i2cr import link, graph, Context      # doctest: +SKIP
 """
 
-# i2cr.texts uses ranker.names and ranker.model uses i2cr.texts: the ranker package loads first,
-# whichever module a caller imports, until the cycle is broken (issue 13, item 6).
-from . import ranker  # noqa: F401
 from .data import NIL, Candidate, DataError, Mention, load_labels, load_mentions
 from .graph import Context, build_graph, compile_graph, graph
 from .linker import link, link_mention

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .ranker.names import clean
+from .names import clean
 
 
 def entity_text(cand: Mapping[str, Any]) -> str:

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from i2cr.names import clean, demonym_forms, is_acronym_of, mention_forms, title_parts
 from i2cr.ranker import FEATURES, Ranker, features, load_weights
-from i2cr.ranker.names import clean, demonym_forms, is_acronym_of, mention_forms, title_parts
 
 CANDS = [
     {"qid": "Q76", "name": "Barack Obama",

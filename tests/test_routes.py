@@ -263,7 +263,7 @@ def test_retrieval_event_scores_every_candidate_and_says_why_nil(jordan):
              Context(clue_cache="none"))
     ev = events(he, "tes_answer")[0]
     assert he["answer"] == "nil" and ev["p_link"] == 0.0 and "p_link" in ev["nil_reason"]
-    cands = [{**c, "prior": p} for c, p in zip(jordan()["candidates"], [1.0, 0.5, 0.3, 0.2])]
+    cands = [{**c, "prior": p} for c, p in zip(jordan()["candidates"], [1.0, 0.5, 0.3, 0.2], strict=True)]
     ev = events(run(jordan(candidates=cands), Context(clue_cache="none")), "tes_answer")[0]
     assert ev["model"] == "prior"
 

@@ -31,7 +31,7 @@ def load_sets(pairs: list[str], seed: int) -> tuple[list[Mention], list[str]]:
         raise SystemExit("calibrate: give DATA LABELS in pairs")
     mentions: list[Mention] = []
     datasets: list[str] = []
-    for data, labels in zip(pairs[::2], pairs[1::2]):
+    for data, labels in zip(pairs[::2], pairs[1::2], strict=True):
         got = [m for m in shuffle_candidates(load_mentions(data, labels, strict=False), seed)
                if isinstance(m, Mention)]
         mentions += got
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=5, help="folds for held-out NIL and α fitting")
     ap.add_argument("--seed", type=int, default=0, help="candidate shuffle seed")
     ap.add_argument("--l2", type=float, default=0.001,
-                    help="L2 penalty on standardised weights (0.001: best pooled leave-one-dataset-out on dev)")
+                    help="L2 penalty on standardised weights (0.001: best pooled LODO on dev)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="a setting of the context schema (e.g. embedder=...)")
     args = ap.parse_args(argv)

@@ -1,7 +1,7 @@
 """TES by retrieval: a candidate ranker with no LLM, for every entity type.
 
-- :mod:`.names`: title forms and mention forms (underscores, escapes, disambiguators, qualifiers,
-  possessives, initialisms, demonyms);
+- :mod:`i2cr.names` (shared with the KB and the texts the embedder compares): title forms and
+  mention forms (underscores, escapes, disambiguators, qualifiers, plurals, initialisms, demonyms);
 - :mod:`.features`: the feature rows;
 - :mod:`.model`: :class:`Ranker` (inputs, scores, probabilities, NIL) and the weights file;
 - :mod:`.fit`: fitting, NIL calibration and leave-one-dataset-out figures

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from rapidfuzz import fuzz
 
-from .names import demonym_forms, fold, is_acronym_of, mention_forms, strip_mention, title_parts
+from ..names import demonym_forms, fold, is_acronym_of, mention_forms, strip_mention, title_parts
 
 FEATURES = [
     # embedding
@@ -182,6 +183,7 @@ def features(mention: str, context: str, clue_text: str, candidates: Sequence[di
     pshare, ptop = prior_columns(candidates)
     rows = []
     for i, c in enumerate(candidates):
+        o = occ[i]
         t = title_parts(c["name"])
         desc = c.get("desc") or ""
         base_f, disp_f, full_f = fold(t.base), fold(t.display), fold(t.full)
@@ -226,6 +228,6 @@ def features(mention: str, context: str, clue_text: str, candidates: Sequence[di
             float(g_clue * sex), float(g_ctx * sex), g_words * sex, year_fit,
             float("Spouse:" in desc),
             before, child, alive, dead, era_paint, era_mono,
-            0.0 if occ[i] is None else occ[i] - occ_best, float(occ[i] is None),
+            0.0 if o is None else o - occ_best, float(o is None),
         ])
     return np.asarray(rows, dtype=np.float64).reshape(n, len(FEATURES))

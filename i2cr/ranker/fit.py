@@ -11,8 +11,9 @@ fits on every other dataset, NIL model and threshold included, before scoring th
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,12 +53,13 @@ class Example:
         return F
 
 
-def clue_sets(m: Mention, tool_names: Sequence[str]) -> list[tuple[str, list[dict[str, Any]]]]:
+def clue_sets(m: Mention, tool_names: Sequence[str]
+              ) -> list[tuple[str, Sequence[Mapping[str, Any]]]]:
     """(kind, clues) for every round the ranker can meet for this mention."""
     from ..graph.texts import clue_sequence
 
     seq = clue_sequence(m.clues, tool_names)
-    out: list[tuple[str, list[dict[str, Any]]]] = [("text", [])]
+    out: list[tuple[str, Sequence[Mapping[str, Any]]]] = [("text", [])]
     out += [(c["tool"], [c]) for c in seq]
     out += [(f"cumulative_{i + 1}", seq[: i + 1]) for i in range(1, len(seq))]
     return out
@@ -177,7 +179,7 @@ def nil_rows(examples: Sequence[Example], probs: Sequence[np.ndarray], model: st
     0 where the gold is not a candidate (a mention whose best is another candidate says nothing
     about NIL and is left out)."""
     X, y = [], []
-    for e, p in zip(examples, probs):
+    for e, p in zip(examples, probs, strict=True):
         if e.kind != "text" or not len(p):
             continue
         top_ok = bool(e.gold[int(np.argmax(p))])
@@ -251,7 +253,7 @@ def fit_model(examples: Sequence[Example], model: str, l2: float, folds: int) ->
     X, y = nil_rows(examples, held, model, own)
     nil = fit_nil(X, y, own)
     plinks = [link_probability(nil, e.text, p, e.X(model)) if e.kind == "text" else 1.0
-              for e, p in zip(examples, held)]
+              for e, p in zip(examples, held, strict=True)]
     threshold, sweep = choose_nil_threshold(examples, held, plinks)
     text = [i for i, e in enumerate(examples) if e.kind == "text" and not e.is_nil]
     cv = {"round1_top1_gold_in_candidates": round(float(np.mean(

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -210,7 +211,7 @@ class Ranker:
         known = [o for o in occs if o]
         osims: list[float | None] = [None] * len(cands)
         if known:
-            got = dict(zip(known, emb.similarity(cq, known)))
+            got = dict(zip(known, emb.similarity(cq, known), strict=True))
             osims = [got[o] if o else None for o in occs]
         clue_text = " ".join(str(c.get("text", "")) for c in clues)
         return features(mention, context, clue_text, cands, sims, csims, osims)

@@ -83,7 +83,7 @@ def title_parts(name: str) -> Title:
 def demonyms() -> dict[str, str]:
     """Folded demonym or adjectival form -> place title (from the shipped ``demonyms.tsv``)."""
     out: dict[str, str] = {}
-    text = files("i2cr.ranker").joinpath("demonyms.tsv").read_text(encoding="utf-8")
+    text = files("i2cr").joinpath("demonyms.tsv").read_text(encoding="utf-8")
     for line in text.splitlines():
         if not line.strip() or line.startswith("#"):
             continue
