@@ -236,18 +236,23 @@ def test_caption_bridge_when_no_image(settings, jordan):
     assert out["final_reason"] == "iav_passed_text"
 
 
-def test_retrieval_answers_nil_only_when_allowed_and_nothing_fits(jordan):
+def test_retrieval_answers_nil_only_when_allowed(jordan):
     from i2cr.graph import Context
 
     unrelated = [{"name": "Paris Hilton", "desc": "Name: Paris Hilton. Sex: female. Birth: 1981."},
                  {"name": "Amman", "desc": "Amman is the capital of a country in Western Asia."}]
     ctx = Context(clue_cache="none")
-    out = run(jordan(candidates=unrelated, allow_nil=True), ctx)
+    he = dict(mention="he", context="he dunks during the 1991 NBA Finals.", candidates=unrelated)
+    out = run(jordan(allow_nil=True, **he), ctx)
     assert out["answer"] == "nil" and out["path"] == ["prepare", "tes", "icr", "final"]
-    out = run(jordan(candidates=unrelated, allow_nil=False), ctx)
+    out = run(jordan(allow_nil=False, **he), ctx)
     assert out["answer"] in {"Paris Hilton", "Amman"}
     out = run(jordan(allow_nil=True), ctx)  # a fitting candidate is still chosen
     assert out["answer"] == "Michael Jordan"
+    # the NIL model's p_link is lower when nothing fits than when a candidate does
+    low = events(run(jordan(allow_nil=True, candidates=unrelated), ctx), "tes_answer")[0]
+    high = events(out, "tes_answer")[0]
+    assert low["p_link"] < high["p_link"]
 
 
 def test_retrieval_event_scores_every_candidate_and_says_why_nil(jordan):
