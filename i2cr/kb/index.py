@@ -118,7 +118,7 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
     entities = read_source(source, kind)  # raises on a missing source before anything is made
     out.mkdir(parents=True, exist_ok=True)
     db = lancedb.connect(str(out / DB))
-    table = db.open_table(TABLE) if TABLE in db.table_names() else None
+    table = db.open_table(TABLE) if TABLE in db.list_tables().tables else None
     if meta is None:
         meta = {"format": FORMAT, "embedder": embedder, "dim": None, "source": str(source),
                 "complete": False, "entities": 0, "bad": 0, "build_s": 0.0}

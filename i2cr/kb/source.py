@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..ranker.names import fold
 
+_QID = re.compile(r"^Q[1-9][0-9]*$")
 MAX_ALIASES = 50
 MAX_FIELD_CHARS = 4_000
 
@@ -91,6 +93,8 @@ def parse_entity(rec: Any) -> Entity:
     qid = rec.get("qid")
     if qid is not None and not isinstance(qid, (str, int)):
         raise ValueError("'qid' must be a string")
+    if not qid and _QID.match(str(rid).strip()):  # a Wikidata id is the entity's QID
+        qid = str(rid).strip()
     aliases = tuple(dict.fromkeys(a.strip()[:MAX_FIELD_CHARS] for a in aliases
                                   if a.strip() and a.strip() != name))[:MAX_ALIASES]
     return Entity(id=str(rid).strip(), name=name, desc=desc, aliases=aliases, prior=prior,
