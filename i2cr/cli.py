@@ -357,6 +357,7 @@ def cmd_kb_build(args: argparse.Namespace) -> int:
     settings = _settings(args)
     emb = resources.embedder(settings)
     meta = build(args.source, args.out, embedder=settings.embedder, encode=emb.raw_encode,
+                 dtype=emb.dtype,
                  kind=args.format, batch_size=args.batch_size, progress=not args.no_progress)
     print(json.dumps({k: meta.get(k) for k in ("entities", "bad", "embedder", "dim", "build_s",
                                                "size_bytes", "ann")}))

@@ -12,7 +12,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from ..texts import query_for
+from ..texts import entity_text, query_for
 from . import resources
 from .context import Context, settings_of
 from .state import State
@@ -30,10 +30,17 @@ def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ranked = kb.generate(mention, vector, ctx.kb_top_k)
     cands = candidates_of(ranked, ctx.kb_top_k)
     top = {c["name"] for c in cands}
+    latency = round(1000 * (time.perf_counter() - t0), 2)
+    emb = resources.embedder(ctx)
+    if kb.meta.get("dtype") == emb.dtype:  # the KB's vectors are the ones the ranker would compute
+        chosen = [e for e in ranked if e["name"] in top]
+        vecs = {e["id"]: e["_vector"] for e in chosen if e.get("_vector") is not None}
+        vecs.update(kb.vectors([e["id"] for e in chosen if e["id"] not in vecs]))
+        emb.remember({entity_text(e): vecs[e["id"]] for e in chosen if e["id"] in vecs})
     event = {
         "type": "kb_candidates", "kb": str(kb.path.name), "k": ctx.kb_top_k,
-        "latency_ms": round(1000 * (time.perf_counter() - t0), 2),
-        "generated": [{k: v for k, v in e.items() if k not in ("desc",)}
+        "latency_ms": latency,
+        "generated": [{k: v for k, v in e.items() if k not in ("desc", "_vector")}
                       for e in ranked if e["name"] in top],
         "ranked": [e["name"] for e in ranked],
     }

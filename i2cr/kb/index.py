@@ -97,7 +97,8 @@ def _say(msg: str) -> None:
 
 
 def build(source: str | Path, out: str | Path, *, embedder: str,
-          encode: Callable[[list[str]], np.ndarray], kind: str = "auto", batch_size: int = 1024,
+          encode: Callable[[list[str]], np.ndarray], dtype: str | None = None,
+          kind: str = "auto", batch_size: int = 1024,
           progress: bool = True, warn: Callable[[str], None] | None = _say,
           ann_min_rows: int = ANN_MIN_ROWS, stop_after: int | None = None) -> dict[str, Any]:
     """Build (or resume building) the KB at ``out`` from ``source``; returns its metadata.
@@ -123,6 +124,8 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
         meta = {"format": FORMAT, "embedder": embedder, "dim": None, "source": str(source),
                 "complete": False, "entities": 0, "bad": 0, "build_s": 0.0}
     meta.update(complete=False, source=str(source))
+    if dtype is not None:  # the precision the vectors were computed in (float32 / bfloat16)
+        meta.setdefault("dtype", dtype)
     _write_meta(out, meta)
     t0, base_s = time.perf_counter(), float(meta.get("build_s") or 0.0)
     added = skipped = bad = seen = batches = 0
@@ -248,7 +251,15 @@ class KB:
 
     def dense(self, vector: np.ndarray, n: int = POOL) -> list[dict[str, Any]]:
         return (self.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
-                .metric("cosine").select([*self._COLS, "_distance"]).limit(n).to_list())
+                .metric("cosine").select([*self._COLS, "vector", "_distance"]).limit(n).to_list())
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of these entity ids."""
+        if not ids:
+            return {}
+        rows = (self.table.search().where(f"id IN ({_sql_list(list(ids))})")
+                .select(["id", "vector"]).limit(len(ids)).to_list())
+        return {r["id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
 
     def generate(self, mention: str, vector: np.ndarray, k: int, n: int = POOL
                  ) -> list[dict[str, Any]]:
@@ -263,6 +274,7 @@ class KB:
         for rank, r in enumerate(den, 1):
             e = fused.setdefault(r["id"], _entry(r))
             e.update(dense_rank=rank, cos=round(1.0 - float(r["_distance"]), 4))
+            e["_vector"] = r["vector"]
             e["rrf"] += 1.0 / (RRF_K + rank)
         out = sorted(fused.values(), key=lambda e: (-e["rrf"], -(e.get("cos") or -1.0)))
         for e in out:
