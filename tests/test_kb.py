@@ -142,7 +142,7 @@ def test_cli_build_reports_bad_lines_and_exits_1(tmp_path):
 
 def test_a_dataset_source_gives_its_deduplicated_candidates(tmp_path):
     data = {"a": {"mention": "x", "mention_context": "", "Candentity": [
-                {"qid": "Q1", "name": "One", "desc": "d"}, {"name": "Two"}]},
+                {"qid": "Q1", "name": "One", "desc": "d", "prior": 0.9}, {"name": "Two"}]},
             "b": {"mention": "y", "mention_context": "", "Candentity": [
                 {"qid": "Q1", "name": "One again"}, {"name": "two"}, {"name": 5}]}}
     p = tmp_path / "d.json"
@@ -150,6 +150,7 @@ def test_a_dataset_source_gives_its_deduplicated_candidates(tmp_path):
     got = list(read_dataset(p))
     ents = [g for g in got if hasattr(g, "name")]
     assert [(e.id, e.name) for e in ents] == [("Q1", "One"), ("name:two", "Two")]
+    assert ents[0].prior is None  # a candidate's prior belongs to its mention, not the entity
     bad = [str(g) for g in got if not hasattr(g, "name")]
     assert bad == [f"{p} record b candidate 2: 'name' must be a string, not int; skipped"]
 

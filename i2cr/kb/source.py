@@ -2,7 +2,8 @@
 
 An entity line is ``{"id", "name", "aliases"?, "desc"?, "prior"?, "image"?, "qid"?}``. A dataset
 (I2CR/MELBench JSON or JSONL of mentions) gives the union of its candidate lists, deduplicated by
-QID, else by folded name. Both are read as a stream of :class:`Entity`; a bad line or candidate is
+QID, else by folded name, without the candidates' priors (each is p(entity | that mention), not
+a property of the entity). Both are read as a stream of :class:`Entity`; a bad line or candidate is
 yielded as a :class:`BadEntity` naming where it is and why, so the builder can report and count it.
 """
 
@@ -177,7 +178,8 @@ def read_dataset(path: str | Path) -> Iterator[Entity | BadEntity]:
                     if key == "name:":
                         raise ValueError("has no usable 'name'")
                     continue
-                ent = parse_entity({**c, "id": key})
+                # a candidate's prior is p(entity | this mention): not the entity's own prior
+                ent = parse_entity({**{f: v for f, v in c.items() if f != "prior"}, "id": key})
             except ValueError as e:
                 yield BadEntity(f"{path} record {rid} candidate {i}", str(e))
                 continue
