@@ -6,6 +6,7 @@
     i2cr trace RUN [MENTION_ID] [--html PAGE]
     i2cr bench DATA LABELS [-n N]
     i2cr graph
+    i2cr kb build SOURCE --out KBDIR
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def _settings(args: argparse.Namespace):
         overrides[k.strip()] = v
     if getattr(args, "llm", None):
         overrides["llm"] = args.llm
+    if getattr(args, "kb", None):
+        overrides["kb"] = args.kb
     try:
         return Context.from_overrides(overrides)
     except (ValueError, TypeError) as e:
@@ -118,8 +121,13 @@ def cmd_link(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _writable_file(args.out, "--out")
     gold = load_labels(args.labels) if args.labels else {}
+    if settings.kb:
+        from .kb import open_kb
+
+        open_kb(settings.kb, settings.embedder)  # missing or mismatched: refused up front
     items = load_mentions(args.file, gold, image_root=args.image_root, strict=False,
-                          allow_nil=True if args.allow_nil else None)
+                          allow_nil=True if args.allow_nil else None,
+                          candidates="optional" if settings.kb else "required")
     if not items:
         print(f"i2cr: no mentions to link in {args.file}", file=sys.stderr)
         return 2
@@ -322,6 +330,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{m['mentions']} mention(s), {m['labelled']} labelled, {m['errors']} error(s); "
           f"report: {out_dir}/report.md")
     bad = failures(m)
+    if "kb" in m:
+        from .kb.report import kb_lines
+
+        print("\n".join(kb_lines(m["kb"])))
     for b in bad:
         print(f"i2cr: {b}", file=sys.stderr)
     return 1 if bad else 0
@@ -336,6 +348,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     r = bench(args.data, args.labels, n=args.n, settings=settings, seed=args.seed)
     print(json.dumps(r, indent=2))
     return 0
+
+
+def cmd_kb_build(args: argparse.Namespace) -> int:
+    from .graph import resources
+    from .kb import build
+
+    settings = _settings(args)
+    emb = resources.embedder(settings)
+    meta = build(args.source, args.out, embedder=settings.embedder, encode=emb.raw_encode,
+                 dtype=emb.dtype,
+                 kind=args.format, batch_size=args.batch_size, progress=not args.no_progress)
+    print(json.dumps({k: meta.get(k) for k in ("entities", "bad", "embedder", "dim", "build_s",
+                                               "size_bytes", "ann")}))
+    return 1 if meta.get("bad") else 0
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
@@ -369,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--set", action="append", metavar="NAME=VALUE",
                     help="any setting of the context schema, e.g. --set icr_threshold=0.4")
     pl.add_argument("--allow-nil", action="store_true", help="let every mention be linked to NIL")
+    pl.add_argument("--kb", metavar="KBDIR", help="knowledge base (i2cr kb build) that generates "
+                    "the candidates of mentions given without any")
     pl.add_argument("--json", action="store_true",
                     help="print each result as a JSON record instead of a table row")
     pl.add_argument("--events", action="store_true",
@@ -420,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="any setting of the context schema, e.g. --set icr_threshold=0.4")
     pe.add_argument("--no-progress", action="store_true",
                     help="no progress lines (loading, embedding, linking)")
+    pe.add_argument("--kb", metavar="KBDIR", help="ignore the dataset's candidate lists: generate "
+                    "candidates from this knowledge base and report the generator's recall")
     pe.set_defaults(func=cmd_eval)
 
     pb = sub.add_parser("bench", help="time the offline pipeline against the raw model work",
@@ -433,6 +463,24 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--set", action="append", metavar="NAME=VALUE",
                     help="any setting of the context schema")
     pb.set_defaults(func=cmd_bench)
+
+    pk = sub.add_parser("kb", help="knowledge bases to link against (no candidate lists needed)")
+    ksub = pk.add_subparsers(dest="kb_command", required=True)
+    pkb = ksub.add_parser("build", help="build (or resume building) a KB index",
+                          description="Build a LanceDB entity index from a JSONL of entities "
+                          "({id, name, aliases?, desc?, prior?, image?}) or from the candidate "
+                          "lists of an I2CR/MELBench dataset. Rerun with the same --out to resume. "
+                          "Bad lines are reported and skipped; the exit code is 1 when any were.")
+    pkb.add_argument("source", help="entities JSONL, or a dataset (JSON or JSONL of mentions)")
+    pkb.add_argument("--out", required=True, metavar="KBDIR", help="folder of the KB")
+    pkb.add_argument("--format", choices=("auto", "entities", "dataset"), default="auto",
+                     help="what SOURCE is (default: guessed)")
+    pkb.add_argument("--batch-size", type=_count, default=1024, metavar="N",
+                     help="entities embedded and written per batch (default 1024)")
+    pkb.add_argument("--set", action="append", metavar="NAME=VALUE",
+                     help="settings, e.g. --set embedder=... (the KB records its embedder)")
+    pkb.add_argument("--no-progress", action="store_true", help="no progress lines")
+    pkb.set_defaults(func=cmd_kb_build)
 
     pg = sub.add_parser("graph", help="print the graph as Mermaid")
     pg.set_defaults(func=cmd_graph)

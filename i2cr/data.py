@@ -260,8 +260,10 @@ def parse_candidates(raw: Any, *, source: str, rid: str, fieldname: str = "Cande
 
 
 def parse_record(rec: Any, rid: str, *, source: str, image_root: str | None = None,
-                 label: str | None = None, allow_nil: bool | None = None) -> Mention:
-    """Validate one raw record and turn it into a :class:`Mention`."""
+                 label: str | None = None, allow_nil: bool | None = None,
+                 candidates: str = "required") -> Mention:
+    """Validate one raw record and turn it into a :class:`Mention`. ``candidates``: 'required',
+    'optional' (a KB generates them when absent) or 'ignored' (a KB generates them all)."""
     if not isinstance(rec, dict):
         raise DataError(f"expected an object, got {type(rec).__name__}", source=source, record=rid)
     mention = _req_str(rec, "mention", source=source, rid=rid)
@@ -278,9 +280,13 @@ def parse_record(rec: Any, rid: str, *, source: str, image_root: str | None = No
     if label is not None and label.strip().lower() == NIL:
         label, nil_ok = NIL, True
     key = "Candentity" if "Candentity" in rec else "candidates"
-    if key not in rec:
+    if candidates == "ignored" or (candidates == "optional" and not rec.get(key)):
+        cands = []
+    elif key not in rec:
         raise DataError("is missing", source=source, record=rid, field="Candentity")
-    cands = parse_candidates(rec[key], source=source, rid=rid, fieldname=key, allow_empty=nil_ok)
+    else:
+        cands = parse_candidates(rec[key], source=source, rid=rid, fieldname=key,
+                                 allow_empty=nil_ok)
     clues = rec.get("mention_imgdesc_Azure", rec.get("clues"))
     if clues is not None and not isinstance(clues, dict):
         raise DataError("must be an object of clue type -> text", source=source, record=rid,
@@ -468,9 +474,10 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
 
 def load_mentions(path: str | Path, labels: str | Path | dict[str, str] | None = None, *,
                   image_root: str | None = None, allow_nil: bool | None = None,
-                  strict: bool = True) -> list[Mention | DataError]:
+                  strict: bool = True, candidates: str = "required") -> list[Mention | DataError]:
     """Load every mention of a file. With ``strict`` the first bad record raises; otherwise bad
-    records come back as :class:`DataError` items in place, so a run can record and skip them."""
+    records come back as :class:`DataError` items in place, so a run can record and skip them.
+    ``candidates`` as for :func:`parse_record`."""
     gold = load_labels(labels) if isinstance(labels, (str, Path)) else (labels or {})
     if image_root is None:
         image_root = str(Path(path).parent)
@@ -480,7 +487,8 @@ def load_mentions(path: str | Path, labels: str | Path | dict[str, str] | None =
             if isinstance(rec, DataError):
                 raise rec
             out.append(parse_record(rec, rid, source=str(path), image_root=image_root,
-                                    label=gold.get(rid), allow_nil=allow_nil))
+                                    label=gold.get(rid), allow_nil=allow_nil,
+                                    candidates=candidates))
         except DataError as e:
             if strict:
                 raise

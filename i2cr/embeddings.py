@@ -199,6 +199,16 @@ class Embedder:
                 return np.zeros((0, 1), dtype=np.float32)
             return np.stack([cache[t] if t in cache else got[t] for t in texts])
 
+    def remember(self, items: dict[str, np.ndarray]) -> None:
+        """Take entity vectors computed elsewhere by this same model (a KB's stored vectors), so
+        that the texts are not encoded again."""
+        with self._lock:
+            for t, v in items.items():
+                self._cache[t] = np.asarray(v, dtype=np.float32)
+                self._cache.move_to_end(t)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+
     def raw_encode(self, texts: Sequence[str]) -> np.ndarray:
         """The model alone: normalised float32 vectors, no cache (the benchmark times this)."""
         return self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,

@@ -78,25 +78,46 @@ def link_mention(m: Mention, settings: Context | None = None, *, graph: Any = No
     return rec
 
 
-def link(mention: str, context: str, candidates: Sequence[dict[str, Any] | str | Candidate], *,
+def link(mention: str, context: str,
+         candidates: Sequence[dict[str, Any] | str | Candidate] | None = None, *,
          image: str | None = None, allow_nil: bool = False, clues: dict[str, Any] | None = None,
-         settings: Context | None = None, **overrides: Any) -> dict[str, Any]:
+         kb: str | None = None, settings: Context | None = None, **overrides: Any
+         ) -> dict[str, Any]:
     """Link one mention. ``candidates`` are dicts with ``name`` and ``desc`` (or plain names).
 
     >>> link("Jordan", "Jordan dunks in the 1991 finals", [{"name": "Michael Jordan", "desc": ...},
     ...      {"name": "Jordan (country)", "desc": ...}], llm="openai:gpt-4o")   # doctest: +SKIP
 
-    Raises :class:`i2cr.llm.BackendError` when the LLM backend cannot be set up or reached.
+    Without candidates, give a knowledge base (``kb="KBDIR"``, built with ``i2cr kb build``):
+    the graph's retrieve node generates them.
+
+    >>> link("Jordan", "Jordan dunks in the 1991 finals", kb="my_kb")   # doctest: +SKIP
+
+    Raises :class:`i2cr.llm.BackendError` when the LLM backend cannot be set up or reached,
+    :class:`i2cr.kb.KBError` when the KB is missing, unfinished or made with another embedder.
     """
+    if kb is not None:
+        overrides = {**overrides, "kb": kb}
     if settings is None:
         settings = Context.from_overrides(overrides)
-    elif overrides:
+    elif set(overrides) - {"kb"}:
         raise TypeError("pass either settings or keyword overrides, not both")
+    elif kb is not None:
+        from dataclasses import replace
+
+        settings = replace(settings, kb=kb)
     from .llm import check_backend
 
     check_backend(settings)  # a bad spec, key or endpoint fails here, not as silent fallbacks
-    raw = [c.to_dict() if isinstance(c, Candidate) else c for c in candidates]
-    cands = parse_candidates(raw, source="link()", rid="0", allow_empty=allow_nil)
+    if settings.kb:
+        from .kb import open_kb
+
+        open_kb(settings.kb, settings.embedder)  # missing or mismatched: refused before linking
+    elif candidates is None:
+        raise TypeError("link() needs candidates, or a knowledge base (kb=...) to generate them")
+    raw = [c.to_dict() if isinstance(c, Candidate) else c for c in candidates or []]
+    cands = parse_candidates(raw, source="link()", rid="0",
+                             allow_empty=allow_nil or bool(settings.kb))
     if not mention or not mention.strip():
         raise DataError("is empty", source="link()", field="mention")
     m = Mention(id="0", mention=mention, context=context or "", candidates=cands, image=image,

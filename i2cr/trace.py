@@ -30,6 +30,8 @@ def _edge_reason(step: dict[str, Any], nxt: str) -> str:
         if nxt == "final":
             return "no candidates"
         return f"image {step.get('image_status')}; IAV mode {step.get('iav_mode') or 'none'}"
+    if node == "retrieve":
+        return f"{len(ev.get('kb_candidates', {}).get('generated') or [])} candidate(s) from the KB"
     if node == "tes":
         return f"check the choice {step.get('choice')!r}"
     if node == "icr":
@@ -193,6 +195,11 @@ def render_tree(rec: dict[str, Any]) -> str:
             e = ev.get("iav", {})
             desc = (f"{e.get('choice')!r} {e.get('mode')} {e.get('score')} vs β {e.get('threshold')}: "
                     f"{e.get('decision')}")
+        elif node == "retrieve":
+            e = ev.get("kb_candidates", {})
+            desc = (f"{len(e.get('generated') or [])} candidate(s) from KB {e.get('kb')!r}: "
+                    + ", ".join(f"{g.get('name')} {g.get('rrf')}" for g in
+                                (e.get("generated") or [])[:3]))
         elif node == "vif":
             e = ev.get("tool_call", {})
             desc = (f"tool {e.get('tool')} ({e.get('how')}, {e.get('backend')}) → "

@@ -62,8 +62,13 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
     if out.exists() and not out.is_dir():
         raise DataError("--out-dir names a file, not a folder", source=str(out))
     gold = load_labels(labels) if labels else {}
-    items: list[Mention | DataError] = load_mentions(data, gold, image_root=image_root,
-                                                     strict=False)
+    if settings.kb:  # the KB generates every candidate; the dataset's lists are not read
+        from ..kb import open_kb
+
+        open_kb(settings.kb, settings.embedder)
+    items: list[Mention | DataError] = load_mentions(
+        data, gold, image_root=image_root, strict=False,
+        candidates="ignored" if settings.kb else "required")
     if not items:
         raise DataError("no mentions to evaluate in the file", source=str(data))
     if not keep_order:
@@ -116,8 +121,18 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
             recs.append(r)
     m = M.compute(recs, wall_s=meta["wall_s"], max_vif=max(settings.vif_cap, 1), segment=stats)
     m["info"] = info
+    if settings.kb:
+        from ..kb.report import kb_metrics
+
+        m["kb"] = kb_metrics(recs, settings.kb)
+        m["kb"]["top_k"] = settings.kb_top_k
     (out / "metrics.json").write_text(json.dumps(m, indent=2, default=str))
     write_png(m, out / "stages.png", title=f"{Path(str(data)).name}: top-1 by stage "
               f"({m['labelled']} mentions, {info['strategy']})")
-    (out / "report.md").write_text(markdown(m, info))
+    report = markdown(m, info)
+    if "kb" in m:
+        from ..kb.report import kb_lines
+
+        report += "\n## Knowledge base\n\n" + "\n".join(f"- {x}" for x in kb_lines(m["kb"])) + "\n"
+    (out / "report.md").write_text(report)
     return m

@@ -135,6 +135,13 @@ class Context:
     clue_cache: str | None = field(default="~/.cache/i2cr/clues", metadata={"description": (
         "Folder of the on-disk clue cache for live tool backends; 'none' switches it off.")})
 
+    # --- knowledge base (candidate generation) ------------------------------------------------
+    kb: str | None = field(default=None, metadata={"description": (
+        "Folder of a knowledge base built with `i2cr kb build`: a mention given without "
+        "candidates gets its candidates from it (the retrieve node); None: no KB.")})
+    kb_top_k: int = field(default=10, metadata={"description": (
+        "Candidates the KB generates per mention (lexical and dense hits, fused by rank).")})
+
     trace_prompts: bool = field(default=True, metadata={"description": (
         "Keep full LLM prompts in each mention's trace (off makes result files smaller).")})
 
@@ -165,6 +172,8 @@ class Context:
             raise ValueError(f"embed_dtype must be auto, float32 or bfloat16, not {self.embed_dtype!r}")
         if self.fallback not in {"auto", "text", "last"}:
             raise ValueError(f"fallback must be auto, text or last, not {self.fallback!r}")
+        if self.kb_top_k < 1:
+            raise ValueError(f"kb_top_k must be >= 1, not {self.kb_top_k}")
         self._check_tools()
 
     def _check_tools(self) -> None:

@@ -1,4 +1,4 @@
-"""Build and compile the I2CR graph: prepare -> TES -> ICR -> IAV -> VIF -> ... -> final."""
+"""Build and compile the I2CR graph: [retrieve ->] prepare -> TES -> ICR -> IAV -> VIF -> ... -> final."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from i2cr.graph.final import final
 from i2cr.graph.iav import iav
 from i2cr.graph.icr import icr
 from i2cr.graph.prepare import prepare
-from i2cr.graph.routes import after_iav, after_icr, after_prepare, after_vif
+from i2cr.graph.retrieve import retrieve
+from i2cr.graph.routes import after_iav, after_icr, after_prepare, after_vif, from_start
 from i2cr.graph.state import InputState, OutputState, State
 from i2cr.graph.tes import tes
 from i2cr.graph.vif import vif
@@ -22,13 +23,15 @@ from i2cr.graph.vif import vif
 def build_graph() -> StateGraph[State, Context, InputState, OutputState]:
     g = StateGraph(State, context_schema=Context, input_schema=InputState,
                    output_schema=OutputState)
+    g.add_node("retrieve", retrieve)
     g.add_node("prepare", prepare)
     g.add_node("tes", tes)
     g.add_node("icr", icr)
     g.add_node("iav", iav)
     g.add_node("vif", vif)
     g.add_node("final", final)
-    g.add_edge(START, "prepare")
+    g.add_conditional_edges(START, from_start, ["retrieve", "prepare"])
+    g.add_edge("retrieve", "prepare")
     g.add_conditional_edges("prepare", after_prepare, ["tes", "final"])
     g.add_edge("tes", "icr")
     g.add_conditional_edges("icr", after_icr, ["tes", "iav", "final"])

@@ -12,6 +12,13 @@ from .state import State
 from .vif import unused_tools
 
 
+def from_start(state: State, runtime: Runtime[Context]) -> Literal["retrieve", "prepare"]:
+    """A mention without candidates goes to the KB first, when a KB is configured."""
+    if not state.get("candidates") and settings_of(runtime).kb:
+        return "retrieve"
+    return "prepare"
+
+
 def after_prepare(state: State) -> Literal["tes", "final"]:
     return "tes" if state.get("candidates") else "final"
 

@@ -20,6 +20,7 @@ class CandidateDict(TypedDict, total=False):
     name: str
     desc: str
     qid: str
+    prior: float
 
 
 class Clue(TypedDict):

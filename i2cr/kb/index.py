@@ -1,0 +1,327 @@
+"""A knowledge base on disk: a LanceDB table of entities with a dense vector each (the ICR
+embedder over the entity text) and a full-text index over their names and aliases.
+
+A KB folder holds ``kb.json`` (the embedder, the vector size, the build's counts and time, whether
+the build finished) and the LanceDB database ``lance/``. The build streams its source in batches
+(bounded memory), skips ids already in the table (so an interrupted build resumes), reports
+progress on stderr and refuses a KB made with another embedder.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import DataError
+from ..names import fold, title_parts
+from ..texts import entity_text
+from .source import BadEntity, Entity, read_source
+
+META = "kb.json"
+DB = "lance"
+TABLE = "entities"
+FORMAT = 1
+ANN_MIN_ROWS = 50_000  # below this an exact (flat) vector search is fast enough and exact
+RRF_K = 60
+POOL = 50  # lexical and dense hits fused per query (and the recall@50 horizon)
+
+
+class KBError(DataError):
+    """A KB that cannot be built or used: missing, unfinished, or made with another embedder."""
+
+
+def lex_text(ent: Entity) -> str:
+    """The full-text field: the folded forms of the name (whole, without its disambiguator, the
+    base) and of every alias, so 'St._Louis,_Missouri' is found by 'st louis'."""
+    forms: list[str] = []
+    for n in (ent.name, *ent.aliases):
+        t = title_parts(n)
+        forms += [fold(t.full), fold(t.display), fold(t.base)]
+    return " | ".join(dict.fromkeys(f for f in forms if f))
+
+
+def _lancedb():
+    try:
+        import lancedb
+    except ImportError:
+        raise KBError("needs LanceDB: pip install 'i2cr[kb]' (or pip install lancedb)") from None
+    return lancedb
+
+
+def _schema(dim: int):
+    import pyarrow as pa
+
+    return pa.schema([
+        ("id", pa.string()), ("name", pa.string()), ("desc", pa.string()),
+        ("aliases", pa.list_(pa.string())), ("prior", pa.float64()), ("qid", pa.string()),
+        ("image", pa.string()), ("lex", pa.string()), ("vector", pa.list_(pa.float32(), dim)),
+    ])
+
+
+def read_meta(kb_dir: str | Path) -> dict[str, Any]:
+    p = Path(kb_dir) / META
+    if not p.is_file():
+        raise KBError(f"is not a knowledge base (no {META}; build one with `i2cr kb build`)",
+                      source=str(kb_dir))
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise KBError(f"unreadable {META} ({type(e).__name__})", source=str(kb_dir)) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not meta.get("embedder"):
+        raise KBError(f"{META} is not a KB description of format {FORMAT}", source=str(kb_dir))
+    return meta
+
+
+def _write_meta(kb_dir: Path, meta: dict[str, Any]) -> None:
+    tmp = kb_dir / (META + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    tmp.replace(kb_dir / META)
+
+
+def _sql_list(ids: Sequence[str]) -> str:
+    return ", ".join("'" + i.replace("'", "''") + "'" for i in ids)
+
+
+def dir_size(path: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def _say(msg: str) -> None:
+    print(f"i2cr kb: {msg}", file=sys.stderr, flush=True)
+
+
+def build(source: str | Path, out: str | Path, *, embedder: str,
+          encode: Callable[[list[str]], np.ndarray], dtype: str | None = None,
+          kind: str = "auto", batch_size: int = 1024,
+          progress: bool = True, warn: Callable[[str], None] | None = _say,
+          ann_min_rows: int = ANN_MIN_ROWS, stop_after: int | None = None) -> dict[str, Any]:
+    """Build (or resume building) the KB at ``out`` from ``source``; returns its metadata.
+
+    ``encode`` turns entity texts into L2-normalised vectors (the embedder named ``embedder``).
+    Bad source lines are reported through ``warn`` one line each and counted in ``bad``.
+    ``stop_after`` stops after that many batches, leaving the build unfinished (tests use it to
+    interrupt a build)."""
+    lancedb = _lancedb()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise KBError("names a file, not a folder", source=str(out))
+    existing = (out / META).is_file()
+    meta = read_meta(out) if existing else None
+    if meta and meta["embedder"] != embedder:
+        raise KBError(f"was built with embedder {meta['embedder']!r}, not {embedder!r}: build into "
+                      "a new folder, or use the same embedder", source=str(out))
+    entities = read_source(source, kind)  # raises on a missing source before anything is made
+    out.mkdir(parents=True, exist_ok=True)
+    db = lancedb.connect(str(out / DB))
+    table = db.open_table(TABLE) if TABLE in db.list_tables().tables else None
+    if meta is None:
+        meta = {"format": FORMAT, "embedder": embedder, "dim": None, "source": str(source),
+                "complete": False, "entities": 0, "bad": 0, "build_s": 0.0}
+    meta.update(complete=False, source=str(source))
+    if dtype is not None:  # the precision the vectors were computed in (float32 / bfloat16)
+        meta.setdefault("dtype", dtype)
+    _write_meta(out, meta)
+    t0, base_s = time.perf_counter(), float(meta.get("build_s") or 0.0)
+    added = skipped = bad = seen = batches = 0
+    last_report = 0.0
+
+    def flush(batch: list[Entity]) -> None:
+        nonlocal table, added, skipped
+        ids = list(dict.fromkeys(e.id for e in batch))
+        if table is not None:
+            have = {r["id"] for r in table.search().where(f"id IN ({_sql_list(ids)})")
+                    .select(["id"]).limit(len(ids)).to_list()}
+        else:
+            have = set()
+        fresh, taken = [], set(have)
+        for e in batch:
+            if e.id in taken:
+                skipped += 1
+                continue
+            taken.add(e.id)
+            fresh.append(e)
+        if not fresh:
+            return
+        vecs = np.asarray(encode([entity_text({"name": e.name, "desc": e.desc}) for e in fresh]),
+                          dtype=np.float32)
+        if vecs.ndim != 2 or len(vecs) != len(fresh) or not np.isfinite(vecs).all():
+            raise KBError(f"the embedder returned {vecs.shape} vectors for {len(fresh)} texts",
+                          source=str(out))
+        if meta["dim"] is None:
+            meta["dim"] = int(vecs.shape[1])
+        elif meta["dim"] != vecs.shape[1]:
+            raise KBError(f"holds {meta['dim']}-d vectors; the embedder gives {vecs.shape[1]}-d",
+                          source=str(out))
+        rows = [{"id": e.id, "name": e.name, "desc": e.desc, "aliases": list(e.aliases),
+                 "prior": e.prior, "qid": e.qid, "image": e.image, "lex": lex_text(e),
+                 "vector": v} for e, v in zip(fresh, vecs, strict=True)]
+        if table is None:
+            table = db.create_table(TABLE, schema=_schema(meta["dim"]))
+        table.add(rows)
+        added += len(rows)
+
+    batch: list[Entity] = []
+    for item in entities:
+        if isinstance(item, BadEntity):
+            bad += 1
+            if warn is not None:
+                warn(str(item))
+            continue
+        seen += 1
+        batch.append(item)
+        if len(batch) >= batch_size:
+            flush(batch)
+            batch, batches = [], batches + 1
+            meta.update(build_s=base_s + time.perf_counter() - t0)
+            _write_meta(out, meta)
+            now = time.perf_counter()
+            if progress and now - last_report > 2.0:
+                last_report = now
+                _say(f"{seen:,} entities read, {added:,} added, {skipped:,} already there, "
+                     f"{bad:,} bad ({seen / max(now - t0, 1e-9):,.0f}/s)")
+            if stop_after is not None and batches >= stop_after:
+                return meta
+    if batch:
+        flush(batch)
+    if table is None:
+        raise KBError(f"no usable entity in the source ({bad} bad line(s))", source=str(source))
+    if progress:
+        _say(f"{seen:,} entities read, {added:,} added, {skipped:,} already there, {bad:,} bad; "
+             "indexing ...")
+    table.optimize()  # compact the batches' fragments
+    from lancedb.index import FTS
+
+    table.create_index("lex", config=FTS(stem=False, remove_stop_words=False, ascii_folding=True),
+                       replace=True)
+    rows = table.count_rows()
+    ann = rows >= ann_min_rows
+    if ann:
+        parts = max(1, int(rows ** 0.5))
+        table.create_index(metric="cosine", vector_column_name="vector", index_type="IVF_HNSW_SQ",
+                           num_partitions=parts, replace=True)
+    meta.update(complete=True, entities=rows, bad=bad, added_now=added, skipped_now=skipped,
+                ann=ann, build_s=round(base_s + time.perf_counter() - t0, 3))
+    _write_meta(out, meta)
+    meta["size_bytes"] = dir_size(out)
+    _write_meta(out, meta)
+    if progress:
+        _say(f"done: {rows:,} entities in {out} ({meta['size_bytes'] / 2 ** 20:.1f} MB, "
+             f"{meta['build_s']:.1f}s, {bad} bad line(s) skipped)")
+    return meta
+
+
+class KB:
+    """An opened, finished KB: lexical, dense and fused search."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.meta = read_meta(self.path)
+        if not self.meta.get("complete"):
+            raise KBError("its build did not finish; rerun `i2cr kb build` with the same source "
+                          "and --out to resume it", source=str(self.path))
+        self.table = _lancedb().connect(str(self.path / DB)).open_table(TABLE)
+
+    @property
+    def embedder(self) -> str:
+        return self.meta["embedder"]
+
+    def check_embedder(self, name: str) -> None:
+        if name != self.embedder:
+            raise KBError(f"was built with embedder {self.embedder!r}; this run uses {name!r}. "
+                          f"Query it with --set embedder={self.embedder}, or rebuild the KB",
+                          source=str(self.path))
+
+    _COLS = ["id", "name", "desc", "qid", "prior"]
+
+    def lexical(self, mention: str, n: int = POOL) -> list[dict[str, Any]]:
+        from ..names import demonym_forms, mention_forms
+
+        words = " ".join(dict.fromkeys(" ".join((*mention_forms(mention),
+                                                 *demonym_forms(mention))).split()))
+        if not words:
+            return []
+        return (self.table.search(words, query_type="fts", fts_columns="lex")
+                .select([*self._COLS, "_score"]).limit(n).to_list())
+
+    def dense(self, vector: np.ndarray, n: int = POOL) -> list[dict[str, Any]]:
+        return (self.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
+                .metric("cosine").select([*self._COLS, "vector", "_distance"]).limit(n).to_list())
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of these entity ids."""
+        if not ids:
+            return {}
+        rows = (self.table.search().where(f"id IN ({_sql_list(list(ids))})")
+                .select(["id", "vector"]).limit(len(ids)).to_list())
+        return {r["id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
+
+    def generate(self, mention: str, vector: np.ndarray, k: int, n: int = POOL
+                 ) -> list[dict[str, Any]]:
+        """The fused ranking (reciprocal rank fusion of lexical and dense hits), best first, at
+        most ``max(k, n)`` entries, each with its scores."""
+        lex, den = self.lexical(mention, n), self.dense(vector, n)
+        fused: dict[str, dict[str, Any]] = {}
+        for rank, r in enumerate(lex, 1):
+            e = fused.setdefault(r["id"], _entry(r))
+            e.update(lex_rank=rank, lex_score=round(float(r["_score"]), 4))
+            e["rrf"] += 1.0 / (RRF_K + rank)
+        for rank, r in enumerate(den, 1):
+            e = fused.setdefault(r["id"], _entry(r))
+            e.update(dense_rank=rank, cos=round(1.0 - float(r["_distance"]), 4))
+            e["_vector"] = r["vector"]
+            e["rrf"] += 1.0 / (RRF_K + rank)
+        out = sorted(fused.values(), key=lambda e: (-e["rrf"], -(e.get("cos") or -1.0)))
+        for e in out:
+            e["rrf"] = round(e["rrf"], 5)
+        return out[: max(k, n)]
+
+
+def _entry(r: dict[str, Any]) -> dict[str, Any]:
+    e = {"id": r["id"], "name": r["name"], "desc": r.get("desc") or "", "rrf": 0.0}
+    if r.get("qid"):
+        e["qid"] = r["qid"]
+    if r.get("prior") is not None and r["prior"] == r["prior"]:
+        e["prior"] = float(r["prior"])
+    return e
+
+
+_OPEN: dict[tuple[str, int], KB] = {}
+_LOCK = threading.Lock()
+
+
+def open_kb(path: str | Path, embedder: str | None = None) -> KB:
+    """The KB at ``path`` (opened once per process and build), checked against ``embedder``."""
+    p = Path(path).expanduser().resolve()
+    try:
+        stamp = (p / META).stat().st_mtime_ns
+    except OSError:
+        stamp = -1
+    with _LOCK:
+        kb = _OPEN.get((str(p), stamp))
+        if kb is None:
+            kb = _OPEN[(str(p), stamp)] = KB(p)
+    if embedder is not None:
+        kb.check_embedder(embedder)
+    return kb
+
+
+def candidates_of(ranked: Iterable[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """The graph candidates (name, desc, qid, prior) of the first ``k`` generated entries."""
+    keep = ("name", "desc", "qid", "prior")
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for e in ranked:
+        if len(out) >= k:
+            break
+        if e["name"].lower() in seen:  # names must be unique among a mention's candidates
+            continue
+        seen.add(e["name"].lower())
+        out.append({f: e[f] for f in keep if f in e})
+    return out

@@ -1,0 +1,202 @@
+"""Where a knowledge base's entities come from: a JSONL of entities, or a dataset's candidate lists.
+
+An entity line is ``{"id", "name", "aliases"?, "desc"?, "prior"?, "image"?, "qid"?}``. A dataset
+(I2CR/MELBench JSON or JSONL of mentions) gives the union of its candidate lists, deduplicated by
+QID, else by folded name, without the candidates' priors (each is p(entity | that mention), not
+a property of the entity). Both are read as a stream of :class:`Entity`; a bad line or candidate is
+yielded as a :class:`BadEntity` naming where it is and why, so the builder can report and count it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..names import fold
+
+_QID = re.compile(r"^Q[1-9][0-9]*$")
+MAX_ALIASES = 50
+MAX_FIELD_CHARS = 4_000
+
+
+@dataclass(frozen=True)
+class Entity:
+    id: str
+    name: str
+    desc: str = ""
+    aliases: tuple[str, ...] = ()
+    prior: float | None = None
+    image: str | None = None
+    qid: str | None = None
+
+    def candidate(self) -> dict[str, Any]:
+        """The entity as a graph candidate (name, desc, qid, prior)."""
+        d: dict[str, Any] = {"name": self.name, "desc": self.desc, "id": self.id}
+        if self.qid:
+            d["qid"] = self.qid
+        if self.prior is not None:
+            d["prior"] = self.prior
+        return d
+
+
+@dataclass(frozen=True)
+class BadEntity:
+    where: str  # "FILE line N" or "FILE record R candidate I"
+    reason: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}; skipped"
+
+
+def _text(v: Any, what: str, *, required: bool = False) -> str:
+    if v is None and not required:
+        return ""
+    if not isinstance(v, str):
+        raise ValueError(f"{what!r} must be a string, not {type(v).__name__}")
+    v = v.strip()
+    if required and not v:
+        raise ValueError(f"{what!r} is empty")
+    return v[:MAX_FIELD_CHARS]
+
+
+def parse_entity(rec: Any) -> Entity:
+    """One entity record, validated; ValueError with a one-line reason when it is not usable."""
+    if not isinstance(rec, dict):
+        raise ValueError(f"expected an object, got {type(rec).__name__}")
+    if "id" not in rec:
+        raise ValueError("'id' is missing")
+    rid = rec["id"]
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip():
+        raise ValueError(f"'id' must be a non-empty string or integer, not {rid!r}"[:120])
+    if "name" not in rec:
+        raise ValueError("'name' is missing")
+    name = _text(rec["name"], "name", required=True)
+    desc = _text(rec.get("desc", rec.get("description")), "desc")
+    aliases = rec.get("aliases") or []
+    if isinstance(aliases, str):
+        aliases = [aliases]
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise ValueError("'aliases' must be a list of strings")
+    prior = rec.get("prior")
+    if prior is not None:
+        if isinstance(prior, bool) or not isinstance(prior, (int, float)) or \
+                not math.isfinite(prior) or prior < 0:
+            raise ValueError(f"'prior' must be a non-negative number, not {prior!r}"[:120])
+        prior = float(prior)
+    image = rec.get("image")
+    if image is not None and not isinstance(image, str):
+        raise ValueError("'image' must be a string path or URL")
+    qid = rec.get("qid")
+    if qid is not None and not isinstance(qid, (str, int)):
+        raise ValueError("'qid' must be a string")
+    if not qid and _QID.match(str(rid).strip()):  # a Wikidata id is the entity's QID
+        qid = str(rid).strip()
+    aliases = tuple(dict.fromkeys(a.strip()[:MAX_FIELD_CHARS] for a in aliases
+                                  if a.strip() and a.strip() != name))[:MAX_ALIASES]
+    return Entity(id=str(rid).strip(), name=name, desc=desc, aliases=aliases, prior=prior,
+                  image=image or None, qid=str(qid) if qid else None)
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON or ValueError) for every non-blank line."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                yield lineno, json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                yield lineno, ValueError(f"is not UTF-8 text ({e.reason} at byte {e.start})")
+            except json.JSONDecodeError as e:
+                yield lineno, ValueError(f"malformed JSON at column {e.colno}: {e.msg}")
+            except (RecursionError, ValueError) as e:
+                yield lineno, ValueError(f"unreadable JSON ({type(e).__name__})")
+
+
+def source_kind(path: str | Path) -> str:
+    """'entities' for a JSONL of entities, 'dataset' for an I2CR/MELBench dataset."""
+    path = Path(path)
+    if path.suffix != ".jsonl":
+        return "dataset"
+    for _, rec in _jsonl(path):
+        if isinstance(rec, dict):
+            return "dataset" if ("mention" in rec and "name" not in rec) else "entities"
+    return "entities"
+
+
+def read_entities(path: str | Path) -> Iterator[Entity | BadEntity]:
+    """Stream the entities of a JSONL file, one line at a time (bounded memory)."""
+    path = Path(path)
+    for lineno, rec in _jsonl(path):
+        where = f"{path} line {lineno}"
+        if isinstance(rec, ValueError):
+            yield BadEntity(where, str(rec))
+            continue
+        try:
+            yield parse_entity(rec)
+        except ValueError as e:
+            yield BadEntity(where, str(e))
+
+
+def dataset_key(cand: dict[str, Any]) -> str:
+    """A candidate's identity in a KB made from candidate lists: its QID, else its folded name."""
+    qid = cand.get("qid")
+    if qid:
+        return str(qid)
+    return "name:" + fold(str(cand.get("name") or ""))
+
+
+def read_dataset(path: str | Path) -> Iterator[Entity | BadEntity]:
+    """The deduplicated union of a dataset's candidate lists (by QID, else by folded name)."""
+    from ..data import DataError, iter_records
+
+    seen: set[str] = set()
+    for rid, rec in iter_records(path):
+        if isinstance(rec, DataError):
+            yield BadEntity(f"{path} record {rid}", str(rec).split(": ", 1)[-1])
+            continue
+        if not isinstance(rec, dict):
+            yield BadEntity(f"{path} record {rid}", "expected an object")
+            continue
+        cands = rec.get("Candentity", rec.get("candidates"))
+        if not isinstance(cands, list):
+            yield BadEntity(f"{path} record {rid}", "has no candidate list")
+            continue
+        for i, c in enumerate(cands):
+            if isinstance(c, str):
+                c = {"name": c}
+            try:
+                if not isinstance(c, dict):
+                    raise ValueError(f"expected an object, got {type(c).__name__}")
+                key = dataset_key(c)
+                if key == "name:" or key in seen:
+                    if key == "name:":
+                        raise ValueError("has no usable 'name'")
+                    continue
+                # a candidate's prior is p(entity | this mention): not the entity's own prior
+                ent = parse_entity({**{f: v for f, v in c.items() if f != "prior"}, "id": key})
+            except ValueError as e:
+                yield BadEntity(f"{path} record {rid} candidate {i}", str(e))
+                continue
+            seen.add(key)
+            yield ent
+
+
+def read_source(path: str | Path, kind: str = "auto") -> Iterator[Entity | BadEntity]:
+    path = Path(path)
+    if not path.is_file():
+        from ..data import DataError
+
+        raise DataError("is not a file" if path.exists() else "file not found", source=str(path))
+    kind = source_kind(path) if kind == "auto" else kind
+    if kind == "entities":
+        return read_entities(path)
+    if kind == "dataset":
+        return read_dataset(path)
+    raise ValueError(f"unknown KB source kind {kind!r} (entities, dataset or auto)")

