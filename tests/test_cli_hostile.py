@@ -296,6 +296,16 @@ def test_out_paths_of_the_wrong_kind_are_one_line_errors(tmp_path):
     assert a_file.read_text() == "x"
 
 
+def test_trace_html_into_a_missing_folder_is_a_one_line_error(tmp_path):
+    run = tmp_path / "r.jsonl"
+    p = cli("link", str(EXAMPLES / "mentions.json"), "--out", str(run), "--no-progress")
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = cli("trace", str(run), "--html", str(tmp_path / "missing" / "page.html"))
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "missing" in one_line_error(p) and "Traceback" not in p.stderr
+    assert not (tmp_path / "missing").exists()
+
+
 # --- issue 11 item 10: damaged results, duplicate ids, speed after a resume ---------------------
 
 def test_a_garbage_line_in_the_middle_loses_no_valid_record(tmp_path):

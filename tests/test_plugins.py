@@ -142,9 +142,10 @@ def test_a_broken_plugin_names_itself_once_and_other_mentions_still_link(plugins
     (tmp_path / "brokenpkg").mkdir()
     (tmp_path / "brokenpkg" / "__init__.py").write_text(BROKEN)
     plugins({"hello": "brokenpkg:hello", "gone": "brokenpkg.nowhere:tool", **eps})
-    ctx = retrieval_settings(tiny_clip_config, tools="hello,gone,colour")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        # settings validation already loads the plug-ins: the warnings come from there, once
+        ctx = retrieval_settings(tiny_clip_config, tools="hello,gone,colour")
         outs = [graph.invoke(jordan_input(image_file, sample_id=str(i)), context=ctx)
                 for i in range(3)]
         registered_tools()
