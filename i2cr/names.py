@@ -42,6 +42,7 @@ def clean(text: str) -> str:
     return _SPACES.sub(" ", text.replace("_", " ")).strip()
 
 
+@lru_cache(maxsize=131072)
 def fold(text: str) -> str:
     """Lower case, accents removed, punctuation to spaces: the form exact comparisons use."""
     t = unicodedata.normalize("NFKD", clean(text))
