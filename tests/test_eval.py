@@ -162,8 +162,10 @@ def test_bench_reports_the_pipeline_over_raw_ratio():
     assert r["mentions"] == 30 and cold["texts_encoded"] > 30 and cold["entity_texts_from_store"] == 0
     assert warm["entity_texts_from_store"] > 0  # the warm run read entities from the store
     assert warm["texts_encoded"] < cold["texts_encoded"]
-    for run_ in (cold, warm):
-        assert run_["raw_model_s"] > 0 and run_["pipeline_over_raw"] >= 1.0
+    for run_ in (cold, warm):  # the ratio is reported; its value depends on the machine's load
+        assert run_["raw_model_s"] > 0
+        assert run_["pipeline_over_raw"] == pytest.approx(run_["pipeline_s"] / run_["raw_model_s"],
+                                                          abs=0.01)
         assert run_["llm_calls_per_mention"] == 0
     assert warm["accuracy_final"] == cold["accuracy_final"]  # the store changes speed, not answers
 
