@@ -93,55 +93,78 @@ _SUMMARY_KEYS = ("choice", "icr_score", "icr_decision", "iav_score", "iav_passed
                  "answer", "final_reason", "last_clue_ok")
 
 
+class TraceBuilder:
+    """Builds a mention's trace from its run's stream, one node update at a time: custom events
+    (``add_custom``) join the visit of the node that emitted them, which is the next update of
+    that node. :func:`traced_invoke` feeds it in-process; a server's playground feeds it the
+    ``updates`` and ``custom`` parts of a streamed run."""
+
+    def __init__(self, inp: dict[str, Any], channels: Any = None, *, with_prompts: bool = True,
+                 pending: list[dict[str, Any]] | None = None,
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None):
+        self.inp, self.channels, self.with_prompts = inp, channels or {}, with_prompts
+        self.steps: list[dict[str, Any]] = []
+        self.pending: list[dict[str, Any]] = pending if pending is not None else []
+        self.state: dict[str, Any] = dict(inp)
+        self.observer = on_event
+
+    def notify(self, kind: str, ev: dict[str, Any]) -> None:
+        if self.observer is None:
+            return
+        try:
+            self.observer(kind, ev)
+        except Exception:  # noqa: BLE001 - a broken observer (e.g. a closed pipe) must not
+            self.observer = None  # fail the mention; stop telling it
+
+    def add_custom(self, event: dict[str, Any]) -> None:
+        self.pending.append(event)
+
+    def add_update(self, node: str, upd: dict[str, Any] | None) -> None:
+        if node.startswith("__"):
+            return
+        upd = upd or {}
+        if upd.get("events"):
+            upd = {**upd, "events": _clean_errors(upd["events"])}
+        state, pending = self.state, self.pending
+        for k, v in upd.items():
+            op = getattr(self.channels.get(k), "operator", None)
+            state[k] = op(state[k], v) if op is not None and k in state else v
+        mine = [c for c in pending if c.get("node") in (None, node)]  # scrubbed by emit
+        pending[:] = [c for c in pending if c.get("node") not in (None, node)]
+        if not self.with_prompts:
+            mine = [{k: v for k, v in c.items() if k != "prompt"} for c in mine]
+        for c in mine:
+            self.notify("custom", c)
+        step = {"step": len(self.steps), "node": node,
+                **{k: upd[k] for k in _SUMMARY_KEYS if k in upd},
+                "events": list(upd.get("events") or []), "stream": mine}
+        self.steps.append(step)
+        self.notify("node", step)
+
+    def finish(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(final state, trace)."""
+        steps = self.steps
+        for i, s in enumerate(steps):
+            nxt = steps[i + 1]["node"] if i + 1 < len(steps) else "__end__"
+            s["edge"] = {"to": nxt, "why": _edge_reason(s, nxt) if nxt != "__end__" else "done"}
+        return self.state, {"schema": TRACE_SCHEMA, "input": _trace_input(self.inp),
+                            "steps": steps}
+
+
 def traced_invoke(graph: Any, inp: dict[str, Any], *, context: Any, config: dict | None = None,
                   on_event: Callable[[str, dict[str, Any]], None] | None = None,
                   with_prompts: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the graph; return (final state, trace)."""
-    steps: list[dict[str, Any]] = []
-    pending: list[dict[str, Any]] = []
-    observer = on_event
-
-    def notify(kind: str, ev: dict[str, Any]) -> None:
-        nonlocal observer
-        if observer is None:
-            return
-        try:
-            observer(kind, ev)
-        except Exception:  # noqa: BLE001 - a broken observer (e.g. a closed pipe) must not
-            observer = None  # fail the mention; stop telling it
-
-    channels = getattr(graph, "channels", {}) or {}
-    state: dict[str, Any] = dict(inp)
-    token = COLLECTOR.set(pending)
+    tb = TraceBuilder(inp, getattr(graph, "channels", {}), with_prompts=with_prompts,
+                      on_event=on_event)
+    token = COLLECTOR.set(tb.pending)
     try:
         for chunk in graph.stream(inp, context=context, config=config, stream_mode="updates"):
             for node, upd in chunk.items():
-                if node.startswith("__"):
-                    continue
-                upd = upd or {}
-                if upd.get("events"):
-                    upd = {**upd, "events": _clean_errors(upd["events"])}
-                for k, v in upd.items():
-                    op = getattr(channels.get(k), "operator", None)
-                    state[k] = op(state[k], v) if op is not None and k in state else v
-                mine = [c for c in pending if c.get("node") in (None, node)]  # scrubbed by emit
-                pending[:] = [c for c in pending if c.get("node") not in (None, node)]
-                if not with_prompts:
-                    mine = [{k: v for k, v in c.items() if k != "prompt"} for c in mine]
-                for c in mine:
-                    notify("custom", c)
-                step = {"step": len(steps), "node": node,
-                        **{k: upd[k] for k in _SUMMARY_KEYS if k in upd},
-                        "events": list(upd.get("events") or []), "stream": mine}
-                steps.append(step)
-                notify("node", step)
+                tb.add_update(node, upd)
     finally:
         COLLECTOR.reset(token)
-    final = state
-    for i, s in enumerate(steps):
-        nxt = steps[i + 1]["node"] if i + 1 < len(steps) else "__end__"
-        s["edge"] = {"to": nxt, "why": _edge_reason(s, nxt) if nxt != "__end__" else "done"}
-    return final, {"schema": TRACE_SCHEMA, "input": _trace_input(inp), "steps": steps}
+    return tb.finish()
 
 
 # --- rendering ---------------------------------------------------------------------------------
