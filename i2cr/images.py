@@ -294,6 +294,22 @@ def _local_path(ref: str, pol: ImagePolicy) -> Path:
     return real
 
 
+def check_ref(ref: str, pol: ImagePolicy | None = None) -> None:
+    """Refuse (:class:`ImageError` 'refused') an image reference the policy does not allow,
+    without reading it: the URL rules for http(s), the scheme and image-root rules otherwise."""
+    pol = pol or policy()
+    if ref.startswith("data:"):
+        return
+    if ref.startswith(("http://", "https://")):
+        check_url(ref, pol)
+        return
+    scheme = urlsplit(ref).scheme if ":" in ref else ""
+    if pol.strict and len(scheme) > 1:
+        raise ImageError("refused", f"image URL scheme {scheme!r} is not http, https or data")
+    if pol.strict:
+        _local_path(ref, pol)
+
+
 def _read_bytes(ref: str, timeout: float, deadline: float = DEFAULT_DEADLINE,
                 pol: ImagePolicy | None = None) -> bytes:
     pol = pol or policy()

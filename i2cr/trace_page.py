@@ -427,6 +427,16 @@ def _card(r: dict[str, Any], image_root: str | None, remote_images: bool) -> str
             f"<div class='body'>{''.join(body)}</div></details>")
 
 
+def mention_card(rec: dict[str, Any], *, image_root: str | None = None,
+                 remote_images: bool = False) -> str:
+    """One mention's card as the run page shows it (for pages that show one result); style it
+    with :data:`STYLE`."""
+    return _card(rec, image_root, remote_images)
+
+
+STYLE = _STYLE
+
+
 def render_page(records: list[dict[str, Any]], *, title: str = "i2cr run",
                 image_root: str | None = None, remote_images: bool = False) -> str:
     """One self-contained HTML page for a run: filters and one collapsed card per mention,

@@ -3,16 +3,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
-from conftest import ROOT
+from servers import langgraph_dev
 
 from i2cr.graph import graph
 from i2cr.linker import link
@@ -34,73 +26,11 @@ def test_input_and_output_json_schemas_name_the_fields():
 
 # --- langgraph dev --------------------------------------------------------------------------------
 
-SERVER_CAP_S = 300.0  # only so that a broken server cannot hang the suite; startup is awaited
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the server's whole process group (the CLI, uvicorn and its workers)."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-    try:  # anything of the group left behind
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.fixture(scope="module")
 def dev_server(tmp_path_factory):
-    """``langgraph dev`` on 127.0.0.1 on a free port, offline, from the repository root; yields
-    its URL once ``/ok`` answers and stops its process group afterwards."""
-    pytest.importorskip("langgraph_api", reason="needs langgraph-cli[inmem] (the test extra)")
-    pytest.importorskip("langgraph_sdk", reason="needs langgraph-sdk (the test extra)")
-    import httpx
-
-    cli = Path(sys.executable).parent / "langgraph"
-    assert cli.exists(), f"no langgraph command next to {sys.executable}"
-    port = _free_port()
-    log = tmp_path_factory.mktemp("langgraph-dev") / "server.log"
-    env = dict(os.environ, LANGGRAPH_CLI_NO_ANALYTICS="1", LANGSMITH_TRACING="false",
-               LANGCHAIN_TRACING_V2="false", LANGSMITH_API_KEY="", LANGCHAIN_API_KEY="",
-               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
-                                          if p))
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(cli), "dev", "--host", "127.0.0.1", "--port", str(port),
-                                 "--no-browser", "--no-reload"], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        cap = time.monotonic() + SERVER_CAP_S
-        while True:  # wait for the event: the server answers /ok, or it exits
-            if proc.poll() is not None:
-                pytest.fail(f"langgraph dev exited with {proc.returncode}:\n"
-                            + log.read_text(errors="replace")[-3000:])
-            try:
-                if httpx.get(f"{url}/ok", timeout=10).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > cap:
-                pytest.fail("langgraph dev never answered /ok:\n"
-                            + log.read_text(errors="replace")[-3000:])
-            time.sleep(0.5)
-        yield url
-    finally:
-        _stop(proc)
+    """``langgraph dev`` (no API keys: auth off) for this module; see ``servers.langgraph_dev``."""
+    with langgraph_dev(tmp_path_factory.mktemp("langgraph-dev"), {"I2CR_API_KEYS": ""}) as srv:
+        yield srv.url
 
 
 MENTION = {

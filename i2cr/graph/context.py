@@ -142,6 +142,15 @@ class Context:
     kb_top_k: int = field(default=10, metadata={"description": (
         "Candidates the KB generates per mention (lexical and dense hits, fused by rank).")})
 
+    # --- serving (i2cr.serve reads these from the server's environment; a run cannot set them) ---
+    allow_private_urls: bool = field(default=False, metadata={"server": True, "description": (
+        "Served linker only: fetch image URLs whose host resolves to a loopback, private or "
+        "link-local address (off: refused, so callers cannot make the server reach its own "
+        "network). The CLI fetches any URL.")})
+    serve_image_root: str | None = field(default=None, metadata={"server": True, "description": (
+        "Served linker only: local image paths are accepted when they lie under this folder "
+        "(symlinks resolved); None refuses every local path (send an http(s) or data: URL).")})
+
     trace_prompts: bool = field(default=True, metadata={"description": (
         "Keep full LLM prompts in each mention's trace (off makes result files smaller).")})
 

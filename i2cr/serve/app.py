@@ -1,0 +1,312 @@
+"""The custom routes LangGraph's server mounts (``langgraph.json`` ``http.app``).
+
+- ``POST /link``: one mention (an object with ``mention``, ``context``, ``candidates``, ``image``,
+  ``clues``, ``allow_nil``, ``id``) or a batch (``{"mentions": [...]}``), with optional
+  ``settings`` (run settings only, see :mod:`i2cr.serve.config`) and ``trace`` (keep each
+  record's events and trace). The answer is the JSON result record of ``i2cr link --json`` (a
+  batch: ``{"results": [...], "mentions": n, "errors": e}``; a bad record in a batch becomes an
+  error record naming it, the rest still runs). Without candidates the server's KB
+  (``I2CR_KB``) generates them.
+- ``GET /health``: ``ok``, whether auth and a KB are on, how many mentions were linked, and the
+  process's resident memory.
+- ``POST /trace-card``: the per-mention trace card (as on ``i2cr trace --html``) of a run the
+  playground streamed from the LangGraph API.
+- ``GET /``: the playground page (static; it holds no data and asks for the key).
+
+With ``I2CR_API_KEYS`` set every route but the static page needs a key (the same check as the
+LangGraph API's, :func:`i2cr.serve.keys.verify`); the check comes before the body is read.
+Request bodies are capped (``I2CR_MAX_BODY_BYTES``, for the LangGraph API too); a bad request is
+a 4xx with a one-line ``detail``, never a traceback. Starting the app installs the server's image
+policy (:class:`i2cr.images.ImagePolicy`) for the process, and stopping it restores the old one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from i2cr.data import DataError, Mention, parse_record
+from i2cr.images import ImageError, check_ref, using_policy
+from i2cr.redact import error_text
+from i2cr.serve.config import BadRequest, ServerConfig, check_image_ref
+from i2cr.serve.keys import UNAUTHORIZED, verify
+
+log = logging.getLogger("i2cr.serve")
+MAX_TRACE_PARTS = 5000
+
+
+class BodyCap:
+    """ASGI middleware: a request body over ``cap`` bytes is refused with 413 before the route
+    sees it (by its Content-Length, or as it streams in)."""
+
+    def __init__(self, app: ASGIApp, cap: int):
+        self.app, self.cap = app, cap
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_big = _json(413, f"request body is over {self.cap} bytes (I2CR_MAX_BODY_BYTES)")
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.cap:
+            await too_big(scope, receive, send)
+            return
+        seen = 0
+        over = False
+        started = False
+
+        async def capped_receive() -> Message:
+            nonlocal seen, over
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.cap:
+                    over = True
+                    return {"type": "http.disconnect"}  # the route stops reading: no work done
+            return msg
+
+        async def tracked_send(msg: Message) -> None:
+            nonlocal started
+            if over and not started:
+                return  # the route's answer to a cut-off body is replaced by the 413
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, capped_receive, tracked_send)
+        except ClientDisconnect:
+            if not over:
+                raise
+        if over and not started:
+            await too_big(scope, receive, send)
+
+
+def _json(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def _rss_mb() -> float | None:
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+        return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def _read_json(request: Request, cap: int) -> Any:
+    body = b""
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > cap:
+                raise BadRequest(f"request body is over {cap} bytes (I2CR_MAX_BODY_BYTES)", 413)
+    except ClientDisconnect:
+        raise BadRequest(f"request body is over {cap} bytes (I2CR_MAX_BODY_BYTES)", 413) from None
+    if not body.strip():
+        raise BadRequest("request body is empty; send a JSON object")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise BadRequest(f"request body is not JSON ({type(e).__name__}: "
+                         f"{str(e)[:120]})") from None
+
+
+def _record(raw: Any, rid: str, *, kb: bool, image_check: bool = True) -> Mention:
+    """One request record as a :class:`Mention` (``precomputed_clues`` is read as ``clues``), or
+    :class:`DataError` / :class:`BadRequest` naming it."""
+    if isinstance(raw, dict) and "precomputed_clues" in raw and "clues" not in raw:
+        raw = {**raw, "clues": raw["precomputed_clues"]}
+    if isinstance(raw, dict) and raw.get("id") is not None:
+        rid = str(raw["id"])[:200]
+    m = parse_record(raw, rid, source="request", candidates="optional" if kb else "required")
+    if image_check and m.image:
+        try:
+            check_image_ref(m.image, f"record {rid!r}: image")
+            check_ref(m.image)
+        except ImageError as e:
+            if e.kind != "refused":
+                return m  # unreachable and the like: the run records it as its image_status
+            raise BadRequest(f"request: record {rid!r}: field 'image': {e.reason}") from None
+    return m
+
+
+class Served:
+    """The app's state: its configuration and what it has done."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.linked = 0
+        self.errors = 0
+        self._lock = threading.Lock()
+
+    def authorized(self, request: Request) -> bool:
+        return verify(request.headers, self.config.api_keys) is not None
+
+    def link(self, body: Any) -> tuple[dict[str, Any], int]:
+        """The /link answer and its status (runs in a worker thread)."""
+        from i2cr.eval.runner import check_items, run_one
+
+        if not isinstance(body, dict):
+            raise BadRequest(f"request body must be a JSON object, not {type(body).__name__}")
+        settings = self.config.run_settings(body.get("settings"))
+        keep_trace = bool(body.get("trace"))
+        kb = bool(settings.kb)
+        if "mentions" in body:
+            raws = body["mentions"]
+            if not isinstance(raws, list) or not raws:
+                raise BadRequest("'mentions' must be a non-empty list of mention objects")
+            if len(raws) > self.config.max_batch:
+                raise BadRequest(f"a batch holds at most {self.config.max_batch} mentions "
+                                 f"(I2CR_MAX_BATCH), not {len(raws)}", 413)
+            items: list[Mention | DataError] = []
+            for i, raw in enumerate(raws):
+                try:
+                    items.append(_record(raw, str(i), kb=kb))
+                except (DataError, BadRequest) as e:
+                    err = e if isinstance(e, DataError) else DataError(str(e), record=str(i))
+                    if err.record is None:
+                        err.record = str(i)
+                    items.append(err)
+            items = check_items(items, warn=None)
+            single = False
+        else:
+            try:
+                items = [_record(body, "0", kb=kb)]
+            except DataError as e:
+                raise BadRequest(str(e)) from None
+            single = True
+        recs = []
+        for it in items:
+            rec = run_one(it, settings)
+            if not keep_trace:
+                rec = {k: v for k, v in rec.items() if k not in ("events", "trace")}
+            recs.append(rec)
+        errors = sum(r.get("error") is not None for r in recs)
+        with self._lock:
+            self.linked += sum(isinstance(it, Mention) for it in items)
+            self.errors += errors
+        if single:
+            return recs[0], 200
+        return {"results": recs, "mentions": len(recs), "errors": errors}, 200
+
+    def trace_card(self, body: Any) -> dict[str, Any]:
+        """The result record and trace card of a streamed run (runs in a worker thread)."""
+        from i2cr.graph import graph
+        from i2cr.linker import result_record
+        from i2cr.trace import TraceBuilder
+        from i2cr.trace_page import mention_card
+
+        if not isinstance(body, dict) or not isinstance(body.get("input"), dict):
+            raise BadRequest("send {'input': the run's input, 'parts': its stream parts}")
+        inp, parts = body["input"], body.get("parts")
+        if not isinstance(parts, list) or len(parts) > MAX_TRACE_PARTS:
+            raise BadRequest(f"'parts' must be a list of at most {MAX_TRACE_PARTS} stream parts")
+        try:
+            m = _record({**inp, "id": inp.get("sample_id") or "playground"}, "playground",
+                        kb=True, image_check=False)
+        except DataError as e:
+            raise BadRequest(str(e)) from None
+        tb = TraceBuilder(m.to_input(), graph.channels)
+        for p in parts:
+            if not isinstance(p, dict) or not isinstance(p.get("data"), dict):
+                raise BadRequest("each part must be {'event': 'updates'|'custom', 'data': {...}}")
+            if p.get("event") == "custom":
+                tb.add_custom(p["data"])
+            elif p.get("event") == "updates":
+                for node, upd in p["data"].items():
+                    tb.add_update(str(node), upd if isinstance(upd, dict) else {})
+        state, trace = tb.finish()
+        elapsed = body.get("elapsed_s")
+        rec = result_record(m, state, float(elapsed) if isinstance(elapsed, (int, float)) else 0.0)
+        rec["image"], rec["trace"] = m.image_ref(), trace
+        card = mention_card(rec).replace("<details class='mention", "<details open class='mention",
+                                         1)
+        rec.pop("trace")
+        return {"record": rec, "html": card}
+
+    def health(self) -> dict[str, Any]:
+        s = self.config.settings
+        return {"ok": True, "auth": bool(self.config.api_keys), "kb": bool(s.kb),
+                "linked": self.linked, "errors": self.errors, "rss_mb": _rss_mb()}
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _guarded(served: Served, fn: Callable[[Request], Awaitable[Response]]) -> Handler:
+    """The route with the key check first and every failure as a one-line 4xx/5xx."""
+
+    async def route(request: Request) -> Response:
+        if not served.authorized(request):
+            return _json(401, UNAUTHORIZED)
+        try:
+            return await fn(request)
+        except BadRequest as e:
+            return _json(e.status, str(e))
+        except Exception as e:  # noqa: BLE001 - a bug must not answer with a traceback
+            log.error("i2cr.serve: %s failed: %s", request.url.path, error_text(e))
+            return _json(500, f"internal error ({type(e).__name__}); the server log has it")
+
+    return route
+
+
+def create_app(config: ServerConfig | None = None) -> Starlette:
+    """The Starlette app of the custom routes, for ``config`` (default: the environment)."""
+    from i2cr.serve.playground import page
+
+    cfg = config or ServerConfig.from_env()
+    served = Served(cfg)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if cfg.settings.kb:  # a missing or mismatched KB stops the server at start, not per call
+            from i2cr.kb import open_kb
+
+            open_kb(cfg.settings.kb, cfg.settings.embedder)
+        with using_policy(cfg.image_policy()):
+            yield
+
+    async def link(request: Request) -> Response:
+        body = await _read_json(request, cfg.max_body_bytes)
+        out, status = await run_in_threadpool(served.link, body)
+        return JSONResponse(out, status_code=status)
+
+    async def trace_card(request: Request) -> Response:
+        body = await _read_json(request, cfg.max_body_bytes)
+        return JSONResponse(await run_in_threadpool(served.trace_card, body))
+
+    async def health(request: Request) -> Response:
+        return JSONResponse(served.health())
+
+    async def playground(request: Request) -> Response:
+        html, csp = page()
+        return HTMLResponse(html, headers={"Content-Security-Policy": csp,
+                                           "Referrer-Policy": "no-referrer",
+                                           "X-Content-Type-Options": "nosniff"})
+
+    from starlette.middleware import Middleware
+
+    app = Starlette(routes=[
+        Route("/", playground, methods=["GET"]),
+        Route("/health", _guarded(served, health), methods=["GET"]),
+        Route("/link", _guarded(served, link), methods=["POST"]),
+        Route("/trace-card", _guarded(served, trace_card), methods=["POST"]),
+    ], middleware=[Middleware(BodyCap, cap=cfg.max_body_bytes)], lifespan=lifespan)
+    app.state.served = served
+    return app
+
+
+app = create_app()

@@ -1,0 +1,136 @@
+"""What a served linker fixes for every run, and what a run's settings may change.
+
+The server reads its settings from its environment (``I2CR_<SETTING>``, as every :class:`Context`
+does) plus ``I2CR_API_KEYS`` (comma-separated), ``I2CR_MAX_BODY_BYTES`` and ``I2CR_MAX_BATCH``. A
+request (``/link``'s ``settings``, or a run's ``context`` on the LangGraph API) may change only the
+settings in :data:`RUN_SETTINGS` (thresholds, strategies, tools, counts); anything that names a
+file, a model, an endpoint or a network rule stays the server's, and a request that tries to
+change it is refused (400) naming the setting. Caches may be switched off (``'none'``) per run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from functools import cached_property
+from typing import Any
+
+from ..graph.context import Context
+from ..images import MAX_DATA_URL_BYTES, ImagePolicy
+from ..redact import register
+
+RUN_SETTINGS = frozenset({
+    "tes_strategy", "prune_k", "nil_threshold", "llm_temperature", "llm_max_tokens", "tes_retries",
+    "desc_chars", "max_candidates", "max_context_chars", "icr_threshold", "max_reflections",
+    "iav_mode", "iav_threshold", "caption_threshold", "tools", "tool_backend", "max_vif_rounds",
+    "vif_llm_choice", "clue_mode", "fallback", "tesseract_lang", "tesseract_psm", "kb_top_k",
+    "trace_prompts", "image_timeout",
+})
+CACHES = frozenset({"clue_cache", "embedding_cache"})  # a run may switch these off ('none')
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024  # room for one inline image at its cap (base64)
+DEFAULT_MAX_BATCH = 64
+
+
+class BadRequest(ValueError):
+    """A request the server refuses (HTTP 4xx); the message says why in one line."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, not {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """A server's fixed configuration (see the module docstring)."""
+
+    api_keys: tuple[str, ...] = ()
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_batch: int = DEFAULT_MAX_BATCH
+    base: Context | None = None  # the settings every run starts from (None: from the environment)
+
+    def __post_init__(self) -> None:
+        for k in self.api_keys:
+            register(k)  # masked wherever it could appear (errors, logs of i2cr)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServerConfig:
+        env = os.environ if env is None else env
+        keys = tuple(k.strip() for k in env.get("I2CR_API_KEYS", "").split(",") if k.strip())
+        return cls(api_keys=keys, max_body_bytes=_int_env(env, "I2CR_MAX_BODY_BYTES",
+                                                          DEFAULT_MAX_BODY_BYTES),
+                   max_batch=_int_env(env, "I2CR_MAX_BATCH", DEFAULT_MAX_BATCH))
+
+    @cached_property
+    def settings(self) -> Context:
+        return self.base if self.base is not None else Context()
+
+    def image_policy(self) -> ImagePolicy:
+        s = self.settings
+        return ImagePolicy.server(image_root=s.serve_image_root,
+                                  allow_private_urls=s.allow_private_urls)
+
+    def run_settings(self, overrides: Any) -> Context:
+        """The server's settings with a request's ``overrides`` applied, or :class:`BadRequest`."""
+        if overrides is None:
+            return self.settings
+        check_overrides(overrides, self.settings)
+        vals = {f.name: getattr(self.settings, f.name) for f in fields(Context)}
+        try:
+            coerced = Context.from_overrides(overrides)  # strings coerced, each field validated
+            vals.update({k: getattr(coerced, k) for k in overrides})
+            return Context(**vals)
+        except (ValueError, TypeError) as e:
+            raise BadRequest(f"settings: {e}") from None
+
+
+def check_overrides(overrides: Any, base: Context) -> None:
+    """Refuse (:class:`BadRequest`) settings a request may not change."""
+    if not isinstance(overrides, dict):
+        raise BadRequest(f"settings must be an object of name -> value, not "
+                         f"{type(overrides).__name__}")
+    known = {f.name for f in fields(Context)}
+    for k, v in overrides.items():
+        if k not in known:
+            raise BadRequest(f"unknown setting {str(k)[:60]!r}")
+        if k in RUN_SETTINGS:
+            continue
+        if k in CACHES and (v is None or str(v).strip().lower() in {"none", ""}):
+            continue
+        if v == getattr(base, k):
+            continue  # the server's own value, restated
+        raise BadRequest(f"setting {k!r} is fixed by the server; a request may set: "
+                         f"{', '.join(sorted(RUN_SETTINGS))} (and switch caches off)")
+
+
+def check_image_ref(ref: Any, where: str = "image") -> None:
+    """Refuse, before any work, an image a served request cannot use: not a string, a scheme
+    other than http(s)/data, or an inline image over its cap. (Local paths and private hosts are
+    judged by the image policy when the image is loaded.)"""
+    if ref is None or ref == "":
+        return
+    if not isinstance(ref, str):
+        raise BadRequest(f"{where} must be an http(s) URL or a data: URL, not "
+                         f"{type(ref).__name__}")
+    if ref.startswith("data:"):
+        if len(ref) > (MAX_DATA_URL_BYTES * 4) // 3 + 256:
+            raise BadRequest(f"{where}: inline image (data: URL) is over {MAX_DATA_URL_BYTES} "
+                             "bytes")
+        return
+    scheme = ref.split(":", 1)[0].lower() if ":" in ref else ""
+    if len(scheme) > 1 and scheme not in ("http", "https"):
+        raise BadRequest(f"{where}: URL scheme {scheme[:20]!r} is not http, https or data")
