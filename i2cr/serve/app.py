@@ -134,12 +134,14 @@ def _record(raw: Any, rid: str, *, kb: bool, image_check: bool = True) -> Mentio
     m = parse_record(raw, rid, source="request", candidates="optional" if kb else "required")
     if image_check and m.image:
         try:
-            check_image_ref(m.image, f"record {rid!r}: image")
+            check_image_ref(m.image, "image")
             check_ref(m.image)
+        except BadRequest as e:
+            raise DataError(str(e).removeprefix("image: "), source="request", record=rid,
+                            field="image") from None
         except ImageError as e:
-            if e.kind != "refused":
-                return m  # unreachable and the like: the run records it as its image_status
-            raise BadRequest(f"request: record {rid!r}: field 'image': {e.reason}") from None
+            if e.kind == "refused":  # unreachable and the like: the run records it
+                raise DataError(e.reason, source="request", record=rid, field="image") from None
     return m
 
 
@@ -175,11 +177,8 @@ class Served:
             for i, raw in enumerate(raws):
                 try:
                     items.append(_record(raw, str(i), kb=kb))
-                except (DataError, BadRequest) as e:
-                    err = e if isinstance(e, DataError) else DataError(str(e), record=str(i))
-                    if err.record is None:
-                        err.record = str(i)
-                    items.append(err)
+                except DataError as e:
+                    items.append(e)
             items = check_items(items, warn=None)
             single = False
         else:

@@ -14,6 +14,7 @@ from typing import Any
 
 from langgraph_sdk import Auth
 
+from i2cr.images import ImageError, check_ref
 from i2cr.serve.config import BadRequest, ServerConfig, check_image_ref, check_overrides
 from i2cr.serve.keys import UNAUTHORIZED, verify
 
@@ -39,7 +40,13 @@ def check_run_request(context: Any, inp: Any) -> None:
     if context is not None:
         check_overrides(context, server_config().settings)
     if isinstance(inp, dict):
-        check_image_ref(inp.get("image"), "input.image")
+        ref = inp.get("image")
+        check_image_ref(ref, "input.image")
+        if isinstance(ref, str) and ref and not ref.startswith(("http://", "https://", "data:")):
+            try:  # a local path: only under the server's image root (URLs: checked when fetched)
+                check_ref(ref, server_config().image_policy())
+            except ImageError as e:
+                raise BadRequest(f"input.image: {e.reason}") from None
 
 
 @auth.on.threads.create_run

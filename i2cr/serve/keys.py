@@ -14,11 +14,13 @@ UNAUTHORIZED = "missing or invalid API key (send it in the x-api-key header)"
 
 
 def _get(headers: Mapping[Any, Any], name: str) -> str | None:
-    for k in (name, name.encode()):
-        v = headers.get(k)
-        if v is not None:
-            return v.decode("latin-1") if isinstance(v, bytes) else str(v)
-    return None
+    """A header from Starlette's ``Headers`` (str keys) or an ASGI scope's dict (bytes keys)."""
+    v = headers.get(name)
+    if v is None and isinstance(headers, dict):
+        v = headers.get(name.encode())
+    if v is None:
+        return None
+    return v.decode("latin-1") if isinstance(v, bytes) else str(v)
 
 
 def presented_key(headers: Mapping[Any, Any]) -> str | None:

@@ -1,0 +1,360 @@
+"""Serving the linker on LangGraph's own server (issue 17): ``langgraph dev`` (started once for the
+module, offline, 127.0.0.1) with the custom routes (POST /link, GET /health, the playground),
+API-key auth for the routes and the LangGraph API, image safety (private URLs, local paths,
+inline images), capped bodies and 4xx answers; the playground in headless Chromium; the load
+script. A few checks run the same app in-process (Starlette's TestClient) where a server setting
+differs from the module's server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from conftest import CLUES, JORDAN_CANDIDATES, ROOT, render_text_image
+from servers import langgraph_dev
+
+from i2cr.data import Candidate, Mention
+from i2cr.graph import Context
+from i2cr.linker import link_mention
+
+pytestmark = pytest.mark.integration
+
+KEY = "i2cr-test-key-7f3a9c1e55"
+OTHER_KEY = "second-key-0b8d2e44aa"
+AUTH = {"x-api-key": KEY}
+MENTION = {"mention": "Jordan", "context": "Jordan dunks during the 1991 NBA Finals.",
+           "candidates": JORDAN_CANDIDATES}
+SAME = ("answer", "is_nil", "final_reason", "fallback", "path", "text_answer", "scores",
+        "rounds", "tools_used", "clues", "image_status", "llm_calls", "error")
+
+
+def png_bytes(text: str = "CHICAGO BULLS 23") -> bytes:
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (64, 32), (255, 255, 255))
+    ImageDraw.Draw(im).text((2, 10), text[:8], fill=(0, 0, 0))
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+class ImageServer:
+    """A 127.0.0.1 server with one PNG at /img.png; ``hits`` counts requests."""
+
+    def __init__(self):
+        data = png_bytes()
+        hits: list[str] = []
+        self.hits = hits
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                hits.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/img.png"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def image_server():
+    srv = ImageServer()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_clip_config):
+    """The module's server: two API keys, the tiny random CLIP (so inline images reach IAV), no
+    private URLs, no image root."""
+    env = {"I2CR_API_KEYS": f"{KEY}, {OTHER_KEY}", "I2CR_CLIP_MODEL": "i2cr-tiny-clip",
+           "I2CR_CLIP_PRETRAINED": "", "I2CR_CLIP_MODEL_CONFIG": tiny_clip_config,
+           "I2CR_ALLOW_PRIVATE_URLS": "false", "I2CR_SERVE_IMAGE_ROOT": "none"}
+    with langgraph_dev(tmp_path_factory.mktemp("serve"), env) as srv:
+        yield srv
+
+
+def local_record(settings: Context, **kw) -> dict:
+    m = Mention(id=kw.pop("id", "0"), mention=MENTION["mention"], context=MENTION["context"],
+                candidates=[Candidate(**c) for c in JORDAN_CANDIDATES], **kw)
+    return link_mention(m, settings)
+
+
+def health(server) -> dict:
+    r = httpx.get(f"{server.url}/health", headers=AUTH, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+# --- POST /link and GET /health ------------------------------------------------------------------
+
+def test_link_route_gives_the_cli_records_for_one_mention_and_a_batch(server, tiny_clip_config):
+    settings = Context(clip_model="i2cr-tiny-clip", clip_pretrained="",
+                       clip_model_config=tiny_clip_config)
+    local = local_record(settings, clues=dict(CLUES))
+    r = httpx.post(f"{server.url}/link", json={**MENTION, "clues": CLUES}, headers=AUTH,
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    rec = r.json()
+    assert {k: rec[k] for k in SAME} == {k: local[k] for k in SAME}
+    assert "trace" not in rec and "events" not in rec  # as `i2cr link --json`
+    before = health(server)["linked"]
+
+    batch = {"mentions": [{**MENTION, "id": "a"}, {"id": "b", "mention": "", "context": "x",
+                                                   "candidates": ["X"]},
+                          {**MENTION, "id": "c", "image": "/etc/passwd"},
+                          {**MENTION, "id": "a"}],
+             "settings": {"tools": "caption,tags", "clue_cache": "none"}, "trace": True}
+    r = httpx.post(f"{server.url}/link", json=batch, headers=AUTH, timeout=120)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["mentions"] == 4 and out["errors"] == 3
+    a, b, c, dup = out["results"]
+    assert a["id"] == "a" and a["error"] is None and a["answer"] == local["answer"]
+    assert a["trace"]["steps"] and a["events"] is not None  # asked for
+    assert b["id"] == "b" and "record 'b'" in b["error"] and "'mention'" in b["error"]
+    assert c["id"] == "c" and "local image paths are not accepted" in c["error"]
+    assert dup["id"] == "a#dup2" and "duplicate id" in dup["error"]
+    assert health(server)["linked"] == before + 1
+
+
+def test_inline_image_reaches_iav_with_the_tiny_clip(server):
+    url = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+    r = httpx.post(f"{server.url}/link", json={**MENTION, "image": url}, headers=AUTH,
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    rec = r.json()
+    assert rec["image_status"] == "ok" and rec["scores"]["iav_mode"] == "clip"
+    assert "iav" in rec["path"]
+
+
+# --- auth ----------------------------------------------------------------------------------------
+
+def test_without_a_valid_key_every_route_and_the_api_answer_401_and_do_nothing(server,
+                                                                                 image_server):
+    from langgraph_sdk import get_sync_client
+
+    api = get_sync_client(url=server.url, api_key=KEY)
+    threads_before = len(api.threads.search(limit=1000))
+    linked_before = health(server)["linked"]
+    job = {**MENTION, "image": image_server.url}
+    for headers in ({}, {"x-api-key": "wrong-key-123456"}, {"authorization": "Bearer nope-1234"},
+                    {"x-auth-scheme": "langsmith"}, {"x-api-key": KEY[:-1]}):
+        calls = [("GET", "/health", None), ("POST", "/link", job),
+                 ("POST", "/link", {"mentions": [job]}),
+                 ("POST", "/trace-card", {"input": job, "parts": []}),
+                 ("POST", "/threads", {}), ("POST", "/threads/search", {}),
+                 ("POST", "/runs/wait", {"assistant_id": "i2cr", "input": job}),
+                 ("POST", "/runs/stream", {"assistant_id": "i2cr", "input": job}),
+                 ("POST", "/assistants/search", {})]
+        for method, path, body in calls:
+            r = httpx.request(method, server.url + path, json=body, headers=headers, timeout=60)
+            assert r.status_code == 401, (headers, path, r.status_code, r.text)
+            assert "API key" in r.json()["detail"]
+    assert image_server.hits == []  # no work done: the image was never fetched
+    assert health(server)["linked"] == linked_before
+    assert len(api.threads.search(limit=1000)) == threads_before
+    # the other key, and the key as a bearer token, both work
+    assert httpx.get(f"{server.url}/health", headers={"x-api-key": OTHER_KEY}).status_code == 200
+    assert httpx.get(f"{server.url}/health",
+                     headers={"authorization": f"Bearer {KEY}"}).status_code == 200
+    assert httpx.get(f"{server.url}/", timeout=30).status_code == 200  # the static page
+    log = server.log_text()
+    assert KEY not in log and OTHER_KEY not in log and "wrong-key-123456" not in log
+
+
+# --- bad requests and safety ---------------------------------------------------------------------
+
+def test_bad_requests_are_4xx_with_one_line_and_no_traceback(server):
+    big = b'{"mention": "' + b"x" * (9 * 2**20) + b'"}'
+    cases = [
+        ("/link", b"{", 400, "not JSON"),
+        ("/link", b"", 400, "empty"),
+        ("/link", b"[1, 2]", 400, "JSON object"),
+        ("/link", b'{"context": "c", "candidates": ["A"]}', 400, "'mention': is missing"),
+        ("/link", json.dumps({**MENTION, "candidates": "nope"}).encode(), 400, "candidates"),
+        ("/link", json.dumps({**MENTION, "image": "file:///etc/passwd"}).encode(), 400,
+         "scheme 'file'"),
+        ("/link", json.dumps({**MENTION, "image": "/etc/passwd"}).encode(), 400,
+         "local image paths are not accepted"),
+        ("/link", json.dumps({**MENTION, "image": "data:image/png;base64,"
+                              + "A" * (6 * 2**20)}).encode(), 400, "over"),
+        ("/link", json.dumps({**MENTION, "settings": {"llm": "openai-compat:m@http://10.0.0.1/v1"}}
+                             ).encode(), 400, "'llm' is fixed by the server"),
+        ("/link", json.dumps({**MENTION, "settings": {"kb": "/etc"}}).encode(), 400,
+         "'kb' is fixed"),
+        ("/link", json.dumps({**MENTION, "settings": {"bogus": 1}}).encode(), 400,
+         "unknown setting"),
+        ("/link", json.dumps({**MENTION, "settings": {"iav_mode": "maybe"}}).encode(), 400,
+         "iav_mode must be"),
+        ("/link", json.dumps({"mentions": []}).encode(), 400, "non-empty list"),
+        ("/link", json.dumps({"mentions": [MENTION] * 65}).encode(), 413, "at most 64"),
+        ("/link", big, 413, "over 8388608 bytes"),
+        ("/runs/wait", big, 413, "over 8388608 bytes"),
+        ("/trace-card", b'{"input": 3}', 400, "'input'"),
+        ("/runs/wait", json.dumps({"assistant_id": "i2cr", "input": MENTION,
+                                   "context": {"llm": "openai:gpt-4o"}}).encode(), 400,
+         "'llm' is fixed by the server"),
+        ("/runs/wait", json.dumps({"assistant_id": "i2cr", "input": {
+            **MENTION, "image": "/etc/passwd"}}).encode(), 400, "local image paths"),
+        ("/assistants", json.dumps({"graph_id": "i2cr", "context": {
+            "ranker_weights": "/etc/passwd"}}).encode(), 400, "'ranker_weights' is fixed"),
+    ]
+    for path, body, status, words in cases:
+        r = httpx.post(server.url + path, content=body, timeout=60,
+                       headers={**AUTH, "content-type": "application/json"})
+        assert r.status_code == status, (path, body[:80], r.status_code, r.text[:300])
+        detail = r.json()["detail"]
+        assert words in detail, (path, detail)
+        assert "Traceback" not in r.text and "\n" not in detail
+
+
+def test_private_image_url_is_refused_by_default(server, image_server):
+    r = httpx.post(f"{server.url}/link", json={**MENTION, "image": image_server.url},
+                   headers=AUTH, timeout=120)
+    assert r.status_code == 400, r.text
+    assert "loopback, private or link-local" in r.json()["detail"]
+    assert "allow_private_urls" in r.json()["detail"]
+    # through the LangGraph API the run goes on without the image and says why
+    from langgraph_sdk import get_sync_client
+
+    out = get_sync_client(url=server.url, api_key=KEY).runs.wait(
+        None, "i2cr", input={**MENTION, "image": image_server.url})
+    assert out["image_status"] == "refused" and out["answer"] == "Michael Jordan"
+    assert image_server.hits == []
+
+
+def _app_client(**settings):
+    from starlette.testclient import TestClient
+
+    from i2cr.serve.app import create_app
+    from i2cr.serve.config import ServerConfig
+
+    cfg = ServerConfig(api_keys=(KEY,), base=Context(clue_cache="none", **settings))
+    return TestClient(create_app(cfg), headers=AUTH)
+
+
+def test_private_image_url_is_fetched_when_the_server_allows_it(image_server):
+    with _app_client(allow_private_urls=True) as client:
+        r = client.post("/link", json={**MENTION, "image": image_server.url})
+    assert r.status_code == 200, r.text
+    assert r.json()["image_status"] == "ok" and image_server.hits == ["/img.png"]
+    with _app_client() as client:  # the same URL, the same app without the setting
+        r = client.post("/link", json={**MENTION, "image": image_server.url})
+    assert r.status_code == 400 and "allow_private_urls" in r.json()["detail"]
+    assert image_server.hits == ["/img.png"]
+
+
+def test_local_images_only_under_the_servers_image_root(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    render_text_image(root / "ok.png", "OK")
+    render_text_image(tmp_path / "outside.png", "OUT")
+    (root / "escape.png").symlink_to(tmp_path / "outside.png")
+    with _app_client(serve_image_root=str(root)) as client:
+        ok = client.post("/link", json={**MENTION, "image": "ok.png"})
+        assert ok.status_code == 200 and ok.json()["image_status"] == "ok", ok.text
+        for ref in (str(tmp_path / "outside.png"), "escape.png", "../outside.png"):
+            r = client.post("/link", json={**MENTION, "image": ref})
+            assert r.status_code == 400 and "outside the image root" in r.json()["detail"], ref
+
+
+def test_a_host_that_resolves_public_but_connects_private_is_cut_off(image_server, monkeypatch):
+    """DNS rebinding: the check before connecting is told a public address, the connection goes
+    to 127.0.0.1; the address actually connected to is checked too."""
+    from i2cr import images
+
+    real = socket.getaddrinfo
+    monkeypatch.setattr(images, "_resolve", lambda host, port, *a, **k: [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+        if host == "127.0.0.1" else real(host, port, *a, **k))
+    with images.using_policy(images.ImagePolicy.server()):
+        with pytest.raises(images.ImageError, match="connected to a loopback"):
+            images.IMAGES.load(image_server.url)
+
+
+# --- the playground ------------------------------------------------------------------------------
+
+def test_playground_streams_the_run_and_shows_answer_and_trace(server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from test_trace_page import _driver
+
+    image = render_text_image(tmp_path / "sign.png", "CHICAGO BULLS 23")
+    expected = httpx.post(f"{server.url}/link", json={
+        **MENTION, "image": "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode()},
+        headers=AUTH, timeout=120).json()
+    drv = _driver(tmp_path)
+    try:
+        drv.get(server.url + "/")
+        drv.find_element(By.ID, "key").send_keys(KEY)
+        drv.find_element(By.ID, "mention").send_keys(MENTION["mention"])
+        drv.find_element(By.ID, "context").send_keys(MENTION["context"])
+        drv.find_element(By.ID, "candidates").send_keys(
+            "\n".join(f"{c['name']} | {c['desc']}" for c in JORDAN_CANDIDATES))
+        drv.find_element(By.ID, "image").send_keys(str(image))
+        WebDriverWait(drv, 60).until(
+            lambda d: d.find_element(By.ID, "preview").get_attribute("src").startswith("data:"))
+        drv.find_element(By.ID, "link").click()
+        WebDriverWait(drv, 120).until(
+            lambda d: d.find_element(By.ID, "status").text.startswith(("done", "error")))
+        assert drv.find_element(By.ID, "status").text.startswith("done"), \
+            drv.find_element(By.ID, "status").text
+        assert drv.find_element(By.ID, "answer").text == expected["answer"]
+        live = [li.get_attribute("data-node")
+                for li in drv.find_elements(By.CSS_SELECTOR, "#live li.node")]
+        assert live == expected["path"] and "iav" in live  # each node as it streamed in
+        assert drv.find_element(By.ID, "path").text == " → ".join(expected["path"])
+        card = drv.find_element(By.CSS_SELECTOR, "#card details.mention")
+        assert card.get_attribute("open") is not None
+        assert "Jordan dunks" in card.find_element(By.CSS_SELECTOR, ".context").text
+        rows = card.find_elements(By.CSS_SELECTOR, "table.candidates tbody tr")
+        assert len(rows) == len(JORDAN_CANDIDATES)
+        assert card.find_element(By.CSS_SELECTOR, "table.steps").text.count("\n") >= len(live)
+        assert card.find_element(By.TAG_NAME, "img").get_attribute("src").startswith(
+            "data:image/png")
+        errors = [e for e in drv.get_log("browser") if e.get("level") == "SEVERE"]
+        assert not errors, errors  # nothing refused by the page's CSP, no script error
+    finally:
+        drv.quit()
+
+
+# --- the load script -----------------------------------------------------------------------------
+
+def test_load_script_reports_its_figures_and_refuses_other_hosts(server):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "I2CR_API_KEY": KEY}
+    p = subprocess.run([sys.executable, "-m", "i2cr.serve.load", "--url", server.url, "-n", "16",
+                        "-c", "4"], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = json.loads(p.stdout)
+    assert out["requests"] == 16 and out["errors"] == 0
+    assert out["p50_ms"] > 0 and out["p95_ms"] >= out["p50_ms"] and out["requests_per_s"] > 0
+    assert out["rss_mb_after"] is not None and KEY not in p.stdout + p.stderr
+    p = subprocess.run([sys.executable, "-m", "i2cr.serve.load", "--url", "http://example.org",
+                        "-n", "1"], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 2 and "127.0.0.1 only" in p.stderr
+    env.pop("I2CR_API_KEY")
+    p = subprocess.run([sys.executable, "-m", "i2cr.serve.load", "--url", server.url, "-n", "2",
+                        "-c", "1"], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 2 and "401" in p.stderr  # without the key: refused, reported
+
