@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -358,3 +359,21 @@ def test_load_script_reports_its_figures_and_refuses_other_hosts(server):
                         "-c", "1"], capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 2 and "401" in p.stderr  # without the key: refused, reported
 
+
+
+def test_langgraph_build_config_carries_the_routes_and_auth(tmp_path):
+    """`langgraph build` writes the image from this Dockerfile: validated, with the graph, the
+    custom routes and the auth of langgraph.json (Studio's auth bypass off)."""
+    cli = Path(sys.executable).parent / "langgraph"
+    if not cli.exists():
+        pytest.skip("needs langgraph-cli (the test extra)")
+    p = subprocess.run([str(cli), "dockerfile", str(tmp_path / "Dockerfile")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1"})
+    assert p.returncode == 0, p.stdout + p.stderr
+    env = dict(line[4:].split("=", 1) for line in (tmp_path / "Dockerfile").read_text().splitlines()
+               if line.startswith("ENV "))
+    auth = json.loads(env["LANGGRAPH_AUTH"].strip("'"))
+    assert auth["path"].endswith("/i2cr/serve/auth.py:auth") and auth["disable_studio_auth"]
+    assert json.loads(env["LANGGRAPH_HTTP"].strip("'"))["app"] == "i2cr.serve.app:app"
+    assert json.loads(env["LANGSERVE_GRAPHS"].strip("'"))["i2cr"].endswith("graph.py:graph")

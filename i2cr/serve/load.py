@@ -65,7 +65,10 @@ def run(url: str, n: int, c: int, key: str | None = None, timeout: float = 120.0
         def one(i: int) -> float:
             t0 = time.perf_counter()
             try:
-                r = client.post(f"{base}/link", json={**MENTION, "id": f"load-{i}"})
+                # a new context each time: the query is embedded afresh, as with real traffic
+                ctx = f"{MENTION['context']} Game {i}, {abs(i) * 7 % 48} minutes in."
+                r = client.post(f"{base}/link", json={**MENTION, "id": f"load-{i}",
+                                                      "context": ctx})
                 ok = r.status_code == 200 and r.json().get("error") is None
                 why = f"{r.status_code} {r.text[:200]}"
             except httpx.HTTPError as e:
