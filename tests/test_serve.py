@@ -147,6 +147,7 @@ def test_inline_image_reaches_iav_with_the_tiny_clip(server):
     rec = r.json()
     assert rec["image_status"] == "ok" and rec["scores"]["iav_mode"] == "clip"
     assert "iav" in rec["path"]
+    assert rec["image"].startswith("data:image/png;base64,… (") and len(rec["image"]) < 80
 
 
 # --- auth ----------------------------------------------------------------------------------------
@@ -180,6 +181,13 @@ def test_without_a_valid_key_every_route_and_the_api_answer_401_and_do_nothing(s
     assert httpx.get(f"{server.url}/health",
                      headers={"authorization": f"Bearer {KEY}"}).status_code == 200
     assert httpx.get(f"{server.url}/", timeout=30).status_code == 200  # the static page
+    # a run with the key keeps it nowhere: not in the thread, its state, its runs or the log
+    thread = api.threads.create()
+    api.runs.wait(thread["thread_id"], "i2cr", input=MENTION)
+    kept = json.dumps([api.threads.get(thread["thread_id"]),
+                       api.threads.get_state(thread["thread_id"]),
+                       api.runs.list(thread["thread_id"])], default=str)
+    assert "Michael Jordan" in kept and KEY not in kept
     log = server.log_text()
     assert KEY not in log and OTHER_KEY not in log and "wrong-key-123456" not in log
 
@@ -216,8 +224,17 @@ def test_bad_requests_are_4xx_with_one_line_and_no_traceback(server):
         ("/runs/wait", json.dumps({"assistant_id": "i2cr", "input": MENTION,
                                    "context": {"llm": "openai:gpt-4o"}}).encode(), 400,
          "'llm' is fixed by the server"),
+        ("/link", json.dumps({**MENTION, "settings": {"image_timeout": 999}}).encode(), 400,
+         "'image_timeout' may be at most the server's 20.0"),
         ("/runs/wait", json.dumps({"assistant_id": "i2cr", "input": {
             **MENTION, "image": "/etc/passwd"}}).encode(), 400, "local image paths"),
+        ("/runs/wait", json.dumps({"assistant_id": "i2cr", "input": {
+            **MENTION, "candidates": "nope"}}).encode(), 400, "list of candidates"),
+        ("/runs/wait", json.dumps({"assistant_id": "i2cr", "input": 3}).encode(), 400,
+         "expected an object"),
+        ("/runs/wait", json.dumps({"assistant_id": "i2cr", "input": MENTION,
+                                   "context": {"iav_mode": "maybe"}}).encode(), 400,
+         "iav_mode must be"),
         ("/assistants", json.dumps({"graph_id": "i2cr", "context": {
             "ranker_weights": "/etc/passwd"}}).encode(), 400, "'ranker_weights' is fixed"),
     ]
@@ -236,12 +253,9 @@ def test_private_image_url_is_refused_by_default(server, image_server):
     assert r.status_code == 400, r.text
     assert "loopback, private or link-local" in r.json()["detail"]
     assert "allow_private_urls" in r.json()["detail"]
-    # through the LangGraph API the run goes on without the image and says why
-    from langgraph_sdk import get_sync_client
-
-    out = get_sync_client(url=server.url, api_key=KEY).runs.wait(
-        None, "i2cr", input={**MENTION, "image": image_server.url})
-    assert out["image_status"] == "refused" and out["answer"] == "Michael Jordan"
+    r = httpx.post(f"{server.url}/runs/wait", headers=AUTH, timeout=120, json={
+        "assistant_id": "i2cr", "input": {**MENTION, "image": image_server.url}})
+    assert r.status_code == 400 and "allow_private_urls" in r.json()["detail"]  # the API too
     assert image_server.hits == []
 
 

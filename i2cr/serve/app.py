@@ -37,10 +37,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from i2cr.data import DataError, Mention, parse_record
-from i2cr.images import ImageError, check_ref, using_policy
+from i2cr.data import DataError, Mention
+from i2cr.images import using_policy
 from i2cr.redact import error_text
-from i2cr.serve.config import BadRequest, ServerConfig, check_image_ref
+from i2cr.serve.config import BadRequest, ServerConfig
+from i2cr.serve.inputs import mention_from
 from i2cr.serve.keys import UNAUTHORIZED, verify
 
 log = logging.getLogger("i2cr.serve")
@@ -124,27 +125,6 @@ async def _read_json(request: Request, cap: int) -> Any:
                          f"{str(e)[:120]})") from None
 
 
-def _record(raw: Any, rid: str, *, kb: bool, image_check: bool = True) -> Mention:
-    """One request record as a :class:`Mention` (``precomputed_clues`` is read as ``clues``), or
-    :class:`DataError` / :class:`BadRequest` naming it."""
-    if isinstance(raw, dict) and "precomputed_clues" in raw and "clues" not in raw:
-        raw = {**raw, "clues": raw["precomputed_clues"]}
-    if isinstance(raw, dict) and raw.get("id") is not None:
-        rid = str(raw["id"])[:200]
-    m = parse_record(raw, rid, source="request", candidates="optional" if kb else "required")
-    if image_check and m.image:
-        try:
-            check_image_ref(m.image, "image")
-            check_ref(m.image)
-        except BadRequest as e:
-            raise DataError(str(e).removeprefix("image: "), source="request", record=rid,
-                            field="image") from None
-        except ImageError as e:
-            if e.kind == "refused":  # unreachable and the like: the run records it
-                raise DataError(e.reason, source="request", record=rid, field="image") from None
-    return m
-
-
 class Served:
     """The app's state: its configuration and what it has done."""
 
@@ -176,14 +156,14 @@ class Served:
             items: list[Mention | DataError] = []
             for i, raw in enumerate(raws):
                 try:
-                    items.append(_record(raw, str(i), kb=kb))
+                    items.append(mention_from(raw, str(i), kb=kb))
                 except DataError as e:
                     items.append(e)
             items = check_items(items, warn=None)
             single = False
         else:
             try:
-                items = [_record(body, "0", kb=kb)]
+                items = [mention_from(body, "0", kb=kb)]
             except DataError as e:
                 raise BadRequest(str(e)) from None
             single = True
@@ -192,6 +172,9 @@ class Served:
             rec = run_one(it, settings)
             if not keep_trace:
                 rec = {k: v for k, v in rec.items() if k not in ("events", "trace")}
+            if isinstance(rec.get("image"), str) and rec["image"].startswith("data:"):
+                head = rec["image"].partition(",")[0]  # not the caller's bytes echoed back
+                rec["image"] = f"{head},… ({len(rec['image'])} characters)"
             recs.append(rec)
         errors = sum(r.get("error") is not None for r in recs)
         with self._lock:
@@ -214,8 +197,8 @@ class Served:
         if not isinstance(parts, list) or len(parts) > MAX_TRACE_PARTS:
             raise BadRequest(f"'parts' must be a list of at most {MAX_TRACE_PARTS} stream parts")
         try:
-            m = _record({**inp, "id": inp.get("sample_id") or "playground"}, "playground",
-                        kb=True, image_check=False)
+            m = mention_from({**inp, "id": inp.get("sample_id") or "playground"}, "playground",
+                        kb=True, check_image=False)
         except DataError as e:
             raise BadRequest(str(e)) from None
         tb = TraceBuilder(m.to_input(), graph.channels)
@@ -229,7 +212,8 @@ class Served:
                     tb.add_update(str(node), upd if isinstance(upd, dict) else {})
         state, trace = tb.finish()
         elapsed = body.get("elapsed_s")
-        rec = result_record(m, state, float(elapsed) if isinstance(elapsed, (int, float)) else 0.0)
+        rec = result_record(m, state,
+                            float(elapsed) if isinstance(elapsed, (int, float)) else 0.0)
         rec["image"], rec["trace"] = m.image_ref(), trace
         card = mention_card(rec).replace("<details class='mention", "<details open class='mention",
                                          1)

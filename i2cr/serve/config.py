@@ -3,7 +3,8 @@
 The server reads its settings from its environment (``I2CR_<SETTING>``, as every :class:`Context`
 does) plus ``I2CR_API_KEYS`` (comma-separated), ``I2CR_MAX_BODY_BYTES`` and ``I2CR_MAX_BATCH``. A
 request (``/link``'s ``settings``, or a run's ``context`` on the LangGraph API) may change only the
-settings in :data:`RUN_SETTINGS` (thresholds, strategies, tools, counts); anything that names a
+settings in :data:`RUN_SETTINGS` (thresholds, strategies, tools, counts; those in :data:`CAPPED`
+only up to the server's own value); anything that names a
 file, a model, an endpoint or a network rule stays the server's, and a request that tries to
 change it is refused (400) naming the setting. Caches may be switched off (``'none'``) per run.
 """
@@ -28,6 +29,9 @@ RUN_SETTINGS = frozenset({
     "trace_prompts", "image_timeout",
 })
 CACHES = frozenset({"clue_cache", "embedding_cache"})  # a run may switch these off ('none')
+# run settings a request may lower but not raise above the server's value (time, calls, size)
+CAPPED = frozenset({"image_timeout", "llm_max_tokens", "tes_retries", "max_reflections",
+                    "max_candidates", "max_context_chars", "kb_top_k"})
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024  # room for one inline image at its cap (base64)
 DEFAULT_MAX_BATCH = 64
@@ -107,6 +111,14 @@ def check_overrides(overrides: Any, base: Context) -> None:
     for k, v in overrides.items():
         if k not in known:
             raise BadRequest(f"unknown setting {str(k)[:60]!r}")
+        if k in CAPPED:
+            try:
+                over = float(v) > float(getattr(base, k))
+            except (TypeError, ValueError):
+                raise BadRequest(f"setting {k!r} must be a number, not {str(v)[:40]!r}") from None
+            if over:
+                raise BadRequest(f"setting {k!r} may be at most the server's "
+                                 f"{getattr(base, k)!r}, not {str(v)[:40]}")
         if k in RUN_SETTINGS:
             continue
         if k in CACHES and (v is None or str(v).strip().lower() in {"none", ""}):
