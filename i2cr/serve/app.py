@@ -108,7 +108,7 @@ def _rss_mb() -> float | None:
 
 
 async def _read_json(request: Request, cap: int) -> Any:
-    body = b""
+    body = bytearray()
     try:
         async for chunk in request.stream():
             body += chunk
@@ -198,27 +198,34 @@ class Served:
             raise BadRequest(f"'parts' must be a list of at most {MAX_TRACE_PARTS} stream parts")
         try:
             m = mention_from({**inp, "id": inp.get("sample_id") or "playground"}, "playground",
-                        kb=True, check_image=False)
+                             kb=True, check_image=False)
         except DataError as e:
             raise BadRequest(str(e)) from None
         tb = TraceBuilder(m.to_input(), graph.channels)
-        for p in parts:
-            if not isinstance(p, dict) or not isinstance(p.get("data"), dict):
-                raise BadRequest("each part must be {'event': 'updates'|'custom', 'data': {...}}")
-            if p.get("event") == "custom":
-                tb.add_custom(p["data"])
-            elif p.get("event") == "updates":
-                for node, upd in p["data"].items():
-                    tb.add_update(str(node), upd if isinstance(upd, dict) else {})
-        state, trace = tb.finish()
         elapsed = body.get("elapsed_s")
-        rec = result_record(m, state,
-                            float(elapsed) if isinstance(elapsed, (int, float)) else 0.0)
-        rec["image"], rec["trace"] = m.image_ref(), trace
-        card = mention_card(rec).replace("<details class='mention", "<details open class='mention",
-                                         1)
+        try:
+            for p in parts:
+                if not isinstance(p, dict) or not isinstance(p.get("data"), dict):
+                    raise BadRequest("each part must be {'event': 'updates'|'custom', "
+                                     "'data': {...}}")
+                if p.get("event") == "custom":
+                    tb.add_custom(p["data"])
+                elif p.get("event") == "updates":
+                    for node, upd in p["data"].items():
+                        tb.add_update(str(node), upd if isinstance(upd, dict) else {})
+            state, trace = tb.finish()
+            rec = result_record(m, state,
+                                float(elapsed) if isinstance(elapsed, (int, float)) else 0.0)
+            rec["image"], rec["trace"] = m.image_ref(), trace
+            card = mention_card(rec)
+        except BadRequest:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise BadRequest(f"'parts' are not the stream of an i2cr run ({type(e).__name__})"
+                             ) from None
         rec.pop("trace")
-        return {"record": rec, "html": card}
+        return {"record": rec,
+                "html": card.replace("<details class='mention", "<details open class='mention", 1)}
 
     def health(self) -> dict[str, Any]:
         s = self.config.settings
