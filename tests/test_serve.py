@@ -418,17 +418,5 @@ def test_langgraph_build_config_carries_the_routes_and_auth(tmp_path):
     assert auth["path"].endswith("/i2cr/serve/auth.py:auth") and auth["disable_studio_auth"]
     assert json.loads(env["LANGGRAPH_HTTP"].strip("'"))["app"] == "i2cr.serve.app:app"
     graphs = json.loads(env["LANGSERVE_GRAPHS"].strip("'"))
-    assert graphs["i2cr"].endswith("/i2cr/serve/graph.py:graph")
+    assert graphs["i2cr"].endswith("/i2cr/graph/graph.py:graph")
 
-
-def test_the_served_graph_module_installs_the_server_image_policy(tmp_path):
-    """A process that loads the graph from langgraph.json holds images to the server's rules
-    even if it never starts the custom routes (e.g. a separate queue worker)."""
-    code = ("import runpy; g = runpy.run_path('i2cr/serve/graph.py')['graph']; "
-            "from i2cr.images import policy; p = policy(); "
-            "print(g.name, p.local_files, p.image_root, p.allow_private_urls)")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "I2CR_SERVE_IMAGE_ROOT": str(tmp_path)}
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       env=env, timeout=300)
-    assert p.returncode == 0, p.stderr
-    assert p.stdout.split() == ["i2cr", "True", str(tmp_path), "False"]
