@@ -34,6 +34,7 @@ MAX_MENTION_CHARS = 500
 MAX_CONTEXT_CHARS = 100_000
 MAX_NAME_CHARS = 300
 MAX_DESC_CHARS = 4_000
+MAX_DOCUMENT_NAMES = 500  # other mentions of a document kept per mention
 MAX_CLUE_CHARS = 4_000  # per clue; a list or object clue counts the characters of all its parts
 
 
@@ -85,6 +86,8 @@ class Mention:
     allow_nil: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
     truncations: list[dict[str, Any]] = field(default_factory=list)  # fields cut to their caps
+    # the other mentions of its document, as written (the ranker reads fuller names from them)
+    document: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         cuts = self.truncations = list(self.truncations)
@@ -126,6 +129,7 @@ class Mention:
             "candidates": [c.to_dict() for c in self.candidates],
             "precomputed_clues": dict(self.clues) if self.clues else None,
             "allow_nil": self.allow_nil,
+            "document_mentions": list(self.document),
         }
 
 
@@ -291,9 +295,38 @@ def parse_record(rec: Any, rid: str, *, source: str, image_root: str | None = No
     if clues is not None and not isinstance(clues, dict):
         raise DataError("must be an object of clue type -> text", source=source, record=rid,
                         field="mention_imgdesc_Azure")
+    doc = rec.get("document_mentions")
+    if doc is not None and (not isinstance(doc, list) or not all(isinstance(x, str) for x in doc)):
+        raise DataError("must be a list of strings", source=source, record=rid,
+                        field="document_mentions")
     return Mention(id=rid, mention=mention, context=context, candidates=cands,
                    image=image or None, image_root=image_root, clues=clues, label=label,
-                   allow_nil=nil_ok)
+                   allow_nil=nil_ok,
+                   document=[x[:MAX_NAME_CHARS] for x in (doc or [])[:MAX_DOCUMENT_NAMES]])
+
+
+def document_key(rid: str, rec: Any) -> str | None:
+    """The document a record belongs to: its ``doc_id``, else the id's part before its last
+    ``::`` when the id reads ``corpus::document::n`` (as textel's do); None when unknown."""
+    if isinstance(rec, dict) and isinstance(rec.get("doc_id"), (str, int)):
+        return str(rec["doc_id"])
+    parts = rid.split("::")
+    return "::".join(parts[:-1]) if len(parts) >= 3 else None
+
+
+def fill_documents(items: list[Mention | DataError], keys: list[str | None]) -> None:
+    """Give each mention without ``document_mentions`` of its own the other mentions of its
+    document (by :func:`document_key`), in file order, capped."""
+    groups: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        if k is not None and isinstance(items[i], Mention):
+            groups.setdefault(k, []).append(i)
+    for idx in groups.values():
+        for i in idx:
+            m = items[i]
+            if isinstance(m, Mention) and not m.document:
+                names = [items[j].mention for j in idx if j != i]  # type: ignore[union-attr]
+                m.document = [n for n in names if n != m.mention][:MAX_DOCUMENT_NAMES]
 
 
 def _open_error(path: Path, e: OSError) -> DataError:
@@ -482,7 +515,9 @@ def load_mentions(path: str | Path, labels: str | Path | dict[str, str] | None =
     if image_root is None:
         image_root = str(Path(path).parent)
     out: list[Mention | DataError] = []
+    keys: list[str | None] = []
     for rid, rec in iter_records(path):
+        keys.append(None if isinstance(rec, DataError) else document_key(rid, rec))
         try:
             if isinstance(rec, DataError):
                 raise rec
@@ -493,6 +528,7 @@ def load_mentions(path: str | Path, labels: str | Path | dict[str, str] | None =
             if strict:
                 raise
             out.append(e)
+    fill_documents(out, keys)
     return out
 
 

@@ -81,12 +81,15 @@ def link_mention(m: Mention, settings: Context | None = None, *, graph: Any = No
 def link(mention: str, context: str,
          candidates: Sequence[dict[str, Any] | str | Candidate] | None = None, *,
          image: str | None = None, allow_nil: bool = False, clues: dict[str, Any] | None = None,
-         kb: str | None = None, settings: Context | None = None, **overrides: Any
-         ) -> dict[str, Any]:
+         kb: str | None = None, document: Sequence[str] = (), settings: Context | None = None,
+         **overrides: Any) -> dict[str, Any]:
     """Link one mention. ``candidates`` are dicts with ``name`` and ``desc`` (or plain names).
 
     >>> link("Jordan", "Jordan dunks in the 1991 finals", [{"name": "Michael Jordan", "desc": ...},
     ...      {"name": "Jordan (country)", "desc": ...}], llm="openai:gpt-4o")   # doctest: +SKIP
+
+    ``document``: the other mentions of the same document, as written; a surname or an initialism
+    is then read as the fuller name the document gives (``Walters`` after ``Barbara Walters``).
 
     Without candidates, give a knowledge base (``kb="KBDIR"``, built with ``i2cr kb build``):
     the graph's retrieve node generates them.
@@ -120,6 +123,8 @@ def link(mention: str, context: str,
                              allow_empty=allow_nil or bool(settings.kb))
     if not mention or not mention.strip():
         raise DataError("is empty", source="link()", field="mention")
+    if isinstance(document, str) or not all(isinstance(x, str) for x in document):
+        raise DataError("must be a list of strings", source="link()", field="document")
     m = Mention(id="0", mention=mention, context=context or "", candidates=cands, image=image,
-                clues=clues, allow_nil=allow_nil)
+                clues=clues, allow_nil=allow_nil, document=list(document))
     return link_mention(m, settings)

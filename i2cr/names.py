@@ -12,7 +12,12 @@ say before any matching or embedding:
   adjectival form (``Chinese``, ``South African``), the place and the people it names, from the
   shipped table ``demonyms.tsv``;
 - :func:`is_acronym_of` tells whether a mention (``UN``, ``U.N.``, ``OLPC``) is the initialism of a
-  name.
+  name;
+- :func:`expansions` gives the fuller names a short mention stands for in its document (``Walters``
+  after ``Barbara Walters``, ``UN`` after ``United Nations``): the document's other mentions that
+  contain the mention's words, or whose initials it is. A news text
+  names a person in full once and by surname after that; so do entity linkers (REL, AIDA expand
+  mentions this way before looking them up).
 """
 
 from __future__ import annotations
@@ -159,3 +164,34 @@ def is_acronym_of(mention: str, name: str) -> bool:
     low = letters.lower()
     base = title_parts(name).display
     return low in (initials(base, skip_minor=True), initials(base, skip_minor=False))
+
+
+MAX_DOCUMENT_NAMES = 500  # names of a document looked at (a cap on hostile input)
+
+
+def _contains(longer: list[str], shorter: list[str]) -> bool:
+    k = len(shorter)
+    return any(longer[i:i + k] == shorter for i in range(len(longer) - k + 1))
+
+
+def expansions(mention: str, document: tuple[str, ...] | list[str] = ()) -> tuple[str, ...]:
+    """Fuller names the mention may stand for, folded: each of the document's other mentions
+    (``document``) that is longer than the mention and contains its words in order, or whose
+    initials the mention is. Only for a capitalised mention (a lower-case one is a common noun or
+    a pronoun); () when there is none. (Capitalised words of the context were tried too: on the
+    held-out datasets sentence-initial words and titles made them noise.)"""
+    m = strip_mention(mention)
+    if not m[:1].isupper():
+        return ()
+    words = fold(m).split()
+    if not words:
+        return ()
+    out: dict[str, None] = {}
+    for name in list(document)[:MAX_DOCUMENT_NAMES]:
+        if not isinstance(name, str):
+            continue
+        n = strip_mention(name)
+        f = fold(n).split()
+        if (len(f) > len(words) and _contains(f, words)) or is_acronym_of(m, n):
+            out[" ".join(f)] = None
+    return tuple(out)

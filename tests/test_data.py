@@ -125,3 +125,38 @@ def test_wikimel_dev_loads_whole():
     ms = load_mentions(SHARED / "WikiMEL_dev.json", SHARED / "WikiMEL_dev_label.json")
     assert len(ms) == 1030
     assert all(len(m.candidates) == 10 and m.clues and m.label for m in ms)
+
+
+def test_mentions_of_one_document_see_each_other(tmp_path):
+    from i2cr.data import load_mentions
+
+    recs = {"news::d1::0": {"mention": "Barbara Walters", "mention_context": "x",
+                            "Candentity": [{"name": "Barbara Walters", "desc": ""}]},
+            "news::d1::1": {"mention": "Walters", "mention_context": "y",
+                            "Candentity": [{"name": "Barbara Walters", "desc": ""}]},
+            "news::d2::0": {"mention": "Walters", "mention_context": "z",
+                            "Candentity": [{"name": "Walters, Oklahoma", "desc": ""}]},
+            "a": {"mention": "Walters", "mention_context": "w", "doc_id": "d9",
+                  "Candentity": [{"name": "Walters, Oklahoma", "desc": ""}]},
+            "b": {"mention": "Jo Walters", "mention_context": "w", "doc_id": "d9",
+                  "Candentity": [{"name": "Jo Walters", "desc": ""}]},
+            "c": {"mention": "Walters", "mention_context": "v", "document_mentions": ["Kim Walters"],
+                  "Candentity": [{"name": "Kim Walters", "desc": ""}]}}
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps(recs))
+    got = {m.id: m.document for m in load_mentions(p)}
+    assert got["news::d1::1"] == ["Barbara Walters"] and got["news::d1::0"] == ["Walters"]
+    assert got["news::d2::0"] == []  # another document
+    assert got["a"] == ["Jo Walters"] and got["c"] == ["Kim Walters"]  # doc_id; given explicitly
+    m = [m for m in load_mentions(p) if m.id == "news::d1::1"][0]
+    assert m.to_input()["document_mentions"] == ["Barbara Walters"]
+
+
+def test_document_mentions_must_be_strings(tmp_path):
+    from i2cr.data import load_mentions
+
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps({"x": {"mention": "A", "mention_context": "", "document_mentions": "B",
+                                   "Candentity": [{"name": "A", "desc": ""}]}}))
+    with pytest.raises(DataError, match="x.*document_mentions"):
+        load_mentions(p)

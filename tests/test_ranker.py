@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from i2cr.names import clean, demonym_forms, is_acronym_of, mention_forms, title_parts
+from i2cr.names import clean, demonym_forms, expansions, is_acronym_of, mention_forms, title_parts
 from i2cr.ranker import FEATURES, Ranker, features, load_weights
 
 CANDS = [
@@ -181,6 +181,42 @@ def test_a_prior_moves_the_ranking_and_nil_when_nothing_fits(ranker):
     assert r.p_link < fits.p_link and not fits.nil
     he = ranker.rank("he", "he went home after the game.", [], unrelated)
     assert he.p_link == 0.0 and he.nil  # a pronoun: a name lookup cannot have found its referent
+
+
+def test_document_names_expand_short_mentions():
+    doc = ["Barbara Walters", "ABC", "United Nations", "Walters", 42]
+    assert expansions("Walters", doc) == ("barbara walters",)
+    assert expansions("Walters's", doc) == ("barbara walters",)
+    assert expansions("UN", doc) == ("united nations",)
+    assert expansions("ABC", doc) == ()  # nothing fuller: itself does not count
+    assert expansions("he", doc) == () and expansions("walters", doc) == ()  # not a name
+    assert expansions("Walters", []) == ()
+    cands = [{"name": "Walters,_Oklahoma", "desc": "Walters is a city in Oklahoma."},
+             {"name": "Barbara_Walters", "desc": "Barbara Walters was an American journalist."}]
+    F = features("Walters", "Walters said on Tuesday.", "", cands, [0.5, 0.5], document=doc)
+    assert list(col(F, "has_expansion")) == [1.0, 1.0]
+    assert list(col(F, "expansion_exact")) == [0.0, 1.0]
+    assert col(F, "expansion_jaccard")[1] == 1.0 and 0 < col(F, "expansion_jaccard")[0] < 1
+    alone = features("Walters", "Walters said on Tuesday.", "", cands, [0.5, 0.5])
+    assert not alone[:, FEATURES.index("has_expansion"):FEATURES.index("expansion_jaccard") + 1].any()
+
+
+@pytest.mark.integration
+def test_the_document_tells_a_surname_from_a_place_and_nil_when_its_name_is_missing(ranker):
+    cands = [{"name": "Walters,_Oklahoma", "desc": "Walters is a city in Cotton County, Oklahoma."},
+             {"name": "Rod_Walters", "desc": "Rod Walters is an American football player."},
+             {"name": "Barbara_Walters", "desc": "Barbara Walters was an American broadcast "
+              "journalist and television personality."}]
+    ctx = "Walters said on Tuesday that the plan would go ahead."  # says nothing of who
+    alone = ranker.rank("Walters", ctx, [], cands)
+    assert alone.candidates[alone.best]["name"] == "Walters,_Oklahoma"  # the plain title
+    for doc, meant in ((["Rod Walters", "NFL"], "Rod_Walters"),
+                       (["Barbara Walters", "ABC"], "Barbara_Walters")):
+        r = ranker.rank("Walters", ctx, [], cands, doc)
+        assert r.candidates[r.best]["name"] == meant and not r.nil
+        # the document names someone none of the candidates is: the link is less likely
+        missing = ranker.rank("Walters", ctx, [], cands, ["Frank Walters", "NBC"])
+        assert missing.p_link < r.p_link
 
 
 def test_weights_for_other_features_are_refused(tmp_path):

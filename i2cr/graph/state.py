@@ -42,6 +42,7 @@ class InputState(TypedDict, total=False):
     candidates: list[CandidateDict]
     precomputed_clues: dict[str, Any] | None  # e.g. the dataset's mention_imgdesc_Azure
     allow_nil: bool
+    document_mentions: list[str]  # the other mentions of its document (fuller names: Walters)
 
 
 class OutputState(TypedDict, total=False):

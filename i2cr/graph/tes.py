@@ -43,8 +43,10 @@ def rank_by_embedding(state: State, ctx: Context, cands: Sequence[Mapping[str, A
 
 def retrieval_ranking(state: State, ctx: Context, cands: Sequence[Mapping[str, Any]]) -> Ranking:
     """The ranker's view of ``cands`` in this round (mention, context, round clues)."""
+    doc = state.get("document_mentions")
     return resources.ranker(ctx).rank(state["mention"], state.get("context", ""),
-                                      round_clues(state, ctx.query_clues), cands)
+                                      round_clues(state, ctx.query_clues), cands,
+                                      doc if isinstance(doc, list) else ())
 
 
 def tes_retrieval(state: State, ctx: Context) -> dict[str, Any]:

@@ -12,6 +12,10 @@ Groups (see :data:`FEATURES`):
   demonym, the mention in the description, words of the name beyond the mention's, the
   disambiguator or qualifier's words in the context, the name's words in the context and in the
   clue text;
+- **document**: the fuller names the mention stands for in its document (:func:`.names.expansions`:
+  ``Walters`` after ``Barbara Walters``): whether the candidate's name is one (exact), and the
+  share of words they have in common (Jaccard), all 0 when there is none; and whether there is one
+  (the same for every candidate: the softmax ignores it, the NIL model reads it);
 - **prior**: the candidate generator's or KB's ``prior`` (popularity or p(entity | mention), any
   scale where higher is likelier) as its share of the mention's top prior, and whether it is the
   top one; 0 for every candidate when no candidate has a prior, which a softmax over one mention's
@@ -34,7 +38,7 @@ from typing import Any
 import numpy as np
 from rapidfuzz import fuzz
 
-from ..names import demonym_forms, fold, is_acronym_of, mention_forms, strip_mention, title_parts
+from ..names import demonym_forms, expansions, fold, is_acronym_of, mention_forms, strip_mention, title_parts
 
 FEATURES = [
     # embedding
@@ -43,6 +47,8 @@ FEATURES = [
     "exact", "exact_plain", "exact_plain_common_noun", "has_disambiguator", "token_set", "partial", "wratio",
     "mention_in_name", "surname_match", "given_name_match", "acronym", "demonym",
     "mention_in_desc", "extra_words", "qualifier_in_context", "name_in_context", "name_in_clue",
+    # document
+    "has_expansion", "expansion_exact", "expansion_jaccard",
     # prior and popularity
     "prior", "prior_top", "qid_gap",
     # people
@@ -147,11 +153,13 @@ def _phrase_in(phrase: str, text: str) -> bool:
 
 def features(mention: str, context: str, clue_text: str, candidates: Sequence[dict[str, Any]],
              sims: Sequence[float], context_sims: Sequence[float] | None = None,
-             occupation_sims: Sequence[float | None] | None = None) -> np.ndarray:
+             occupation_sims: Sequence[float | None] | None = None,
+             document: Sequence[str] = ()) -> np.ndarray:
     """One row of :data:`FEATURES` per candidate. ``sims``: the embedder's query-entity
     similarities (query = mention + context + this round's clues); ``context_sims``: the context
     alone against each entity text; ``occupation_sims``: the context against each candidate's
-    occupation (None where a candidate has none)."""
+    occupation (None where a candidate has none); ``document``: the other mentions of the
+    mention's document, as written."""
     n = len(candidates)
     if not n:
         return np.zeros((0, len(FEATURES)))
@@ -180,6 +188,7 @@ def features(mention: str, context: str, clue_text: str, candidates: Sequence[di
     occ_known = [o for o in occ if o is not None]
     occ_best = max(occ_known) if occ_known else 0.0
     qgap = qid_gaps(candidates)
+    exps = [(e, set(e.split())) for e in expansions(mention, tuple(document))]
     pshare, ptop = prior_columns(candidates)
     rows = []
     for i, c in enumerate(candidates):
@@ -193,6 +202,8 @@ def features(mention: str, context: str, clue_text: str, candidates: Sequence[di
         plain = exact * float(not t.disambiguator and not t.qualifier)
         extra_t = (_toks(t.qualifier) | _toks(t.disambiguator)) - men_t
         k = len(men_w)
+        exp_exact = float(any(e in (base_f, disp_f, full_f) for e, _ in exps))
+        exp_jac = max((len(w & nt) / len(w | nt) for _, w in exps), default=0.0)
         sex = _sex(desc)
         by, dy = _year(_BIRTH, desc), _year(_DEATH, desc)
         year_fit = before = child = alive = dead = 0.0
@@ -224,6 +235,7 @@ def features(mention: str, context: str, clue_text: str, candidates: Sequence[di
             len(extra_t & ctx_t) / max(len(extra_t), 1),
             len(nt & ctx_t) / max(len(nt), 1),
             len(nt & clue_t) / max(len(nt), 1),
+            float(bool(exps)), exp_exact, exp_jac,
             pshare[i], ptop[i], qgap[i],
             float(g_clue * sex), float(g_ctx * sex), g_words * sex, year_fit,
             float("Spouse:" in desc),

@@ -85,7 +85,7 @@ def build_examples(mentions: Sequence[Mention], ranker: Ranker, tool_names: Sequ
             gold = np.asarray([int(c["name"].lower() == (m.label or "").lower()) for c in cands])
             prior = any(c.get("prior") is not None for c in cands)
             for kind, clues in clue_sets(m, tool_names):
-                F = ranker.features(m.mention, m.context, clues, cands)
+                F = ranker.features(m.mention, m.context, clues, cands, document=m.document)
                 out.append(Example(i, datasets[i], kind, F, gold, F[:, SIM].copy(), m.allow_nil,
                                    is_nil=not gold.any(), has_prior=prior, text=m.mention))
     return out

@@ -33,10 +33,10 @@ from .features import FEATURES, features, has_prior, occupation
 
 NIL_FEATURES = ["top_prob", "margin", "top_sim", "top_exact", "top_wratio", "top_token_set",
                 "top_acronym", "top_demonym", "top_mention_in_desc", "top_prior", "log_candidates",
-                "mention_lowercase", "mention_words", "top_fit"]
+                "mention_lowercase", "mention_words", "top_fit", "has_expansion", "top_expansion"]
 # what the candidate-level fit model reads: how well one candidate fits the mention on its own
 FIT_INPUTS = ["sim", "exact", "wratio", "token_set", "mention_in_name", "acronym", "demonym",
-              "mention_in_desc"]
+              "mention_in_desc", "has_expansion", "expansion_exact", "expansion_jaccard"]
 # personal pronouns: a name lookup cannot have found their referent (that is coreference), so
 # where NIL is allowed a pronoun is NIL, whatever the candidates (a rule, not a fitted weight)
 PRONOUNS = {"i", "me", "my", "mine", "myself", "you", "your", "yours", "yourself", "he", "him", "his",
@@ -58,8 +58,9 @@ def own_fit(fit: Mapping[str, Any] | None, F: np.ndarray) -> np.ndarray:
 def nil_features(mention: str, probs: np.ndarray, F: np.ndarray,
                  fit: Mapping[str, Any] | None = None) -> np.ndarray:
     """The mention-level row the NIL model reads: the best candidate's features, its lead and its
-    own-fit log-odds (:func:`own_fit`), and the mention's own form (lower case, as common nouns
-    are; its length in words)."""
+    own-fit log-odds (:func:`own_fit`), the mention's own form (lower case, as common nouns
+    are; its length in words), and whether the document names it more fully and the best
+    candidate is that name."""
     if not len(probs):
         return np.zeros(len(NIL_FEATURES))
     order = np.argsort(-probs)
@@ -72,6 +73,7 @@ def nil_features(mention: str, probs: np.ndarray, F: np.ndarray,
         F[b, col["mention_in_desc"]], F[b, col["prior"]], math.log(len(probs)),
         float(mention.strip()[:1].islower()),
         min(len(mention.split()), 6) / 6, float(np.clip(own_fit(fit, F)[b], -20, 20)),
+        F[b, col["has_expansion"]], F[b, col["expansion_jaccard"]],
     ], dtype=np.float64)
 
 
@@ -195,8 +197,8 @@ class Ranker:
 
     # scoring ------------------------------------------------------------------------------------
     def features(self, mention: str, context: str, clues: Sequence[Mapping[str, Any]],
-                 candidates: Sequence[Mapping[str, Any]], *, strip_prior: bool = False
-                 ) -> np.ndarray:
+                 candidates: Sequence[Mapping[str, Any]], *, strip_prior: bool = False,
+                 document: Sequence[str] = ()) -> np.ndarray:
         cands = [dict(c) for c in candidates]
         if strip_prior:
             cands = [{k: v for k, v in c.items() if k != "prior"} for c in cands]
@@ -214,13 +216,15 @@ class Ranker:
             got = dict(zip(known, emb.similarity(cq, known), strict=True))
             osims = [got[o] if o else None for o in occs]
         clue_text = " ".join(str(c.get("text", "")) for c in clues)
-        return features(mention, context, clue_text, cands, sims, csims, osims)
+        return features(mention, context, clue_text, cands, sims, csims, osims, document)
 
     def rank(self, mention: str, context: str, clues: Sequence[Mapping[str, Any]],
-             candidates: Sequence[Mapping[str, Any]]) -> Ranking:
+             candidates: Sequence[Mapping[str, Any]], document: Sequence[str] = ()) -> Ranking:
+        """``document``: the other mentions of the mention's document, as written (see
+        :func:`i2cr.names.expansions`)."""
         cands = [dict(c) for c in candidates]
         model = "prior" if has_prior(cands) else "no_prior"
-        F = self.features(mention, context, clues, cands)
+        F = self.features(mention, context, clues, cands, document=document)
         return self.ranking(mention, cands, F, model)
 
     def ranking(self, mention: str, cands: list[dict[str, Any]], F: np.ndarray,
