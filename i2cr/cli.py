@@ -488,13 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .embeddings import ModelUnavailable
     from .llm import BackendError
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, BackendError) as e:
+    except (DataError, BackendError, ModelUnavailable) as e:
         print(f"i2cr: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a path that cannot be read or written: one line, no traceback

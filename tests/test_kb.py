@@ -212,6 +212,14 @@ def test_cli_link_with_kb_links_mentions_without_candidates(kb_dir, tmp_path):
     assert p.returncode == 1 and "Candentity" in p.stdout + p.stderr
 
 
+def test_cli_build_with_an_embedder_that_cannot_load_is_one_line(tmp_path):
+    src = write_jsonl(tmp_path / "e.jsonl", ENTITIES[:2])
+    p = cli("kb", "build", str(src), "--out", str(tmp_path / "kb"),
+            "--set", f"embedder={tmp_path / 'no-such-model'}")
+    assert p.returncode == 2 and "cannot load embedder" in p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
 def test_cli_link_refuses_a_missing_kb_in_one_line(tmp_path):
     f = write_jsonl(tmp_path / "m.jsonl", [{"id": "m1", "mention": "Apple", "context": ""}])
     p = cli("link", str(f), "--kb", str(tmp_path / "nokb"), "--no-progress")
