@@ -188,6 +188,19 @@ def test_retrieve_node_generates_the_candidates_the_graph_links(kb_dir):
     assert "retrieve" in graph.get_graph().nodes
 
 
+def test_nil_over_a_kb_when_nothing_generated_fits(kb_dir):
+    ctx = "Zorblax Quentavian testified before the regional water board on Tuesday."
+    rec = link("Zorblax Quentavian", ctx, kb=kb_dir, iav_mode="off")
+    assert rec["path"][0] == "retrieve" and rec["is_nil"] and rec["answer"] == "nil"
+    # the same mention with NIL switched off over the KB takes the best generated entity
+    rec = link("Zorblax Quentavian", ctx, kb=kb_dir, iav_mode="off", kb_allow_nil=False)
+    assert not rec["is_nil"] and rec["answer"] in {e["name"] for e in ENTITIES}
+    # and a mention the KB holds is still linked
+    rec = link("Michael Jordan", "Michael Jordan won six titles with the Chicago Bulls.", kb=kb_dir,
+               iav_mode="off")
+    assert rec["answer"] == "Michael Jordan" and not rec["is_nil"]
+
+
 def test_link_api_with_a_kb_needs_no_candidates(kb_dir):
     rec = link("Hilton", "Hilton arrives at the premiere with her new handbag", kb=kb_dir,
                iav_mode="off")

@@ -141,6 +141,9 @@ class Context:
         "candidates gets its candidates from it (the retrieve node); None: no KB.")})
     kb_top_k: int = field(default=10, metadata={"description": (
         "Candidates the KB generates per mention (lexical and dense hits, fused by rank).")})
+    kb_allow_nil: bool = field(default=True, metadata={"description": (
+        "With candidates generated from the KB, NIL may be answered (the KB may not hold the "
+        "referent): the ranker's calibrated p_link decides, as for a sample that allows NIL.")})
 
     # --- serving (i2cr.serve reads these from the server's environment; a run cannot set them) ---
     allow_private_urls: bool = field(default=False, metadata={"server": True, "description": (

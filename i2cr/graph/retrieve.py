@@ -3,7 +3,8 @@
 Lexical search over the KB's names and aliases (the mention's folded forms) and dense search with
 the ICR query (mention + context) are fused by reciprocal rank; the top ``kb_top_k`` entities
 become the candidates. The node's event keeps the generator's scores, and the names of the fused
-ranking down to rank 50 (what recall@k is measured on)."""
+ranking down to rank 50 (what recall@k is measured on). With ``kb_allow_nil`` (the default) the
+mention may be NIL: nothing guarantees the KB holds its referent."""
 
 from __future__ import annotations
 
@@ -46,4 +47,7 @@ def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                       for e in ranked if e["name"] in top],
         "ranked": [e["name"] for e in ranked],
     }
-    return {"path": ["retrieve"], "candidates": cands, "events": [event]}
+    update: dict[str, Any] = {"path": ["retrieve"], "candidates": cands, "events": [event]}
+    if ctx.kb_allow_nil:
+        update["allow_nil"] = True  # the referent may not be in the KB at all
+    return update
