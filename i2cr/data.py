@@ -483,17 +483,26 @@ def load_mentions(path: str | Path, labels: str | Path | dict[str, str] | None =
         image_root = str(Path(path).parent)
     out: list[Mention | DataError] = []
     for rid, rec in iter_records(path):
-        try:
-            if isinstance(rec, DataError):
-                raise rec
-            out.append(parse_record(rec, rid, source=str(path), image_root=image_root,
-                                    label=gold.get(rid), allow_nil=allow_nil,
-                                    candidates=candidates))
-        except DataError as e:
-            if strict:
-                raise
-            out.append(e)
+        item = to_item(rid, rec, source=str(path), gold=gold, image_root=image_root,
+                       allow_nil=allow_nil, candidates=candidates)
+        if strict and isinstance(item, DataError):
+            raise item
+        out.append(item)
     return out
+
+
+def to_item(rid: str, rec: Any, *, source: str, gold: dict[str, str], image_root: str | None,
+            allow_nil: bool | None = None, candidates: str = "required") -> Mention | DataError:
+    """One ``(id, raw record)`` of :func:`iter_records` as a :class:`Mention`, or the
+    :class:`DataError` saying why it is not one (the rule :func:`load_mentions` applies to each
+    record, for readers that stream records one by one)."""
+    try:
+        if isinstance(rec, DataError):
+            raise rec
+        return parse_record(rec, rid, source=source, image_root=image_root, label=gold.get(rid),
+                            allow_nil=allow_nil, candidates=candidates)
+    except DataError as e:
+        return e
 
 
 def shuffle_candidates(items: list, seed: int) -> list:
