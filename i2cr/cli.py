@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from .data import DataError
+from .engine import commands as engine
 
 
 def _settings(args: argparse.Namespace):
@@ -119,12 +120,16 @@ def cmd_link(args: argparse.Namespace) -> int:
     from .eval.runner import RunStats, check_items, run
 
     settings = _settings(args)
-    _writable_file(args.out, "--out")
-    gold = load_labels(args.labels) if args.labels else {}
+    engine.check_flags(args)
+    if not str(args.out or "").endswith(".parquet"):
+        _writable_file(args.out, "--out")
     if settings.kb:
         from .kb import open_kb
 
         open_kb(settings.kb, settings.embedder)  # missing or mismatched: refused up front
+    if args.engine == "ray":
+        return engine.link_ray(args, settings)
+    gold = load_labels(args.labels) if args.labels else {}
     items = load_mentions(args.file, gold, image_root=args.image_root, strict=False,
                           allow_nil=True if args.allow_nil else None,
                           candidates="optional" if settings.kb else "required")
@@ -302,6 +307,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.report import failures, stage_rows
 
     settings = _settings(args)
+    engine.check_flags(args)
     out_dir = args.out_dir
     if out_dir is None:
         out_dir = "runs/eval"
@@ -311,7 +317,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                      image_root=args.image_root, resume=args.resume, limit=args.limit,
                      sample=args.sample, seed=args.seed, keep_order=args.keep_order,
                      shuffle_seed=args.shuffle_seed, concurrency=args.concurrency,
-                     progress=not args.no_progress, command="i2cr " + " ".join(sys.argv[1:]))
+                     progress=not args.no_progress, command="i2cr " + " ".join(sys.argv[1:]),
+                     engine=engine.eval_engine(args, settings) if args.engine == "ray" else None)
     except KeyboardInterrupt:
         print(f"i2cr: interrupted; rerun with --resume to go on ({out_dir})", file=sys.stderr)
         return 130
@@ -406,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--stream", action="store_true", help="print node events as they happen")
     pl.add_argument("--checkpoint", metavar="DB.sqlite",
                     help="keep every state of every mention in SQLite (thread id = mention id)")
+    engine.add_flags(pl, _count)
     pl.set_defaults(func=cmd_link)
 
     pt = sub.add_parser("trace", help="show the decisions of a run (tree, Mermaid, HTML)")
@@ -450,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="no progress lines (loading, embedding, linking)")
     pe.add_argument("--kb", metavar="KBDIR", help="ignore the dataset's candidate lists: generate "
                     "candidates from this knowledge base and report the generator's recall")
+    engine.add_flags(pe, _count)
     pe.set_defaults(func=cmd_eval)
 
     pb = sub.add_parser("bench", help="time the offline pipeline against the raw model work",

@@ -29,6 +29,7 @@ Ray that i2cr starts itself has no dashboard.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import time
@@ -39,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from ..data import DataError, Mention, load_labels, shuffle_candidates, to_item
-from ..graph import Context
-from ..linker import error_record, link_mention
 from ..eval.metrics import llm_failed
 from ..eval.runner import ResultWriter, RunStats, Warn, prefetch, read_results, run_one, warn_stderr
+from ..graph import Context
+from ..linker import error_record, link_mention
 from .stream import iter_stream
 
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every Ray address is 127.0.0.1
@@ -190,7 +191,7 @@ class LinkActor:
         out: dict[str, list[Any]] = {"idx": [], "id": [], "label": [], "rec": [], "node": []}
         for b in batch.to_pylist():  # one batch of records per row
             rows = [{"rid": rid, "raw": raw, "err": err}
-                    for rid, raw, err in zip(b["rid"], b["raw"], b["err"])]
+                    for rid, raw, err in zip(b["rid"], b["raw"], b["err"], strict=True)]
             items, recs = self.link_batch(rows)
             out["idx"].append(b["idx"])
             out["id"].append([_rid(it) for it in items])
@@ -206,9 +207,10 @@ class LinkActor:
         recs: list[str | None] = [None] * len(items)
         if self.job.dry_run:
             for i in todo:
-                recs[i] = json.dumps({"id": _rid(items[i]), "answer": None, "dry_run": True,
-                                      "error": None if isinstance(items[i], Mention)
-                                      else error_record("?", items[i])["error"]})
+                it = items[i]
+                recs[i] = json.dumps({"id": _rid(it), "answer": None, "dry_run": True,
+                                      "error": None if isinstance(it, Mention)
+                                      else error_record("?", it)["error"]})
             return items, recs
         mentions = [items[i] for i in todo if isinstance(items[i], Mention)]
         if mentions:
@@ -216,7 +218,7 @@ class LinkActor:
                 prefetch(mentions, self.settings)
             except Exception:  # noqa: BLE001 - the run itself reports errors
                 pass
-        for i, rec in zip(todo, self._link([items[i] for i in todo])):
+        for i, rec in zip(todo, self._link([items[i] for i in todo]), strict=True):
             recs[i] = json.dumps(rec, ensure_ascii=False, default=str)
         return items, recs
 
@@ -290,7 +292,7 @@ def _start_servers(settings: Context) -> list[Any]:
             name=_server_name(nid), scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False),
         ).remote(settings.llm)
         servers.append(actor)
-    ray.get([s.url.remote() for s in servers])  # started (or failed) before the first batch
+    ray.get([s.url.remote() for s in servers])  # type: ignore[union-attr]  # started (or failed) before the first batch
     return servers
 
 
@@ -390,13 +392,13 @@ def start(address: str | None = None, *, num_cpus: int | None = None,
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=True, logging_level="WARNING")
+        ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
     else:
         kw: dict[str, Any] = {}
         if object_store_mb:
             kw["object_store_memory"] = object_store_mb * 1024 * 1024
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
-                 logging_level="WARNING", **kw)
+                 logging_level=logging.WARNING, **kw)
     return True
 
 
@@ -448,7 +450,8 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
         for b in ds.iter_rows():  # one batch of records per row
             st.batches += 1
             st.nodes[b["node"]] = st.nodes.get(b["node"], 0) + 1
-            for idx, rid, label, text in zip(b["idx"], b["id"], b["label"], b["rec"]):
+            for idx, rid, label, text in zip(b["idx"], b["id"], b["label"], b["rec"],
+                                             strict=True):
                 st.null_ids += rid in ("None", "", "null")
                 seen[rid] += 1
                 if seen[rid] > 1:  # the rule of check_items: the first is linked
