@@ -24,7 +24,7 @@ from ..data import DataError, _open_error, iter_records
 
 CHUNK = 1 << 20  # characters read at a time
 _WS = re.compile(r"\s*")
-_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]')  # a string, maybe cut
 _DECODER = json.JSONDecoder()
 
 
@@ -86,11 +86,15 @@ class _Buffer:
 
     def skip_value(self) -> None:
         """Step over the value that starts here by counting brackets outside strings (for a
-        record nested too deeply to decode)."""
-        depth = 0
+        record nested too deeply to decode); rescanned whole after each read, so that a string
+        cut by the buffer's end is never taken for brackets."""
+        want = CHUNK
         while True:
+            depth = 0
             for m in _TOKEN.finditer(self.text, self.pos):
                 tok = m.group()
+                if tok[0] == '"' and (len(tok) < 2 or tok[-1] != '"' or m.end() == len(self.text)):
+                    break  # a string not yet whole: read on
                 if tok in "[{":
                     depth += 1
                 elif tok in "]}":
@@ -98,8 +102,9 @@ class _Buffer:
                     if depth == 0:
                         self.pos = m.end()
                         return
-            if not self.more():
+            if not self.more(want):
                 raise self.fail("the last record never ends")
+            want *= 2
 
 
 def iter_stream(path: str | Path) -> Iterator[tuple[str, Any]]:
