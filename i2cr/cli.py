@@ -352,6 +352,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     check_backend(settings)
+    if args.engine == "ray":
+        from .eval.bench import bench_ray
+
+        engine.check_flags(args)
+        r = bench_ray(args.data, args.labels, n=args.n, settings=settings, seed=args.seed,
+                      workers=args.workers, stream_mentions=args.stream_mentions)
+        print(json.dumps(r, indent=2))
+        return 0
     r = bench(args.data, args.labels, n=args.n, settings=settings, seed=args.seed)
     print(json.dumps(r, indent=2))
     return 0
@@ -471,7 +479,13 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--llm", metavar="SPEC", help="LLM backend (as for eval; default none)")
     pb.add_argument("--set", action="append", metavar="NAME=VALUE",
                     help="any setting of the context schema")
-    pb.set_defaults(func=cmd_bench)
+    pb.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="ray: this process against Ray on the same sample, then the driver's "
+                    "memory while a large generated JSONL streams through Ray")
+    pb.add_argument("--workers", type=_count, metavar="N", help="Ray actors (default: the CPUs)")
+    pb.add_argument("--stream-mentions", type=_count, default=500_000, metavar="N",
+                    help="mentions of the generated JSONL streamed with --engine ray")
+    pb.set_defaults(func=cmd_bench, ray_address=None)
 
     pk = sub.add_parser("kb", help="knowledge bases to link against (no candidate lists needed)")
     ksub = pk.add_subparsers(dest="kb_command", required=True)

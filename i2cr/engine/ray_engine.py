@@ -82,6 +82,8 @@ class RayStats(RunStats):
     nodes: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     null_ids: int = 0
+    first_s: float = 0.0  # until the first batch came back (actors started, models loaded)
+    first_rows: int = 0  # the records of that batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,6 +451,8 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
         seen: Counter[str] = Counter()
         for b in ds.iter_rows():  # one batch of records per row
             st.batches += 1
+            if st.batches == 1:
+                st.first_s, st.first_rows = time.perf_counter() - t_start, len(b["idx"])
             st.nodes[b["node"]] = st.nodes.get(b["node"], 0) + 1
             for idx, rid, label, text in zip(b["idx"], b["id"], b["label"], b["rec"],
                                              strict=True):
