@@ -170,6 +170,35 @@ class TestLocalRay:
         assert {r["id"]: _key(r) for r in got} == want
 
 
+    def test_one_embedded_llm_server_per_node_stopped_with_the_run(self):
+        pytest.importorskip("llama_cpp")
+        import httpx
+        import ray
+
+        from i2cr.engine.ray_engine import _node_llm, _start_servers, _stop_servers
+        from i2cr.graph import Context
+        from i2cr.llm import BackendError, smollm2_gguf
+
+        try:
+            smollm2_gguf()
+        except BackendError:
+            pytest.skip("no SmolLM2 GGUF installed")
+        settings = Context(llm="embedded")
+        servers = _start_servers(settings)
+        try:
+            assert len(servers) == 1  # one node here
+            node = ray.get_runtime_context().get_node_id()
+            mine = _node_llm(settings, node)  # what an actor on this node links with
+            assert mine.llm.startswith("openai-compat:embedded@http://127.0.0.1:")
+            url = mine.llm.split("@", 1)[1]
+            assert httpx.get(f"{url}/models", timeout=30).status_code == 200
+            assert _node_llm(settings, "another-node").llm == "embedded"  # none there: its own
+        finally:
+            _stop_servers(servers)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{url}/models", timeout=5)
+
+
 # --- Ray started by the CLI -------------------------------------------------------------------
 
 
@@ -209,7 +238,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
 
 
 @pytest.mark.integration
-def test_two_node_cluster_through_ray_address(tmp_path):
+def test_eval_on_a_two_node_cluster_through_ray_address(tmp_path):
     pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
@@ -217,19 +246,23 @@ def test_two_node_cluster_through_ray_address(tmp_path):
 
     recs = _records(3)
     data = _write(tmp_path / "in.jsonl", recs)
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({r["id"]: r["label"] for r in recs}))
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "object_store_memory": 100 * 1024 * 1024, "include_dashboard": False})
     try:
         cluster.add_node(num_cpus=1, object_store_memory=100 * 1024 * 1024)
         assert cluster.address.startswith("127.0.0.1:")
-        r = subprocess.run(LINK + [str(data), "--engine", "ray", "--ray-address", cluster.address,
-                                   "--workers", "2", "--batch-size", "2", "--out",
-                                   str(tmp_path / "r.jsonl"), "--no-progress"],
-                           capture_output=True, text=True, timeout=600)
+        r = subprocess.run([sys.executable, "-m", "i2cr.cli", "eval", str(data), str(labels),
+                            "--engine", "ray", "--ray-address", cluster.address, "--workers", "2",
+                            "--batch-size", "2", "--out-dir", str(tmp_path / "ev"),
+                            "--no-progress"], capture_output=True, text=True, timeout=600)
     finally:
         cluster.shutdown()
     assert r.returncode == 0, r.stderr[-3000:]
-    assert sorted(x["id"] for x in read_results(tmp_path / "r.jsonl")) == \
-        sorted(x["id"] for x in recs)
+    got = read_results(tmp_path / "ev" / "results.jsonl")
+    assert sorted(x["id"] for x in got) == sorted(x["id"] for x in recs)
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["labelled"] == len(recs) and metrics["errors"] == 0
     # each batch records the node of the actor that linked it: one actor per 1-CPU node
     assert "on 2 node(s)" in r.stderr, r.stderr[-3000:]
