@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -113,7 +114,8 @@ def test_single_process_never_imports_ray(tmp_path):
 @pytest.fixture(scope="class")
 def local_ray():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024 * 1024,
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             object_store_memory=100 * 1024 * 1024,
              logging_level="WARNING")
     try:
         yield ray
@@ -169,6 +171,20 @@ class TestLocalRay:
         assert sorted(ids) == sorted(want) and len(ids) == len(set(ids))  # exactly once
         assert {r["id"]: _key(r) for r in got} == want
 
+
+    def test_a_broken_document_fails_in_one_line(self, tmp_path):
+        from i2cr.data import DataError
+        from i2cr.engine.ray_engine import Job, run_ray
+        from i2cr.graph import Context
+
+        data = tmp_path / "d.json"
+        data.write_text('{"a": {"mention": "x", "mention_context": "", "Candentity": ["p"]}, '
+                        '"b" {}}')
+        with pytest.raises(DataError) as e:
+            list(run_ray(Job(path=str(data), settings=Context(), dry_run=True), workers=1,
+                         progress=False))
+        assert str(e.value) == f"{data}: malformed JSON at character 73: expected ':' after a " \
+            "record id"
 
     def test_one_embedded_llm_server_per_node_stopped_with_the_run(self):
         pytest.importorskip("llama_cpp")
@@ -235,6 +251,8 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     ids = [x["id"] for x in read_results(out)]
     assert sorted(ids) == sorted(x["id"] for x in recs)  # every id, exactly once
     assert f"{len(recs) - len(first)} mention(s) linked" in r.stderr
+    # the Ray the CLI started is loopback only: every batch came from a worker on 127.0.0.1
+    assert set(re.findall(r"…@([0-9.]+):", r.stderr)) == {"127.0.0.1"}, r.stderr[-2000:]
 
 
 @pytest.mark.integration

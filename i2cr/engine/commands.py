@@ -41,10 +41,10 @@ def check_flags(args: argparse.Namespace) -> None:
     for flag in ("stream", "checkpoint", "sample"):
         if getattr(args, flag, None):
             raise SystemExit(f"i2cr: --{flag} is not available with --engine ray")
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise SystemExit("i2cr: --engine ray needs Ray: pip install 'i2cr[ray]'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:  # not imported here: Ray reads its environment
+        raise SystemExit("i2cr: --engine ray needs Ray: pip install 'i2cr[ray]'")  # on import
 
 
 def _job(args: argparse.Namespace, settings: Any, *, labels: str | None, candidates: str,

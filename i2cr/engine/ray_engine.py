@@ -51,8 +51,12 @@ RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every Ray address is 127
 
 
 def ray_env() -> None:
-    """Set the environment every Ray process of i2cr needs, before Ray starts."""
+    """Set the environment every Ray process of i2cr needs, before Ray is imported (Ray reads
+    it once, on import)."""
     os.environ.update(RAY_ENV)
+
+
+ray_env()  # this module is imported before Ray is
 
 
 @dataclass
@@ -167,8 +171,9 @@ class LinkActor:
         self.job = job
         self.done: frozenset[str] = ray.get(done[0]) if done else frozenset()
         self.gold = load_labels(job.labels) if job.labels else {}
-        self.node = ray.get_runtime_context().get_node_id()
-        self.settings = _node_llm(job.settings, self.node)
+        node = ray.get_runtime_context().get_node_id()
+        self.node = f"{node}@{ray.util.get_node_ip_address()}"  # reported per batch
+        self.settings = _node_llm(job.settings, node)
         if not job.dry_run:
             try:
                 resources.embedder(self.settings)
@@ -399,7 +404,7 @@ def start(address: str | None = None, *, num_cpus: int | None = None,
         kw: dict[str, Any] = {}
         if object_store_mb:
             kw["object_store_memory"] = object_store_mb * 1024 * 1024
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
                  logging_level=logging.WARNING, **kw)
     return True
 
@@ -433,7 +438,10 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
             _say(progress, f"resuming: {len(written)} record(s) already in {out}; the workers "
                  "skip them")
         ctx = ray.data.DataContext.get_current()
-        saved = ctx.target_max_block_size
+        saved = ctx.target_max_block_size, ctx.wait_for_min_actors_s
+        # start linking once every actor is up (models loaded), so the first actor ready does
+        # not take all the batches; a cluster short of CPUs fails with Ray's timeout message
+        ctx.wait_for_min_actors_s = 600
         ctx.execution_options.preserve_order = True  # input order: the first of a repeated id wins
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
@@ -449,7 +457,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                             compute=ray.data.ActorPoolStrategy(size=n), num_cpus=1)
         bar = tqdm(desc=desc, unit="mention", disable=not progress, dynamic_ncols=True)
         seen: Counter[str] = Counter()
-        for b in ds.iter_rows():  # one batch of records per row
+        for b in _rows(ds):  # one batch of records per row
             st.batches += 1
             if st.batches == 1:
                 st.first_s, st.first_rows = time.perf_counter() - t_start, len(b["idx"])
@@ -481,7 +489,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                 st.wall_s = st.link_s = time.perf_counter() - t_start
                 bar.update(1)
                 yield rec
-        ctx.target_max_block_size = saved
+        ctx.target_max_block_size, ctx.wait_for_min_actors_s = saved
     finally:
         st.wall_s = st.link_s = time.perf_counter() - t_start
         if bar is not None:
@@ -501,6 +509,23 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
              "'None' (repeats of it count as duplicates)")
 
 
+def _rows(ds: Any) -> Iterator[dict[str, Any]]:
+    """The dataset's rows; a bad input file (a DataError raised in the read task) comes out as
+    that DataError, not as Ray's wrapper with the worker's traceback."""
+    try:
+        yield from ds.iter_rows()
+    except Exception as e:  # noqa: BLE001 - re-raised below unless it wraps a DataError
+        cause: BaseException = e
+        for _ in range(20):  # Ray's wrappers (themselves DataError subclasses) down to the cause
+            inner = getattr(cause, "cause", None) or cause.__cause__
+            if not isinstance(inner, BaseException) or inner is cause:
+                break
+            cause = inner
+        if type(cause) is not DataError:
+            raise
+        raise DataError(str(cause).splitlines()[0]) from None  # Ray appends its retry advice
+
+
 def _stop_servers(servers: list[Any]) -> None:
     import ray
 
@@ -514,7 +539,7 @@ def _stop_servers(servers: list[Any]) -> None:
 
 def summary(st: RayStats) -> str:
     """One line: the workers, the batches and the nodes that linked them."""
-    nodes = ", ".join(f"{k[:8]}…: {v}" for k, v in sorted(st.nodes.items()))
+    nodes = ", ".join(f"{k[:8]}…@{k.rpartition('@')[2]}: {v}" for k, v in sorted(st.nodes.items()))
     return (f"ray: {st.workers} worker(s), {st.batches} batch(es) on {len(st.nodes)} node(s)"
             + (f" ({nodes})" if nodes else ""))
 
