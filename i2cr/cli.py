@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from .data import DataError
+from .engine import commands as engine
 
 
 def _settings(args: argparse.Namespace):
@@ -119,12 +120,16 @@ def cmd_link(args: argparse.Namespace) -> int:
     from .eval.runner import RunStats, check_items, run
 
     settings = _settings(args)
-    _writable_file(args.out, "--out")
-    gold = load_labels(args.labels) if args.labels else {}
+    engine.check_flags(args)
+    if not str(args.out or "").endswith(".parquet"):
+        _writable_file(args.out, "--out")
     if settings.kb:
         from .kb import open_kb
 
         open_kb(settings.kb, settings.embedder)  # missing or mismatched: refused up front
+    if args.engine == "ray":
+        return engine.link_ray(args, settings)
+    gold = load_labels(args.labels) if args.labels else {}
     items = load_mentions(args.file, gold, image_root=args.image_root, strict=False,
                           allow_nil=True if args.allow_nil else None,
                           candidates="optional" if settings.kb else "required")
@@ -302,6 +307,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.report import failures, stage_rows
 
     settings = _settings(args)
+    engine.check_flags(args)
     out_dir = args.out_dir
     if out_dir is None:
         out_dir = "runs/eval"
@@ -311,7 +317,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                      image_root=args.image_root, resume=args.resume, limit=args.limit,
                      sample=args.sample, seed=args.seed, keep_order=args.keep_order,
                      shuffle_seed=args.shuffle_seed, concurrency=args.concurrency,
-                     progress=not args.no_progress, command="i2cr " + " ".join(sys.argv[1:]))
+                     progress=not args.no_progress, command="i2cr " + " ".join(sys.argv[1:]),
+                     engine=engine.eval_engine(args, settings) if args.engine == "ray" else None)
     except KeyboardInterrupt:
         print(f"i2cr: interrupted; rerun with --resume to go on ({out_dir})", file=sys.stderr)
         return 130
@@ -345,6 +352,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     check_backend(settings)
+    if args.engine == "ray":
+        from .eval.bench import bench_ray
+
+        engine.check_flags(args)
+        r = bench_ray(args.data, args.labels, n=args.n, settings=settings, seed=args.seed,
+                      workers=args.workers, stream_mentions=args.stream_mentions)
+        print(json.dumps(r, indent=2))
+        return 0
     r = bench(args.data, args.labels, n=args.n, settings=settings, seed=args.seed)
     print(json.dumps(r, indent=2))
     return 0
@@ -406,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--stream", action="store_true", help="print node events as they happen")
     pl.add_argument("--checkpoint", metavar="DB.sqlite",
                     help="keep every state of every mention in SQLite (thread id = mention id)")
+    engine.add_flags(pl, _count)
     pl.set_defaults(func=cmd_link)
 
     pt = sub.add_parser("trace", help="show the decisions of a run (tree, Mermaid, HTML)")
@@ -450,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="no progress lines (loading, embedding, linking)")
     pe.add_argument("--kb", metavar="KBDIR", help="ignore the dataset's candidate lists: generate "
                     "candidates from this knowledge base and report the generator's recall")
+    engine.add_flags(pe, _count)
     pe.set_defaults(func=cmd_eval)
 
     pb = sub.add_parser("bench", help="time the offline pipeline against the raw model work",
@@ -462,7 +479,13 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--llm", metavar="SPEC", help="LLM backend (as for eval; default none)")
     pb.add_argument("--set", action="append", metavar="NAME=VALUE",
                     help="any setting of the context schema")
-    pb.set_defaults(func=cmd_bench)
+    pb.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="ray: this process against Ray on the same sample, then the driver's "
+                    "memory while a large generated JSONL streams through Ray")
+    pb.add_argument("--workers", type=_count, metavar="N", help="Ray actors (default: the CPUs)")
+    pb.add_argument("--stream-mentions", type=_count, default=500_000, metavar="N",
+                    help="mentions of the generated JSONL streamed with --engine ray")
+    pb.set_defaults(func=cmd_bench, ray_address=None)
 
     pk = sub.add_parser("kb", help="knowledge bases to link against (no candidate lists needed)")
     ksub = pk.add_subparsers(dest="kb_command", required=True)

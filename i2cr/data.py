@@ -326,7 +326,40 @@ def fill_documents(items: list[Mention | DataError], keys: list[str | None]) -> 
             m = items[i]
             if isinstance(m, Mention) and not m.document:
                 names = [items[j].mention for j in idx if j != i]  # type: ignore[union-attr]
-                m.document = [n for n in names if n != m.mention][:MAX_DOCUMENT_NAMES]
+                m.document = [n[:MAX_NAME_CHARS] for n in names
+                              if n != m.mention][:MAX_DOCUMENT_NAMES]
+
+
+def with_documents(pairs: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    """For readers that stream: the ``(id, raw record)`` pairs of :func:`iter_records`, each
+    record of a document run (consecutive records with one :func:`document_key`, at most
+    :data:`MAX_DOCUMENT_NAMES` of them) given the others' mentions as ``document_mentions`` (unless
+    it has its own), as :func:`fill_documents` gives them; memory is bounded by one run."""
+    run: list[tuple[str, Any]] = []
+    key: str | None = None
+
+    def flush() -> Iterator[tuple[str, Any]]:
+        names = [r.get("mention") for _, r in run]
+        for i, (rid, rec) in enumerate(run):
+            if "document_mentions" not in rec:
+                own = rec.get("mention")
+                rec = {**rec, "document_mentions": [
+                    n[:MAX_NAME_CHARS] for j, n in enumerate(names)
+                    if j != i and isinstance(n, str) and n != own][:MAX_DOCUMENT_NAMES]}
+            yield rid, rec
+
+    for rid, rec in pairs:
+        k = None if isinstance(rec, DataError) else document_key(rid, rec)
+        if run and (k != key or len(run) >= MAX_DOCUMENT_NAMES):
+            yield from flush()
+            run = []
+        if k is None:
+            yield rid, rec
+            continue
+        key = k
+        run.append((rid, rec))
+    if run:
+        yield from flush()
 
 
 def _open_error(path: Path, e: OSError) -> DataError:
@@ -518,18 +551,27 @@ def load_mentions(path: str | Path, labels: str | Path | dict[str, str] | None =
     keys: list[str | None] = []
     for rid, rec in iter_records(path):
         keys.append(None if isinstance(rec, DataError) else document_key(rid, rec))
-        try:
-            if isinstance(rec, DataError):
-                raise rec
-            out.append(parse_record(rec, rid, source=str(path), image_root=image_root,
-                                    label=gold.get(rid), allow_nil=allow_nil,
-                                    candidates=candidates))
-        except DataError as e:
-            if strict:
-                raise
-            out.append(e)
+        item = to_item(rid, rec, source=str(path), gold=gold, image_root=image_root,
+                       allow_nil=allow_nil, candidates=candidates)
+        if strict and isinstance(item, DataError):
+            raise item
+        out.append(item)
     fill_documents(out, keys)
     return out
+
+
+def to_item(rid: str, rec: Any, *, source: str, gold: dict[str, str], image_root: str | None,
+            allow_nil: bool | None = None, candidates: str = "required") -> Mention | DataError:
+    """One ``(id, raw record)`` of :func:`iter_records` as a :class:`Mention`, or the
+    :class:`DataError` saying why it is not one (the rule :func:`load_mentions` applies to each
+    record, for readers that stream records one by one)."""
+    try:
+        if isinstance(rec, DataError):
+            raise rec
+        return parse_record(rec, rid, source=source, image_root=image_root, label=gold.get(rid),
+                            allow_nil=allow_nil, candidates=candidates)
+    except DataError as e:
+        return e
 
 
 def shuffle_candidates(items: list, seed: int) -> list:

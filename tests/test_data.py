@@ -150,6 +150,12 @@ def test_mentions_of_one_document_see_each_other(tmp_path):
     assert got["a"] == ["Jo Walters"] and got["c"] == ["Kim Walters"]  # doc_id; given explicitly
     m = [m for m in load_mentions(p) if m.id == "news::d1::1"][0]
     assert m.to_input()["document_mentions"] == ["Barbara Walters"]
+    # a streaming reader (the Ray engine's) gives the same names, one document run at a time
+    from i2cr.data import iter_records, to_item, with_documents
+
+    streamed = {rid: to_item(rid, rec, source="s", gold={}, image_root=None).document
+                for rid, rec in with_documents(iter_records(p))}
+    assert streamed == got
 
 
 def test_document_mentions_must_be_strings(tmp_path):

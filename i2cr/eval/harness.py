@@ -52,9 +52,13 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
              resume: bool = False, limit: int | None = None, sample: int | None = None,
              seed: int = 0, keep_order: bool = False, shuffle_seed: int = 0,
              concurrency: int = 1, progress: bool = True, command: str = "",
-             warn: Warn | None = warn_stderr) -> dict[str, Any]:
+             warn: Warn | None = warn_stderr, engine: Any = None) -> dict[str, Any]:
     """Evaluate; raises :class:`DataError` when the input holds no mention at all (nothing to
-    score), :class:`i2cr.llm.BackendError` when the LLM backend does not answer."""
+    score), :class:`i2cr.llm.BackendError` when the LLM backend does not answer.
+
+    ``engine`` (the Ray engine: :func:`i2cr.engine.commands.eval_engine`) reads and links the
+    dataset instead of this process: ``engine(results_path, resume, stats, progress)`` yields
+    the records as it writes them; every record of the results file is then scored."""
     from ..llm import check_backend
 
     settings = settings or Context()
@@ -66,10 +70,10 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
         from ..kb import open_kb
 
         open_kb(settings.kb, settings.embedder)
-    items: list[Mention | DataError] = load_mentions(
+    items: list[Mention | DataError] = [] if engine else load_mentions(
         data, gold, image_root=image_root, strict=False,
         candidates="ignored" if settings.kb else "required")
-    if not items:
+    if not items and not engine:
         raise DataError("no mentions to evaluate in the file", source=str(data))
     if not keep_order:
         items = shuffle_candidates(items, shuffle_seed)
@@ -106,9 +110,10 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
         tmp.replace(_meta_path(out))
 
     try:
-        for i, _ in enumerate(run(items, settings, out=results_path, resume=resume,
-                                  progress=progress, desc="linking", concurrency=concurrency,
-                                  stats=stats, warn=warn), 1):
+        records = engine(results_path, resume, stats, progress) if engine else run(
+            items, settings, out=results_path, resume=resume, progress=progress, desc="linking",
+            concurrency=concurrency, stats=stats, warn=warn)
+        for i, _ in enumerate(records, 1):
             if i % 20 == 0:
                 save_meta()
     finally:
@@ -116,7 +121,7 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
     wanted = {it.id if isinstance(it, Mention) else (it.record or "?") for it in items}
     recs, seen = [], set()
     for r in read_results(results_path, warn=None):  # damaged lines were reported on resume
-        if r["id"] in wanted and r["id"] not in seen:
+        if (engine or r["id"] in wanted) and r["id"] not in seen:
             seen.add(r["id"])
             recs.append(r)
     m = M.compute(recs, wall_s=meta["wall_s"], max_vif=max(settings.vif_cap, 1), segment=stats)

@@ -1,0 +1,147 @@
+"""``--engine ray`` for ``i2cr link`` and ``i2cr eval``: the flags, and the commands' Ray paths.
+
+Kept apart from :mod:`i2cr.cli` so that the single-process commands never import Ray; the Ray
+engine is imported only when ``--engine ray`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..data import DataError
+
+
+def add_flags(p: argparse.ArgumentParser, count: Any) -> None:
+    """The engine flags of ``link`` and ``eval``."""
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: stream the input through Ray Data "
+                   "and link it on a pool of actors (pip install 'i2cr[ray]')")
+    p.add_argument("--ray-address", metavar="ADDR", help="with --engine ray: the cluster to use, "
+                   "e.g. ray://head:10001 or 127.0.0.1:6379 (default: start a local Ray on "
+                   "127.0.0.1)")
+    p.add_argument("--workers", type=count, metavar="N", help="with --engine ray: actors, each "
+                   "with its own models (default: the cluster's CPUs)")
+    p.add_argument("--batch-size", type=count, default=32, metavar="N",
+                   help="with --engine ray: mentions per batch (the unit of work and of "
+                   "embedding prefetch; default 32)")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse what the Ray engine does not do, and Ray flags without it, in one line."""
+    if args.engine != "ray":
+        given = [f for f, v in (("--ray-address", args.ray_address), ("--workers", args.workers))
+                 if v is not None]
+        if given:
+            raise SystemExit(f"i2cr: {', '.join(given)} need(s) --engine ray")
+        return
+    for flag in ("stream", "checkpoint", "sample"):
+        if getattr(args, flag, None):
+            raise SystemExit(f"i2cr: --{flag} is not available with --engine ray")
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:  # not imported here: Ray reads its environment
+        raise SystemExit("i2cr: --engine ray needs Ray: pip install 'i2cr[ray]'")  # on import
+
+
+def _job(args: argparse.Namespace, settings: Any, *, labels: str | None, candidates: str,
+         shuffle_seed: int | None, allow_nil: bool | None) -> Any:
+    from .ray_engine import Job
+
+    path = Path(args.file if hasattr(args, "file") else args.data)
+    if not path.is_file():
+        raise DataError("file not found" if not path.exists() else "is a folder, not a file",
+                        source=str(path))
+    return Job(path=str(path), settings=settings, labels=labels,
+               image_root=args.image_root or str(path.parent), allow_nil=allow_nil,
+               candidates=candidates, shuffle_seed=shuffle_seed, limit=args.limit,
+               concurrency=getattr(args, "concurrency", None) or 1)
+
+
+def link_ray(args: argparse.Namespace, settings: Any) -> int:
+    """``i2cr link --engine ray``: as ``i2cr link``, the records from the Ray engine."""
+    from .. import llm
+    from ..cli import _check_llm, _speed, table_header, table_row
+    from ..data import load_labels
+    from .ray_engine import RayStats, run_ray, summary
+
+    if args.labels:
+        load_labels(args.labels)  # a bad label file is refused before Ray starts
+    job = _job(args, settings, labels=args.labels, shuffle_seed=args.shuffle_seed,
+               candidates="optional" if settings.kb else "required",
+               allow_nil=True if args.allow_nil else None)
+    show = args.print or not args.out
+    n = correct = labelled = calls = 0
+    stats = RayStats()
+    progress = not args.no_progress
+    try:
+        _check_llm(settings, progress)
+        for rec in run_ray(job, out=args.out, resume=args.resume, address=args.ray_address,
+                           workers=args.workers, batch_size=args.batch_size, progress=progress,
+                           stats=stats):
+            n += 1
+            calls += rec.get("llm_calls") or 0
+            if "correct" in rec:
+                labelled += 1
+                correct += bool(rec["correct"])
+            if not show:
+                continue
+            if args.json or args.events:
+                if not args.events:
+                    rec = {k: v for k, v in rec.items() if k not in ("events", "trace")}
+                print(json.dumps(rec, ensure_ascii=False, default=str), flush=True)
+            else:
+                if n == 1:
+                    print(table_header(), flush=True)
+                print(table_row(rec), flush=True)
+    except KeyboardInterrupt:
+        print("i2cr: interrupted; results so far are saved" + (f" in {args.out}; rerun with "
+              "--resume to go on" if args.out else ""), file=sys.stderr)
+        return 130
+    finally:
+        llm.shutdown()
+    errors, failed = stats.errors, stats.llm_failed
+    if n == 0 and args.out:
+        print(f"i2cr: nothing left to link: every mention is already in {args.out}",
+              file=sys.stderr)
+    summary_line = (f"i2cr: {n} mention(s) linked, {errors} error(s), "
+                    f"{calls / max(n, 1):.2f} LLM calls/mention")
+    if labelled:
+        summary_line += (f", top-1 {correct / labelled:.1%} on {labelled} labelled (errors count "
+                         "as wrong)")
+    if args.out:
+        summary_line += f"; results in {args.out}"
+    print(summary_line, file=sys.stderr)
+    print(f"i2cr: {summary(stats)}", file=sys.stderr)
+    if n > 1 and _speed(stats):
+        print(f"i2cr: {_speed(stats)}", file=sys.stderr)
+    if failed:
+        print(f"i2cr: {failed} mention(s) had failed LLM calls; their answers came from the "
+              "fallback ranker, not the LLM (see the llm_error events)", file=sys.stderr)
+    return 0 if errors == 0 and failed == 0 else 1
+
+
+def eval_engine(args: argparse.Namespace, settings: Any) -> Any:
+    """For ``i2cr eval --engine ray``: the function :func:`i2cr.eval.harness.evaluate` calls
+    instead of loading and linking the dataset itself."""
+    from .ray_engine import RayStats, run_ray, summary
+
+    job = _job(args, settings, labels=args.labels,
+               candidates="ignored" if settings.kb else "required",
+               shuffle_seed=None if args.keep_order else args.shuffle_seed, allow_nil=None)
+
+    def records(results_path: Path, resume: bool, stats: Any, progress: bool) -> Any:
+        st = stats if isinstance(stats, RayStats) else RayStats()
+        try:
+            yield from run_ray(job, out=results_path, resume=resume, address=args.ray_address,
+                               workers=args.workers, batch_size=args.batch_size,
+                               progress=progress, stats=st)
+        finally:
+            if st is not stats:
+                for k in ("mentions", "linked", "errors", "llm_failed", "wall_s", "link_s"):
+                    setattr(stats, k, getattr(st, k))
+            print(f"i2cr: {summary(st)}", file=sys.stderr)
+    return records

@@ -1,0 +1,286 @@
+"""--engine ray: the streaming reader, the same answers as one process, exactly-once output after
+an actor is killed, resume after the driver is killed, and a two-node cluster. Every Ray here is
+on 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), small (2 CPUs, 100 MB object store), and
+shut down at the end of its test."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLES
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
+LINK = [sys.executable, "-m", "i2cr.cli", "link"]
+FIELDS = ("id", "answer", "is_nil", "final_reason", "path", "error", "gold", "correct")
+
+
+def _records(copies: int) -> list[dict]:
+    """The shipped examples (without their images), ``copies`` times under new ids."""
+    base = json.loads((EXAMPLES / "mentions.json").read_text())
+    gold = json.loads((EXAMPLES / "labels.json").read_text())
+    out = []
+    for k in range(copies):
+        for rid, r in base.items():
+            r = {key: v for key, v in r.items() if key != "mention_imgpath"}
+            out.append({**r, "id": f"{rid}-{k}", "label": gold.get(rid)})
+    return out
+
+
+def _write(path: Path, recs: list, extra: list[str] = ()) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs) + "".join(extra))
+    return path
+
+
+def _key(rec: dict) -> tuple:
+    return tuple(json.dumps(rec.get(k), sort_keys=True) for k in FIELDS)
+
+
+def _local(path: Path) -> list[dict]:
+    from i2cr.data import load_mentions
+    from i2cr.eval.runner import check_items, run
+    from i2cr.graph import Context
+
+    return list(run(check_items(load_mentions(path, strict=False), warn=None), Context(),
+                    progress=False))
+
+
+# --- the streaming reader (no Ray) ------------------------------------------------------------
+
+
+def test_stream_reads_the_json_dict_like_the_loader_in_bounded_memory(tmp_path, monkeypatch):
+    from i2cr.data import DataError, iter_records
+    from i2cr.engine import stream
+
+    recs = {f"m{i}": {"mention": "Jordan", "mention_context": "x" * 200, "Candentity": ["a"]}
+            for i in range(300)}
+    text = json.dumps(recs)[:-1] + ', "deeper": ' + "[" * 5000 + "]" * 5000 + ', "last": ' \
+        + json.dumps({"mention": 'é "q"', "Candentity": []}) + "}"
+    p = tmp_path / "d.json"
+    p.write_text(text)
+    monkeypatch.setattr(stream, "CHUNK", 512)
+    peak = []
+    more = stream._Buffer.more
+
+    def spy(self, want=512):
+        got = more(self, want)
+        peak.append(len(self.text) - self.pos)
+        return got
+    monkeypatch.setattr(stream._Buffer, "more", spy)
+
+    def norm(pairs):
+        return [(k, str(v) if isinstance(v, DataError) else v) for k, v in pairs]
+    got = norm(stream.iter_stream(p))
+    assert got == norm(iter_records(p))  # the same records, the too-deep one as an error
+    assert any(k == "deeper" and "too deeply" in str(v) for k, v in got)
+    assert len(text) > 60_000 and max(peak) < 12_000  # never the whole file in the buffer
+
+
+def test_stream_reports_a_broken_document_after_the_records_before_it(tmp_path):
+    from i2cr.data import DataError
+    from i2cr.engine.stream import iter_stream
+
+    p = tmp_path / "d.json"
+    p.write_text('{"a": {"mention": "x"}, "b": {"mention": "y"} "c": 1}')
+    it = iter_stream(p)
+    assert next(it)[0] == "a"
+    with pytest.raises(DataError, match=r"d\.json: malformed JSON at character \d+"):
+        list(it)
+
+
+def test_single_process_never_imports_ray(tmp_path):
+    code = ("import sys; from i2cr.cli import main; "
+            f"rc = main(['link', {str(EXAMPLES / 'mentions.json')!r}, '--no-progress', "
+            f"'--out', {str(tmp_path / 'r.jsonl')!r}]); "
+            "print('RAY' if any(m == 'ray' or m.startswith('ray.') for m in sys.modules) "
+            "else 'NO-RAY', rc)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert p.stdout.split()[-2:] == ["NO-RAY", "0"], p.stderr[-2000:]
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 4
+
+
+# --- Ray in this process ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="class")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             object_store_memory=100 * 1024 * 1024,
+             logging_level="WARNING")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("local_ray")
+class TestLocalRay:
+    def test_same_answers_as_one_process_and_bad_records_become_error_records(self, tmp_path):
+        from i2cr.engine.ray_engine import Job, RayStats, run_ray
+        from i2cr.eval.runner import read_results
+        from i2cr.graph import Context
+
+        recs = _records(2)
+        recs.insert(3, {"id": "no-mention", "mention_context": "x", "Candentity": ["a"]})
+        recs.append(dict(recs[0]))  # a repeated id
+        data = _write(tmp_path / "in.jsonl", recs, ["{not json\n", json.dumps({"id": "e"}) + "\n"])
+        want = _local(data)
+        st = RayStats()
+        got = list(run_ray(Job(path=str(data), settings=Context()), out=tmp_path / "r.jsonl",
+                           workers=2, batch_size=2, progress=False, stats=st, warn=None))
+        assert [_key(r) for r in got] == [_key(r) for r in want]
+        assert [_key(r) for r in read_results(tmp_path / "r.jsonl")] == [_key(r) for r in want]
+        errors = {r["id"]: r["error"] for r in got if r["error"]}
+        assert set(errors) == {"no-mention", "line 11", "e", "jordan-nba-0#dup2"}
+        assert "field 'mention': is missing" in errors["no-mention"]
+        assert "malformed JSON" in errors["line 11"]
+        assert st.errors == 4 and st.batches >= 6 and st.linked == len(want)
+
+    def test_an_actor_killed_mid_run_costs_nothing(self, tmp_path):
+        from i2cr.engine.ray_engine import Job, RayStats, read_parquet_results, run_ray
+        from i2cr.graph import Context
+        from i2cr.linker import link_mention
+
+        data = _write(tmp_path / "in.jsonl", _records(3))
+        want = {r["id"]: _key(r) for r in _local(data)}
+        marker = str(tmp_path / "killed")
+
+        def killer(m, settings):  # the first actor to reach this mention dies at once
+            if m.id == "paris-painting-1" and not os.path.exists(marker):
+                open(marker, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return link_mention(m, settings)
+
+        st = RayStats()
+        out = tmp_path / "r.parquet"
+        got = list(run_ray(Job(path=str(data), settings=Context(), linker=killer), out=out,
+                           workers=2, batch_size=2, progress=False, stats=st))
+        assert os.path.exists(marker)  # the actor did die
+        ids = [r["id"] for r in read_parquet_results(out)]
+        assert sorted(ids) == sorted(want) and len(ids) == len(set(ids))  # exactly once
+        assert {r["id"]: _key(r) for r in got} == want
+
+
+    def test_a_broken_document_fails_in_one_line(self, tmp_path):
+        from i2cr.data import DataError
+        from i2cr.engine.ray_engine import Job, run_ray
+        from i2cr.graph import Context
+
+        data = tmp_path / "d.json"
+        data.write_text('{"a": {"mention": "x", "mention_context": "", "Candentity": ["p"]}, '
+                        '"b" {}}')
+        with pytest.raises(DataError) as e:
+            list(run_ray(Job(path=str(data), settings=Context(), dry_run=True), workers=1,
+                         progress=False))
+        assert str(e.value) == f"{data}: malformed JSON at character 73: expected ':' after a " \
+            "record id"
+
+    def test_one_embedded_llm_server_per_node_stopped_with_the_run(self):
+        pytest.importorskip("llama_cpp")
+        import httpx
+        import ray
+
+        from i2cr.engine.ray_engine import _node_llm, _start_servers, _stop_servers
+        from i2cr.graph import Context
+        from i2cr.llm import BackendError, smollm2_gguf
+
+        try:
+            smollm2_gguf()
+        except BackendError:
+            pytest.skip("no SmolLM2 GGUF installed")
+        settings = Context(llm="embedded")
+        servers = _start_servers(settings)
+        try:
+            assert len(servers) == 1  # one node here
+            node = ray.get_runtime_context().get_node_id()
+            mine = _node_llm(settings, node)  # what an actor on this node links with
+            assert mine.llm.startswith("openai-compat:embedded@http://127.0.0.1:")
+            url = mine.llm.split("@", 1)[1]
+            assert httpx.get(f"{url}/models", timeout=30).status_code == 200
+            assert _node_llm(settings, "another-node").llm == "embedded"  # none there: its own
+        finally:
+            _stop_servers(servers)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{url}/models", timeout=5)
+
+
+# --- Ray started by the CLI -------------------------------------------------------------------
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.mark.integration
+def test_resume_after_the_driver_is_killed(tmp_path):
+    pytest.importorskip("ray")
+    from i2cr.eval.runner import read_results
+
+    recs = _records(15)
+    data = _write(tmp_path / "in.jsonl", recs)
+    out = tmp_path / "r.jsonl"
+    args = LINK + [str(data), "--engine", "ray", "--workers", "1", "--batch-size", "2", "--out",
+                   str(out), "--no-progress"]
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 500  # bounds a broken run only; the wait is on the file
+        while _lines(out) < 2 and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert p.poll() is None, "the run ended before it could be killed"
+        os.kill(p.pid, signal.SIGKILL)
+    finally:
+        p.wait(timeout=60)
+    first = {r["id"] for r in read_results(out, warn=None)}
+    assert 2 <= len(first) < len(recs)
+    r = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ids = [x["id"] for x in read_results(out)]
+    assert sorted(ids) == sorted(x["id"] for x in recs)  # every id, exactly once
+    assert f"{len(recs) - len(first)} mention(s) linked" in r.stderr
+    # the Ray the CLI started is loopback only: every batch came from a worker on 127.0.0.1
+    assert set(re.findall(r"…@([0-9.]+):", r.stderr)) == {"127.0.0.1"}, r.stderr[-2000:]
+
+
+@pytest.mark.integration
+def test_eval_on_a_two_node_cluster_through_ray_address(tmp_path):
+    pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    from i2cr.eval.runner import read_results
+
+    recs = _records(3)
+    data = _write(tmp_path / "in.jsonl", recs)
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({r["id"]: r["label"] for r in recs}))
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "object_store_memory": 100 * 1024 * 1024, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1, object_store_memory=100 * 1024 * 1024)
+        assert cluster.address.startswith("127.0.0.1:")
+        r = subprocess.run([sys.executable, "-m", "i2cr.cli", "eval", str(data), str(labels),
+                            "--engine", "ray", "--ray-address", cluster.address, "--workers", "2",
+                            "--batch-size", "2", "--out-dir", str(tmp_path / "ev"),
+                            "--no-progress"], capture_output=True, text=True, timeout=600)
+    finally:
+        cluster.shutdown()
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = read_results(tmp_path / "ev" / "results.jsonl")
+    assert sorted(x["id"] for x in got) == sorted(x["id"] for x in recs)
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["labelled"] == len(recs) and metrics["errors"] == 0
+    # each batch records the node of the actor that linked it: one actor per 1-CPU node
+    assert "on 2 node(s)" in r.stderr, r.stderr[-3000:]
