@@ -11,7 +11,8 @@ from rapidfuzz import fuzz, process, utils
 from .data import NIL
 
 ANSWER_MARKER = "Answer:"
-_MARKER_RE = re.compile(r"answer\s*[:：]\s*(.+)", re.IGNORECASE)
+# 'Answer:' and the paper adapter's '<|ANSWER|>:' (i2cr.prompts.paper)
+_MARKER_RE = re.compile(r"answer(?:\|>)?\s*[:：]\s*(.+)", re.IGNORECASE)
 _NIL_WORDS = {"nil", "none", "none of the above", "none of them", "no match", "null", "n/a"}
 FUZZY_CUTOFF = 60.0
 
