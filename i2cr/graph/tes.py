@@ -105,14 +105,15 @@ def tes_hybrid(state: State, ctx: Context) -> dict[str, Any]:
     else:
         top = [cands[i] for i in sorted(r.order[: ctx.hybrid_top_k])]
         ev.update(path="llm", top_k=[c["name"] for c in top])
-        update = tes_llm(state, ctx, top)
+        update = tes_llm(state, ctx, top, fallback=cands[r.best]["name"])
     update["events"] = [ev, *update["events"]]
     return update
 
 
-def tes_llm(state: State, ctx: Context,
-            cands: list[CandidateDict] | None = None) -> dict[str, Any]:
-    """The LLM chooses among ``cands`` (default: every candidate ICR has not rejected)."""
+def tes_llm(state: State, ctx: Context, cands: list[CandidateDict] | None = None,
+            fallback: str | None = None) -> dict[str, Any]:
+    """The LLM chooses among ``cands`` (default: every candidate ICR has not rejected); when it
+    fails or names none of them, ``fallback`` stands (default: the closest by embedding)."""
     cands = allowed_candidates(state) if cands is None else cands
     prompts = profile(ctx.prompt_profile)
     allow_nil = bool(state.get("allow_nil"))
@@ -160,7 +161,9 @@ def tes_llm(state: State, ctx: Context,
         events.append({"type": "unmappable_answer", "raw": raw[:200]})
         note = prompts.retry_note
     if choice is None:
-        if cands:
+        if fallback is not None:
+            choice, how = fallback, "ranker_fallback"
+        elif cands:
             sims = rank_by_embedding(state, ctx, cands)
             best = max(range(len(cands)), key=lambda i: sims[i])
             choice, how = cands[best]["name"], "embedding_fallback"
