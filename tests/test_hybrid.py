@@ -144,7 +144,7 @@ def test_curve_script_on_a_few_records(tmp_path, capsys):
                       "--set", "iav_mode=off", "--out", str(out)])
     assert rc == 0
     points = {p["point"]: p for p in json.loads(out.read_text())["points"]}
-    assert list(points) == ["ranker", "hybrid 0", "hybrid 1", "llm"]
+    assert list(points) == ["ranker", "llm", "hybrid 0", "hybrid 1"]
     assert points["ranker"]["llm_calls_per_mention"] == 0
     assert points["hybrid 0"]["llm_calls_per_mention"] == 0
     assert points["hybrid 0"]["top1"] == points["ranker"]["top1"]

@@ -83,8 +83,10 @@ def summarise(recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def curve(items: list, base: dict[str, Any], llm: str, thresholds: Sequence[float], *,
-          top_k: int = 5, say: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """The points: pure ranker, hybrid at each threshold, pure LLM."""
+          top_k: int = 5, say: Callable[[str], None] | None = None,
+          done: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+    """The points: pure ranker, pure LLM, then the hybrid at each threshold (``done`` sees the
+    points so far after each one, so that a long run keeps what it measured)."""
     more, oracle = parse_llm(llm, str(base.get("prompt_profile", "i2cr")))
 
     def linker(m: Mention, settings: Context) -> dict[str, Any]:
@@ -93,10 +95,10 @@ def curve(items: list, base: dict[str, Any], llm: str, thresholds: Sequence[floa
         with oracle.serving(m):
             return link_mention(m, settings)
 
-    runs: list[tuple[str, dict[str, Any]]] = [("ranker", {"tes_strategy": "retrieval"})]
+    runs: list[tuple[str, dict[str, Any]]] = [("ranker", {"tes_strategy": "retrieval"}),
+                                              ("llm", {"tes_strategy": "llm", **more})]
     runs += [(f"hybrid {t:g}", {"tes_strategy": "hybrid", "hybrid_threshold": t,
                                 "hybrid_top_k": top_k, **more}) for t in thresholds]
-    runs.append(("llm", {"tes_strategy": "llm", **more}))
     points = []
     for name, over in runs:
         settings = Context.from_overrides({**base, **over})
@@ -106,6 +108,8 @@ def curve(items: list, base: dict[str, Any], llm: str, thresholds: Sequence[floa
                  "hybrid_threshold": settings.hybrid_threshold if name.startswith("hybrid") else None,
                  **summarise(recs), "seconds": round(time.perf_counter() - t0, 1)}
         points.append(point)
+        if done is not None:
+            done(points)
         if say is not None:
             say(f"{name}: top-1 {point['top1']}, {point['llm_calls_per_mention']} LLM calls/mention "
                 f"({point['seconds']}s)")
@@ -168,16 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, BackendError) as e:  # DataError included
         print(f"i2cr: {e}", file=sys.stderr)
         return 2
+    head = {"data": str(args.data), "labels": str(args.labels), "llm": args.llm,
+            "top_k": args.top_k, "shuffle_seed": args.shuffle_seed, "settings": base,
+            "command": "python -m i2cr.eval.hybrid " + " ".join(argv if argv is not None
+                                                               else sys.argv[1:])}
+
+    def save(points: list[dict[str, Any]]) -> None:
+        tmp = Path(str(args.out) + ".tmp")
+        tmp.write_text(json.dumps({**head, "points": points}, indent=2))
+        tmp.replace(args.out)
+
     try:
-        points = curve(items, base, args.llm, thresholds, top_k=args.top_k, say=say)
+        points = curve(items, base, args.llm, thresholds, top_k=args.top_k, say=say, done=save)
     finally:
         shutdown()
-    result = {"data": str(args.data), "labels": str(args.labels), "llm": args.llm,
-              "top_k": args.top_k, "shuffle_seed": args.shuffle_seed, "settings": base,
-              "command": "python -m i2cr.eval.hybrid " + " ".join(argv if argv is not None
-                                                                 else sys.argv[1:]),
-              "points": points}
-    Path(args.out).write_text(json.dumps(result, indent=2))
     print(table(points))
     bad = sum(p["errors"] + p["llm_failed"] for p in points)
     if bad:
