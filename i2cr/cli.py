@@ -7,6 +7,7 @@
     i2cr bench DATA LABELS [-n N]
     i2cr graph
     i2cr kb build SOURCE --out KBDIR
+    i2cr sft export DATA LABELS --out train.jsonl [--format openai|sharegpt|alpaca]
 """
 
 from __future__ import annotations
@@ -379,6 +380,23 @@ def cmd_kb_build(args: argparse.Namespace) -> int:
     return 1 if meta.get("bad") else 0
 
 
+def cmd_sft_export(args: argparse.Namespace) -> int:
+    from .sft import export
+
+    if args.prompt_profile:
+        args.set = [*(args.set or []), f"prompt_profile={args.prompt_profile}"]
+    settings = _settings(args)
+    st = export(args.data, args.labels, args.out, fmt=args.format, settings=settings,
+                seed=args.seed, warn=lambda e: print(f"i2cr: {e}", file=sys.stderr))
+    forms = ", ".join(f"{k} {v}" for k, v in sorted(st.forms.items()))
+    print(f"i2cr: {st.examples} example(s) ({forms or 'none'}) from {st.exported} of "
+          f"{st.records} record(s) in {args.out}, format {args.format}, prompt profile "
+          f"{settings.prompt_profile}, seed {args.seed}; {len(st.skipped)} skipped (gold not among "
+          f"the candidates{': ' + ', '.join(st.skipped[:5]) if st.skipped else ''}"
+          f"{', ...' if len(st.skipped) > 5 else ''}); {st.failed} bad record(s)", file=sys.stderr)
+    return 1 if st.failed else 0
+
+
 def cmd_graph(args: argparse.Namespace) -> int:
     from .graph import graph
 
@@ -504,6 +522,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="settings, e.g. --set embedder=... (the KB records its embedder)")
     pkb.add_argument("--no-progress", action="store_true", help="no progress lines")
     pkb.set_defaults(func=cmd_kb_build)
+
+    ps = sub.add_parser("sft", help="fine-tuning data for the LLM's TES calls")
+    ssub = ps.add_subparsers(dest="sft_command", required=True)
+    pse = ssub.add_parser("export", help="write TES training examples as JSONL",
+                          description="Write TES training examples: the prompts the graph sends "
+                          "(round 1, one per visual clue, a re-choice after an exclusion, NIL "
+                          "where the record allows it) with the gold as the answer, candidates "
+                          "shuffled with --seed. Bad records are reported and skipped; the exit "
+                          "code is 1 when any were.")
+    pse.add_argument("data", help="dataset (I2CR/MELBench JSON or JSONL)")
+    pse.add_argument("labels", help="label file: id -> gold name or 'nil'")
+    pse.add_argument("--out", required=True, metavar="FILE.jsonl", help="examples go here")
+    pse.add_argument("--format", choices=("openai", "sharegpt", "alpaca"), default="openai",
+                     help="openai chat messages, sharegpt or alpaca as LLaMA-Factory reads them "
+                     "(default openai)")
+    pse.add_argument("--prompt-profile", choices=("i2cr", "paper"), default=None,
+                     help="prompt layout (default: the prompt_profile setting, i2cr)")
+    pse.add_argument("--seed", type=int, default=0, help="seed of the candidate shuffles")
+    pse.add_argument("--set", action="append", metavar="NAME=VALUE",
+                     help="settings the prompts follow, e.g. desc_chars, tools, clue_mode")
+    pse.set_defaults(func=cmd_sft_export)
 
     pg = sub.add_parser("graph", help="print the graph as Mermaid")
     pg.set_defaults(func=cmd_graph)

@@ -11,7 +11,8 @@ from rapidfuzz import fuzz, process, utils
 from .data import NIL
 
 ANSWER_MARKER = "Answer:"
-_MARKER_RE = re.compile(r"answer\s*[:：]\s*(.+)", re.IGNORECASE)
+# 'Answer:' and the paper adapter's '<|ANSWER|>:' (i2cr.prompts.paper)
+_MARKER_RE = re.compile(r"answer(?:\|>)?\s*[:：]\s*(.+)", re.IGNORECASE)
 _NIL_WORDS = {"nil", "none", "none of the above", "none of them", "no match", "null", "n/a"}
 FUZZY_CUTOFF = 60.0
 
@@ -34,8 +35,9 @@ def extract_answer(text: str) -> str:
 
 def map_answer(text: str, names: Sequence[str], *, allow_nil: bool = False,
                cutoff: float = FUZZY_CUTOFF) -> Match:
-    """Exact name first, then a candidate number, then a name contained in the answer, then the
-    best fuzzy match above ``cutoff``. Anything else is ``Match(None, 'none', score)``."""
+    """Exact name first (after a leading candidate number, if any), then a candidate number, then
+    a name contained in the answer, then the best fuzzy match above ``cutoff``. Anything else is
+    ``Match(None, 'none', score)``."""
     ans = extract_answer(text)
     if not ans or not names:
         return Match(None, "none", 0.0)
@@ -49,6 +51,9 @@ def map_answer(text: str, names: Sequence[str], *, allow_nil: bool = False,
     if m and 1 <= int(m.group(1)) <= len(names):
         rest = ans[m.end(1):].strip(" ).")
         n = names[int(m.group(1)) - 1]
+        named = [x for x in names if rest and x.lower() == rest.lower()]
+        if named:  # a number with a name: the name decides ('3. Ed Rendell' when 3 is another)
+            return Match(named[0], "exact", 100.0)
         if not rest or fuzz.WRatio(rest, n, processor=utils.default_process) >= cutoff:
             return Match(n, "number", 100.0)
     contained = [n for n in names if n.lower() in low]

@@ -155,7 +155,7 @@ def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
     from ..texts import entity_text, query_for
 
     emb = resources.embedder(settings)
-    ranker = resources.ranker(settings) if settings.strategy == "retrieval" else None
+    ranker = resources.ranker(settings) if settings.uses_ranker else None
     texts: list[str] = []
     queries: list[str] = []
     for m in items:

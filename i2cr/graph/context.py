@@ -39,8 +39,19 @@ class Context:
         "'azure:<deployment>', or 'openai-compat:<model>@<base_url>' for vLLM / Ollama / "
         "llama.cpp servers.")})
     tes_strategy: str = field(default="auto", metadata={"description": (
-        "'llm' (the paper), 'retrieval' (the feature ranker, no LLM), or 'auto': retrieval when "
-        "llm is 'none', else llm.")})
+        "'llm' (the paper), 'retrieval' (the feature ranker, no LLM), 'hybrid' (the ranker "
+        "answers when its top probability is at least hybrid_threshold, else the LLM chooses "
+        "among the ranker's hybrid_top_k; VIF then takes the paper's fixed order), or 'auto': "
+        "retrieval when llm is 'none', else llm.")})
+    hybrid_threshold: float = field(default=0.9, metadata={"description": (
+        "Hybrid TES: the ranker's top softmax probability at or above which the ranker answers "
+        "without an LLM call (0..1; python -m i2cr.eval.hybrid draws the curve).")})
+    hybrid_top_k: int = field(default=5, metadata={"description": (
+        "Hybrid TES: how many of the ranker's best candidates the LLM chooses among when the "
+        "ranker is not confident.")})
+    prompt_profile: str = field(default="i2cr", metadata={"description": (
+        "TES prompt layout: 'i2cr' (the project's own) or 'paper' (the layout the authors' "
+        "released LoRA adapter was trained on: GIVEN: + a dict literal, <|ANSWER|>: marker).")})
     prune_k: int | None = field(default=None, metadata={"description": (
         "Keep only the top-k candidates of the retrieval ranker before TES (UniMEL uses 5); "
         "None keeps all.")})
@@ -176,8 +187,18 @@ class Context:
             raise ValueError("max_reflections must be >= 0")
         if self.iav_mode not in {"auto", "clip", "caption", "off"}:
             raise ValueError(f"iav_mode must be auto, clip, caption or off, not {self.iav_mode!r}")
-        if self.tes_strategy not in {"auto", "llm", "retrieval"}:
-            raise ValueError(f"tes_strategy must be auto, llm or retrieval, not {self.tes_strategy!r}")
+        if self.tes_strategy not in {"auto", "llm", "retrieval", "hybrid"}:
+            raise ValueError("tes_strategy must be auto, llm, retrieval or hybrid, not "
+                             f"{self.tes_strategy!r}")
+        if not 0.0 <= self.hybrid_threshold <= 1.0:
+            raise ValueError(f"hybrid_threshold must be within 0..1, not {self.hybrid_threshold}")
+        if self.hybrid_top_k < 1:
+            raise ValueError(f"hybrid_top_k must be >= 1, not {self.hybrid_top_k}")
+        from ..prompts import PROFILES
+
+        if self.prompt_profile not in PROFILES:
+            raise ValueError(f"prompt_profile must be one of {', '.join(PROFILES)}, not "
+                             f"{self.prompt_profile!r}")
         if self.clue_mode not in {"auto", "round", "cumulative"}:
             raise ValueError(f"clue_mode must be auto, round or cumulative, not {self.clue_mode!r}")
         if self.embed_dtype not in {"auto", "float32", "bfloat16"}:
@@ -230,7 +251,7 @@ class Context:
         chose by cross-validation, else the embedder's calibrated value."""
         if self.icr_threshold is not None:
             return float(self.icr_threshold)
-        if self.strategy == "retrieval":
+        if self.uses_ranker:
             from ..ranker import load_weights
 
             fitted = load_weights(self.ranker_weights).icr_threshold
@@ -243,7 +264,7 @@ class Context:
         """The clue mode in force: 'round' or 'cumulative'."""
         if self.clue_mode != "auto":
             return self.clue_mode
-        return "cumulative" if self.strategy == "retrieval" else "round"
+        return "cumulative" if self.uses_ranker else "round"
 
     @property
     def fallback_answer(self) -> str:
@@ -254,14 +275,27 @@ class Context:
 
     @property
     def strategy(self) -> str:
-        """The TES strategy in force: 'llm' or 'retrieval'."""
+        """The TES strategy in force: 'llm', 'retrieval' or 'hybrid'."""
         if self.tes_strategy != "auto":
             return self.tes_strategy
         return "retrieval" if (self.llm == "none" and self.chat_model is None) else "llm"
 
     @property
     def uses_llm(self) -> bool:
-        return self.strategy == "llm"
+        """Whether the run needs an LLM backend (TES by the LLM, always or when unsure)."""
+        return self.strategy in ("llm", "hybrid")
+
+    @property
+    def uses_ranker(self) -> bool:
+        """Whether the ranker gives (most) TES answers: it then also sets ICR's alpha, the clue
+        mode and the fallback, as with retrieval."""
+        return self.strategy in ("retrieval", "hybrid")
+
+    @property
+    def llm_picks_tools(self) -> bool:
+        """Whether VIF asks the LLM for a tool (hybrid keeps the fixed order: it spends LLM calls
+        on TES choices the ranker is unsure of only)."""
+        return self.vif_llm_choice and self.strategy == "llm"
 
     @property
     def tool_names(self) -> list[str]:

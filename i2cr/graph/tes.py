@@ -3,7 +3,10 @@
 Candidates ICR rejected in this round are left out of the prompt. An answer that maps to no
 candidate is recorded and asked again (``tes_retries``); if it still maps to nothing, or the LLM
 fails, the candidate closest to the mention by embedding similarity is taken and the fallback is
-recorded.
+recorded. The prompt's layout is the ``prompt_profile``'s (:mod:`i2cr.prompts.profiles`).
+
+``tes_strategy``: ``llm`` asks the LLM every time, ``retrieval`` the ranker, ``hybrid`` the ranker
+when it is confident and the LLM among the ranker's top-k otherwise.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from langgraph.runtime import Runtime
 
 from ..data import NIL
 from ..matching import map_answer
-from ..prompts import build_tes_messages
+from ..prompts import profile
 from ..ranker import Ranking
 from ..redact import error_text
 from ..texts import entity_text
@@ -25,9 +28,6 @@ from .context import Context, settings_of
 from .state import CandidateDict, State
 from .texts import round_clues, round_query
 from .trace_events import emit, prompt_text, tokens_of
-
-RETRY_NOTE = ("Your previous reply named no candidate from the list. Reply with exactly one line: "
-              "'Answer: <candidate name>' using a name from the list.")
 
 
 def allowed_candidates(state: State) -> list[CandidateDict]:
@@ -49,7 +49,8 @@ def retrieval_ranking(state: State, ctx: Context, cands: Sequence[Mapping[str, A
                                       doc if isinstance(doc, list) else ())
 
 
-def tes_retrieval(state: State, ctx: Context) -> dict[str, Any]:
+def tes_retrieval(state: State, ctx: Context, ranking: Ranking | None = None) -> dict[str, Any]:
+    """The ranker's answer over the allowed candidates (``ranking``: theirs, when already made)."""
     cands = allowed_candidates(state)
     ev: dict[str, Any] = {"type": "tes_answer", "round": state.get("round", 1),
                           "strategy": "retrieval", "method": "retrieval",
@@ -58,7 +59,7 @@ def tes_retrieval(state: State, ctx: Context) -> dict[str, Any]:
         choice = NIL
         ev["top"] = []
     else:
-        r = retrieval_ranking(state, ctx, cands)
+        r = ranking or retrieval_ranking(state, ctx, cands)
         choice = cands[r.best]["name"]
         table = r.table()
         ev.update(top=table[:3], scores=table, model=r.model, p_link=round(r.p_link, 4),
@@ -82,9 +83,41 @@ def _text(msg: Any) -> str:
 
 def tes(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = settings_of(runtime)
-    if not ctx.uses_llm:
+    if ctx.strategy == "retrieval":
         return tes_retrieval(state, ctx)
+    if ctx.strategy == "hybrid":
+        return tes_hybrid(state, ctx)
+    return tes_llm(state, ctx)
+
+
+def tes_hybrid(state: State, ctx: Context) -> dict[str, Any]:
+    """The ranker answers when its top probability over the allowed candidates is at least
+    ``hybrid_threshold``; otherwise the LLM chooses among the ranker's ``hybrid_top_k`` (in their
+    order in the candidate list). A ``tes_hybrid`` event records the path and the probability."""
     cands = allowed_candidates(state)
+    if not cands:
+        return tes_retrieval(state, ctx)
+    r = retrieval_ranking(state, ctx, cands)
+    p = float(r.probs[r.best])
+    ev: dict[str, Any] = {"type": "tes_hybrid", "round": state.get("round", 1), "p": round(p, 4),
+                          "threshold": ctx.hybrid_threshold}
+    if p >= ctx.hybrid_threshold:
+        ev["path"] = "ranker"
+        update = tes_retrieval(state, ctx, r)
+    else:
+        top = [cands[i] for i in sorted(r.order[: ctx.hybrid_top_k])]
+        ev.update(path="llm", top_k=[c["name"] for c in top])
+        update = tes_llm(state, ctx, top, fallback=cands[r.best]["name"])
+    update["events"] = [ev, *update["events"]]
+    return update
+
+
+def tes_llm(state: State, ctx: Context, cands: list[CandidateDict] | None = None,
+            fallback: str | None = None) -> dict[str, Any]:
+    """The LLM chooses among ``cands`` (default: every candidate ICR has not rejected); when it
+    fails or names none of them, ``fallback`` stands (default: the closest by embedding)."""
+    cands = allowed_candidates(state) if cands is None else cands
+    prompts = profile(ctx.prompt_profile)
     allow_nil = bool(state.get("allow_nil"))
     names = [c["name"] for c in cands]
     events: list[dict[str, Any]] = []
@@ -99,7 +132,7 @@ def tes(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     for attempt in range(1 + max(0, ctx.tes_retries)):
         if chat is None:
             break
-        messages = build_tes_messages(
+        messages = prompts.build(
             mention=state["mention"], context=state.get("context", ""), candidates=cands,
             excluded=state.get("excluded") or [], clues=round_clues(state, ctx.query_clues),
             allow_nil=allow_nil, desc_chars=ctx.desc_chars, retry_note=note)
@@ -128,9 +161,11 @@ def tes(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             choice, how = m.name, m.method
             break
         events.append({"type": "unmappable_answer", "raw": raw[:200]})
-        note = RETRY_NOTE
+        note = prompts.retry_note
     if choice is None:
-        if cands:
+        if fallback is not None:
+            choice, how = fallback, "ranker_fallback"
+        elif cands:
             sims = rank_by_embedding(state, ctx, cands)
             best = max(range(len(cands)), key=lambda i: sims[i])
             choice, how = cands[best]["name"], "embedding_fallback"

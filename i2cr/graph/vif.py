@@ -35,7 +35,7 @@ def vif(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     calls = 0
     picked: str | None = None
     how = "fixed_order"
-    if offered and ctx.vif_llm_choice and ctx.uses_llm:
+    if offered and ctx.llm_picks_tools:
         messages = build_vif_messages(
             mention=state["mention"], context=state.get("context", ""), answer=state.get("choice"),
             score=state.get("iav_score"),

@@ -25,6 +25,8 @@ SYSTEM_PROMPT = (
     f"Reply with one line: '{ANSWER_MARKER} <candidate name>'"
 )
 NIL_RULE = " If no candidate fits, reply '{marker} nil'."
+RETRY_NOTE = ("Your previous reply named no candidate from the list. Reply with exactly one line: "
+              f"'{ANSWER_MARKER} <candidate name>' using a name from the list.")
 
 _SENT = re.compile(r"(?<=[.!?])\s+")
 
@@ -48,10 +50,15 @@ def short_desc(desc: str, limit: int = 120) -> str:
     return out
 
 
+def clue_text(clue: Mapping[str, Any], max_chars: int = 600) -> str:
+    """One clue's text as prompts carry it: whitespace collapsed, cut to ``max_chars``."""
+    return " ".join(str(clue.get("text", "")).split())[:max_chars]
+
+
 def _clue_block(clues: Sequence[Mapping[str, Any]], max_chars: int = 600) -> str:
     lines = []
     for c in clues:
-        text = " ".join(str(c.get("text", "")).split())[:max_chars]
+        text = clue_text(c, max_chars)
         if text:
             label = CLUE_LABELS.get(c.get("tool", ""), str(c.get("tool", "clue")))
             lines.append(f"{label}: {text}")
@@ -81,3 +88,30 @@ def build_tes_messages(*, mention: str, context: str, candidates: Sequence[Mappi
     if retry_note:
         body += "\n" + retry_note
     return [SystemMessage(system), HumanMessage(body)]
+
+
+def answer(name: str) -> str:
+    """The reply that answers ``name`` (a candidate or 'nil') in this layout."""
+    return f"{ANSWER_MARKER} {name}"
+
+
+def offered(user: str, known: Sequence[str]) -> tuple[list[str], bool]:
+    """(candidate names in prompt order, whether NIL may be answered), read back from a user
+    message :func:`build_tes_messages` built. A line is ``N. name: description``, and a name may
+    hold ': ' itself, so each line is matched against the ``known`` names (the longest wins)."""
+    _, sep, rest = user.rpartition("\nCandidates:\n")
+    if not sep:
+        return [], False
+    names: list[str] = []
+    nil = False
+    for line in rest.split("\n"):
+        m = re.match(r"(\d+)\. (.*)", line)
+        if not m:
+            break
+        body = m.group(2)
+        hits = [n for n in known if body == n or body.startswith(n + ": ")]
+        if hits:
+            names.append(max(hits, key=len))
+        elif body == "nil: none of the candidates":
+            nil = True
+    return names, nil

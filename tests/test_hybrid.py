@@ -1,0 +1,165 @@
+"""Hybrid TES: the ranker answers when confident, else the LLM chooses among the ranker's top-k;
+the scripted LLM of known accuracy; the cost-curve script."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import CLUES, JORDAN_CANDIDATES
+from fakes import Oracle, ScriptedChatModel
+
+from i2cr.data import Candidate, Mention
+from i2cr.eval import hybrid
+from i2cr.graph import Context, graph, resources
+from i2cr.prompts import profile
+
+NAMES = [c["name"] for c in JORDAN_CANDIDATES]
+
+
+def top_p_and_order(ctx, state):
+    r = resources.ranker(ctx).rank(state["mention"], state["context"], [], state["candidates"])
+    return float(r.probs[r.best]), [state["candidates"][i]["name"] for i in r.order]
+
+
+def hybrid_events(out):
+    return [e for e in out["events"] if e["type"] == "tes_hybrid"]
+
+
+def test_settings():
+    ctx = Context(tes_strategy="hybrid")
+    assert (ctx.hybrid_threshold, ctx.hybrid_top_k) == (0.9, 5)
+    assert ctx.uses_llm and ctx.uses_ranker and not ctx.llm_picks_tools
+    assert ctx.alpha == Context(tes_strategy="retrieval").alpha  # the ranker's fitted alpha
+    assert Context(llm="embedded").llm_picks_tools and not Context().uses_llm  # unchanged
+    for bad in ({"hybrid_threshold": 1.5}, {"hybrid_top_k": 0}, {"tes_strategy": "mixed"}):
+        with pytest.raises(ValueError):
+            Context(**bad)
+
+
+def test_confident_ranker_answers_without_an_llm_call_even_in_vif_rounds(jordan):
+    """The ranker's top probability reaches the threshold in every round: no LLM call at all, also
+    in VIF (the hybrid takes the fixed tool order), and each decision is recorded."""
+    state = jordan(precomputed_clues=CLUES)
+    fake = ScriptedChatModel(script=[])  # any call would fail and be recorded
+    ctx = Context(chat_model=fake, tes_strategy="hybrid", hybrid_threshold=0.0,
+                  icr_threshold=-1e9, iav_mode="caption", caption_threshold=1e9,
+                  tool_backend="precomputed")
+    out = graph.invoke(state, context=ctx)
+    assert fake.calls == [] and out["llm_calls"] == 0
+    assert len(out["tools_used"]) == 4  # every VIF round ran, in the fixed order
+    evs = hybrid_events(out)
+    assert len(evs) == 5 and all(e["path"] == "ranker" for e in evs)
+    p, order = top_p_and_order(ctx, state)
+    assert evs[0]["p"] == pytest.approx(p, abs=1e-4) and out["first_answer"] == order[0]
+
+
+def test_unconfident_ranker_asks_the_llm_among_its_top_k_only(jordan):
+    state = jordan()
+    probe = Context(tes_strategy="hybrid")
+    p, order = top_p_and_order(probe, state)
+    assert p < 0.999
+    fake = ScriptedChatModel(script=[f"Answer: {order[1]}"])
+    ctx = Context(chat_model=fake, tes_strategy="hybrid", hybrid_threshold=min(1.0, p + 1e-3),
+                  hybrid_top_k=2, icr_threshold=-1e9, iav_mode="off")
+    out = graph.invoke(state, context=ctx)
+    assert out["llm_calls"] == 1 and len(fake.calls) == 1
+    offered, _ = profile("i2cr").offered(fake.calls[0]["messages"][-1], NAMES)
+    assert offered == [n for n in NAMES if n in order[:2]]  # the top 2, in the list's order
+    assert out["answer"] == order[1]  # the LLM's choice stands
+    (ev,) = hybrid_events(out)
+    assert ev["path"] == "llm" and ev["p"] == pytest.approx(p, abs=1e-4)
+    assert sorted(ev["top_k"]) == sorted(order[:2])
+    # just below the ranker's probability the ranker answers
+    fake2 = ScriptedChatModel(script=[])
+    ctx2 = Context(chat_model=fake2, tes_strategy="hybrid", hybrid_threshold=max(0.0, p - 1e-3),
+                   icr_threshold=-1e9, iav_mode="off")
+    out2 = graph.invoke(state, context=ctx2)
+    assert fake2.calls == [] and out2["answer"] == order[0]
+
+
+def test_failed_llm_leaves_the_rankers_best(jordan):
+    state = jordan()
+    p, order = top_p_and_order(Context(tes_strategy="hybrid"), state)
+    fake = ScriptedChatModel(script=[RuntimeError("backend down"), "qqq zzz"])
+    ctx = Context(chat_model=fake, tes_strategy="hybrid", hybrid_threshold=min(1.0, p + 1e-3),
+                  icr_threshold=-1e9, iav_mode="off")
+    out = graph.invoke(state, context=ctx)
+    assert out["answer"] == order[0] and len(fake.calls) == 2
+    kinds = [e["type"] for e in out["events"]]
+    assert "llm_error" in kinds and "unmappable_answer" in kinds
+    (fb,) = [e for e in out["events"] if e["type"] == "tes_fallback"]
+    assert fb["method"] == "ranker_fallback"
+
+
+def _mention(mid="m1", label="Michael Jordan", names=NAMES):
+    cands = [Candidate(c["name"], c["desc"]) for c in JORDAN_CANDIDATES if c["name"] in names]
+    return Mention(id=mid, mention="Jordan", context="Jordan dunks in the 1991 NBA Finals.",
+                   candidates=cands, label=label)
+
+
+@pytest.mark.parametrize("prof", ["i2cr", "paper"])
+def test_oracle_of_known_accuracy(prof):
+    build = profile(prof).build
+    m = _mention()
+    cands = [c.to_dict() for c in m.candidates]
+
+    def ask(oracle, offered, n=200):
+        chat = oracle.chat_model()
+        got = []
+        with oracle.serving(m):
+            for _ in range(n):
+                msg = chat.invoke(build(mention="Jordan", context="c", candidates=offered))
+                got.append(profile(prof).offered(build(mention="Jordan", context="c",
+                                                       candidates=offered)[1].content, NAMES)[0]
+                           and msg.content)
+        return got
+
+    right = profile(prof).answer("Michael Jordan")
+    assert set(ask(Oracle(1.0, prompt_profile=prof), cands)) == {right}
+    assert right not in ask(Oracle(0.0, prompt_profile=prof), cands)
+    hits = ask(Oracle(0.8, prompt_profile=prof), cands).count(right)
+    assert 130 < hits < 190  # about 80% of 200
+    without = [c for c in cands if c["name"] != "Michael Jordan"]
+    answers = set(ask(Oracle(1.0, prompt_profile=prof), without))
+    assert len(answers) > 1 and right not in answers  # a random offered candidate
+    assert ask(Oracle(0.8, seed=3, prompt_profile=prof), cands) == \
+        ask(Oracle(0.8, seed=3, prompt_profile=prof), cands)  # seeded
+
+
+def test_curve_script_on_a_few_records(tmp_path, capsys):
+    data = {f"m{i}": {"mention": "Jordan", "mention_context": ctx,
+                      "Candentity": JORDAN_CANDIDATES}
+            for i, ctx in enumerate(["Jordan dunks during the 1991 NBA Finals.",
+                                     "Jordan directed the horror film Get Out.",
+                                     "Jordan borders Israel and Saudi Arabia.",
+                                     "Jordan starred in Creed."])}
+    labels = dict(zip(data, ["Michael Jordan", "Jordan Peele", "Jordan", "Michael B. Jordan"],
+                      strict=True))
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    (tmp_path / "l.json").write_text(json.dumps(labels))
+    out = tmp_path / "curve.json"
+    rc = hybrid.main([str(tmp_path / "d.json"), str(tmp_path / "l.json"), "--llm", "scripted:1.0",
+                      "--thresholds", "0,1", "--top-k", "4", "--set", "icr_threshold=-1",
+                      "--set", "iav_mode=off", "--out", str(out)])
+    assert rc == 0
+    points = {p["point"]: p for p in json.loads(out.read_text())["points"]}
+    assert list(points) == ["ranker", "llm", "hybrid 0", "hybrid 1"]
+    assert points["ranker"]["llm_calls_per_mention"] == 0
+    assert points["hybrid 0"]["llm_calls_per_mention"] == 0
+    assert points["hybrid 0"]["top1"] == points["ranker"]["top1"]
+    h1 = points["hybrid 1"]
+    assert h1["tes_by_llm"] >= 3 and h1["tes_by_ranker"] + h1["tes_by_llm"] == 4
+    assert h1["llm_calls_per_mention"] == h1["tes_by_llm"] / 4
+    assert h1["top1"] == 1.0 and points["llm"]["top1"] == 1.0  # the oracle is always right
+    assert points["llm"]["llm_calls_per_mention"] == 1.0
+    table = capsys.readouterr().out
+    assert "| hybrid 1 |" in table and "| llm | 1.00 |" in table
+
+
+def test_curve_script_refuses_bad_settings(tmp_path, capsys):
+    (tmp_path / "d.json").write_text("{}")
+    (tmp_path / "l.json").write_text("{}")
+    rc = hybrid.main([str(tmp_path / "d.json"), str(tmp_path / "l.json"), "--thresholds", "2",
+                      "--out", str(tmp_path / "c.json")])
+    assert rc == 2 and "hybrid_threshold" in capsys.readouterr().err
