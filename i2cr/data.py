@@ -21,6 +21,13 @@ from typing import Any
 
 NIL = "nil"
 
+
+def same_entity(answer: object, gold: object) -> bool:
+    """Whether an answer names the gold entity: the one rule every figure uses (case and outer
+    white space ignored; no answer is never right)."""
+    return isinstance(answer, str) and isinstance(gold, str) and \
+        answer.strip().lower() == gold.strip().lower()
+
 # Canonical names of the precomputed visual clues, as the dataset spells them.
 CLUE_KEYS = ("OCR text", "Caption", "Dense Captions", "Tags")
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .data import Candidate, DataError, Mention, parse_candidates
+from .data import Candidate, DataError, Mention, parse_candidates, same_entity
 from .graph import Context, graph as default_graph
 from .redact import error_text
 
@@ -49,7 +49,7 @@ def result_record(m: Mention, out: dict[str, Any], elapsed: float) -> dict[str, 
         rec["truncated"] = list(m.truncations)
     if m.label is not None:
         rec["gold"] = m.label
-        rec["correct"] = (rec["answer"] or "").lower() == m.label.lower()
+        rec["correct"] = same_entity(rec["answer"], m.label)
     return rec
 
 

@@ -201,3 +201,16 @@ def test_prefetch_encodes_every_text_the_graph_asks_for(tmp_path):
     assert len(recs) == 4 and any(len(r["rounds"]) > 2 for r in recs)  # VIF rounds did run
     assert emb.encoded == before  # nothing was left to encode one at a time
     resources.reset()
+
+
+def test_a_record_is_correct_by_the_same_rule_the_metrics_use():
+    from i2cr.data import Mention
+    from i2cr.linker import result_record
+
+    m = Mention(id="x", mention="Jordan", context="", candidates=[], label="Michael Jordan ")
+    rec = result_record(m, {"answer": "michael jordan", "text_answer": "michael jordan",
+                            "first_answer": "michael jordan"}, 0.0)
+    assert rec["correct"] is True
+    assert M.compute([rec])["accuracy"]["final"] == 1.0  # the record and the metrics agree
+    rec = result_record(m, {"answer": None}, 0.0)
+    assert rec["correct"] is False

@@ -29,9 +29,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-
-def _eq(a: Any, b: Any) -> bool:
-    return isinstance(a, str) and isinstance(b, str) and a.strip().lower() == b.strip().lower()
+from ..data import same_entity as _eq
 
 
 def answer_after_vif(rec: dict[str, Any], k: int) -> str | None:
