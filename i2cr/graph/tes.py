@@ -15,6 +15,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from ..data import NIL
+from ..llm import LLMCallFailed, ask_tes
 from ..matching import map_answer
 from ..prompts import build_tes_messages
 from ..ranker import Ranking
@@ -103,7 +104,9 @@ def tes(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             allow_nil=allow_nil, desc_chars=ctx.desc_chars, retry_note=note)
         t0 = time.perf_counter()
         try:
-            msg = chat.invoke(messages)
+            msg, raw, asked = ask_tes(chat, messages, names, allow_nil=allow_nil, mode=ctx.tes_answer)
+        except LLMCallFailed:
+            raise  # refused after every retry: the mention becomes an error record
         except Exception as e:  # noqa: BLE001
             calls += 1
             events.append({"type": "llm_error", "node": "tes", "attempt": attempt,
@@ -112,7 +115,6 @@ def tes(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                   "error": error_text(e)[:300]})
             continue
         calls += 1
-        raw = _text(msg)
         m = map_answer(raw, names, allow_nil=allow_nil)
         emit({"type": "llm_call", "node": "tes", "attempt": attempt, "prompt": prompt_text(messages),
               "raw": raw, "mapped": m.name, "latency_s": round(time.perf_counter() - t0, 3),
@@ -121,7 +123,7 @@ def tes(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                        "raw": raw[:500], "mapped": m.name, "method": m.method,
                        "score": round(m.score, 1), "offered": names,
                        "latency_s": round(time.perf_counter() - t0, 3),
-                       "tokens": tokens_of(msg)})
+                       "tokens": tokens_of(msg), **asked})
         if m.name is not None:
             choice, how = m.name, m.method
             break
