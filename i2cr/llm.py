@@ -398,7 +398,7 @@ def _scrubbing(cls: type) -> type:
 
 
 def load_chat_model(spec: str, *, temperature: float = 0.0, max_tokens: int = 64,
-                    timeout: float = 120.0, retries: int = 4, backoff: float = 0.5,
+                    timeout: float = 120.0, retries: int = 8, backoff: float = 0.5,
                     backoff_max: float = 30.0) -> Any:
     """Build a langchain chat model from one string (see the module docstring). Its errors come
     scrubbed of every configured secret (:mod:`i2cr.redact`); HTTP backends retry 429/5xx up to
@@ -570,7 +570,7 @@ def ask_tes(chat: Any, messages: list[Any], names: list[str], *, allow_nil: bool
         return msg, _content(msg), {"answer_format": "text", "structured": kind,
                                     "structured_error": f"schema refused: {error_text(e)[:200]}"}
     raw = _content(msg)
-    info = {"answer_format": "structured", "structured": kind}
+    info = {"answer_format": "structured", "structured": kind, "reply": raw[:500]}
     if retries(msg):
         info["retries"] = retries(msg)
     try:

@@ -67,8 +67,13 @@ class FakeOpenAI:
                  status: int | None = None, seed: int = 0,
                  answer: Callable[[dict[str, Any]], str] = first_candidate,
                  check: Callable[[dict[str, Any]], str | None] | None = None,
-                 schema_status: int | None = None):
+                 schema_status: int | None = None, fail_first: int = 0, hold: int = 0):
         self.delay, self.rate_429, self.retry_after = delay, rate_429, retry_after
+        self.fail_first = fail_first  # the first calls are answered 429 (then rate_429 applies)
+        # the first ``hold`` calls wait until ``hold`` calls are in flight at once (at most 30 s):
+        # a test of the in-flight cap then sees the cap reached without relying on timing
+        self.hold = hold
+        self._held = threading.Condition()
         self.status, self.answer, self.check = status, answer, check
         self.schema_status = schema_status  # answer requests that carry a schema with this status
         self._rng = random.Random(seed)
@@ -136,8 +141,14 @@ class FakeOpenAI:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.bodies.append(body)
             self.times.append(time.monotonic())
-            refuse = self.status or (429 if self._rng.random() < self.rate_429 else None)
+            refuse = self.status or (429 if self.calls <= self.fail_first
+                                     or self._rng.random() < self.rate_429 else None)
+            held = self.calls <= self.hold
         try:
+            if held:
+                with self._held:
+                    self._held.notify_all()
+                    self._held.wait_for(lambda: self.max_in_flight >= self.hold, timeout=30)
             if refuse:
                 with self._lock:
                     self.refused += 1

@@ -54,7 +54,7 @@ class Context:
     llm_temperature: float = 0.0
     llm_max_tokens: int = 64
     llm_timeout: float = 120.0
-    llm_retries: int = field(default=4, metadata={"description": (
+    llm_retries: int = field(default=8, metadata={"description": (
         "HTTP backends: retries of a call answered 429 or 5xx (exponential backoff with jitter, "
         "at least Retry-After); a call still refused makes the mention an error record. Dropped "
         "connections are retried at most twice, then TES answers from its fallback (counted).")})
