@@ -291,7 +291,8 @@ def _retry_or_raise(model: Any, err: BaseException, attempt: int, log: list[dict
     connection still failing after :data:`CONNECTION_RETRIES` retries is re-raised (the node
     records it and answers from its fallback, as for any unreachable backend)."""
     status = status_of(err)
-    retryable_status = status is not None and (status in RETRY_STATUS or status >= 500)
+    retryable_status = (status is not None and (status in RETRY_STATUS or status >= 500)
+                        and not _refused_response_format(err))
     connection = status is None and _is_connection_error(err)
     last = attempt >= max(0, getattr(model, "i2cr_retries", 0))
     if not (retryable_status or connection):
@@ -483,6 +484,18 @@ def _in_process(cls: type) -> type:
             with lock:
                 return super()._generate(*args, **kwargs)
 
+        def bind_tools(self, tools: Any, *, tool_choice: Any = None, **kwargs: Any) -> Any:
+            """As ``ChatLlamaCpp.bind_tools``, but with no ``tool_choice`` the model may choose a
+            tool ('auto', which llama-cpp-python's chatml-function-calling format implements with
+            a grammar); ChatLlamaCpp itself would send the tools with no choice, and llama.cpp
+            would then leave them out of the prompt."""
+            if tool_choice is not None:
+                return super().bind_tools(tools, tool_choice=tool_choice, **kwargs)
+            from langchain_core.utils.function_calling import convert_to_openai_tool
+
+            return self.bind(tools=[convert_to_openai_tool(t) for t in tools], tool_choice="auto",
+                             **kwargs)
+
     InProcess.__name__ = InProcess.__qualname__ = cls.__name__
     _IN_PROCESS[cls] = InProcess
     return InProcess
@@ -529,12 +542,23 @@ def _content(msg: Any) -> str:
     return str(content or "")
 
 
+def _refused_response_format(err: BaseException) -> bool:
+    """An HTTP error about the request's ``response_format``: llama-cpp-python's server answers a
+    ``json_schema`` format with HTTP 500 and a validation error naming it. Not transient."""
+    try:
+        return status_of(err) is not None and "response_format" in str(err)
+    except Exception:  # noqa: BLE001 - an error that cannot print itself
+        return False
+
+
 def _rejected_schema(err: BaseException) -> bool:
-    """A server that does not take the schema says so with a 4xx (400, 404, 415, 422...); client
-    libraries refuse it with a ValueError/TypeError/NotImplementedError before sending."""
+    """A server that does not take the schema says so with a 4xx (400, 404, 415, 422...), or with
+    an error naming ``response_format``; client libraries refuse it with a
+    ValueError/TypeError/NotImplementedError before sending."""
     status = status_of(err)
     if status is not None:
-        return 400 <= status < 500 and status not in (401, 403, 408, 409, 429)
+        return (400 <= status < 500 and status not in (401, 403, 408, 409, 429)
+                or _refused_response_format(err))
     return isinstance(err, (ValueError, TypeError, NotImplementedError))
 
 

@@ -93,12 +93,14 @@ def test_text_answers_stay_the_default_and_carry_no_schema():
     assert rec["first_answer"] == "Michael Jordan" and tes_events(rec)[0]["raw"].startswith("Answer:")
 
 
-def test_a_server_refusing_the_schema_falls_back_to_text_and_is_counted():
+@pytest.mark.parametrize("status", [400, 500])  # 500: llama-cpp-python's server on json_schema
+def test_a_server_refusing_the_schema_falls_back_to_text_and_is_counted(status):
     st = RunStats()
-    with FakeOpenAI(schema_status=400) as srv:
+    with FakeOpenAI(schema_status=status) as srv:
         rec = list(run([jordan()], ctx_for(srv, tes_answer="structured"), progress=False,
                        stats=st))[0]
-    assert [("response_format" in b) for b in srv.bodies[:2]] == [True, False]
+    # asked once with the schema (a refusal is not retried), then once as free text
+    assert [("response_format" in b) for b in srv.bodies] == [True, False]
     ev = tes_events(rec)[0]
     assert ev["answer_format"] == "text" and ev["structured_error"].startswith("schema refused")
     assert rec["first_answer"] == "Michael Jordan" and rec["error"] is None
