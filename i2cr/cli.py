@@ -1,7 +1,7 @@
 """The ``i2cr`` command line.
 
     i2cr link FILE [--labels L] [--out results.jsonl] [--resume] [--limit N] [--llm SPEC]
-                   [--set name=value ...] [--json]
+                   [--concurrency N] [--set name=value ...] [--json]
     i2cr eval DATA LABELS [--out-dir DIR] ...
     i2cr trace RUN [MENTION_ID] [--html PAGE]
     i2cr bench DATA LABELS [-n N]
