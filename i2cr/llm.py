@@ -473,6 +473,19 @@ def load_llamacpp(path: str, *, temperature: float = 0.0, max_tokens: int = 64,
 _IN_PROCESS: dict[type, type] = {}
 
 
+def _closed_tool(tool: Any) -> dict[str, Any]:
+    """The OpenAI form of a tool whose arguments object admits no other keys than its own: the
+    grammar llama.cpp builds from it is then finite (``{}`` for i2cr's argument-free tools), where
+    an open object let the model write keys until the context was full (arguments are generated
+    with no token limit)."""
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    spec = convert_to_openai_tool(tool)
+    params = dict(spec["function"].get("parameters") or {"type": "object", "properties": {}})
+    params.setdefault("additionalProperties", False)
+    return {**spec, "function": {**spec["function"], "parameters": params}}
+
+
 def _in_process(cls: type) -> type:
     """``cls`` whose calls hold one process-wide lock (a llama.cpp context serves one call)."""
     if cls in _IN_PROCESS:
@@ -491,10 +504,7 @@ def _in_process(cls: type) -> type:
             would then leave them out of the prompt."""
             if tool_choice is not None:
                 return super().bind_tools(tools, tool_choice=tool_choice, **kwargs)
-            from langchain_core.utils.function_calling import convert_to_openai_tool
-
-            return self.bind(tools=[convert_to_openai_tool(t) for t in tools], tool_choice="auto",
-                             **kwargs)
+            return self.bind(tools=[_closed_tool(t) for t in tools], tool_choice="auto", **kwargs)
 
     InProcess.__name__ = InProcess.__qualname__ = cls.__name__
     _IN_PROCESS[cls] = InProcess
