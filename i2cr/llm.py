@@ -461,13 +461,29 @@ def load_llamacpp(path: str, *, temperature: float = 0.0, max_tokens: int = 64,
     threads = int(os.environ.get("I2CR_LLM_THREADS", 0)) or os.cpu_count() or 1
     cls = _in_process(_scrubbing(ChatLlamaCpp))
     try:
-        return cls(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_batch=512,
+        chat = cls(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_batch=512,
                    temperature=temperature, max_tokens=max_tokens, seed=0, streaming=False,
                    verbose=False, i2cr_structured="llama_json_object",
                    model_kwargs={"chat_format": "chatml-function-calling", "n_threads_batch": threads})
     except Exception as e:  # noqa: BLE001 - a GGUF llama.cpp cannot read
         raise BackendError(scrub(f"llamacpp: cannot load {gguf.name}: "
                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")) from None
+    _LLAMAS.append(chat.client)
+    return chat
+
+
+_LLAMAS: list[Any] = []  # in-process models, freed at exit while the interpreter is still whole
+
+
+@atexit.register
+def _free_llamas() -> None:
+    # llama-cpp-python frees a model in __del__; at interpreter teardown its library handle may
+    # already be gone ("Exception ignored in Llama.__del__ ... 'NoneType' object is not callable")
+    while _LLAMAS:
+        try:
+            _LLAMAS.pop().close()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
 
 
 _IN_PROCESS: dict[type, type] = {}

@@ -212,8 +212,9 @@ def _have(*mods):
 def test_llamacpp_backend_links_in_process():
     from i2cr.llm import smollm2_gguf
 
-    ctx = Context(llm=f"llamacpp:{smollm2_gguf()}", iav_mode="off", tes_answer="structured")
-    recs = list(run([jordan(rid="a"), jordan(rid="b", allow_nil=True)], ctx, progress=False))
+    ctx = Context(llm=f"llamacpp:{smollm2_gguf()}", iav_mode="off", tes_answer="structured",
+                  max_reflections=0)
+    recs = list(run([jordan(rid="a", allow_nil=True)], ctx, progress=False))
     for rec in recs:
         assert rec["error"] is None and rec["llm_calls"] >= 1
         ev = tes_events(rec)[0]
