@@ -1,7 +1,7 @@
 """The ``i2cr`` command line.
 
     i2cr link FILE [--labels L] [--out results.jsonl] [--resume] [--limit N] [--llm SPEC]
-                   [--set name=value ...] [--json]
+                   [--concurrency N] [--set name=value ...] [--json]
     i2cr eval DATA LABELS [--out-dir DIR] ...
     i2cr trace RUN [MENTION_ID] [--html PAGE]
     i2cr bench DATA LABELS [-n N]
@@ -152,7 +152,7 @@ def cmd_link(args: argparse.Namespace) -> int:
     try:
         _check_llm(settings, progress)
         for rec in run(items, settings, out=args.out, resume=args.resume, progress=progress,
-                       linker=linker, stats=stats):
+                       linker=linker, stats=stats, concurrency=args.concurrency):
             n += 1
             calls += rec.get("llm_calls") or 0
             if "correct" in rec:
@@ -191,7 +191,11 @@ def cmd_link(args: argparse.Namespace) -> int:
     if failed:
         print(f"i2cr: {failed} mention(s) had failed LLM calls; their answers came from the "
               "fallback ranker, not the LLM (see the llm_error events)", file=sys.stderr)
-    return 0 if errors == 0 and failed == 0 else 1
+    if stats.structured_fallbacks:
+        print(f"i2cr: {stats.structured_fallbacks} mention(s) asked for structured answers got "
+              "free text (the backend took no JSON schema or answered outside it; see "
+              "structured_error in the tes_answer events)", file=sys.stderr)
+    return 0 if errors == 0 and failed == 0 and stats.structured_fallbacks == 0 else 1
 
 
 def _linker(args: argparse.Namespace):
@@ -437,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--print", action="store_true", help="print results even with --out")
     pl.add_argument("--no-progress", action="store_true", help="no progress bar")
     pl.add_argument("--stream", action="store_true", help="print node events as they happen")
+    pl.add_argument("--concurrency", type=_count, default=1, metavar="N",
+                    help="mentions in flight (API backends; at most N LLM calls at once; "
+                    "records come in the order they finish)")
     pl.add_argument("--checkpoint", metavar="DB.sqlite",
                     help="keep every state of every mention in SQLite (thread id = mention id)")
     engine.add_flags(pl, _count)

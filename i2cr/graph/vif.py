@@ -13,6 +13,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from ..llm import LLMCallFailed
 from ..prompts import build_vif_messages
 from ..redact import error_text
 from ..tools import ToolInput
@@ -66,6 +67,8 @@ def vif(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                 picked, how = requested[0], "llm"
                 if len(tool_calls) > 1:
                     events.append({"type": "extra_tool_calls_ignored", "ignored": requested[1:]})
+        except LLMCallFailed:
+            raise  # refused after every retry: the mention becomes an error record
         except Exception as e:  # noqa: BLE001 - an LLM failure falls back to the fixed order
             calls += 1
             how = "fallback_llm_error"
