@@ -214,3 +214,16 @@ def test_a_record_is_correct_by_the_same_rule_the_metrics_use():
     assert M.compute([rec])["accuracy"]["final"] == 1.0  # the record and the metrics agree
     rec = result_record(m, {"answer": None}, 0.0)
     assert rec["correct"] is False
+
+
+def test_structured_answers_read_as_free_text_fail_an_eval():
+    from i2cr.eval.report import failures
+
+    ok = {"id": "a", "answer": "X", "gold": "X", "text_answer": "X", "first_answer": "X",
+          "events": [{"type": "tes_answer", "answer_format": "structured"}]}
+    fell = {**ok, "id": "b", "events": [{"type": "tes_answer", "answer_format": "text",
+                                         "structured_error": "backend refused response_format"}]}
+    assert failures(M.compute([ok])) == []
+    m = M.compute([ok, fell])
+    assert m["structured_fallback_mentions"] == 1
+    assert any("structured" in f for f in failures(m))  # eval exits 1 on any failure

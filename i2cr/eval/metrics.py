@@ -48,6 +48,13 @@ def llm_failed(rec: dict[str, Any]) -> bool:
     return any(e.get("type") == "llm_error" for e in rec.get("events") or [])
 
 
+def structured_fallback(rec: dict[str, Any]) -> bool:
+    """Whether a TES answer asked for with a JSON schema came back as free text (the backend took
+    no schema, refused it, or answered outside it): the event's ``structured_error`` says why."""
+    return any(e.get("type") == "tes_answer" and e.get("structured_error")
+               for e in rec.get("events") or [])
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -74,7 +81,9 @@ def compute(records: Iterable[dict[str, Any]], *, wall_s: float | None = None,
     m: dict[str, Any] = {"mentions": len(recs), "labelled": n,
                          "errors": sum(1 for r in recs if r.get("error")),
                          "labelled_errors": sum(1 for r in labelled if r.get("error")),
-                         "llm_failed_mentions": sum(1 for r in recs if llm_failed(r))}
+                         "llm_failed_mentions": sum(1 for r in recs if llm_failed(r)),
+                         "structured_fallback_mentions": sum(1 for r in recs
+                                                             if structured_fallback(r))}
 
     def acc(get) -> float | None:
         if not n:

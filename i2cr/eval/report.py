@@ -29,6 +29,9 @@ def failures(metrics: dict[str, Any]) -> list[str]:
         out.append(f"{metrics['llm_failed_mentions']} mention(s) with failed LLM calls "
                    f"({c.get('llm_failed_calls', 0)} calls; {c.get('tes_fallbacks', 0)} TES "
                    "answers from the embedding fallback, not the LLM)")
+    if metrics.get("structured_fallback_mentions"):
+        out.append(f"{metrics['structured_fallback_mentions']} mention(s) asked for structured "
+                   "answers got free text (see the tes_answer events' structured_error)")
     return out
 
 

@@ -25,7 +25,7 @@ from ..data import DataError, Mention
 from ..graph import Context
 from ..graph.state import Clue
 from ..linker import error_record, link_mention
-from .metrics import llm_failed
+from .metrics import llm_failed, structured_fallback
 
 Warn = Callable[[str], None]
 
@@ -358,13 +358,6 @@ def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | P
             bar.close()
         if writer:
             writer.close()
-
-
-def structured_fallback(rec: dict[str, Any]) -> bool:
-    """Whether a TES answer asked for with a JSON schema came back as free text (the backend took
-    no schema, refused it, or answered outside it): the event's ``structured_error`` says why."""
-    return any(e.get("type") == "tes_answer" and e.get("structured_error")
-               for e in rec.get("events") or [])
 
 
 def _rid(it: Mention | DataError) -> str:
