@@ -143,16 +143,32 @@ def cmd_link(args: argparse.Namespace) -> int:
         items = items[: args.limit]
     items = check_items(items, gold)
     single = len(items) == 1 and not args.out
-    show = args.print or not args.out
-    args.json = args.json or args.events  # events only exist in the JSON records
-    n = correct = labelled = calls = 0
     linker = _linker(args)
     stats = RunStats()
     progress = not args.no_progress and not args.stream
     try:
         _check_llm(settings, progress)
-        for rec in run(items, settings, out=args.out, resume=args.resume, progress=progress,
-                       linker=linker, stats=stats, concurrency=args.concurrency):
+    except BaseException:
+        llm.shutdown()
+        raise
+    records = run(items, settings, out=args.out, resume=args.resume, progress=progress,
+                  linker=linker, stats=stats, concurrency=args.concurrency)
+    return report_link(args, records, stats, single=single, total=len(items))
+
+
+def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: bool = False,
+                total: int | None = None, extra: Any = None) -> int:
+    """Print the records of ``i2cr link`` as they come (a table, or JSON), then the closing
+    lines; the exit code: 1 when a record errored, an LLM call failed or a structured answer
+    came back as free text. One owner for both engines (``stats``: a RunStats or RayStats;
+    ``extra``: a function giving one more closing line, after the run)."""
+    from . import llm
+
+    show = args.print or not args.out
+    args.json = args.json or args.events  # events only exist in the JSON records
+    n = correct = labelled = calls = 0
+    try:
+        for rec in records:
             n += 1
             calls += rec.get("llm_calls") or 0
             if "correct" in rec:
@@ -176,9 +192,10 @@ def cmd_link(args: argparse.Namespace) -> int:
     finally:
         llm.shutdown()
     errors, failed = stats.errors, stats.llm_failed
+    structured = stats.structured_fallbacks
     if n == 0 and args.out:
-        print(f"i2cr: nothing left to link: all {len(items)} mention(s) are already in {args.out}",
-              file=sys.stderr)
+        where = f"all {total} mention(s) are" if total is not None else "every mention is"
+        print(f"i2cr: nothing left to link: {where} already in {args.out}", file=sys.stderr)
     if n > 1 or args.out or errors or failed:
         summary = f"i2cr: {n} mention(s) linked, {errors} error(s), {calls / max(n, 1):.2f} LLM calls/mention"
         if labelled:
@@ -186,16 +203,18 @@ def cmd_link(args: argparse.Namespace) -> int:
         if args.out:
             summary += f"; results in {args.out}"
         print(summary, file=sys.stderr)
+        if extra is not None:
+            print(f"i2cr: {extra()}", file=sys.stderr)
         if n > 1 and _speed(stats):
             print(f"i2cr: {_speed(stats)}", file=sys.stderr)
     if failed:
         print(f"i2cr: {failed} mention(s) had failed LLM calls; their answers came from the "
               "fallback ranker, not the LLM (see the llm_error events)", file=sys.stderr)
-    if stats.structured_fallbacks:
-        print(f"i2cr: {stats.structured_fallbacks} mention(s) asked for structured answers got "
+    if structured:
+        print(f"i2cr: {structured} mention(s) asked for structured answers got "
               "free text (the backend took no JSON schema or answered outside it; see "
               "structured_error in the tes_answer events)", file=sys.stderr)
-    return 0 if errors == 0 and failed == 0 and stats.structured_fallbacks == 0 else 1
+    return 0 if errors == 0 and failed == 0 and structured == 0 else 1
 
 
 def _linker(args: argparse.Namespace):

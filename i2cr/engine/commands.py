@@ -7,7 +7,6 @@ engine is imported only when ``--engine ray`` is given.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,7 @@ def _job(args: argparse.Namespace, settings: Any, *, labels: str | None, candida
 def link_ray(args: argparse.Namespace, settings: Any) -> int:
     """``i2cr link --engine ray``: as ``i2cr link``, the records from the Ray engine."""
     from .. import llm
-    from ..cli import _check_llm, _speed, table_header, table_row
+    from ..cli import _check_llm, report_link
     from ..data import load_labels
     from .ray_engine import RayStats, run_ray, summary
 
@@ -73,55 +72,17 @@ def link_ray(args: argparse.Namespace, settings: Any) -> int:
     job = _job(args, settings, labels=args.labels, shuffle_seed=args.shuffle_seed,
                candidates="optional" if settings.kb else "required",
                allow_nil=True if args.allow_nil else None)
-    show = args.print or not args.out
-    n = correct = labelled = calls = 0
     stats = RayStats()
     progress = not args.no_progress
     try:
         _check_llm(settings, progress)
-        for rec in run_ray(job, out=args.out, resume=args.resume, address=args.ray_address,
-                           workers=args.workers, batch_size=args.batch_size, progress=progress,
-                           stats=stats):
-            n += 1
-            calls += rec.get("llm_calls") or 0
-            if "correct" in rec:
-                labelled += 1
-                correct += bool(rec["correct"])
-            if not show:
-                continue
-            if args.json or args.events:
-                if not args.events:
-                    rec = {k: v for k, v in rec.items() if k not in ("events", "trace")}
-                print(json.dumps(rec, ensure_ascii=False, default=str), flush=True)
-            else:
-                if n == 1:
-                    print(table_header(), flush=True)
-                print(table_row(rec), flush=True)
-    except KeyboardInterrupt:
-        print("i2cr: interrupted; results so far are saved" + (f" in {args.out}; rerun with "
-              "--resume to go on" if args.out else ""), file=sys.stderr)
-        return 130
-    finally:
+    except BaseException:
         llm.shutdown()
-    errors, failed = stats.errors, stats.llm_failed
-    if n == 0 and args.out:
-        print(f"i2cr: nothing left to link: every mention is already in {args.out}",
-              file=sys.stderr)
-    summary_line = (f"i2cr: {n} mention(s) linked, {errors} error(s), "
-                    f"{calls / max(n, 1):.2f} LLM calls/mention")
-    if labelled:
-        summary_line += (f", top-1 {correct / labelled:.1%} on {labelled} labelled (errors count "
-                         "as wrong)")
-    if args.out:
-        summary_line += f"; results in {args.out}"
-    print(summary_line, file=sys.stderr)
-    print(f"i2cr: {summary(stats)}", file=sys.stderr)
-    if n > 1 and _speed(stats):
-        print(f"i2cr: {_speed(stats)}", file=sys.stderr)
-    if failed:
-        print(f"i2cr: {failed} mention(s) had failed LLM calls; their answers came from the "
-              "fallback ranker, not the LLM (see the llm_error events)", file=sys.stderr)
-    return 0 if errors == 0 and failed == 0 else 1
+        raise
+    records = run_ray(job, out=args.out, resume=args.resume, address=args.ray_address,
+                      workers=args.workers, batch_size=args.batch_size, progress=progress,
+                      stats=stats)
+    return report_link(args, records, stats, extra=lambda: summary(stats))
 
 
 def eval_engine(args: argparse.Namespace, settings: Any) -> Any:

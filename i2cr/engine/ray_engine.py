@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import DataError, Mention, load_labels, shuffle_candidates, to_item, with_documents
-from ..eval.metrics import llm_failed
+from ..eval.metrics import llm_failed, structured_fallback
 from ..eval.runner import ResultWriter, RunStats, Warn, prefetch, read_results, run_one, warn_stderr
 from ..graph import Context
 from ..linker import error_record, link_mention
@@ -486,6 +486,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                 st.mentions += 1
                 st.errors += rec.get("error") is not None
                 st.llm_failed += llm_failed(rec)
+                st.structured_fallbacks += structured_fallback(rec)
                 st.wall_s = st.link_s = time.perf_counter() - t_start
                 bar.update(1)
                 yield rec
