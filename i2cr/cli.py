@@ -116,7 +116,6 @@ def _writable_file(path: str | None, flag: str) -> None:
 
 
 def cmd_link(args: argparse.Namespace) -> int:
-    from . import llm
     from .data import load_labels, load_mentions, shuffle_candidates
     from .eval.runner import RunStats, check_items, run
 
@@ -146,28 +145,27 @@ def cmd_link(args: argparse.Namespace) -> int:
     linker = _linker(args)
     stats = RunStats()
     progress = not args.no_progress and not args.stream
-    try:
-        _check_llm(settings, progress)
-    except BaseException:
-        llm.shutdown()
-        raise
     records = run(items, settings, out=args.out, resume=args.resume, progress=progress,
-                  linker=linker, stats=stats, concurrency=args.concurrency)
-    return report_link(args, records, stats, single=single, total=len(items))
+                  linker=linker, stats=stats, concurrency=args.concurrency)  # (lazy)
+    return report_link(args, records, stats, single=single, total=len(items),
+                       start=lambda: _check_llm(settings, progress))
 
 
 def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: bool = False,
-                total: int | None = None, extra: Any = None) -> int:
+                total: int | None = None, extra: Any = None, start: Any = None) -> int:
     """Print the records of ``i2cr link`` as they come (a table, or JSON), then the closing
     lines; the exit code: 1 when a record errored, an LLM call failed or a structured answer
     came back as free text. One owner for both engines (``stats``: a RunStats or RayStats;
-    ``extra``: a function giving one more closing line, after the run)."""
+    ``extra``: a function giving one more closing line, after the run; ``start``: run first, inside
+    the same Ctrl-C handling, e.g. starting the LLM backend)."""
     from . import llm
 
     show = args.print or not args.out
     args.json = args.json or args.events  # events only exist in the JSON records
     n = correct = labelled = calls = 0
     try:
+        if start is not None:
+            start()
         for rec in records:
             n += 1
             calls += rec.get("llm_calls") or 0

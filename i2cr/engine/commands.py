@@ -62,7 +62,6 @@ def _job(args: argparse.Namespace, settings: Any, *, labels: str | None, candida
 
 def link_ray(args: argparse.Namespace, settings: Any) -> int:
     """``i2cr link --engine ray``: as ``i2cr link``, the records from the Ray engine."""
-    from .. import llm
     from ..cli import _check_llm, report_link
     from ..data import load_labels
     from .ray_engine import RayStats, run_ray, summary
@@ -74,15 +73,11 @@ def link_ray(args: argparse.Namespace, settings: Any) -> int:
                allow_nil=True if args.allow_nil else None)
     stats = RayStats()
     progress = not args.no_progress
-    try:
-        _check_llm(settings, progress)
-    except BaseException:
-        llm.shutdown()
-        raise
     records = run_ray(job, out=args.out, resume=args.resume, address=args.ray_address,
                       workers=args.workers, batch_size=args.batch_size, progress=progress,
-                      stats=stats)
-    return report_link(args, records, stats, extra=lambda: summary(stats))
+                      stats=stats)  # (lazy)
+    return report_link(args, records, stats, extra=lambda: summary(stats),
+                       start=lambda: _check_llm(settings, progress))
 
 
 def eval_engine(args: argparse.Namespace, settings: Any) -> Any:
