@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES
+from conftest import EXAMPLES, write_jsonl
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -171,6 +171,41 @@ class TestLocalRay:
         assert sorted(ids) == sorted(want) and len(ids) == len(set(ids))  # exactly once
         assert {r["id"]: _key(r) for r in got} == want
 
+
+    def test_a_kb_is_read_by_the_workers_with_the_answers_of_one_process(self, kb_dir, tmp_path,
+                                                                          monkeypatch, capsys):
+        import i2cr.kb.index
+        from i2cr.cli import main
+        from i2cr.eval.runner import read_results
+
+        data = write_jsonl(tmp_path / "m.jsonl", [
+            {"id": "m1", "mention": "Apple", "context": "Apple unveiled a new iPhone at its "
+             "technology conference", "label": "Apple_Inc."},
+            {"id": "m2", "mention": "Jordan", "context": "Amman is the capital of Jordan",
+             "candidates": []},
+            {"id": "m3", "mention": "Hilton", "context": "Hilton arrives at the premiere with her "
+             "new handbag", "label": "Paris Hilton"},
+            {"id": "m4", "mention": "Jordan", "context": "Jordan dunks for the Chicago Bulls in "
+             "the NBA finals"}])
+        args = [str(data), "--kb", kb_dir, "--set", "iav_mode=off", "--no-progress"]
+        assert main(["link", *args, "--out", str(tmp_path / "one.jsonl")]) == 0
+        want = read_results(tmp_path / "one.jsonl")
+
+        def refuse(*a, **kw):  # the driver only checks the KB's metadata; the workers query it
+            raise AssertionError("the KB was queried in the driver")
+        for name in ("generate", "lexical", "dense", "vectors"):
+            monkeypatch.setattr(i2cr.kb.index.KB, name, refuse)
+        capsys.readouterr()
+        rc = main(["link", *args, "--engine", "ray", "--workers", "2", "--batch-size", "2",
+                   "--out", str(tmp_path / "ray.jsonl")])
+        err = capsys.readouterr().err
+        assert rc == 0, err[-3000:]
+        got = read_results(tmp_path / "ray.jsonl")
+        assert [_key(r) for r in got] == [_key(r) for r in want]
+        assert [r["answer"] for r in got] == ["Apple_Inc.", "Jordan", "Paris Hilton",
+                                              "Michael Jordan"]
+        assert all(r["path"][0] == "retrieve" for r in got)  # candidates from the KB
+        assert "2 batch(es)" in err
 
     def test_a_broken_document_fails_in_one_line(self, tmp_path):
         from i2cr.data import DataError
