@@ -185,8 +185,8 @@ class TestLocalRay:
              "candidates": []},
             {"id": "m3", "mention": "Hilton", "context": "Hilton arrives at the premiere with her "
              "new handbag", "label": "Paris Hilton"},
-            {"id": "m4", "mention": "Jordan", "context": "Jordan dunks for the Chicago Bulls in "
-             "the NBA finals"}])
+            {"id": "m4", "mention": "Jordan", "context": "Jordan scored 38 points for the Bulls "
+             "in game five of the NBA finals"}])
         args = [str(data), "--kb", kb_dir, "--set", "iav_mode=off", "--no-progress"]
         assert main(["link", *args, "--out", str(tmp_path / "one.jsonl")]) == 0
         want = read_results(tmp_path / "one.jsonl")
