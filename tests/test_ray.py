@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES
+from conftest import EXAMPLES, write_jsonl
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -171,6 +171,73 @@ class TestLocalRay:
         assert sorted(ids) == sorted(want) and len(ids) == len(set(ids))  # exactly once
         assert {r["id"]: _key(r) for r in got} == want
 
+
+    def test_a_kb_is_read_by_the_workers_with_the_answers_of_one_process(self, kb_dir, tmp_path,
+                                                                          monkeypatch, capsys):
+        import i2cr.kb.index
+        from i2cr.cli import main
+        from i2cr.eval.runner import read_results
+
+        data = write_jsonl(tmp_path / "m.jsonl", [
+            {"id": "m1", "mention": "Apple", "context": "Apple unveiled a new iPhone at its "
+             "technology conference", "label": "Apple_Inc."},
+            {"id": "m2", "mention": "Jordan", "context": "Amman is the capital of Jordan",
+             "candidates": []},
+            {"id": "m3", "mention": "Hilton", "context": "Hilton arrives at the premiere with her "
+             "new handbag", "label": "Paris Hilton"},
+            {"id": "m4", "mention": "Jordan", "context": "Jordan scored 38 points for the Bulls "
+             "in game five of the NBA finals"}])
+        args = [str(data), "--kb", kb_dir, "--set", "iav_mode=off", "--no-progress"]
+        assert main(["link", *args, "--out", str(tmp_path / "one.jsonl")]) == 0
+        want = read_results(tmp_path / "one.jsonl")
+
+        def refuse(*a, **kw):  # the driver only checks the KB's metadata; the workers query it
+            raise AssertionError("the KB was queried in the driver")
+        for name in ("generate", "lexical", "dense", "vectors"):
+            monkeypatch.setattr(i2cr.kb.index.KB, name, refuse)
+        capsys.readouterr()
+        rc = main(["link", *args, "--engine", "ray", "--workers", "2", "--batch-size", "2",
+                   "--out", str(tmp_path / "ray.jsonl")])
+        err = capsys.readouterr().err
+        assert rc == 0, err[-3000:]
+        got = read_results(tmp_path / "ray.jsonl")
+        assert [_key(r) for r in got] == [_key(r) for r in want]
+        assert [r["answer"] for r in got] == ["Apple_Inc.", "Jordan", "Paris Hilton",
+                                              "Michael Jordan"]
+        assert all(r["path"][0] == "retrieve" for r in got)  # candidates from the KB
+        assert "2 batch(es)" in err
+
+    def test_the_drivers_memory_does_not_grow_with_the_ids(self, tmp_path):
+        import tracemalloc
+
+        from i2cr.engine.ray_engine import Job, run_ray
+        from i2cr.eval.runner import read_results
+        from i2cr.graph import Context
+
+        n = 20_000
+        recs = [{"id": f"mention-{i:06d}", "mention": "x", "mention_context": "",
+                 "Candentity": ["a"]} for i in range(n)]
+        recs[n // 2] = recs[n - 1] = recs[1]  # a repeated id, numbered as in one process
+        data = _write(tmp_path / "in.jsonl", recs)
+        out = tmp_path / "r.jsonl"
+        ours = [tracemalloc.Filter(True, f"*{os.sep}i2cr{os.sep}{f}")
+                for f in ("engine/*", "eval/runner.py")]
+        tracemalloc.start()
+        try:
+            sizes = []
+            for i, _ in enumerate(run_ray(Job(path=str(data), settings=Context(), dry_run=True),
+                                          out=out, workers=2, batch_size=1000, progress=False,
+                                          warn=None), 1):
+                if i in (2_000, n):  # the run going on, its generator alive
+                    snap = tracemalloc.take_snapshot().filter_traces(ours)
+                    sizes.append(sum(t.size for t in snap.traces))
+        finally:
+            tracemalloc.stop()
+        # the driver's own allocations: flat (a set and a Counter of the ids grew ~2 MB here)
+        assert sizes[1] - sizes[0] < 100_000, sizes
+        ids = [r["id"] for r in read_results(out)]
+        assert len(ids) == n == len(set(ids))
+        assert ids[n // 2] == "mention-000001#dup2" and ids[-1] == "mention-000001#dup3"
 
     def test_a_broken_document_fails_in_one_line(self, tmp_path):
         from i2cr.data import DataError

@@ -12,9 +12,11 @@ a pool of actors that each hold one set of models, results written by the driver
 - **Writing.** The driver writes each record once (results JSONL, or Parquet parts with an
   ``.parquet`` output), in input order, as batches complete; an id already written is never
   written again. A repeated input id becomes the same ``<id>#dup<k>`` error record as in
-  :func:`i2cr.eval.runner.check_items`. With ``resume`` the ids already in the output are skipped
-  by the actors (they get the set through the object store).
-- **Faults.** Ray Data restarts a dead actor and retries its batch; the driver's id set keeps the
+  :func:`i2cr.eval.runner.check_items`. The ids seen and written are kept on disk
+  (:mod:`i2cr.engine.ids`), so the driver's memory does not grow with the input. With ``resume``
+  the ids already in the output are skipped by the actors (they get the set through the object
+  store).
+- **Faults.** Ray Data restarts a dead actor and retries its batch; the driver's ids keep the
   output exactly-once. A killed driver loses at most the records not yet written; ``--resume``
   goes on.
 - **LLM.** With the embedded llama.cpp backend, the driver starts one server per node (an actor
@@ -33,7 +35,6 @@ import logging
 import os
 import pickle
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from ..eval.metrics import llm_failed, structured_fallback
 from ..eval.runner import ResultWriter, RunStats, Warn, prefetch, read_results, run_one, warn_stderr
 from ..graph import Context
 from ..linker import error_record, link_mention
+from .ids import RunIds
 from .stream import iter_stream
 
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every Ray address is 127.0.0.1
@@ -346,7 +348,6 @@ class ParquetWriter:
 
     def write(self, rec: dict[str, Any]) -> None:
         self.buf.append(rec)
-        self.done.add(rec["id"])
         if len(self.buf) >= self.part_rows:
             self.flush()
 
@@ -378,10 +379,20 @@ def read_parquet_results(path: str | Path) -> list[dict[str, Any]]:
             .column("record").to_pylist()]
 
 
+class JsonlWriter(ResultWriter):
+    """The results JSONL. ``done`` holds the ids there at the start only: the run's own ids are
+    kept by :class:`i2cr.engine.ids.RunIds`, on disk."""
+
+    def write(self, rec: dict[str, Any]) -> None:
+        super().write(rec)
+        self.done.discard(rec["id"])
+
+
 def open_output(out: str | Path, *, resume: bool, warn: Warn | None) -> Any:
+    """The writer of ``out``; its ``done``: the ids already there (with ``resume``)."""
     if str(out).endswith(".parquet"):
         return ParquetWriter(out, resume=resume)
-    return ResultWriter(out, resume=resume, warn=warn)
+    return JsonlWriter(out, resume=resume, warn=warn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,7 +435,9 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
     st = stats if stats is not None else RayStats()
     t_start = time.perf_counter()
     writer = open_output(out, resume=resume, warn=warn) if out else None
-    written: set[str] = writer.done if writer else set()
+    resumed: set[str] = writer.done if writer else set()
+    ids = RunIds()  # the driver's memory stays flat: the ids seen and written are on disk
+    ids.add_written(resumed)
     started = start(address, num_cpus=workers, object_store_mb=object_store_mb)
     servers: list[Any] = []
     bar = None
@@ -434,8 +447,8 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
 
         n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         st.workers = n
-        if written:
-            _say(progress, f"resuming: {len(written)} record(s) already in {out}; the workers "
+        if resumed:
+            _say(progress, f"resuming: {len(resumed)} record(s) already in {out}; the workers "
                  "skip them")
         ctx = ray.data.DataContext.get_current()
         saved = ctx.target_max_block_size, ctx.wait_for_min_actors_s
@@ -445,7 +458,8 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
         ctx.execution_options.preserve_order = True  # input order: the first of a repeated id wins
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        done_ref = [ray.put(frozenset(written))] if written else []
+        done_ref = [ray.put(frozenset(resumed))] if resumed else []
+        resumed.clear()
         servers = _start_servers(job.settings) if not job.dry_run else []
         # one block per batch (a batch is one row): Ray Data merges blocks up to this size and
         # gives an actor a whole block, so a larger target would hand one actor all the work
@@ -456,7 +470,6 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                             batch_size=1, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(size=n), num_cpus=1)
         bar = tqdm(desc=desc, unit="mention", disable=not progress, dynamic_ncols=True)
-        seen: Counter[str] = Counter()
         for b in _rows(ds):  # one batch of records per row
             st.batches += 1
             if st.batches == 1:
@@ -465,10 +478,10 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
             for idx, rid, label, text in zip(b["idx"], b["id"], b["label"], b["rec"],
                                              strict=True):
                 st.null_ids += rid in ("None", "", "null")
-                seen[rid] += 1
-                if seen[rid] > 1:  # the rule of check_items: the first is linked
+                k = ids.see(rid)
+                if k > 1:  # the rule of check_items: the first is linked
                     st.duplicates += 1
-                    new = f"{rid}#dup{seen[rid]}"
+                    new = f"{rid}#dup{k}"
                     err = DataError(f"duplicate id {rid!r} (record {idx + 1} of the input); "
                                     "not linked, scored as an error", record=new)
                     rec = error_record(new, err, label)
@@ -476,12 +489,10 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                     continue  # done before (resume)
                 else:
                     rec = json.loads(text)
-                if rec["id"] in written:
+                if not ids.claim(rec["id"]):
                     continue  # exactly once, whatever was retried
                 if writer:
                     writer.write(rec)
-                else:
-                    written.add(rec["id"])
                 st.linked += 1
                 st.mentions += 1
                 st.errors += rec.get("error") is not None
@@ -490,6 +501,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                 st.wall_s = st.link_s = time.perf_counter() - t_start
                 bar.update(1)
                 yield rec
+            ids.commit()
         ctx.target_max_block_size, ctx.wait_for_min_actors_s = saved
     finally:
         st.wall_s = st.link_s = time.perf_counter() - t_start
@@ -497,6 +509,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
             bar.close()
         if writer:
             writer.close()
+        ids.close()
         _stop_servers(servers)
         if started:
             import ray

@@ -1,0 +1,50 @@
+"""The ids a Ray run's driver has seen and written, kept on disk so that its memory stays flat
+however long the input.
+
+Exact (the ids themselves, no hashes): SQLite's private temporary database (``connect("")``), a
+file in the temporary folder that SQLite deletes when the run ends or the driver dies, with a
+small page cache (``CACHE_KB``). About 40 bytes of disk per id.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+
+CACHE_KB = 4096  # SQLite's page cache: what the ids cost the driver's memory, whatever their number
+
+
+class RunIds:
+    """For each id: how often the input gave it in this run (the ``#dup<k>`` numbering) and
+    whether a record with it is in the output (each id written once)."""
+
+    def __init__(self) -> None:
+        self.db = sqlite3.connect("", check_same_thread=False)  # one consumer at a time
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", f"cache_size=-{CACHE_KB}"):
+            self.db.execute(f"PRAGMA {pragma}")
+        self.db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY, seen INTEGER NOT NULL DEFAULT 0, "
+                        "written INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID")
+
+    def add_written(self, ids: Iterable[str]) -> None:
+        """Ids already in the output (resume)."""
+        self.db.executemany("INSERT INTO ids (id, written) VALUES (?, 1) ON CONFLICT (id) DO "
+                            "UPDATE SET written = 1", ((i,) for i in ids))
+        self.db.commit()
+
+    def see(self, rid: str) -> int:
+        """Count one more record of the input with this id; how many there were so far."""
+        return int(self.db.execute("INSERT INTO ids (id, seen) VALUES (?, 1) ON CONFLICT (id) DO "
+                                   "UPDATE SET seen = seen + 1 RETURNING seen", (rid,))
+                   .fetchone()[0])
+
+    def claim(self, rid: str) -> bool:
+        """Mark this id written; False when it already was (the record is not written again)."""
+        return self.db.execute("INSERT INTO ids (id, written) VALUES (?, 1) ON CONFLICT (id) DO "
+                               "UPDATE SET written = 1 WHERE written = 0 RETURNING written",
+                               (rid,)).fetchone() is not None
+
+    def commit(self) -> None:
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()  # SQLite deletes the file
