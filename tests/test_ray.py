@@ -125,6 +125,21 @@ def local_ray():
 
 @pytest.mark.integration
 @pytest.mark.usefixtures("local_ray")
+def test_a_relative_kb_path_reaches_the_workers_absolute(tmp_path, monkeypatch):
+    """Workers on other nodes do not share the driver's working folder."""
+    import argparse
+
+    from i2cr import Context
+    from i2cr.engine.commands import _job
+
+    (tmp_path / "m.jsonl").write_text('{"id": "a", "mention": "Apple", "context": ""}\n')
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(file="m.jsonl", image_root=None, limit=None, concurrency=1)
+    job = _job(args, Context(kb="mykb"), labels=None, candidates="optional", shuffle_seed=None,
+               allow_nil=None)
+    assert job.settings.kb == str(tmp_path / "mykb")
+
+
 class TestLocalRay:
     def test_same_answers_as_one_process_and_bad_records_become_error_records(self, tmp_path):
         from i2cr.engine.ray_engine import Job, RayStats, run_ray

@@ -54,6 +54,10 @@ def _job(args: argparse.Namespace, settings: Any, *, labels: str | None, candida
     if not path.is_file():
         raise DataError("file not found" if not path.exists() else "is a folder, not a file",
                         source=str(path))
+    if settings.kb and "://" not in settings.kb:  # the workers may run in another folder
+        from dataclasses import replace
+
+        settings = replace(settings, kb=str(Path(settings.kb).resolve()))
     return Job(path=str(path), settings=settings, labels=labels,
                image_root=args.image_root or str(path.parent), allow_nil=allow_nil,
                candidates=candidates, shuffle_seed=shuffle_seed, limit=args.limit,
