@@ -253,6 +253,28 @@ def test_bad_requests_are_4xx_with_one_line_and_no_traceback(server):
         assert "Traceback" not in r.text and "\n" not in detail
 
 
+def _all_400(server, cases) -> None:
+    for path, body, words in cases:
+        r = httpx.post(server.url + path, json=body, headers=AUTH, timeout=60)
+        assert r.status_code == 400, (path, body, r.status_code, r.text[:300])
+        assert words in r.json()["detail"] and "\n" not in r.json()["detail"], (path, r.text)
+
+
+def test_wrong_typed_settings_are_400_not_a_500_nor_taken(server):
+    """JSON settings of the wrong type were a 500 (a list for tools) or taken silently (NaN, a
+    negative cap, true for a count)."""
+    run = {"assistant_id": "i2cr", "input": MENTION}
+    _all_400(server, [
+        ("/link", {**MENTION, "settings": {"tools": 5}}, "'tools' must be a string"),
+        ("/link", {**MENTION, "settings": {"tools": ["caption"]}}, "'tools' must be a string"),
+        ("/link", {**MENTION, "settings": {"kb_top_k": True}}, "'kb_top_k' must be a whole"),
+        ("/link", {**MENTION, "settings": {"max_candidates": -5}}, "must be a number >= 0"),
+        ("/link", {**MENTION, "settings": {"image_timeout": "nan"}}, "finite"),
+        ("/link", {**MENTION, "settings": {"tes_strategy": None}}, "may not be null"),
+        ("/runs/wait", {**run, "context": {"tools": 5}}, "'tools' must be a string"),
+    ])
+
+
 def test_private_image_url_is_refused_by_default(server, image_server):
     r = httpx.post(f"{server.url}/link", json={**MENTION, "image": image_server.url},
                    headers=AUTH, timeout=120)
