@@ -275,6 +275,34 @@ def test_wrong_typed_settings_are_400_not_a_500_nor_taken(server):
     ])
 
 
+def test_api_runs_and_crons_take_only_what_the_graph_reads(server):
+    """A run's input in /link's forms the graph does not read (plain-name candidates crashed the
+    run, aliases were dropped and the mention linked to NIL) is a 400, and a cron's run is
+    checked when the cron is created (it was not checked at all)."""
+    run = {"assistant_id": "i2cr", "input": MENTION}
+
+    def crons() -> int:
+        r = httpx.post(f"{server.url}/runs/crons/search", json={"limit": 1000}, headers=AUTH,
+                       timeout=60)
+        assert r.status_code == 200, r.text
+        return len(r.json())
+
+    before = crons()
+    _all_400(server, [
+        ("/runs/wait", {**run, "input": {**MENTION, "candidates": [
+            c["name"] for c in JORDAN_CANDIDATES]}}, "field 'candidates[0]'"),
+        ("/runs/wait", {**run, "input": {"mention": "Jordan", "mention_context": "c",
+                                         "Candentity": JORDAN_CANDIDATES}},
+         "is not a field of the graph's input"),
+        ("/runs/wait", {**run, "input": {**MENTION, "clues": CLUES}}, "field 'clues'"),
+        ("/runs/crons", {**run, "schedule": "0 0 1 1 *", "context": {"llm": "openai:gpt-4o"}},
+         "'llm' is fixed by the server"),
+        ("/runs/crons", {**run, "schedule": "0 0 1 1 *",
+                         "input": {**MENTION, "image": "/etc/passwd"}}, "local image paths"),
+    ])
+    assert crons() == before  # no cron was created
+
+
 def test_private_image_url_is_refused_by_default(server, image_server):
     r = httpx.post(f"{server.url}/link", json={**MENTION, "image": image_server.url},
                    headers=AUTH, timeout=120)
