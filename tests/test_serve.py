@@ -206,6 +206,8 @@ def test_bad_requests_are_4xx_with_one_line_and_no_traceback(server):
          "scheme 'file'"),
         ("/link", json.dumps({**MENTION, "image": "/etc/passwd"}).encode(), 400,
          "local image paths are not accepted"),
+        ("/link", json.dumps({**MENTION, "image": "HTTP://127.0.0.1/x.png"}).encode(), 400,
+         "scheme in lower case (http:)"),  # was: "scheme 'http' is not http, https or data"
         ("/link", json.dumps({**MENTION, "image": "data:image/png;base64,"
                               + "A" * (6 * 2**20)}).encode(), 400, "over"),
         ("/link", json.dumps({**MENTION, "settings": {"llm": "openai-compat:m@http://10.0.0.1/v1"}}

@@ -142,12 +142,14 @@ def check_image_ref(ref: Any, where: str = "image") -> None:
     if not isinstance(ref, str):
         raise BadRequest(f"{where} must be an http(s) URL or a data: URL, not "
                          f"{type(ref).__name__}")
+    scheme = ref[:max(ref.find(":", 0, 32), 0)].lower()
+    if scheme in ("http", "https", "data") and not ref.startswith(scheme + ":"):
+        raise BadRequest(f"{where}: write the URL scheme in lower case ({scheme}:)")
     if ref.startswith("data:"):
         if len(ref) > (MAX_DATA_URL_BYTES * 4) // 3 + 256:
             raise BadRequest(f"{where}: inline image (data: URL) is over {MAX_DATA_URL_BYTES} "
                              "bytes")
         return
-    scheme = ref.split(":", 1)[0].lower() if ":" in ref else ""
     if len(scheme) > 1 and scheme not in ("http", "https"):
         raise BadRequest(f"{where}: URL scheme {scheme[:20]!r} is not http, https or data")
 
