@@ -206,6 +206,8 @@ def test_bad_requests_are_4xx_with_one_line_and_no_traceback(server):
          "scheme 'file'"),
         ("/link", json.dumps({**MENTION, "image": "/etc/passwd"}).encode(), 400,
          "local image paths are not accepted"),
+        ("/link", json.dumps({**MENTION, "image": "HTTP://127.0.0.1/x.png"}).encode(), 400,
+         "scheme in lower case (http:)"),  # was: "scheme 'http' is not http, https or data"
         ("/link", json.dumps({**MENTION, "image": "data:image/png;base64,"
                               + "A" * (6 * 2**20)}).encode(), 400, "over"),
         ("/link", json.dumps({**MENTION, "settings": {"llm": "openai-compat:m@http://10.0.0.1/v1"}}
@@ -251,6 +253,56 @@ def test_bad_requests_are_4xx_with_one_line_and_no_traceback(server):
         detail = r.json()["detail"]
         assert words in detail, (path, detail)
         assert "Traceback" not in r.text and "\n" not in detail
+
+
+def _all_400(server, cases) -> None:
+    for path, body, words in cases:
+        r = httpx.post(server.url + path, json=body, headers=AUTH, timeout=60)
+        assert r.status_code == 400, (path, body, r.status_code, r.text[:300])
+        assert words in r.json()["detail"] and "\n" not in r.json()["detail"], (path, r.text)
+
+
+def test_wrong_typed_settings_are_400_not_a_500_nor_taken(server):
+    """JSON settings of the wrong type were a 500 (a list for tools) or taken silently (NaN, a
+    negative cap, true for a count)."""
+    run = {"assistant_id": "i2cr", "input": MENTION}
+    _all_400(server, [
+        ("/link", {**MENTION, "settings": {"tools": 5}}, "'tools' must be a string"),
+        ("/link", {**MENTION, "settings": {"tools": ["caption"]}}, "'tools' must be a string"),
+        ("/link", {**MENTION, "settings": {"kb_top_k": True}}, "'kb_top_k' must be a whole"),
+        ("/link", {**MENTION, "settings": {"max_candidates": -5}}, "must be a number >= 0"),
+        ("/link", {**MENTION, "settings": {"image_timeout": "nan"}}, "finite"),
+        ("/link", {**MENTION, "settings": {"tes_strategy": None}}, "may not be null"),
+        ("/runs/wait", {**run, "context": {"tools": 5}}, "'tools' must be a string"),
+    ])
+
+
+def test_api_runs_and_crons_take_only_what_the_graph_reads(server):
+    """A run's input in /link's forms the graph does not read (plain-name candidates crashed the
+    run, aliases were dropped and the mention linked to NIL) is a 400, and a cron's run is
+    checked when the cron is created (it was not checked at all)."""
+    run = {"assistant_id": "i2cr", "input": MENTION}
+
+    def crons() -> int:
+        r = httpx.post(f"{server.url}/runs/crons/search", json={"limit": 1000}, headers=AUTH,
+                       timeout=60)
+        assert r.status_code == 200, r.text
+        return len(r.json())
+
+    before = crons()
+    _all_400(server, [
+        ("/runs/wait", {**run, "input": {**MENTION, "candidates": [
+            c["name"] for c in JORDAN_CANDIDATES]}}, "field 'candidates[0]'"),
+        ("/runs/wait", {**run, "input": {"mention": "Jordan", "mention_context": "c",
+                                         "Candentity": JORDAN_CANDIDATES}},
+         "is not a field of the graph's input"),
+        ("/runs/wait", {**run, "input": {**MENTION, "clues": CLUES}}, "field 'clues'"),
+        ("/runs/crons", {**run, "schedule": "0 0 1 1 *", "context": {"llm": "openai:gpt-4o"}},
+         "'llm' is fixed by the server"),
+        ("/runs/crons", {**run, "schedule": "0 0 1 1 *",
+                         "input": {**MENTION, "image": "/etc/passwd"}}, "local image paths"),
+    ])
+    assert crons() == before  # no cron was created
 
 
 def test_private_image_url_is_refused_by_default(server, image_server):

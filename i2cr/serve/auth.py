@@ -5,7 +5,8 @@ custom routes, :func:`i2cr.serve.keys.verify`); without keys configured every ca
 ``anonymous``. The resource handlers hold runs and assistants to what the server allows: a run's
 ``context`` may change only the run settings (:mod:`i2cr.serve.config`), with valid values, and
 its input is checked as ``/link`` checks a mention (:mod:`i2cr.serve.inputs`: fields, candidates,
-the image rules); anything else is a 400 before the run is created.
+the image rules) and must be in the graph's own input form; a cron's run is checked when the
+cron is created; anything else is a 400 before the run is created.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from langgraph_sdk import Auth
 
 from i2cr.data import DataError
 from i2cr.serve.config import BadRequest, ServerConfig
-from i2cr.serve.inputs import mention_from
+from i2cr.serve.inputs import check_graph_input, mention_from
 from i2cr.serve.keys import UNAUTHORIZED, verify
 
 auth = Auth()
@@ -45,6 +46,7 @@ def check_run_request(context: Any, inp: Any) -> None:
     settings = server_config().run_settings(context)
     if inp is not None:  # None: a run that resumes a thread
         try:
+            check_graph_input(inp, "input")
             mention_from(inp, "input", kb=bool(settings.kb))
         except DataError as e:
             raise BadRequest(str(e)) from None
@@ -54,6 +56,12 @@ def check_run_request(context: Any, inp: Any) -> None:
 async def on_run(ctx: Auth.types.AuthContext, value: Auth.types.RunsCreate) -> None:
     kwargs: dict[str, Any] = dict(value.get("kwargs") or {})
     await _check(kwargs.get("context"), kwargs.get("input"))
+
+
+@auth.on.crons.create
+async def on_cron(ctx: Auth.types.AuthContext, value: Auth.types.CronsCreate) -> None:
+    payload: dict[str, Any] = dict(value.get("payload") or {})
+    await _check(payload.get("context"), payload.get("input"))
 
 
 @auth.on.assistants.create

@@ -11,13 +11,15 @@ change it is refused (400) naming the setting. Caches may be switched off (``'no
 
 from __future__ import annotations
 
+import math
 import os
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 
-from ..graph.context import Context
+from ..graph.context import Context, _coerce
 from ..images import MAX_DATA_URL_BYTES, ImagePolicy
 from ..redact import register
 
@@ -92,31 +94,32 @@ class ServerConfig:
         """The server's settings with a request's ``overrides`` applied, or :class:`BadRequest`."""
         if overrides is None:
             return self.settings
-        check_overrides(overrides, self.settings)
+        typed = check_overrides(overrides, self.settings)
         vals = {f.name: getattr(self.settings, f.name) for f in fields(Context)}
         try:
-            coerced = Context.from_overrides(overrides)  # strings coerced, each field validated
-            vals.update({k: getattr(coerced, k) for k in overrides})
+            coerced = Context.from_overrides(typed)  # each field validated
+            vals.update({k: getattr(coerced, k) for k in typed})
             return Context(**vals)
         except (ValueError, TypeError) as e:
             raise BadRequest(f"settings: {e}") from None
 
 
-def check_overrides(overrides: Any, base: Context) -> None:
-    """Refuse (:class:`BadRequest`) settings a request may not change."""
+def check_overrides(overrides: Any, base: Context) -> dict[str, Any]:
+    """The request's settings as their types, or :class:`BadRequest` for one it may not change
+    or a value of the wrong type."""
     if not isinstance(overrides, dict):
         raise BadRequest(f"settings must be an object of name -> value, not "
                          f"{type(overrides).__name__}")
-    known = {f.name for f in fields(Context)}
+    hints = _hints()
+    typed: dict[str, Any] = {}
     for k, v in overrides.items():
-        if k not in known:
+        if k not in hints:
             raise BadRequest(f"unknown setting {str(k)[:60]!r}")
+        v = typed[k] = _typed(k, v, hints[k])
         if k in CAPPED:
-            try:
-                over = float(v) > float(getattr(base, k))
-            except (TypeError, ValueError):
-                raise BadRequest(f"setting {k!r} must be a number, not {str(v)[:40]!r}") from None
-            if over:
+            if v is None or v < 0:
+                raise BadRequest(f"setting {k!r} must be a number >= 0, not {str(v)[:40]}")
+            if v > getattr(base, k):
                 raise BadRequest(f"setting {k!r} may be at most the server's "
                                  f"{getattr(base, k)!r}, not {str(v)[:40]}")
         if k in RUN_SETTINGS:
@@ -127,6 +130,7 @@ def check_overrides(overrides: Any, base: Context) -> None:
             continue  # the server's own value, restated
         raise BadRequest(f"setting {k!r} is fixed by the server; a request may set: "
                          f"{', '.join(sorted(RUN_SETTINGS))} (and switch caches off)")
+    return typed
 
 
 def check_image_ref(ref: Any, where: str = "image") -> None:
@@ -138,11 +142,50 @@ def check_image_ref(ref: Any, where: str = "image") -> None:
     if not isinstance(ref, str):
         raise BadRequest(f"{where} must be an http(s) URL or a data: URL, not "
                          f"{type(ref).__name__}")
+    scheme = ref[:max(ref.find(":", 0, 32), 0)].lower()
+    if scheme in ("http", "https", "data") and not ref.startswith(scheme + ":"):
+        raise BadRequest(f"{where}: write the URL scheme in lower case ({scheme}:)")
     if ref.startswith("data:"):
         if len(ref) > (MAX_DATA_URL_BYTES * 4) // 3 + 256:
             raise BadRequest(f"{where}: inline image (data: URL) is over {MAX_DATA_URL_BYTES} "
                              "bytes")
         return
-    scheme = ref.split(":", 1)[0].lower() if ":" in ref else ""
     if len(scheme) > 1 and scheme not in ("http", "https"):
         raise BadRequest(f"{where}: URL scheme {scheme[:20]!r} is not http, https or data")
+
+
+@cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(Context)
+
+
+def _typed(name: str, value: Any, hint: Any) -> Any:
+    """A request's ``value`` for the setting ``name`` as its type (a string read as ``--set``
+    reads it; JSON numbers, booleans and null only where the setting takes them; numbers
+    finite), or :class:`BadRequest`."""
+    t = str(hint)
+    if isinstance(value, str):
+        try:
+            value = _coerce(value, hint, name)
+        except ValueError as e:
+            raise BadRequest(f"settings: {e}") from None
+    elif value is None:
+        if "None" not in t:
+            raise BadRequest(f"setting {name!r} may not be null")
+    else:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if "bool" in t:
+            ok, kind = isinstance(value, bool), "true or false"
+        elif "float" in t:
+            ok, kind = number, "a number"
+        elif "int" in t:
+            ok, kind = number and float(value).is_integer(), "a whole number"
+            value = int(value) if ok else value
+        else:
+            ok, kind = False, "a string"
+        if not ok:
+            raise BadRequest(f"setting {name!r} must be {kind}, not "
+                             f"{type(value).__name__} {str(value)[:40]}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadRequest(f"setting {name!r} must be a finite number, not {value}")
+    return value

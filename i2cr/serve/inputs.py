@@ -9,8 +9,34 @@ from __future__ import annotations
 from typing import Any
 
 from i2cr.data import DataError, Mention, parse_record
+from i2cr.graph.state import CandidateDict, InputState
 from i2cr.images import ImageError, check_ref
 from i2cr.serve.config import BadRequest, check_image_ref
+
+GRAPH_INPUT = frozenset(InputState.__annotations__)
+CANDIDATE_KEYS = frozenset(CandidateDict.__annotations__)
+
+
+def check_graph_input(raw: Any, rid: str) -> None:
+    """:class:`DataError` for a LangGraph API run input the graph would not read as ``/link``
+    reads a mention: a field the graph's input has not (``/link``'s aliases such as
+    ``Candentity``, which the graph drops), or a candidate that is not an object of the graph's
+    candidate fields (a plain name, which ``/link`` takes, would crash the run)."""
+    if not isinstance(raw, dict):
+        return  # parse_record names it
+    for k in raw:
+        if k not in GRAPH_INPUT:
+            raise DataError(f"is not a field of the graph's input (fields: "
+                            f"{', '.join(sorted(GRAPH_INPUT))})", source="request", record=rid,
+                            field=str(k)[:60])
+    cands = raw.get("candidates")
+    for i, c in enumerate(cands if isinstance(cands, list) else []):
+        odd = sorted(map(str, set(c) - CANDIDATE_KEYS)) if isinstance(c, dict) else []
+        if not isinstance(c, dict) or odd:
+            raise DataError(f"a candidate of a run's input is an object with "
+                            f"{', '.join(sorted(CANDIDATE_KEYS))} ('name' required), not "
+                            f"{odd[0][:40] if odd else type(c).__name__}", source="request",
+                            record=rid, field=f"candidates[{i}]")
 
 
 def mention_from(raw: Any, rid: str, *, kb: bool, check_image: bool = True) -> Mention:
