@@ -297,6 +297,7 @@ def test_api_runs_and_crons_take_only_what_the_graph_reads(server):
                                          "Candentity": JORDAN_CANDIDATES}},
          "is not a field of the graph's input"),
         ("/runs/wait", {**run, "input": {**MENTION, "clues": CLUES}}, "field 'clues'"),
+        ("/runs/wait", {**run, "input": None}, "a run needs a mention"),  # was a graph error
         ("/runs/crons", {**run, "schedule": "0 0 1 1 *", "context": {"llm": "openai:gpt-4o"}},
          "'llm' is fixed by the server"),
         ("/runs/crons", {**run, "schedule": "0 0 1 1 *",

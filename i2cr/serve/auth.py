@@ -39,12 +39,16 @@ async def authenticate(headers: dict[bytes, bytes]) -> Auth.types.MinimalUserDic
     return {"identity": who, "is_authenticated": who != "anonymous"}
 
 
-def check_run_request(context: Any, inp: Any) -> None:
+def check_run_request(context: Any, inp: Any, *, resume: bool = False) -> None:
     """:class:`BadRequest` for a run the server does not take: a context that changes what a
     request may not, or a setting's bad value; an input ``/link`` would refuse (missing fields,
-    candidates, an image against the server's rules)."""
+    candidates, an image against the server's rules). ``resume``: no input is expected (an
+    assistant's settings)."""
     settings = server_config().run_settings(context)
-    if inp is not None:  # None: a run that resumes a thread
+    if inp is None and not resume:  # the graph never pauses: a run without input has nothing to do
+        raise BadRequest("input: a run needs a mention (the graph never pauses, so there is "
+                         "nothing to resume)")
+    if inp is not None:
         try:
             check_graph_input(inp, "input")
             mention_from(inp, "input", kb=bool(settings.kb))
@@ -67,17 +71,17 @@ async def on_cron(ctx: Auth.types.AuthContext, value: Auth.types.CronsCreate) ->
 @auth.on.assistants.create
 async def on_assistant_create(ctx: Auth.types.AuthContext,
                               value: Auth.types.AssistantsCreate) -> None:
-    await _check(value.get("context"), None)
+    await _check(value.get("context"), None, resume=True)
 
 
 @auth.on.assistants.update
 async def on_assistant_update(ctx: Auth.types.AuthContext,
                               value: Auth.types.AssistantsUpdate) -> None:
-    await _check(value.get("context"), None)
+    await _check(value.get("context"), None, resume=True)
 
 
-async def _check(context: Any, inp: Any) -> None:
+async def _check(context: Any, inp: Any, *, resume: bool = False) -> None:
     try:  # in a worker thread: checking an image URL resolves its host
-        await asyncio.to_thread(check_run_request, context, inp)
+        await asyncio.to_thread(check_run_request, context, inp, resume=resume)
     except BadRequest as e:
         raise Auth.exceptions.HTTPException(status_code=e.status, detail=str(e)) from None
