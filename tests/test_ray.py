@@ -123,8 +123,6 @@ def local_ray():
         ray.shutdown()
 
 
-@pytest.mark.integration
-@pytest.mark.usefixtures("local_ray")
 def test_a_relative_kb_path_reaches_the_workers_absolute(tmp_path, monkeypatch):
     """Workers on other nodes do not share the driver's working folder."""
     import argparse
@@ -140,6 +138,8 @@ def test_a_relative_kb_path_reaches_the_workers_absolute(tmp_path, monkeypatch):
     assert job.settings.kb == str(tmp_path / "mykb")
 
 
+@pytest.mark.integration
+@pytest.mark.usefixtures("local_ray")
 class TestLocalRay:
     def test_same_answers_as_one_process_and_bad_records_become_error_records(self, tmp_path):
         from i2cr.engine.ray_engine import Job, RayStats, run_ray
