@@ -321,6 +321,14 @@ def document_key(rid: str, rec: Any) -> str | None:
     return "::".join(parts[:-1]) if len(parts) >= 3 else None
 
 
+def others_in_document(names: list[Any], i: int) -> list[str]:
+    """What mention ``i`` of a document sees: the other mentions (not its own name again), in
+    order, each and their number capped."""
+    own = names[i]
+    return [n[:MAX_NAME_CHARS] for j, n in enumerate(names)
+            if j != i and isinstance(n, str) and n != own][:MAX_DOCUMENT_NAMES]
+
+
 def fill_documents(items: list[Mention | DataError], keys: list[str | None]) -> None:
     """Give each mention without ``document_mentions`` of its own the other mentions of its
     document (by :func:`document_key`), in file order, capped."""
@@ -332,9 +340,8 @@ def fill_documents(items: list[Mention | DataError], keys: list[str | None]) -> 
         for i in idx:
             m = items[i]
             if isinstance(m, Mention) and not m.document:
-                names = [items[j].mention for j in idx if j != i]  # type: ignore[union-attr]
-                m.document = [n[:MAX_NAME_CHARS] for n in names
-                              if n != m.mention][:MAX_DOCUMENT_NAMES]
+                names = [items[j].mention for j in idx]  # type: ignore[union-attr]
+                m.document = others_in_document(names, i=idx.index(i))
 
 
 def with_documents(pairs: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
@@ -349,10 +356,7 @@ def with_documents(pairs: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]
         names = [r.get("mention") for _, r in run]
         for i, (rid, rec) in enumerate(run):
             if "document_mentions" not in rec:
-                own = rec.get("mention")
-                rec = {**rec, "document_mentions": [
-                    n[:MAX_NAME_CHARS] for j, n in enumerate(names)
-                    if j != i and isinstance(n, str) and n != own][:MAX_DOCUMENT_NAMES]}
+                rec = {**rec, "document_mentions": others_in_document(names, i)}
             yield rid, rec
 
     for rid, rec in pairs:

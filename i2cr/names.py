@@ -180,6 +180,11 @@ def expansions(mention: str, document: tuple[str, ...] | list[str] = ()) -> tupl
     initials the mention is. Only for a capitalised mention (a lower-case one is a common noun or
     a pronoun); () when there is none. (Capitalised words of the context were tried too: on the
     held-out datasets sentence-initial words and titles made them noise.)"""
+    return _expansions(mention, tuple(x for x in document if isinstance(x, str)))
+
+
+@lru_cache(maxsize=8192)  # a pure function the ranker asks again every round
+def _expansions(mention: str, document: tuple[str, ...]) -> tuple[str, ...]:
     m = strip_mention(mention)
     if not m[:1].isupper():
         return ()
@@ -187,9 +192,7 @@ def expansions(mention: str, document: tuple[str, ...] | list[str] = ()) -> tupl
     if not words:
         return ()
     out: dict[str, None] = {}
-    for name in list(document)[:MAX_DOCUMENT_NAMES]:
-        if not isinstance(name, str):
-            continue
+    for name in document[:MAX_DOCUMENT_NAMES]:
         n = strip_mention(name)
         f = fold(n).split()
         if (len(f) > len(words) and _contains(f, words)) or is_acronym_of(m, n):
