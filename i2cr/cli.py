@@ -212,7 +212,19 @@ def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: b
         print(f"i2cr: {structured} mention(s) asked for structured answers got "
               "free text (the backend took no JSON schema or answered outside it; see "
               "structured_error in the tes_answer events)", file=sys.stderr)
-    return 0 if errors == 0 and failed == 0 and structured == 0 else 1
+    caches = cache_problems()
+    return 0 if errors == 0 and failed == 0 and structured == 0 and not caches else 1
+
+
+def cache_problems() -> list[str]:
+    """Print what went wrong with a cache in this run (the answers were recomputed without it,
+    but the run failed to use it: the exit code says so); return the phrases."""
+    from .store import problems
+
+    out = problems()
+    for p in out:
+        print(f"i2cr: cache failure, {p}", file=sys.stderr)
+    return out
 
 
 def _linker(args: argparse.Namespace):
@@ -365,7 +377,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("\n".join(kb_lines(m["kb"])))
     for b in bad:
         print(f"i2cr: {b}", file=sys.stderr)
-    return 1 if bad else 0
+    return 1 if cache_problems() or bad else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -7,7 +7,8 @@ tool clues). A cache is an optimisation only, so damage never reaches a mention:
 - a store that cannot be opened or read (a damaged database, a file where the folder should be,
   no permission) is bypassed for the rest of the process;
 - either is reported once per folder, as a warning on the ``i2cr.cache`` logger (on stderr when
-  logging is not configured), never silently.
+  logging is not configured), never silently, and kept for :func:`problems`, which the CLI's
+  closing lines and exit code read: a run over a failing cache answers, and says it failed.
 
 diskcache (SQLite underneath) keeps it safe for several processes and threads at once.
 """
@@ -23,8 +24,15 @@ from pathlib import Path
 LOG = logging.getLogger("i2cr.cache")
 MAGIC = b"i2c1"
 _DIGEST = 16
-_WARNED: set[tuple[str, str]] = set()
+_WARNED: dict[tuple[str, str], str] = {}  # (what, folder) -> what went wrong with it, first time
 _WARNED_LOCK = threading.Lock()
+
+
+def problems() -> list[str]:
+    """What went wrong with any cache in this process, one phrase per cache (no paths: the
+    warnings named them), e.g. 'embedding cache: has damaged entries ...'."""
+    with _WARNED_LOCK:
+        return [f"{what}: {reason}" for (what, _), reason in _WARNED.items()]
 
 
 def _digest(key: str, payload: bytes) -> bytes:
@@ -69,7 +77,7 @@ class CheckedStore:
         with _WARNED_LOCK:
             if (self.what, self.directory) in _WARNED:
                 return
-            _WARNED.add((self.what, self.directory))
+            _WARNED[(self.what, self.directory)] = reason
         LOG.warning("i2cr: %s at %s %s", self.what, self.directory, reason)
 
     def _bypass(self, e: BaseException) -> None:

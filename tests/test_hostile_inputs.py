@@ -238,6 +238,29 @@ def test_rewritten_entries_are_read_back_after_damage(tmp_path):
     assert np.abs(again.encode(TEXTS) - ref).max() < 1e-5 and again.from_store == len(TEXTS)
 
 
+@pytest.mark.parametrize("command", ["link", "eval"])
+def test_a_run_over_an_unusable_cache_answers_and_exits_1(tmp_path, command):
+    """The answers are right (recomputed without the cache), but the run says the cache failed:
+    a closing line naming it and exit code 1 (it was 0, with only a warning)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    bad = tmp_path / "emb"
+    bad.write_text("a file where the cache folder should be")
+    args = [str(examples / "mentions.json")]
+    args += ["--labels", str(examples / "labels.json")] if command == "link" else \
+        [str(examples / "labels.json"), "--out-dir", str(tmp_path / "run")]
+    p = subprocess.run([sys.executable, "-m", "i2cr.cli", command, *args, "--no-progress",
+                        "--set", f"embedding_cache={bad}", "--set", "clue_cache=none"],
+                       capture_output=True, text=True, timeout=600)
+    assert "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert "cache failure, embedding cache: is unusable" in p.stderr
+    assert "Michael Jordan" in p.stdout or command == "eval"
+
+
 def _damage_clues(kind, directory):
     import diskcache
 
