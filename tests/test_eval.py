@@ -185,6 +185,25 @@ def test_stage_answers_follow_the_runs_fallback():
     assert M.answer_after_vif(r, 3) == "B"
 
 
+@pytest.mark.parametrize("fallback", ["text", "last"])
+def test_the_graph_and_the_stage_metrics_settle_answers_by_one_rule(fallback):
+    """``final`` and ``answer_after_vif`` both ask ``settle``: cut after the last round a record
+    ran, the stage answer is the record's answer, for real runs with VIF rounds."""
+    from i2cr.data import load_mentions
+    from i2cr.graph import Context
+    from i2cr.linker import link_mention
+
+    wm = SHARED / "data" / "wikimel" / "WikiMEL_dev.json"
+    ms = load_mentions(str(wm), None, strict=False)[:40] if wm.exists() else \
+        load_mentions(str(EXAMPLES / "mentions.json"), None, strict=False)
+    ctx = Context(fallback=fallback, clue_cache="none")
+    recs = [link_mention(m, ctx) for m in ms]
+    assert any(len(r["rounds"]) > 1 for r in recs)  # VIF ran
+    for r in recs:
+        assert r["error"] is None
+        assert M.answer_after_vif(r, len(r["rounds"])) == r["answer"], r["id"]
+
+
 def test_prefetch_encodes_every_text_the_graph_asks_for(tmp_path):
     from i2cr.data import load_mentions
     from i2cr.eval.runner import prefetch, run

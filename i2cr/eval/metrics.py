@@ -30,17 +30,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..data import same_entity as _eq
+from ..graph.final import settle
 
 
 def answer_after_vif(rec: dict[str, Any], k: int) -> str | None:
     """The answer had the run stopped after ``k`` VIF iterations (round k+1)."""
     upto = [r for r in rec.get("rounds") or [] if r.get("round", 1) <= k + 1]
-    for r in upto:
-        if r.get("iav_passed"):
-            return r.get("answer")
-    if rec.get("fallback") == "last" and upto and upto[-1].get("answer") not in (None, "nil"):
-        return upto[-1].get("answer")
-    return rec.get("text_answer")
+    return settle(upto, rec.get("text_answer"), rec.get("fallback") or "text")
 
 
 def llm_failed(rec: dict[str, Any]) -> bool:
