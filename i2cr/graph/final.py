@@ -6,7 +6,7 @@ cumulative clues has seen every clue."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from langgraph.runtime import Runtime
 
@@ -14,25 +14,30 @@ from ..data import NIL
 from .context import Context, settings_of
 from .state import State
 
+Standing = Literal["choice", "text_answer"]
+
+
+def standing(state: State, fallback: str) -> tuple[Standing | None, str]:
+    """Which answer stands and why: the state field that holds it (``choice``, this round's;
+    ``text_answer``, round 1's), or None when there is nothing to choose from (NIL)."""
+    if not state.get("candidates"):
+        return None, "no_candidates"
+    rnd = state.get("round") or 1
+    if state.get("iav_passed"):
+        return "choice", "iav_passed_text" if rnd == 1 else f"iav_passed_round_{rnd}"
+    if state.get("text_answer") == NIL:
+        return "text_answer", "nil_chosen"
+    if not state.get("visual_available") and (state.get("iav_score") is None):
+        return "text_answer", "text_only"
+    if fallback == "last" and state.get("choice") not in (None, NIL):
+        return "choice", "no_round_passed_iav_last_round"
+    return "text_answer", "no_round_passed_iav"
+
 
 def final(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     fallback = settings_of(runtime).fallback_answer
-    cands = state.get("candidates") or []
-    rnd = state.get("round") or 1
-    answer: str | None
-    if not cands:
-        answer, reason = NIL, "no_candidates"
-    elif state.get("iav_passed"):
-        answer = state.get("choice")
-        reason = "iav_passed_text" if rnd == 1 else f"iav_passed_round_{rnd}"
-    elif state.get("text_answer") == NIL:
-        answer, reason = NIL, "nil_chosen"
-    elif not state.get("visual_available") and (state.get("iav_score") is None):
-        answer, reason = state.get("text_answer"), "text_only"
-    elif fallback == "last" and state.get("choice") not in (None, NIL):
-        answer, reason = state.get("choice"), "no_round_passed_iav_last_round"
-    else:
-        answer, reason = state.get("text_answer"), "no_round_passed_iav"
+    field, reason = standing(state, fallback)
+    answer = NIL if field is None else state.get(field)
     if answer is None:  # cannot happen with candidates, but never return nothing silently
         answer, reason = NIL, "no_answer"
     return {"path": ["final"], "answer": answer, "is_nil": answer == NIL, "final_reason": reason,
