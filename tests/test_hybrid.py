@@ -116,6 +116,29 @@ def test_unsure_ranker_through_rechoices_and_clue_rounds_asks_the_llm_once(jorda
     assert out["answer"] == ev["answer"] == asked[0][-1]  # the LLM's answer stands
 
 
+def test_standing_text_answer_is_asked_about_as_round_1_saw_it(jordan):
+    """With fallback='text' and no round passing IAV, round 1's text answer stands: the one LLM
+    call is about it, with round 1's prompt (no clue), and the LLM's answer is the result."""
+    state = jordan(precomputed_clues=CLUES)
+    asked = []
+
+    def last_offered(messages, tools):
+        asked.append(messages[-1].content)
+        return f"Answer: {profile('i2cr').offered(messages[-1].content, NAMES)[0][-1]}"
+
+    fake = ScriptedChatModel(then=last_offered)
+    ctx = Context(chat_model=fake, tes_strategy="hybrid", hybrid_threshold=1.0, hybrid_top_k=2,
+                  icr_threshold=-1e9, iav_mode="caption", caption_threshold=1e9,
+                  tool_backend="precomputed", fallback="text")
+    out = graph.invoke(state, context=ctx)
+    assert len(out["tools_used"]) == 4 and len(fake.calls) == 1
+    assert not any(t in asked[0] for t in ("CHICAGO BULLS", "a basketball hoop", "arena"))
+    (ev,) = hybrid_events(out, "review")
+    assert (ev["path"], ev["reviews"], ev["round"]) == ("llm", "text_answer", 1)
+    assert out["final_reason"] == "no_round_passed_iav"
+    assert out["answer"] == out["text_answer"] == ev["answer"] != ev["ranker_answer"]
+
+
 def test_failed_llm_leaves_the_rankers_best(jordan):
     state = jordan()
     p, order = top_p_and_order(Context(tes_strategy="hybrid"), state)
