@@ -43,7 +43,7 @@ def _edge_reason(step: dict[str, Any], nxt: str) -> str:
             return f"reflections exhausted: keep best ICR score ({e.get('kept')})"
         if d == "nil_not_checked":
             return "NIL chosen"
-        if nxt == "final":
+        if nxt in ("final", "review"):
             return f"ICR {e.get('score')} >= {e.get('threshold')}; nothing visual to verify"
         return f"ICR {e.get('score')} >= {e.get('threshold')}: verify against the image"
     if node == "iav":
@@ -60,6 +60,9 @@ def _edge_reason(step: dict[str, Any], nxt: str) -> str:
         if nxt == "vif":
             return f"{t.get('tool') or 'tool'} gave no usable clue: next tool"
         return "no tool left"
+    if node == "review":
+        e = ev.get("tes_hybrid", {})
+        return f"the {e.get('path')} answers {e.get('answer')!r}" if e.get("answer") else ""
     return ""
 
 
@@ -227,6 +230,10 @@ def render_tree(rec: dict[str, Any]) -> str:
             e = ev.get("tool_call", {})
             desc = (f"tool {e.get('tool')} ({e.get('how')}, {e.get('backend')}) → "
                     f"{_short(e.get('result') or e.get('error') or '∅', 70)!r}")
+        elif node == "review":
+            e = ev.get("tes_hybrid", {})
+            desc = (f"{e.get('ranker_answer')!r} ranker p {e.get('p')} vs {e.get('threshold')}: "
+                    f"{e.get('path')} → {e.get('answer')!r}")
         else:
             desc = f"{s.get('answer')!r} ({s.get('final_reason')})"
         lines.append(f"{head} {node}: {desc}")

@@ -1,5 +1,6 @@
-"""Hybrid TES: the ranker answers when confident, else the LLM chooses among the ranker's top-k;
-the scripted LLM of known accuracy; the cost-curve script."""
+"""Hybrid TES: the ranker carries every round; the LLM is asked at most once, among the ranker's
+top-k, about the answer that stands when the ranker is unsure of it; the scripted LLM of known
+accuracy; the cost-curve script."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ def top_p_and_order(ctx, state):
     return float(r.probs[r.best]), [state["candidates"][i]["name"] for i in r.order]
 
 
-def hybrid_events(out):
-    return [e for e in out["events"] if e["type"] == "tes_hybrid"]
+def hybrid_events(out, node=None):
+    return [e for e in out["events"] if e["type"] == "tes_hybrid" and node in (None, e.get("node"))]
 
 
 def test_settings():
@@ -48,10 +49,13 @@ def test_confident_ranker_answers_without_an_llm_call_even_in_vif_rounds(jordan)
     out = graph.invoke(state, context=ctx)
     assert fake.calls == [] and out["llm_calls"] == 0
     assert len(out["tools_used"]) == 4  # every VIF round ran, in the fixed order
-    evs = hybrid_events(out)
-    assert len(evs) == 5 and all(e["path"] == "ranker" for e in evs)
+    evs = hybrid_events(out, "tes")
+    assert len(evs) == 5 and all(e["path"] == "ranker" and not e["unsure"] for e in evs)
     p, order = top_p_and_order(ctx, state)
     assert evs[0]["p"] == pytest.approx(p, abs=1e-4) and out["first_answer"] == order[0]
+    (rev,) = hybrid_events(out, "review")
+    assert rev["path"] == "ranker" and rev["answer"] == out["answer"]
+    assert out["path"][-2:] == ["review", "final"]
 
 
 def test_unconfident_ranker_asks_the_llm_among_its_top_k_only(jordan):
@@ -67,15 +71,72 @@ def test_unconfident_ranker_asks_the_llm_among_its_top_k_only(jordan):
     offered, _ = profile("i2cr").offered(fake.calls[0]["messages"][-1], NAMES)
     assert offered == [n for n in NAMES if n in order[:2]]  # the top 2, in the list's order
     assert out["answer"] == order[1]  # the LLM's choice stands
-    (ev,) = hybrid_events(out)
+    (tes_ev,) = hybrid_events(out, "tes")
+    assert tes_ev["unsure"] and tes_ev["path"] == "ranker"  # the rounds are the ranker's
+    (ev,) = hybrid_events(out, "review")
     assert ev["path"] == "llm" and ev["p"] == pytest.approx(p, abs=1e-4)
     assert sorted(ev["top_k"]) == sorted(order[:2])
+    assert (ev["ranker_answer"], ev["answer"]) == (order[0], order[1])
     # just below the ranker's probability the ranker answers
     fake2 = ScriptedChatModel(script=[])
     ctx2 = Context(chat_model=fake2, tes_strategy="hybrid", hybrid_threshold=max(0.0, p - 1e-3),
                    icr_threshold=-1e9, iav_mode="off")
     out2 = graph.invoke(state, context=ctx2)
     assert fake2.calls == [] and out2["answer"] == order[0]
+
+
+def test_unsure_ranker_through_rechoices_and_clue_rounds_asks_the_llm_once(jordan):
+    """ICR rejects a choice in every round (one re-choice each) and IAV fails every round, so all
+    four VIF clue rounds run, the ranker unsure throughout: the LLM is asked once, at the end,
+    about the answer that stands, with every clue gathered, and its answer stands."""
+    state = jordan(precomputed_clues=CLUES)
+    asked = []
+
+    def last_offered(messages, tools):
+        offered, _ = profile("i2cr").offered(messages[-1].content, NAMES)
+        asked.append(offered)
+        return f"Answer: {offered[-1]}"
+
+    fake = ScriptedChatModel(then=last_offered)
+    ctx = Context(chat_model=fake, tes_strategy="hybrid", hybrid_threshold=1.0, hybrid_top_k=3,
+                  icr_threshold=1e9, max_reflections=1, iav_mode="caption",
+                  caption_threshold=1e9, tool_backend="precomputed")
+    out = graph.invoke(state, context=ctx)
+    decisions = [e["decision"] for e in out["events"] if e["type"] == "icr"]
+    assert decisions.count("reject_and_rechoose") == 5 and len(out["tools_used"]) == 4
+    assert len(fake.calls) == 1 and out["llm_calls"] == 1
+    tes_evs = hybrid_events(out, "tes")
+    assert len(tes_evs) == 10 and all(e["unsure"] for e in tes_evs)
+    prompt = fake.calls[0]["messages"][-1]
+    assert all(t in prompt for t in ("CHICAGO BULLS 23", "a basketball player dunking",
+                                     "a basketball hoop", "arena"))  # every clue so far
+    (ev,) = hybrid_events(out, "review")
+    assert ev["path"] == "llm" and ev["round"] == 5 and ev["reviews"] == "choice"
+    assert len(asked[0]) == 3 and sorted(ev["top_k"]) == sorted(asked[0])
+    assert out["answer"] == ev["answer"] == asked[0][-1]  # the LLM's answer stands
+
+
+def test_standing_text_answer_is_asked_about_as_round_1_saw_it(jordan):
+    """With fallback='text' and no round passing IAV, round 1's text answer stands: the one LLM
+    call is about it, with round 1's prompt (no clue), and the LLM's answer is the result."""
+    state = jordan(precomputed_clues=CLUES)
+    asked = []
+
+    def last_offered(messages, tools):
+        asked.append(messages[-1].content)
+        return f"Answer: {profile('i2cr').offered(messages[-1].content, NAMES)[0][-1]}"
+
+    fake = ScriptedChatModel(then=last_offered)
+    ctx = Context(chat_model=fake, tes_strategy="hybrid", hybrid_threshold=1.0, hybrid_top_k=2,
+                  icr_threshold=-1e9, iav_mode="caption", caption_threshold=1e9,
+                  tool_backend="precomputed", fallback="text")
+    out = graph.invoke(state, context=ctx)
+    assert len(out["tools_used"]) == 4 and len(fake.calls) == 1
+    assert not any(t in asked[0] for t in ("CHICAGO BULLS", "a basketball hoop", "arena"))
+    (ev,) = hybrid_events(out, "review")
+    assert (ev["path"], ev["reviews"], ev["round"]) == ("llm", "text_answer", 1)
+    assert out["final_reason"] == "no_round_passed_iav"
+    assert out["answer"] == out["text_answer"] == ev["answer"] != ev["ranker_answer"]
 
 
 def test_failed_llm_leaves_the_rankers_best(jordan):
@@ -149,8 +210,8 @@ def test_curve_script_on_a_few_records(tmp_path, capsys):
     assert points["hybrid 0"]["llm_calls_per_mention"] == 0
     assert points["hybrid 0"]["top1"] == points["ranker"]["top1"]
     h1 = points["hybrid 1"]
-    assert h1["tes_by_llm"] >= 3 and h1["tes_by_ranker"] + h1["tes_by_llm"] == 4
-    assert h1["llm_calls_per_mention"] == h1["tes_by_llm"] / 4
+    assert h1["answers_by_llm"] >= 3 and h1["answers_by_ranker"] + h1["answers_by_llm"] == 4
+    assert h1["llm_calls_per_mention"] == h1["answers_by_llm"] / 4
     assert h1["top1"] == 1.0 and points["llm"]["top1"] == 1.0  # the oracle is always right
     assert points["llm"]["llm_calls_per_mention"] == 1.0
     table = capsys.readouterr().out

@@ -7,11 +7,12 @@
 Every point runs the whole graph over the same mentions (candidates shuffled with seed 0, as
 ``i2cr eval`` does): the pure ranker (``tes_strategy=retrieval``, no LLM call), the hybrid at each
 threshold, and the pure LLM (``tes_strategy=llm``: the paper's TES, and VIF asking the LLM for its
-tools). ``scripted:P`` is an LLM of known accuracy (:class:`i2cr.eval.scripted.Oracle`: the gold
-with probability P when the prompt offers it, else a random offered candidate; seeded), so that the
-user of a real backend can read the cost of each point off the curve: calls per mention times the
-price of one call (the hybrid's prompts offer only the ranker's top-k, so they are shorter; the
-prompt characters per call are reported too).
+tools). The hybrid asks the LLM at most once per mention, about the answer that stands
+(:mod:`i2cr.graph.review`). ``scripted:P`` is an LLM of known accuracy
+(:class:`i2cr.eval.scripted.Oracle`: the gold with probability P when the prompt offers it, else a
+random offered candidate; seeded), so that the user of a real backend can read the cost of each
+point off the curve: calls per mention times the price of one call (the hybrid's prompts offer only
+the ranker's top-k, so they are shorter; the prompt characters per call are reported too).
 
 Writes the points to ``--out`` as JSON and prints them as a Markdown table. Exit code 1 when a
 record errored or an LLM call failed.
@@ -51,7 +52,8 @@ def parse_llm(spec: str, prompt_profile: str = "i2cr") -> tuple[dict[str, Any], 
 
 
 def summarise(recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Top-1, LLM calls, which path answered TES and the prompt size of one point's records."""
+    """Top-1, LLM calls, which path gave the hybrid's answer and the prompt size of one point's
+    records."""
     n = len(recs)
     labelled = [r for r in recs if "correct" in r]
     calls = sum(r.get("llm_calls") or 0 for r in recs)
@@ -59,7 +61,7 @@ def summarise(recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     chars = tokens = prompts = 0
     for r in recs:
         for e in r.get("events") or []:
-            if e.get("type") == "tes_hybrid":
+            if e.get("type") == "tes_hybrid" and e.get("node") == "review" and e["path"] in paths:
                 paths[e["path"]] += 1
         for step in (r.get("trace") or {}).get("steps") or []:
             for c in step.get("stream") or []:
@@ -74,7 +76,7 @@ def summarise(recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "llm_calls_per_mention": round(calls / n, 4) if n else 0.0,
         "mentions_with_llm_call": round(sum((r.get("llm_calls") or 0) > 0 for r in recs) / n, 4)
         if n else 0.0,
-        "tes_by_ranker": paths["ranker"], "tes_by_llm": paths["llm"],
+        "answers_by_ranker": paths["ranker"], "answers_by_llm": paths["llm"],
         "prompt_chars_per_call": round(chars / prompts) if prompts else None,
         "tokens_per_mention": round(tokens / n, 1) if n and tokens else None,
         "errors": sum(r.get("error") is not None for r in recs),
@@ -117,12 +119,12 @@ def curve(items: list, base: dict[str, Any], llm: str, thresholds: Sequence[floa
 
 
 def table(points: Sequence[dict[str, Any]]) -> str:
-    rows = ["| point | LLM calls / mention | mentions with an LLM call | TES answers by the LLM "
+    rows = ["| point | LLM calls / mention | mentions with an LLM call | answers by the LLM "
             "| top-1 | prompt chars / call |", "|---|---|---|---|---|---|"]
     for p in points:
-        tes = p["tes_by_ranker"] + p["tes_by_llm"]
-        share = f"{p['tes_by_llm'] / tes:.1%}" if tes else ("all" if p["tes_strategy"] == "llm"
-                                                            else "none")
+        both = p["answers_by_ranker"] + p["answers_by_llm"]
+        share = f"{p['answers_by_llm'] / both:.1%}" if both else ("all" if p["tes_strategy"] == "llm"
+                                                                  else "none")
         top1 = "—" if p["top1"] is None else f"{100 * p['top1']:.1f}%"
         rows.append(f"| {p['point']} | {p['llm_calls_per_mention']:.2f} | "
                     f"{p['mentions_with_llm_call']:.1%} | {share} | {top1} | "

@@ -40,15 +40,17 @@ class Context:
         "llama.cpp servers, or 'llamacpp:<path.gguf>' (in process, langchain-community).")})
     tes_strategy: str = field(default="auto", metadata={"description": (
         "'llm' (the paper), 'retrieval' (the feature ranker, no LLM), 'hybrid' (the ranker "
-        "answers when its top probability is at least hybrid_threshold, else the LLM chooses "
-        "among the ranker's hybrid_top_k; VIF then takes the paper's fixed order), or 'auto': "
-        "retrieval when llm is 'none', else llm.")})
+        "answers every TES, re-choices and clue rounds included, with VIF in the paper's fixed "
+        "order; then the LLM is asked at most once, among the ranker's hybrid_top_k, about the "
+        "answer that stands when the ranker's top probability for it is below "
+        "hybrid_threshold), or 'auto': retrieval when llm is 'none', else llm.")})
     hybrid_threshold: float = field(default=0.9, metadata={"description": (
-        "Hybrid TES: the ranker's top softmax probability at or above which the ranker answers "
-        "without an LLM call (0..1; python -m i2cr.eval.hybrid draws the curve).")})
+        "Hybrid TES: the ranker's top softmax probability, in the round whose answer stands, at "
+        "or above which that answer stands without an LLM call (0..1; python -m "
+        "i2cr.eval.hybrid draws the curve).")})
     hybrid_top_k: int = field(default=5, metadata={"description": (
         "Hybrid TES: how many of the ranker's best candidates the LLM chooses among when the "
-        "ranker is not confident.")})
+        "ranker is unsure of the answer that stands.")})
     prompt_profile: str = field(default="i2cr", metadata={"description": (
         "TES prompt layout: 'i2cr' (the project's own) or 'paper' (the layout the authors' "
         "released LoRA adapter was trained on: GIVEN: + a dict literal, <|ANSWER|>: marker).")})
@@ -310,8 +312,8 @@ class Context:
 
     @property
     def llm_picks_tools(self) -> bool:
-        """Whether VIF asks the LLM for a tool (hybrid keeps the fixed order: it spends LLM calls
-        on TES choices the ranker is unsure of only)."""
+        """Whether VIF asks the LLM for a tool (hybrid keeps the fixed order: it spends at most
+        one LLM call, on the answer that stands)."""
         return self.vif_llm_choice and self.strategy == "llm"
 
     @property

@@ -1,4 +1,5 @@
-"""Build and compile the I2CR graph: [retrieve ->] prepare -> TES -> ICR -> IAV -> VIF -> ... -> final."""
+"""Build and compile the I2CR graph: [retrieve ->] prepare -> TES -> ICR -> IAV -> VIF -> ...
+[-> review (hybrid TES)] -> final."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from i2cr.graph.iav import iav
 from i2cr.graph.icr import icr
 from i2cr.graph.prepare import prepare
 from i2cr.graph.retrieve import retrieve
+from i2cr.graph.review import review
 from i2cr.graph.routes import after_iav, after_icr, after_prepare, after_vif, from_start
 from i2cr.graph.state import InputState, OutputState, State
 from i2cr.graph.tes import tes
@@ -29,14 +31,16 @@ def build_graph() -> StateGraph[State, Context, InputState, OutputState]:
     g.add_node("icr", icr)
     g.add_node("iav", iav)
     g.add_node("vif", vif)
+    g.add_node("review", review)
     g.add_node("final", final)
     g.add_conditional_edges(START, from_start, ["retrieve", "prepare"])
     g.add_edge("retrieve", "prepare")
     g.add_conditional_edges("prepare", after_prepare, ["tes", "final"])
     g.add_edge("tes", "icr")
-    g.add_conditional_edges("icr", after_icr, ["tes", "iav", "final"])
-    g.add_conditional_edges("iav", after_iav, ["vif", "final"])
-    g.add_conditional_edges("vif", after_vif, ["tes", "vif", "final"])
+    g.add_conditional_edges("icr", after_icr, ["tes", "iav", "review", "final"])
+    g.add_conditional_edges("iav", after_iav, ["vif", "review", "final"])
+    g.add_conditional_edges("vif", after_vif, ["tes", "vif", "review", "final"])
+    g.add_edge("review", "final")
     g.add_edge("final", END)
     return g
 

@@ -23,15 +23,20 @@ def after_prepare(state: State) -> Literal["tes", "final"]:
     return "tes" if state.get("candidates") else "final"
 
 
-def after_icr(state: State) -> Literal["tes", "iav", "final"]:
+def _settle(ctx: Context) -> Literal["review", "final"]:
+    """The rounds are over: the hybrid TES's review may ask the LLM about the answer that stands."""
+    return "review" if ctx.strategy == "hybrid" else "final"
+
+
+def after_icr(state: State, runtime: Runtime[Context]) -> Literal["tes", "iav", "review", "final"]:
     """Rejected with reflections left -> TES again; otherwise this round's answer stands:
     NIL in round 1, or nothing visual to check, ends with the text answer; else IAV."""
     if state.get("icr_decision") == "reject_and_rechoose":
         return "tes"
     if (state.get("round") or 1) == 1 and state.get("choice") == NIL:
-        return "final"
+        return _settle(settings_of(runtime))
     if not state.get("visual_available"):
-        return "final"
+        return _settle(settings_of(runtime))
     return "iav"
 
 
@@ -39,17 +44,19 @@ def _vif_left(state: State, ctx: Context) -> bool:
     return (state.get("vif_rounds") or 0) < ctx.vif_cap and bool(unused_tools(state))
 
 
-def after_iav(state: State, runtime: Runtime[Context]) -> Literal["vif", "final"]:
+def after_iav(state: State, runtime: Runtime[Context]) -> Literal["vif", "review", "final"]:
     """IAV passed -> done; failed with tools and VIF rounds left -> VIF; else the text answer."""
+    ctx = settings_of(runtime)
     if state.get("iav_passed"):
-        return "final"
+        return _settle(ctx)
     if not state.get("visual_available"):
-        return "final"
-    return "vif" if _vif_left(state, settings_of(runtime)) else "final"
+        return _settle(ctx)
+    return "vif" if _vif_left(state, ctx) else _settle(ctx)
 
 
-def after_vif(state: State, runtime: Runtime[Context]) -> Literal["tes", "vif", "final"]:
+def after_vif(state: State, runtime: Runtime[Context]) -> Literal["tes", "vif", "review", "final"]:
     """A useful clue -> TES with it; an empty or failed clue -> the next tool; none left -> end."""
     if state.get("last_clue_ok"):
         return "tes"
-    return "vif" if _vif_left(state, settings_of(runtime)) else "final"
+    ctx = settings_of(runtime)
+    return "vif" if _vif_left(state, ctx) else _settle(ctx)

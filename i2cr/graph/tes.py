@@ -6,7 +6,8 @@ fails, the candidate closest to the mention by embedding similarity is taken and
 recorded. The prompt's layout is the ``prompt_profile``'s (:mod:`i2cr.prompts.profiles`).
 
 ``tes_strategy``: ``llm`` asks the LLM every time, ``retrieval`` the ranker, ``hybrid`` the ranker
-when it is confident and the LLM among the ranker's top-k otherwise.
+every time and the LLM once at the end, among the ranker's top-k, when the ranker is unsure of the
+answer that stands (:mod:`i2cr.graph.review`).
 """
 
 from __future__ import annotations
@@ -92,31 +93,28 @@ def tes(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 
 
 def tes_hybrid(state: State, ctx: Context) -> dict[str, Any]:
-    """The ranker answers when its top probability over the allowed candidates is at least
-    ``hybrid_threshold``; otherwise the LLM chooses among the ranker's ``hybrid_top_k`` (in their
-    order in the candidate list). A ``tes_hybrid`` event records the path and the probability."""
+    """The ranker answers every TES of the hybrid, re-choices after ICR and clue rounds included;
+    the LLM is asked at most once per mention, by the ``review`` node, about the answer that
+    stands. A ``tes_hybrid`` event records the ranker's top probability over the allowed
+    candidates beside ``hybrid_threshold`` (``unsure``: below it)."""
     cands = allowed_candidates(state)
     if not cands:
         return tes_retrieval(state, ctx)
     r = retrieval_ranking(state, ctx, cands)
     p = float(r.probs[r.best])
-    ev: dict[str, Any] = {"type": "tes_hybrid", "round": state.get("round", 1), "p": round(p, 4),
-                          "threshold": ctx.hybrid_threshold}
-    if p >= ctx.hybrid_threshold:
-        ev["path"] = "ranker"
-        update = tes_retrieval(state, ctx, r)
-    else:
-        top = [cands[i] for i in sorted(r.order[: ctx.hybrid_top_k])]
-        ev.update(path="llm", top_k=[c["name"] for c in top])
-        update = tes_llm(state, ctx, top, fallback=cands[r.best]["name"])
+    update = tes_retrieval(state, ctx, r)
+    ev = {"type": "tes_hybrid", "node": "tes", "round": state.get("round", 1), "path": "ranker",
+          "p": round(p, 4), "threshold": ctx.hybrid_threshold,
+          "unsure": p < ctx.hybrid_threshold}
     update["events"] = [ev, *update["events"]]
     return update
 
 
 def tes_llm(state: State, ctx: Context, cands: list[CandidateDict] | None = None,
-            fallback: str | None = None) -> dict[str, Any]:
+            fallback: str | None = None, node: str = "tes") -> dict[str, Any]:
     """The LLM chooses among ``cands`` (default: every candidate ICR has not rejected); when it
-    fails or names none of them, ``fallback`` stands (default: the closest by embedding)."""
+    fails or names none of them, ``fallback`` stands (default: the closest by embedding).
+    ``node``: the graph node asking, named in its events."""
     cands = allowed_candidates(state) if cands is None else cands
     prompts = profile(ctx.prompt_profile)
     allow_nil = bool(state.get("allow_nil"))
@@ -129,7 +127,7 @@ def tes_llm(state: State, ctx: Context, cands: list[CandidateDict] | None = None
     try:
         chat = resources.chat_model(ctx)
     except Exception as e:  # noqa: BLE001 - a backend that cannot start is recorded, not fatal
-        events.append({"type": "llm_error", "node": "tes", "error": error_text(e)})
+        events.append({"type": "llm_error", "node": node, "error": error_text(e)})
     for attempt in range(1 + max(0, ctx.tes_retries)):
         if chat is None:
             break
@@ -144,14 +142,14 @@ def tes_llm(state: State, ctx: Context, cands: list[CandidateDict] | None = None
             raise  # refused after every retry: the mention becomes an error record
         except Exception as e:  # noqa: BLE001
             calls += 1
-            events.append({"type": "llm_error", "node": "tes", "attempt": attempt,
+            events.append({"type": "llm_error", "node": node, "attempt": attempt,
                            "error": error_text(e)[:300]})
-            emit({"type": "llm_call", "node": "tes", "attempt": attempt, "prompt": prompt_text(messages),
+            emit({"type": "llm_call", "node": node, "attempt": attempt, "prompt": prompt_text(messages),
                   "error": error_text(e)[:300]})
             continue
         calls += 1
         m = map_answer(raw, names, allow_nil=allow_nil)
-        emit({"type": "llm_call", "node": "tes", "attempt": attempt, "prompt": prompt_text(messages),
+        emit({"type": "llm_call", "node": node, "attempt": attempt, "prompt": prompt_text(messages),
               "raw": raw, "mapped": m.name, "latency_s": round(time.perf_counter() - t0, 3),
               "tokens": tokens_of(msg)})
         events.append({"type": "tes_answer", "round": state.get("round", 1), "attempt": attempt,
