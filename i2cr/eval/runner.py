@@ -173,7 +173,7 @@ def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
             texts.extend(entity_text(c) for c in cands)
             queries.extend(query_for(m.mention, m.context, r, settings) for r in rounds)
         cap = caption_text({"precomputed_clues": m.clues})
-        if cap and settings.iav_mode in ("auto", "caption"):
+        if cap and "caption" in settings.resolved.iav_modes:
             queries.append(cap)
     before = emb.encoded
     emb.warm(texts)
@@ -233,7 +233,7 @@ def load_models(items: list[Mention | DataError], settings: Context) -> list[str
     names = []
     resources.embedder(settings)
     names.append(settings.embedder)
-    if settings.iav_mode in ("auto", "clip") and any(
+    if "clip" in settings.resolved.iav_modes and any(
             isinstance(m, Mention) and m.image for m in items):
         try:
             resources.clip(settings)

@@ -17,10 +17,11 @@ from .state import State
 
 def choose_iav_mode(state: State, ctx: Context, image_ok: bool) -> tuple[str | None, str | None]:
     """(mode, reason): 'clip', 'caption' or None, and why a better mode was not possible."""
-    if ctx.iav_mode == "off":
+    modes = ctx.resolved.iav_modes
+    if not modes:
         return None, "IAV switched off"
     reason = None
-    if ctx.iav_mode in ("auto", "clip"):
+    if "clip" in modes:
         if image_ok:
             try:
                 resources.clip(ctx)
@@ -29,7 +30,7 @@ def choose_iav_mode(state: State, ctx: Context, image_ok: bool) -> tuple[str | N
                 reason = f"CLIP unavailable: {e}"
         else:
             reason = "no usable image for CLIP"
-        if ctx.iav_mode == "clip":
+        if "caption" not in modes:
             return None, reason
     clues = state.get("precomputed_clues") or {}
     if any(str(clues.get(k) or "").strip() for k in ("Caption", "Tags")):
