@@ -1,7 +1,9 @@
 """The Python API: link one mention (``link``) or one loaded sample (``link_mention``).
 
-``link_mention`` is a pure function of one sample and the settings (models are cached per process,
-but no state crosses mentions), so a distributed engine can map it over a corpus.
+``link_mention`` is a pure function of one sample and the settings (the models are the settings'
+:class:`~i2cr.graph.resources.Resources`, shared by the mentions of a run, but no state crosses
+mentions), so a distributed engine can map it over a corpus. ``link`` is one run: given keyword
+settings it builds them, and so its models, anew; given ``settings``, it uses theirs.
 """
 
 from __future__ import annotations

@@ -22,9 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from ..data import DataError, Mention
-from ..graph import Context
+from ..embeddings import ModelUnavailable
+from ..graph import Context, resources
+from ..graph.iav import caption_text
 from ..graph.state import Clue
+from ..graph.texts import clue_sequence
 from ..linker import error_record, link_mention
+from ..texts import entity_text, query_for
 from .metrics import llm_failed, structured_fallback
 
 Warn = Callable[[str], None]
@@ -149,11 +153,6 @@ def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
     VIF queries are batched even though a third or more of the mentions pass IAV in round 1: the
     graph runs nodes on worker threads, where one-text encodes of these long queries ran about 50%
     slower than in a batch, which cost more than encoding the unused ones."""
-    from ..graph import resources
-    from ..graph.iav import caption_text
-    from ..graph.texts import clue_sequence
-    from ..texts import entity_text, query_for
-
     emb = resources.embedder(settings)
     ranker = resources.ranker(settings) if settings.uses_ranker else None
     texts: list[str] = []
@@ -225,10 +224,8 @@ def _say(progress: bool, msg: str) -> None:
 
 def load_models(items: list[Mention | DataError], settings: Context) -> list[str]:
     """Load the models the run will need before the first mention (the embedder, and CLIP when a
-    mention has an image and IAV may use it). Returns their names; a model that cannot load is
-    left for the graph to report per mention."""
-    from ..embeddings import ModelUnavailable
-    from ..graph import resources
+    mention has an image and IAV may use it), into the settings' resources. Returns their names; a
+    model that cannot load is left for the graph to report per mention."""
 
     names = []
     resources.embedder(settings)
@@ -239,7 +236,7 @@ def load_models(items: list[Mention | DataError], settings: Context) -> list[str
             resources.clip(settings)
             names.append(settings.clip_model)
         except ModelUnavailable:
-            pass  # remembered by resources; each mention records why IAV did not use CLIP
+            pass  # each mention records why IAV did not use CLIP (and the next run tries again)
     return names
 
 

@@ -13,12 +13,13 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field, fields
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any, Literal, cast, get_args, get_origin
 
 from ..prompts import PROFILES
 from ..tools.builtin import PAPER_ORDER
 from ..tools.factory import parse_backends
+from .resources import Resources
 
 # Calibrated defaults per model, in each model's own units. The paper's values are for its
 # models (SFR-Embedding-Mistral cosine 0.8, ViT-bigG-14 CLIP logit 31); the MiniLM value was
@@ -235,6 +236,10 @@ class Context:
     # --- objects (not settable from the environment) --------------------------------------------
     chat_model: Any = field(default=None, metadata={"env": False, "description": (
         "An already-built langchain chat model; overrides 'llm' (used by tests and notebooks).")})
+    resources: Any = field(default=None, compare=False, repr=False, metadata={
+        "env": False, "description": (
+            "The run's models and tools (i2cr.graph.resources.Resources); None builds a new one, "
+            "so a new Context is a new run. Copies of the settings share it.")})
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Context:
         self = super().__new__(cls)
@@ -278,6 +283,11 @@ class Context:
         if self.kb_top_k < 1:
             raise ValueError(f"kb_top_k must be >= 1, not {self.kb_top_k}")
         self._check_tools()
+        if self.resources is None:
+            object.__setattr__(self, "resources", Resources())
+        elif not isinstance(self.resources, Resources):
+            raise ValueError("resources must be an i2cr.graph.resources.Resources, not "
+                             f"{type(self.resources).__name__}")
 
     def _check_tools(self) -> None:
         """``tools`` must name built-in, registered or declared (entry-point) tools,
@@ -423,13 +433,20 @@ def coerce_setting(value: str, hint: Any, name: str) -> Any:
 
 
 _HINTS: dict[str, Any] = {f.name: typing.get_type_hints(Context)[f.name] for f in fields(Context)}
+@cache
+def default_settings() -> Context:
+    """The settings (and so the resources) of runs given no context at all."""
+    return Context()
+
+
 def settings_of(runtime: Any) -> Context:
     """The run's :class:`Context`. LangGraph builds it once per run from a dict (as from Studio or
     the API server); a dict still here (a graph compiled without the schema) is read as
-    ``--set`` values, and no context at all means the defaults."""
+    ``--set`` values, and no context at all means the defaults (one Context for all such runs,
+    so that they share its models)."""
     ctx = getattr(runtime, "context", None)
     if ctx is None:
-        return Context()
+        return default_settings()
     if isinstance(ctx, dict):
         return Context.from_overrides(ctx)
     return ctx
