@@ -59,12 +59,18 @@ def corrupt_image(tmp_path_factory) -> str:
     return str(p)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def shared_resources():
-    """One set of models for the route tests of a session (a run's Resources)."""
+    """One set of models for the whole session: every Context made without ``resources`` gets
+    this one (a new Context is otherwise a new run, which loads its models anew; tests of that
+    pass ``resources`` or undo this)."""
+    from i2cr.graph import context
     from i2cr.graph.resources import Resources
 
-    return Resources()
+    shared = Resources()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(context, "new_resources", lambda: shared)
+        yield shared
 
 
 @pytest.fixture

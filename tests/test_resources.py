@@ -3,12 +3,19 @@
 import pickle
 from dataclasses import replace
 
+import pytest
 from conftest import JORDAN_CANDIDATES
 
 from i2cr.embeddings import ModelUnavailable
-from i2cr.graph import Context, graph, resources
+from i2cr.graph import Context, context, graph, resources
 from i2cr.graph.resources import Resources
 from i2cr.linker import link
+
+
+@pytest.fixture(autouse=True)
+def runs_of_their_own(monkeypatch):
+    """Here a new Context is a new run, as outside the test suite (see conftest)."""
+    monkeypatch.setattr(context, "new_resources", Resources)
 
 
 def _clip_settings(tiny_clip_config):
@@ -63,7 +70,18 @@ def test_a_server_holds_one_resources_for_every_request():
 
 
 def test_resources_must_be_a_resources_object():
-    import pytest
-
     with pytest.raises(ValueError, match="resources must be an i2cr.graph.resources.Resources"):
         Context(resources="shared")
+
+
+def test_an_image_that_failed_loads_in_the_next_run(tmp_path, image_file):
+    from pathlib import Path
+
+    late = tmp_path / "late.png"
+    late.write_bytes(b"not a PNG yet")  # e.g. still being written when the first run read it
+    kw = dict(iav_mode="caption", clue_cache="none")
+    first = link("Jordan", "Jordan dunks.", JORDAN_CANDIDATES, image=str(late), **kw)
+    assert first["image_status"] == "corrupt"
+    late.write_bytes(Path(image_file).read_bytes())
+    second = link("Jordan", "Jordan dunks.", JORDAN_CANDIDATES, image=str(late), **kw)
+    assert second["image_status"] == "ok"

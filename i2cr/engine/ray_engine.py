@@ -36,12 +36,18 @@ import json
 import logging
 import os
 import pickle
+import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
+from .. import llm
 from ..data import DataError, Mention, load_labels, shuffle_candidates, to_item, with_documents
 from ..eval.metrics import llm_failed, structured_fallback
 from ..eval.runner import ResultWriter, RunStats, Warn, prefetch, read_results, run_one, warn_stderr
@@ -237,8 +243,6 @@ class LinkActor:
         n = self.job.concurrency
         if n <= 1 or len(items) < 2:
             return [run_one(it, self.settings, self.job.linker) for it in items]
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max_workers=n) as pool:
             return list(pool.map(lambda it: run_one(it, self.settings, self.job.linker), items))
 
@@ -274,8 +278,6 @@ class LlamaServer:
     """The node's llama.cpp server (a child process of this actor, stopped with it)."""
 
     def __init__(self, spec: str):
-        from .. import llm
-
         _, model, _ = llm.parse_spec("embedded" if spec == "none" else spec)
         self.server = llm.EmbeddedServer(Path(model) if model else llm.smollm2_gguf()).start()
 
@@ -427,10 +429,6 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
             desc: str = "linking") -> Iterator[dict[str, Any]]:
     """Link every record of ``job.path`` on Ray, yielding result records in input order (those
     already in ``out`` skipped on resume), each id once. See the module doc."""
-    import warnings
-
-    from tqdm.auto import tqdm
-
     warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
     st = stats if stats is not None else RayStats()
     t_start = time.perf_counter()
@@ -567,6 +565,4 @@ def done_ids(out: str | Path) -> set[str]:
 
 def _say(progress: bool, msg: str) -> None:
     if progress:
-        import sys
-
         print(f"i2cr: {msg}", file=sys.stderr, flush=True)

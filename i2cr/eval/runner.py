@@ -17,9 +17,12 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from ..data import DataError, Mention
 from ..embeddings import ModelUnavailable
@@ -255,10 +258,6 @@ def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | P
     ``stats`` (a :class:`RunStats`) is filled in as the run goes: counts and per-phase times.
     With ``progress``, each phase (loading models, embedding, linking) has its own progress line.
     """
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    from tqdm.auto import tqdm
-
     st = stats if stats is not None else RunStats()
     t_start = time.perf_counter()
     items = list(items)

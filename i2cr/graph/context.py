@@ -17,6 +17,9 @@ from functools import cache, cached_property
 from typing import Any, Literal, cast, get_args, get_origin
 
 from ..prompts import PROFILES
+from ..ranker import load_weights
+from ..tools import registered_tools
+from ..tools.base import plugin_errors
 from ..tools.builtin import PAPER_ORDER
 from ..tools.factory import parse_backends
 from .resources import Resources
@@ -284,7 +287,7 @@ class Context:
             raise ValueError(f"kb_top_k must be >= 1, not {self.kb_top_k}")
         self._check_tools()
         if self.resources is None:
-            object.__setattr__(self, "resources", Resources())
+            object.__setattr__(self, "resources", new_resources())
         elif not isinstance(self.resources, Resources):
             raise ValueError("resources must be an i2cr.graph.resources.Resources, not "
                              f"{type(self.resources).__name__}")
@@ -298,9 +301,6 @@ class Context:
             raise ValueError(f"tools {self.tools!r} names no tool")
         unknown = [n for n in names if n not in PAPER_ORDER]
         if unknown:
-            from ..tools import registered_tools
-            from ..tools.base import plugin_errors
-
             plugins = registered_tools()
             # a declared plug-in that failed to load was already named in its own warning; the
             # run goes on without it, as with any tool that cannot run
@@ -334,8 +334,6 @@ class Context:
         if self.icr_threshold is not None:
             return float(self.icr_threshold)
         if self.resolved.uses_ranker:
-            from ..ranker import load_weights
-
             fitted = load_weights(self.ranker_weights).icr_threshold
             if fitted.get("embedder") == self.embedder and fitted.get("value") is not None:
                 return float(fitted["value"])
@@ -433,6 +431,12 @@ def coerce_setting(value: str, hint: Any, name: str) -> Any:
 
 
 _HINTS: dict[str, Any] = {f.name: typing.get_type_hints(Context)[f.name] for f in fields(Context)}
+def new_resources() -> Resources:
+    """The resources of a new run: a new, empty :class:`Resources` (the models load on first use).
+    (The test suite replaces this to load its models once per session.)"""
+    return Resources()
+
+
 @cache
 def default_settings() -> Context:
     """The settings (and so the resources) of runs given no context at all."""

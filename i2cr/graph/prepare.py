@@ -8,11 +8,12 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from ..embeddings import ModelUnavailable
-from ..images import IMAGES, ImageError
+from ..images import ImageError
 from ..tools import ToolInput
 from . import resources
 from .context import Context, settings_of
 from .state import State
+from .tes import retrieval_ranking
 
 
 def choose_iav_mode(state: State, ctx: Context, image_ok: bool) -> tuple[str | None, str | None]:
@@ -55,8 +56,6 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     if not cands:
         events.append({"type": "no_candidates"})
     elif ctx.prune_k and len(cands) > ctx.prune_k:
-        from .tes import retrieval_ranking
-
         ranking = retrieval_ranking({**state, "round": 1, "clues": []}, ctx, cands)
         keep = ranking.order[: ctx.prune_k]
         pruned = [cands[i] for i in sorted(keep)]
@@ -76,7 +75,7 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         status, reason = "absent", "the mention has no image"
     else:
         try:
-            IMAGES.load(ref, deadline=ctx.image_timeout)
+            ctx.resources.images.load(ref, deadline=ctx.image_timeout)
             status, reason = "ok", None
         except ImageError as e:
             status, reason = e.kind, e.reason

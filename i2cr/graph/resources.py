@@ -6,9 +6,10 @@ runner per run, a server process and each Ray worker for their life); copies of 
 (``dataclasses.replace``, a server's per-request settings) share it. Inside it each model is built
 on first use and kept for the settings that shape it (a server's requests may differ in their
 thresholds, not in their models). A model that fails to load is not remembered: the next mention
-or run asks again. Nodes reach them through the module functions (``resources.embedder(ctx)``).
-Nothing heavy lives in the graph state, and models do not travel: a pickled ``Resources`` (in the
-settings sent to a worker) arrives empty.
+or run asks again. An image that failed is remembered for the run only (in its ``images``).
+Nodes reach them through the module functions (``resources.embedder(ctx)``). Nothing heavy lives
+in the graph state, and models do not travel: a pickled ``Resources`` (in the settings sent to a
+worker) arrives empty.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..clip import ClipScorer
 from ..embeddings import Embedder
+from ..images import ImageLoader
 from ..llm import load_chat_model
 from ..ranker import Ranker, load_weights
 from ..tools import VisualTool, build_tools, registered_tools
@@ -35,6 +37,7 @@ class Resources:
         self._clips: dict[tuple, ClipScorer] = {}
         self._chats: dict[tuple, Any] = {}
         self._tools: dict[tuple, dict[str, VisualTool]] = {}
+        self.images = ImageLoader()  # the run's images, decoded once for prepare, IAV and tools
 
     def __getstate__(self) -> dict[str, Any]:
         return {}  # models stay in their process; a worker builds its own
