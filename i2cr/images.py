@@ -100,11 +100,10 @@ def policy() -> ImagePolicy:
 
 def set_policy(new: ImagePolicy) -> ImagePolicy:
     """Install ``new`` for the whole process (a server does it once at start); returns the old
-    one. Cached images are forgotten, so nothing loaded under the old policy is served."""
+    one. Loaders forget what they loaded under the old policy, so none of it is served."""
     global _POLICY
     with _POLICY_LOCK:
         old, _POLICY = _POLICY, new
-    IMAGES.clear()
     return old
 
 
@@ -356,18 +355,25 @@ def decode_image(ref: str, data: bytes) -> LoadedImage:
 
 
 class ImageLoader:
-    """Loads and decodes images, keeping the last few in memory (tools and IAV share them)."""
+    """Loads and decodes images, keeping the last few in memory (a run's tools and IAV share them:
+    one loader per :class:`i2cr.graph.resources.Resources`). An image that failed stays failed
+    for the run that asked (it is not fetched again per node), not beyond it; everything is
+    forgotten when the process's image policy changes."""
 
     def __init__(self, capacity: int = 8, timeout: float = 15.0,
                  deadline: float = DEFAULT_DEADLINE):
         self.capacity, self.timeout, self.deadline = capacity, timeout, deadline
         self._cache: OrderedDict[str, LoadedImage | ImageError] = OrderedDict()
         self._lock = threading.Lock()
+        self._policy = policy()
 
     def load(self, ref: str, *, deadline: float | None = None) -> LoadedImage:
         """The decoded image; a URL's download must finish within ``deadline`` seconds (the
         loader's own when None)."""
         with self._lock:
+            if self._policy is not policy():  # nothing loaded under another policy is served
+                self._cache.clear()
+                self._policy = policy()
             hit = self._cache.get(ref)
             if hit is not None:
                 self._cache.move_to_end(ref)
@@ -389,5 +395,3 @@ class ImageLoader:
         with self._lock:
             self._cache.clear()
 
-
-IMAGES = ImageLoader()

@@ -1,18 +1,24 @@
 """The Python API: link one mention (``link``) or one loaded sample (``link_mention``).
 
-``link_mention`` is a pure function of one sample and the settings (models are cached per process,
-but no state crosses mentions), so a distributed engine can map it over a corpus.
+``link_mention`` is a pure function of one sample and the settings (the models are the settings'
+:class:`~i2cr.graph.resources.Resources`, shared by the mentions of a run, but no state crosses
+mentions), so a distributed engine can map it over a corpus. ``link`` is one run: given keyword
+settings it builds them, and so its models, anew; given ``settings``, it uses theirs.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from .data import Candidate, DataError, Mention, parse_candidates, same_entity
 from .graph import Context, graph as default_graph
+from .kb import open_kb
+from .llm import check_backend
 from .redact import error_text
+from .trace import traced_invoke
 
 
 def result_record(m: Mention, out: dict[str, Any], elapsed: float) -> dict[str, Any]:
@@ -65,8 +71,6 @@ def link_mention(m: Mention, settings: Context | None = None, *, graph: Any = No
                  on_event: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run the graph on one sample and return its result record, with its trace (built from the
     graph's stream; ``on_event`` sees node visits and custom events as they happen)."""
-    from .trace import traced_invoke
-
     g = graph or default_graph
     settings = settings or Context()
     t0 = time.perf_counter()
@@ -106,15 +110,9 @@ def link(mention: str, context: str,
     elif set(overrides) - {"kb"}:
         raise TypeError("pass either settings or keyword overrides, not both")
     elif kb is not None:
-        from dataclasses import replace
-
         settings = replace(settings, kb=kb)
-    from .llm import check_backend
-
     check_backend(settings)  # a bad spec, key or endpoint fails here, not as silent fallbacks
     if settings.kb:
-        from .kb import open_kb
-
         open_kb(settings.kb, settings.embedder)  # missing or mismatched: refused before linking
     elif candidates is None:
         raise TypeError("link() needs candidates, or a knowledge base (kb=...) to generate them")

@@ -651,8 +651,6 @@ def check_backend(settings: Any, *, timeout: float = 8.0) -> None:
     backend that passed is not asked again in this process."""
     if getattr(settings, "chat_model", None) is not None or not settings.uses_llm:
         return
-    from .graph import resources
-
     spec = "embedded" if settings.llm == "none" else settings.llm
     key = (spec, settings.llm_temperature, settings.llm_max_tokens, settings.llm_timeout,
            settings.llm_retries, settings.llm_backoff, settings.llm_backoff_max)
@@ -662,7 +660,7 @@ def check_backend(settings: Any, *, timeout: float = 8.0) -> None:
     provider, name, base_url = parse_spec(spec)
     label = f"{provider}:{name}@{_without_userinfo(base_url)}" if base_url else spec
     try:
-        model = resources.chat_model(settings)
+        model = settings.resources.chat_model(settings)  # the run's, kept for the graph
     except BackendError:
         raise
     except Exception as e:  # noqa: BLE001 - any construction failure means the same to the user

@@ -59,15 +59,30 @@ def corrupt_image(tmp_path_factory) -> str:
     return str(p)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_resources():
+    """One set of models for the whole session: every Context made without ``resources`` gets
+    this one (a new Context is otherwise a new run, which loads its models anew; tests of that
+    pass ``resources`` or undo this)."""
+    from i2cr.graph import context
+    from i2cr.graph.resources import Resources
+
+    shared = Resources()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(context, "new_resources", lambda: shared)
+        yield shared
+
+
 @pytest.fixture
-def settings(tiny_clip_config):
-    """Settings for route tests: the real MiniLM, the tiny CLIP, precomputed clue tools."""
+def settings(tiny_clip_config, shared_resources):
+    """Settings for route tests: the real MiniLM, the tiny CLIP, precomputed clue tools (the
+    models loaded once for the session)."""
     from i2cr.graph import Context
 
     def make(fake, **kw):
         base = dict(chat_model=fake, clip_model="i2cr-tiny-clip", clip_pretrained="",
                     clip_model_config=tiny_clip_config, iav_mode="clip",
-                    tool_backend="precomputed")
+                    tool_backend="precomputed", resources=shared_resources)
         base.update(kw)
         return Context(**base)
 

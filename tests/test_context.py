@@ -51,3 +51,54 @@ def test_auto_clue_mode_and_fallback_follow_the_strategy():
     for bad in (dict(fallback="best"), dict(clue_mode="all"), dict(embed_dtype="fp8")):
         with pytest.raises(ValueError):
             Context(**bad)
+
+
+def test_explicit_value_beats_the_environment(monkeypatch):
+    monkeypatch.setenv("I2CR_IAV_MODE", "off")
+    monkeypatch.setenv("I2CR_TES_STRATEGY", "llm")
+    c = Context(iav_mode="auto")  # explicit, though equal to the default
+    assert c.iav_mode == "auto" and c.resolved.iav_modes == ("clip", "caption")
+    assert c.tes_strategy == "llm"  # left unset: the environment fills it
+    assert Context().iav_mode == "off" and Context().resolved.iav_modes == ()
+    assert Context.from_overrides({"iav_mode": "auto"}).iav_mode == "auto"  # as from --set
+    import dataclasses
+    assert dataclasses.replace(c, max_reflections=1).iav_mode == "auto"  # a copy keeps its values
+
+
+def test_settings_are_resolved_once_into_a_frozen_object():
+    import dataclasses
+
+    from i2cr.graph.context import Resolved
+
+    c = Context(llm="openai:gpt-4o", max_vif_rounds=2)
+    r = c.resolved
+    assert r is c.resolved  # decided once
+    assert r == Resolved(strategy="llm", uses_llm=True, uses_ranker=False, llm_picks_tools=True,
+                         query_clues="round", fallback_answer="text",
+                         iav_modes=("clip", "caption"),
+                         tool_names=("ocr", "caption", "dense_captions", "tags"), vif_cap=2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.llm = "none"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.strategy = "retrieval"  # type: ignore[misc]
+    h = Context(tes_strategy="hybrid", llm="openai:gpt-4o", iav_mode="caption").resolved
+    assert (h.uses_llm, h.uses_ranker, h.llm_picks_tools, h.query_clues, h.fallback_answer,
+            h.iav_modes) == (True, True, False, "cumulative", "last", ("caption",))
+
+
+def test_values_are_read_as_their_annotated_type(monkeypatch):
+    c = Context.from_overrides({"prune_k": "none", "vif_llm_choice": "off", "hybrid_top_k": "3",
+                                "nil_threshold": "0.25", "kb": "none"})
+    assert (c.prune_k, c.vif_llm_choice, c.hybrid_top_k, c.nil_threshold, c.kb) == (
+        None, False, 3, 0.25, None)
+    assert Context.from_overrides({"llm": "none"}).llm == "none"  # a plain string stays one
+    for key, bad, says in (("max_reflections", "three", "as a whole number"),
+                           ("vif_llm_choice", "maybe", "as true or false"),
+                           ("iav_threshold", "high", "as a number")):
+        with pytest.raises(ValueError) as e:
+            Context.from_overrides({key: bad})
+        assert str(e.value) == f"setting {key!r}: cannot read {bad!r} {says}"
+    monkeypatch.setenv("I2CR_HYBRID_TOP_K", "many")
+    with pytest.raises(ValueError, match="^setting 'hybrid_top_k': cannot read 'many' as a whole "
+                                         "number$"):
+        Context()

@@ -212,14 +212,12 @@ def test_prefetch_encodes_every_text_the_graph_asks_for(tmp_path):
     items = load_mentions(EXAMPLES / "mentions.json", EXAMPLES / "labels.json")
     ctx = Context(embedding_cache=str(tmp_path / "store"))
     assert ctx.query_clues == "cumulative"
-    resources.reset()
     emb = resources.embedder(ctx)
     assert prefetch(items, ctx) > 0
     before = emb.encoded
     recs = list(run(items, ctx, progress=False))
     assert len(recs) == 4 and any(len(r["rounds"]) > 2 for r in recs)  # VIF rounds did run
     assert emb.encoded == before  # nothing was left to encode one at a time
-    resources.reset()
 
 
 def test_a_record_is_correct_by_the_same_rule_the_metrics_use():

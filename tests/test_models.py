@@ -35,10 +35,10 @@ def test_unknown_embedder_fails_clearly_offline():
 
 def test_tiny_clip_scores_in_logit_units(tiny_clip_config, image_file):
     from i2cr.clip import ClipScorer
-    from i2cr.images import IMAGES
+    from i2cr.images import ImageLoader
 
     clip = ClipScorer("i2cr-tiny-clip", None, model_config=tiny_clip_config)  # its own caches
-    img = IMAGES.load(image_file)
+    img = ImageLoader().load(image_file)
     scores = clip.score(img.image, ["a basketball player", "a city (in France)"])
     assert len(scores) == 2 and all(-100.0 <= s <= 100.0 for s in scores)
     n = clip.forward_passes

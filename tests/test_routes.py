@@ -117,9 +117,9 @@ def test_vif_runs_one_tool_per_round_in_the_order_the_llm_asks(settings, jordan,
 def test_vif_clue_can_change_the_answer_when_it_passes_iav(settings, jordan, image_file):
     ctx = settings(None)
     clip = resources.clip(ctx)
-    from i2cr.images import IMAGES
+    from i2cr.images import ImageLoader
 
-    img = IMAGES.load(image_file)
+    img = ImageLoader().load(image_file)
     cands = {c["name"]: c for c in jordan()["candidates"]}
     a, b = "Jordan Peele", "Michael Jordan"
     sa, sb = clip.score(img.image, [entity_text(cands[a]), entity_text(cands[b])])

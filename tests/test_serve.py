@@ -385,7 +385,7 @@ def test_a_host_that_resolves_public_but_connects_private_is_cut_off(image_serve
         if host == "127.0.0.1" else real(host, port, *a, **k))
     with images.using_policy(images.ImagePolicy.server()):
         with pytest.raises(images.ImageError, match="connected to a loopback"):
-            images.IMAGES.load(image_server.url)
+            images.ImageLoader().load(image_server.url)
 
 
 # --- the playground ------------------------------------------------------------------------------

@@ -5,9 +5,10 @@ a pool of actors that each hold one set of models, results written by the driver
   I2CR JSON dict in chunks: :mod:`i2cr.engine.stream`) into small blocks of raw JSON text; the
   driver never holds the input. Records keep their input order and position (``idx``).
 - **Linking.** ``map_batches`` over an actor pool (``workers`` actors): each actor loads the
-  models once (:mod:`i2cr.graph.resources` caches them per process), turns each raw record into a
-  mention or an error exactly as :func:`i2cr.data.load_mentions` does, prefetches the batch's
-  embeddings in one go, and links the batch (``concurrency`` mentions in flight for API backends).
+  models once (its settings hold one :class:`i2cr.graph.resources.Resources`), turns each raw
+  record into a mention or an error exactly as :func:`i2cr.data.load_mentions` does, prefetches
+  the batch's embeddings in one go, and links the batch (``concurrency`` mentions in flight for
+  API backends).
   A KB is opened by each worker from its path (``settings.kb``); no KB data passes the driver.
 - **Writing.** The driver writes each record once (results JSONL, or Parquet parts with an
   ``.parquet`` output), in input order, as batches complete; an id already written is never
@@ -30,20 +31,28 @@ Ray that i2cr starts itself has no dashboard.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import pickle
+import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
+from .. import llm
 from ..data import DataError, Mention, load_labels, shuffle_candidates, to_item, with_documents
 from ..eval.metrics import llm_failed, structured_fallback
 from ..eval.runner import ResultWriter, RunStats, Warn, prefetch, read_results, run_one, warn_stderr
-from ..graph import Context
+from ..graph import Context, resources
+from ..graph.resources import Resources
 from ..linker import error_record, link_mention
 from .ids import RunIds
 from .stream import iter_stream
@@ -168,14 +177,13 @@ class LinkActor:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         import ray
 
-        from ..graph import resources
-
         self.job = job
         self.done: frozenset[str] = ray.get(done[0]) if done else frozenset()
         self.gold = load_labels(job.labels) if job.labels else {}
         node = ray.get_runtime_context().get_node_id()
         self.node = f"{node}@{ray.util.get_node_ip_address()}"  # reported per batch
-        self.settings = _node_llm(job.settings, node)
+        # the actor's one set of models, for its life (the job's settings arrive without any)
+        self.settings = dataclasses.replace(_node_llm(job.settings, node), resources=Resources())
         if not job.dry_run:
             try:
                 resources.embedder(self.settings)
@@ -235,8 +243,6 @@ class LinkActor:
         n = self.job.concurrency
         if n <= 1 or len(items) < 2:
             return [run_one(it, self.settings, self.job.linker) for it in items]
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max_workers=n) as pool:
             return list(pool.map(lambda it: run_one(it, self.settings, self.job.linker), items))
 
@@ -256,8 +262,6 @@ def _embedded(settings: Context) -> bool:
 
 def _node_llm(settings: Context, node: str) -> Context:
     """The settings of an actor on ``node``: with the embedded backend, its node's server."""
-    import dataclasses
-
     if not _embedded(settings):
         return settings
     import ray
@@ -274,8 +278,6 @@ class LlamaServer:
     """The node's llama.cpp server (a child process of this actor, stopped with it)."""
 
     def __init__(self, spec: str):
-        from .. import llm
-
         _, model, _ = llm.parse_spec("embedded" if spec == "none" else spec)
         self.server = llm.EmbeddedServer(Path(model) if model else llm.smollm2_gguf()).start()
 
@@ -427,10 +429,6 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
             desc: str = "linking") -> Iterator[dict[str, Any]]:
     """Link every record of ``job.path`` on Ray, yielding result records in input order (those
     already in ``out`` skipped on resume), each id once. See the module doc."""
-    import warnings
-
-    from tqdm.auto import tqdm
-
     warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
     st = stats if stats is not None else RayStats()
     t_start = time.perf_counter()
@@ -567,6 +565,4 @@ def done_ids(out: str | Path) -> set[str]:
 
 def _say(progress: bool, msg: str) -> None:
     if progress:
-        import sys
-
         print(f"i2cr: {msg}", file=sys.stderr, flush=True)

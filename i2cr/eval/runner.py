@@ -17,14 +17,21 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from ..data import DataError, Mention
-from ..graph import Context
+from ..embeddings import ModelUnavailable
+from ..graph import Context, resources
+from ..graph.iav import caption_text
 from ..graph.state import Clue
+from ..graph.texts import clue_sequence
 from ..linker import error_record, link_mention
+from ..texts import entity_text, query_for
 from .metrics import llm_failed, structured_fallback
 
 Warn = Callable[[str], None]
@@ -149,11 +156,6 @@ def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
     VIF queries are batched even though a third or more of the mentions pass IAV in round 1: the
     graph runs nodes on worker threads, where one-text encodes of these long queries ran about 50%
     slower than in a batch, which cost more than encoding the unused ones."""
-    from ..graph import resources
-    from ..graph.iav import caption_text
-    from ..graph.texts import clue_sequence
-    from ..texts import entity_text, query_for
-
     emb = resources.embedder(settings)
     ranker = resources.ranker(settings) if settings.uses_ranker else None
     texts: list[str] = []
@@ -173,7 +175,7 @@ def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
             texts.extend(entity_text(c) for c in cands)
             queries.extend(query_for(m.mention, m.context, r, settings) for r in rounds)
         cap = caption_text({"precomputed_clues": m.clues})
-        if cap and settings.iav_mode in ("auto", "caption"):
+        if cap and "caption" in settings.resolved.iav_modes:
             queries.append(cap)
     before = emb.encoded
     emb.warm(texts)
@@ -225,21 +227,19 @@ def _say(progress: bool, msg: str) -> None:
 
 def load_models(items: list[Mention | DataError], settings: Context) -> list[str]:
     """Load the models the run will need before the first mention (the embedder, and CLIP when a
-    mention has an image and IAV may use it). Returns their names; a model that cannot load is
-    left for the graph to report per mention."""
-    from ..embeddings import ModelUnavailable
-    from ..graph import resources
+    mention has an image and IAV may use it), into the settings' resources. Returns their names; a
+    model that cannot load is left for the graph to report per mention."""
 
     names = []
     resources.embedder(settings)
     names.append(settings.embedder)
-    if settings.iav_mode in ("auto", "clip") and any(
+    if "clip" in settings.resolved.iav_modes and any(
             isinstance(m, Mention) and m.image for m in items):
         try:
             resources.clip(settings)
             names.append(settings.clip_model)
         except ModelUnavailable:
-            pass  # remembered by resources; each mention records why IAV did not use CLIP
+            pass  # each mention records why IAV did not use CLIP (and the next run tries again)
     return names
 
 
@@ -258,10 +258,6 @@ def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | P
     ``stats`` (a :class:`RunStats`) is filled in as the run goes: counts and per-phase times.
     With ``progress``, each phase (loading models, embedding, linking) has its own progress line.
     """
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    from tqdm.auto import tqdm
-
     st = stats if stats is not None else RunStats()
     t_start = time.perf_counter()
     items = list(items)

@@ -2,15 +2,27 @@
 
 It is the graph's ``context_schema``: nodes read it through ``Runtime[Context]``. Each field can
 also be set through the environment as ``I2CR_<FIELD>`` (e.g. ``I2CR_ICR_THRESHOLD=0.8``); a value
-passed explicitly wins over the environment, which wins over the default.
+passed explicitly wins over the environment (even one equal to the default), and the environment
+only fills a field left unset. A :class:`Context` is frozen: its ``auto`` settings are decided
+once, into :class:`Resolved` (``Context.resolved``), which the nodes read.
 """
 
 from __future__ import annotations
 
 import os
+import types
 import typing
-from dataclasses import MISSING, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field, fields
+from functools import cache, cached_property
+from typing import Any, Literal, cast, get_args, get_origin
+
+from ..prompts import PROFILES
+from ..ranker import load_weights
+from ..tools import registered_tools
+from ..tools.base import plugin_errors
+from ..tools.builtin import PAPER_ORDER
+from ..tools.factory import parse_backends
+from .resources import Resources
 
 # Calibrated defaults per model, in each model's own units. The paper's values are for its
 # models (SFR-Embedding-Mistral cosine 0.8, ViT-bigG-14 CLIP logit 31); the MiniLM value was
@@ -27,7 +39,50 @@ SFR_QUERY_PREFIX = ("Instruct: Given a mention and its context, retrieve the ent
                     "refers to\nQuery: ")
 
 
-@dataclass(kw_only=True)
+Strategy = Literal["llm", "retrieval", "hybrid"]
+ClueMode = Literal["round", "cumulative"]
+FallbackAnswer = Literal["text", "last"]
+IavMode = Literal["clip", "caption"]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Every ``auto`` (or None-means-derived) setting of a :class:`Context`, decided once from
+    the settings alone. (ICR's threshold, which may come from the ranker's weights file, is
+    :attr:`Context.alpha`.)"""
+
+    strategy: Strategy  # tes_strategy: 'auto' is retrieval without an LLM, else llm
+    uses_llm: bool  # TES asks an LLM (always, or when the ranker is unsure)
+    uses_ranker: bool  # the ranker gives (most) TES answers: ICR's alpha, clue mode, fallback
+    llm_picks_tools: bool  # VIF asks the LLM for a tool (llm strategy with vif_llm_choice)
+    query_clues: ClueMode  # clue_mode: 'auto' is cumulative with the ranker, else round
+    fallback_answer: FallbackAnswer  # fallback: 'auto' is last with cumulative clues, else text
+    iav_modes: tuple[IavMode, ...]  # iav_mode: the modes prepare may choose, best first
+    tool_names: tuple[str, ...]  # tools, in fallback order
+    vif_cap: int  # max_vif_rounds: None is one round per tool
+
+    @classmethod
+    def of(cls, c: Context) -> Resolved:
+        """The resolution of ``c``'s settings (already checked by ``Context.__post_init__``)."""
+        strategy = cast(Strategy, c.tes_strategy) if c.tes_strategy != "auto" else (
+            "retrieval" if (c.llm == "none" and c.chat_model is None) else "llm")
+        uses_ranker = strategy in ("retrieval", "hybrid")
+        query_clues = cast(ClueMode, c.clue_mode) if c.clue_mode != "auto" else (
+            "cumulative" if uses_ranker else "round")
+        fallback = cast(FallbackAnswer, c.fallback) if c.fallback != "auto" else (
+            "last" if query_clues == "cumulative" else "text")
+        modes: dict[str, tuple[IavMode, ...]] = {
+            "auto": ("clip", "caption"), "clip": ("clip",), "caption": ("caption",), "off": ()}
+        tools = tuple(t.strip() for t in c.tools.split(",") if t.strip())
+        return cls(strategy=strategy, uses_llm=strategy in ("llm", "hybrid"),
+                   uses_ranker=uses_ranker,
+                   llm_picks_tools=c.vif_llm_choice and strategy == "llm",
+                   query_clues=query_clues, fallback_answer=fallback,
+                   iav_modes=modes[c.iav_mode], tool_names=tools,
+                   vif_cap=len(tools) if c.max_vif_rounds is None else c.max_vif_rounds)
+
+
+@dataclass(kw_only=True, frozen=True)
 class Context:
     """Settings of an I2CR run (the graph's ``context_schema``)."""
 
@@ -186,18 +241,26 @@ class Context:
     # --- objects (not settable from the environment) --------------------------------------------
     chat_model: Any = field(default=None, metadata={"env": False, "description": (
         "An already-built langchain chat model; overrides 'llm' (used by tests and notebooks).")})
+    resources: Any = field(default=None, compare=False, repr=False, metadata={
+        "env": False, "description": (
+            "The run's models and tools (i2cr.graph.resources.Resources); None builds a new one, "
+            "so a new Context is a new run. Copies of the settings share it.")})
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Context:
+        self = super().__new__(cls)
+        # the fields given explicitly: the environment fills only the others
+        object.__setattr__(self, "_explicit", frozenset(kwargs))
+        return self
 
     def __post_init__(self) -> None:
+        explicit = self.__dict__.get("_explicit", frozenset())
+        hints = setting_types()
         for f in fields(self):
-            if f.metadata.get("env", True) is False:
+            if f.metadata.get("env", True) is False or f.name in explicit:
                 continue
             env = os.environ.get(f"I2CR_{f.name.upper()}")
-            if env is None:
-                continue
-            default = f.default if f.default is not MISSING else None
-            if getattr(self, f.name) != default:
-                continue  # explicit value wins over the environment
-            setattr(self, f.name, _coerce(env, f.type, f.name))
+            if env is not None:
+                object.__setattr__(self, f.name, coerce_setting(env, hints[f.name], f.name))
         if self.max_reflections < 0:
             raise ValueError("max_reflections must be >= 0")
         if self.iav_mode not in {"auto", "clip", "caption", "off"}:
@@ -209,8 +272,6 @@ class Context:
             raise ValueError(f"hybrid_threshold must be within 0..1, not {self.hybrid_threshold}")
         if self.hybrid_top_k < 1:
             raise ValueError(f"hybrid_top_k must be >= 1, not {self.hybrid_top_k}")
-        from ..prompts import PROFILES
-
         if self.prompt_profile not in PROFILES:
             raise ValueError(f"prompt_profile must be one of {', '.join(PROFILES)}, not "
                              f"{self.prompt_profile!r}")
@@ -227,22 +288,21 @@ class Context:
         if self.kb_top_k < 1:
             raise ValueError(f"kb_top_k must be >= 1, not {self.kb_top_k}")
         self._check_tools()
+        if self.resources is None:
+            object.__setattr__(self, "resources", new_resources())
+        elif not isinstance(self.resources, Resources):
+            raise ValueError("resources must be an i2cr.graph.resources.Resources, not "
+                             f"{type(self.resources).__name__}")
 
     def _check_tools(self) -> None:
         """``tools`` must name built-in, registered or declared (entry-point) tools,
         ``tool_backend`` known backends for known tools (plug-ins are looked up only when a name is
         not a built-in)."""
-        from ..tools.builtin import PAPER_ORDER
-        from ..tools.factory import parse_backends
-
         names = self.tool_names
         if not names and self.tools.strip():
             raise ValueError(f"tools {self.tools!r} names no tool")
         unknown = [n for n in names if n not in PAPER_ORDER]
         if unknown:
-            from ..tools import registered_tools
-            from ..tools.base import plugin_errors
-
             plugins = registered_tools()
             # a declared plug-in that failed to load was already named in its own warning; the
             # run goes on without it, as with any tool that cannot run
@@ -264,65 +324,57 @@ class Context:
                                  f"the tool {t!r} (tesseract serves ocr; clip serves caption, tags)")
 
     # derived values ---------------------------------------------------------------------------
+    @cached_property
+    def resolved(self) -> Resolved:
+        """The ``auto`` settings decided (once: a Context is frozen)."""
+        return Resolved.of(self)
+
     @property
     def alpha(self) -> float:
         """ICR's threshold: the setting, else for the retrieval ranker the value its calibration
         chose by cross-validation, else the embedder's calibrated value."""
         if self.icr_threshold is not None:
             return float(self.icr_threshold)
-        if self.uses_ranker:
-            from ..ranker import load_weights
-
+        if self.resolved.uses_ranker:
             fitted = load_weights(self.ranker_weights).icr_threshold
             if fitted.get("embedder") == self.embedder and fitted.get("value") is not None:
                 return float(fitted["value"])
         return ICR_THRESHOLDS.get(self.embedder, DEFAULT_ICR_THRESHOLD)
 
+    # the resolved values under their usual names
     @property
-    def query_clues(self) -> str:
-        """The clue mode in force: 'round' or 'cumulative'."""
-        if self.clue_mode != "auto":
-            return self.clue_mode
-        return "cumulative" if self.uses_ranker else "round"
+    def strategy(self) -> Strategy:
+        return self.resolved.strategy
 
     @property
-    def fallback_answer(self) -> str:
-        """What stands when no round passes IAV: 'text' or 'last'."""
-        if self.fallback != "auto":
-            return self.fallback
-        return "last" if self.query_clues == "cumulative" else "text"
+    def query_clues(self) -> ClueMode:
+        return self.resolved.query_clues
 
     @property
-    def strategy(self) -> str:
-        """The TES strategy in force: 'llm', 'retrieval' or 'hybrid'."""
-        if self.tes_strategy != "auto":
-            return self.tes_strategy
-        return "retrieval" if (self.llm == "none" and self.chat_model is None) else "llm"
+    def fallback_answer(self) -> FallbackAnswer:
+        return self.resolved.fallback_answer
 
     @property
     def uses_llm(self) -> bool:
-        """Whether the run needs an LLM backend (TES by the LLM, always or when unsure)."""
-        return self.strategy in ("llm", "hybrid")
+        return self.resolved.uses_llm
 
     @property
     def uses_ranker(self) -> bool:
-        """Whether the ranker gives (most) TES answers: it then also sets ICR's alpha, the clue
-        mode and the fallback, as with retrieval."""
-        return self.strategy in ("retrieval", "hybrid")
+        return self.resolved.uses_ranker
 
     @property
     def llm_picks_tools(self) -> bool:
         """Whether VIF asks the LLM for a tool (hybrid keeps the fixed order: it spends at most
         one LLM call, on the answer that stands)."""
-        return self.vif_llm_choice and self.strategy == "llm"
+        return self.resolved.llm_picks_tools
 
     @property
     def tool_names(self) -> list[str]:
-        return [t.strip() for t in self.tools.split(",") if t.strip()]
+        return list(self.resolved.tool_names)
 
     @property
     def vif_cap(self) -> int:
-        return len(self.tool_names) if self.max_vif_rounds is None else self.max_vif_rounds
+        return self.resolved.vif_cap
 
     def public(self) -> dict[str, Any]:
         """The settings as plain values, for reports and traces (objects left out)."""
@@ -333,43 +385,76 @@ class Context:
     def from_overrides(cls, overrides: dict[str, Any] | None = None) -> Context:
         """Build from ``name -> value`` pairs, coercing strings (as from ``--set k=v``)."""
         overrides = dict(overrides or {})
-        hints = typing.get_type_hints(cls)
-        known = {f.name for f in fields(cls)}
+        hints = setting_types()
         kwargs = {}
         for k, v in overrides.items():
-            if k not in known:
-                raise ValueError(f"unknown setting {k!r}; known: {', '.join(sorted(known))}")
-            kwargs[k] = _coerce(v, hints[k], k) if isinstance(v, str) else v
+            if k not in hints:
+                raise ValueError(f"unknown setting {k!r}; known: {', '.join(sorted(hints))}")
+            kwargs[k] = coerce_setting(v, hints[k], k) if isinstance(v, str) else v
         return cls(**kwargs)
 
 
-def _coerce(value: str, typ: Any, name: str) -> Any:
-    t = str(typ)
-    nullable = "None" in t
-    if nullable and value.strip().lower() in {"", "none", "null"}:
+def setting_types() -> dict[str, Any]:
+    """Each setting's annotation (resolved from the class's string annotations)."""
+    return _HINTS
+
+
+def setting_kind(hint: Any) -> tuple[Any, bool]:
+    """(the type a setting holds, whether it may be None), read from its annotation:
+    ``float | None`` -> (float, True); ``Literal['a', 'b']`` -> (the Literal, False)."""
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        nullable = len(args) < len(get_args(hint))
+        return (args[0] if len(args) == 1 else Any), nullable
+    return hint, False
+
+
+def coerce_setting(value: str, hint: Any, name: str) -> Any:
+    """``value`` (a string, as from ``--set`` or the environment) as the type of the setting
+    ``name``, or ValueError naming the setting in one line."""
+    typ, nullable = setting_kind(hint)
+    text = value.strip().lower()
+    if nullable and text in {"", "none", "null"}:
         return None
-    try:
-        if "bool" in t:
-            if value.strip().lower() in {"1", "true", "yes", "on"}:
-                return True
-            if value.strip().lower() in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError(value)
-        if "float" in t:
-            return float(value)
-        if "int" in t:
-            return int(value)
-    except ValueError:
-        raise ValueError(f"setting {name!r}: cannot read {value!r} as {t}") from None
+    if typ is bool:
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"setting {name!r}: cannot read {value!r} as true or false")
+    if typ is int or typ is float:
+        try:
+            return typ(value)
+        except ValueError:
+            kind = "a whole number" if typ is int else "a number"
+            raise ValueError(f"setting {name!r}: cannot read {value!r} as {kind}") from None
+    if get_origin(typ) is Literal and value not in get_args(typ):
+        raise ValueError(f"setting {name!r}: {value!r} is not one of "
+                         f"{', '.join(map(str, get_args(typ)))}")
     return value
 
 
+_HINTS: dict[str, Any] = {f.name: typing.get_type_hints(Context)[f.name] for f in fields(Context)}
+def new_resources() -> Resources:
+    """The resources of a new run: a new, empty :class:`Resources` (the models load on first use).
+    (The test suite replaces this to load its models once per session.)"""
+    return Resources()
+
+
+@cache
+def default_settings() -> Context:
+    """The settings (and so the resources) of runs given no context at all."""
+    return Context()
+
+
 def settings_of(runtime: Any) -> Context:
-    """The run's :class:`Context`, whether LangGraph handed over an instance, a dict (as from
-    Studio or the API server) or nothing at all."""
+    """The run's :class:`Context`. LangGraph builds it once per run from a dict (as from Studio or
+    the API server); a dict still here (a graph compiled without the schema) is read as
+    ``--set`` values, and no context at all means the defaults (one Context for all such runs,
+    so that they share its models)."""
     ctx = getattr(runtime, "context", None)
     if ctx is None:
-        return Context()
+        return default_settings()
     if isinstance(ctx, dict):
         return Context.from_overrides(ctx)
     return ctx

@@ -17,7 +17,7 @@ from langgraph.runtime import Runtime
 
 from ..data import NIL
 from ..embeddings import ModelUnavailable
-from ..images import IMAGES, ImageError
+from ..images import ImageError
 from ..texts import entity_text
 from . import resources
 from .context import Context, settings_of
@@ -37,7 +37,7 @@ def iav_score(state: State, ctx: Context, name: str) -> tuple[float, float]:
         ref = state.get("image")
         if ref is None:  # prepare chooses CLIP only for an image that loaded
             raise ImageError("missing", "no image to compare with")
-        img = IMAGES.load(ref)
+        img = ctx.resources.images.load(ref)
         score = resources.clip(ctx).score(img.image, [entity_text(cand)], image_key=img.sha256)[0]
         return score, ctx.iav_threshold
     sim = resources.embedder(ctx).similarity(caption_text(state), [entity_text(cand)])[0]

@@ -8,19 +8,21 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from ..embeddings import ModelUnavailable
-from ..images import IMAGES, ImageError
+from ..images import ImageError
 from ..tools import ToolInput
 from . import resources
 from .context import Context, settings_of
 from .state import State
+from .tes import retrieval_ranking
 
 
 def choose_iav_mode(state: State, ctx: Context, image_ok: bool) -> tuple[str | None, str | None]:
     """(mode, reason): 'clip', 'caption' or None, and why a better mode was not possible."""
-    if ctx.iav_mode == "off":
+    modes = ctx.resolved.iav_modes
+    if not modes:
         return None, "IAV switched off"
     reason = None
-    if ctx.iav_mode in ("auto", "clip"):
+    if "clip" in modes:
         if image_ok:
             try:
                 resources.clip(ctx)
@@ -29,7 +31,7 @@ def choose_iav_mode(state: State, ctx: Context, image_ok: bool) -> tuple[str | N
                 reason = f"CLIP unavailable: {e}"
         else:
             reason = "no usable image for CLIP"
-        if ctx.iav_mode == "clip":
+        if "caption" not in modes:
             return None, reason
     clues = state.get("precomputed_clues") or {}
     if any(str(clues.get(k) or "").strip() for k in ("Caption", "Tags")):
@@ -54,8 +56,6 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     if not cands:
         events.append({"type": "no_candidates"})
     elif ctx.prune_k and len(cands) > ctx.prune_k:
-        from .tes import retrieval_ranking
-
         ranking = retrieval_ranking({**state, "round": 1, "clues": []}, ctx, cands)
         keep = ranking.order[: ctx.prune_k]
         pruned = [cands[i] for i in sorted(keep)]
@@ -75,7 +75,7 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         status, reason = "absent", "the mention has no image"
     else:
         try:
-            IMAGES.load(ref, deadline=ctx.image_timeout)
+            ctx.resources.images.load(ref, deadline=ctx.image_timeout)
             status, reason = "ok", None
         except ImageError as e:
             status, reason = e.kind, e.reason

@@ -1,99 +1,126 @@
-"""Models and tools a run needs, built once per process per setting and shared by all mentions.
+"""Models and tools a run needs, held by one :class:`Resources` object per run.
 
-Nodes ask for them through :func:`resources`; nothing heavy lives in the graph state.
+A :class:`~i2cr.graph.context.Context` carries its ``Resources`` (``Context.resources``): the caller
+that starts a run builds the settings, and so one ``Resources``, once (``link`` per call, the eval
+runner per run, a server process and each Ray worker for their life); copies of the settings
+(``dataclasses.replace``, a server's per-request settings) share it. Inside it each model is built
+on first use and kept for the settings that shape it (a server's requests may differ in their
+thresholds, not in their models). A model that fails to load is not remembered: the next mention
+or run asks again. An image that failed is remembered for the run only (in its ``images``).
+Nodes reach them through the module functions (``resources.embedder(ctx)``). Nothing heavy lives
+in the graph state, and models do not travel: a pickled ``Resources`` (in the settings sent to a
+worker) arrives empty.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..clip import ClipScorer
-from ..embeddings import Embedder, ModelUnavailable
+from ..embeddings import Embedder
+from ..images import ImageLoader
 from ..llm import load_chat_model
 from ..ranker import Ranker, load_weights
-from ..tools import VisualTool, build_tools
-from .context import Context
+from ..tools import VisualTool, build_tools, registered_tools
 
-_LOCK = threading.RLock()
-_EMBEDDERS: dict[tuple, Embedder] = {}
-_CLIPS: dict[tuple, ClipScorer | ModelUnavailable] = {}
-_CHATS: dict[tuple, Any] = {}
+if TYPE_CHECKING:
+    from .context import Context
 
+
+class Resources:
+    """The models and tools of a run (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._embedders: dict[tuple, Embedder] = {}
+        self._clips: dict[tuple, ClipScorer] = {}
+        self._chats: dict[tuple, Any] = {}
+        self._tools: dict[tuple, dict[str, VisualTool]] = {}
+        self.images = ImageLoader()  # the run's images, decoded once for prepare, IAV and tools
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # models stay in their process; a worker builds its own
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return (f"Resources({len(self._embedders)} embedder(s), {len(self._clips)} CLIP, "
+                f"{len(self._chats)} chat model(s), {len(self._tools)} tool set(s))")
+
+    def embedder(self, ctx: Context) -> Embedder:
+        key = (ctx.embedder, ctx.device, ctx.embed_batch_size, ctx.allow_downloads,
+               ctx.embedding_cache, ctx.embed_dtype)
+        with self._lock:
+            if key not in self._embedders:
+                self._embedders[key] = Embedder(ctx.embedder, device=ctx.device,
+                                                batch_size=ctx.embed_batch_size,
+                                                allow_downloads=ctx.allow_downloads,
+                                                store_dir=ctx.embedding_cache,
+                                                dtype=ctx.embed_dtype)
+            return self._embedders[key]
+
+    def ranker(self, ctx: Context) -> Ranker:
+        """The retrieval ranker over the run's embedder and weights."""
+        return Ranker(self.embedder(ctx), load_weights(ctx.ranker_weights), ctx)
+
+    def clip(self, ctx: Context) -> ClipScorer:
+        """The CLIP scorer, or :class:`~i2cr.embeddings.ModelUnavailable` with the reason (not
+        remembered: asking again tries again, which for missing weights costs microseconds)."""
+        key = (ctx.clip_model, ctx.clip_pretrained, ctx.clip_model_config, ctx.device,
+               ctx.allow_downloads)
+        with self._lock:
+            if key not in self._clips:
+                self._clips[key] = ClipScorer(ctx.clip_model, ctx.clip_pretrained,
+                                              model_config=ctx.clip_model_config,
+                                              device=ctx.device,
+                                              allow_downloads=ctx.allow_downloads)
+            return self._clips[key]
+
+    def chat_model(self, ctx: Context) -> Any:
+        if ctx.chat_model is not None:
+            return ctx.chat_model
+        spec = "embedded" if ctx.llm == "none" else ctx.llm  # the default LLM when one is asked for
+        key = (spec, ctx.llm_temperature, ctx.llm_max_tokens, ctx.llm_timeout, ctx.llm_retries,
+               ctx.llm_backoff, ctx.llm_backoff_max)
+        with self._lock:
+            if key not in self._chats:
+                self._chats[key] = load_chat_model(
+                    spec, temperature=ctx.llm_temperature, max_tokens=ctx.llm_max_tokens,
+                    timeout=ctx.llm_timeout, retries=ctx.llm_retries, backoff=ctx.llm_backoff,
+                    backoff_max=ctx.llm_backoff_max)
+            return self._chats[key]
+
+    def tools(self, ctx: Context) -> dict[str, VisualTool]:
+        """The run's visual tools, built once per settings (and per set of registered plug-ins)."""
+        key = (ctx.tools, ctx.tool_backend, ctx.vision_endpoint, ctx.vision_timeout,
+               ctx.vision_retries, ctx.vision_backoff, ctx.clue_cache, ctx.clip_model,
+               ctx.clip_pretrained, ctx.clip_model_config, ctx.device,
+               tuple(sorted((n, id(t)) for n, t in registered_tools().items())))
+        with self._lock:
+            if key not in self._tools:
+                self._tools[key] = build_tools(ctx, get_clip=lambda: self.clip(ctx))
+            return self._tools[key]
+
+
+# the run's resources for a node holding its settings -------------------------------------------
 
 def embedder(ctx: Context) -> Embedder:
-    key = (ctx.embedder, ctx.device, ctx.embed_batch_size, ctx.allow_downloads, ctx.embedding_cache,
-           ctx.embed_dtype)
-    with _LOCK:
-        if key not in _EMBEDDERS:
-            _EMBEDDERS[key] = Embedder(ctx.embedder, device=ctx.device,
-                                       batch_size=ctx.embed_batch_size,
-                                       allow_downloads=ctx.allow_downloads,
-                                       store_dir=ctx.embedding_cache,
-                                       dtype=ctx.embed_dtype)
-        return _EMBEDDERS[key]
+    return ctx.resources.embedder(ctx)
 
 
 def ranker(ctx: Context) -> Ranker:
-    """The retrieval ranker over the run's embedder and weights (weights are parsed once)."""
-    return Ranker(embedder(ctx), load_weights(ctx.ranker_weights), ctx)
+    return ctx.resources.ranker(ctx)
 
 
 def clip(ctx: Context) -> ClipScorer:
-    """The CLIP scorer, or :class:`ModelUnavailable` raised with the reason (remembered, so a
-    missing model is reported once per run, not retried per mention)."""
-    key = (ctx.clip_model, ctx.clip_pretrained, ctx.clip_model_config, ctx.device,
-           ctx.allow_downloads)
-    with _LOCK:
-        if key not in _CLIPS:
-            try:
-                _CLIPS[key] = ClipScorer(ctx.clip_model, ctx.clip_pretrained,
-                                         model_config=ctx.clip_model_config, device=ctx.device,
-                                         allow_downloads=ctx.allow_downloads)
-            except ModelUnavailable as e:
-                _CLIPS[key] = e
-        got = _CLIPS[key]
-    if isinstance(got, ModelUnavailable):
-        raise got
-    return got
+    return ctx.resources.clip(ctx)
 
 
 def chat_model(ctx: Context) -> Any:
-    if ctx.chat_model is not None:
-        return ctx.chat_model
-    spec = "embedded" if ctx.llm == "none" else ctx.llm  # the default LLM when one is asked for
-    key = (spec, ctx.llm_temperature, ctx.llm_max_tokens, ctx.llm_timeout, ctx.llm_retries,
-           ctx.llm_backoff, ctx.llm_backoff_max)
-    with _LOCK:
-        if key not in _CHATS:
-            _CHATS[key] = load_chat_model(spec, temperature=ctx.llm_temperature,
-                                          max_tokens=ctx.llm_max_tokens, timeout=ctx.llm_timeout,
-                                          retries=ctx.llm_retries, backoff=ctx.llm_backoff,
-                                          backoff_max=ctx.llm_backoff_max)
-        return _CHATS[key]
-
-
-_TOOLS: dict[tuple, dict[str, VisualTool]] = {}
+    return ctx.resources.chat_model(ctx)
 
 
 def tools(ctx: Context) -> dict[str, VisualTool]:
-    """The run's visual tools, built once per settings (and per set of registered plug-ins)."""
-    from ..tools import registered_tools
-
-    key = (ctx.tools, ctx.tool_backend, ctx.vision_endpoint, ctx.vision_timeout,
-           ctx.vision_retries, ctx.vision_backoff, ctx.clue_cache, ctx.clip_model,
-           ctx.clip_pretrained, ctx.clip_model_config, ctx.device,
-           tuple(sorted((n, id(t)) for n, t in registered_tools().items())))
-    with _LOCK:
-        if key not in _TOOLS:
-            _TOOLS[key] = build_tools(ctx, get_clip=lambda: clip(ctx))
-        return _TOOLS[key]
-
-
-def reset() -> None:
-    """Forget every cached model (tests use it to measure loading)."""
-    with _LOCK:
-        _EMBEDDERS.clear()
-        _CLIPS.clear()
-        _CHATS.clear()
-        _TOOLS.clear()
+    return ctx.resources.tools(ctx)

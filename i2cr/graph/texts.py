@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..texts import query_for
+from ..tools.builtin import CLUE_KEYS, clue_text
 from .state import Clue
 
 
@@ -26,11 +27,9 @@ def round_query(state: Mapping[str, Any], settings: Any) -> str:
 
 def clue_sequence(clues: dict[str, Any] | None, tool_names: Sequence[str]) -> list[Clue]:
     """The useful precomputed clues in the order VIF's fixed order would fetch them."""
-    from ..tools.builtin import CLUE_KEYS, _clue_text
-
     out: list[Clue] = []
     for tool in tool_names:
-        text = _clue_text((clues or {}).get(CLUE_KEYS.get(tool, ""))).strip()
+        text = clue_text((clues or {}).get(CLUE_KEYS.get(tool, ""))).strip()
         if text:
             out.append({"tool": tool, "text": text, "ok": True})
     return out

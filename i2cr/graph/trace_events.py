@@ -12,6 +12,10 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any
 
+from langgraph.config import get_stream_writer
+
+from ..redact import scrub
+
 # set by traced_invoke; LangGraph runs nodes with a copy of the caller's context, so nodes on
 # worker threads see the same list
 COLLECTOR: ContextVar[list[dict[str, Any]] | None] = ContextVar("i2cr_trace_collector",
@@ -21,16 +25,12 @@ COLLECTOR: ContextVar[list[dict[str, Any]] | None] = ContextVar("i2cr_trace_coll
 def emit(event: dict[str, Any]) -> None:
     """Send one custom event (its error text, if any, scrubbed of secrets first)."""
     if isinstance(event.get("error"), str) and event["error"]:
-        from ..redact import scrub
-
         event = {**event, "error": scrub(event["error"])}
     sink = COLLECTOR.get()
     if sink is not None:
         sink.append(event)
         return
     try:
-        from langgraph.config import get_stream_writer
-
         get_stream_writer()(event)
     except Exception:  # noqa: BLE001 - outside a graph run, or no writer: nothing to do
         pass

@@ -32,17 +32,24 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from i2cr.data import DataError, Mention
+from i2cr.eval.runner import check_items, run_one
+from i2cr.graph import graph
 from i2cr.images import using_policy
+from i2cr.linker import result_record
 from i2cr.redact import error_text
 from i2cr.serve.config import BadRequest, ServerConfig
 from i2cr.serve.inputs import mention_from
 from i2cr.serve.keys import UNAUTHORIZED, verify
+from i2cr.serve.playground import page
+from i2cr.trace import TraceBuilder
+from i2cr.trace_page import mention_card
 
 log = logging.getLogger("i2cr.serve")
 MAX_TRACE_PARTS = 5000
@@ -139,8 +146,6 @@ class Served:
 
     def link(self, body: Any) -> tuple[dict[str, Any], int]:
         """The /link answer and its status (runs in a worker thread)."""
-        from i2cr.eval.runner import check_items, run_one
-
         if not isinstance(body, dict):
             raise BadRequest(f"request body must be a JSON object, not {type(body).__name__}")
         settings = self.config.run_settings(body.get("settings"))
@@ -186,11 +191,6 @@ class Served:
 
     def trace_card(self, body: Any) -> dict[str, Any]:
         """The result record and trace card of a streamed run (runs in a worker thread)."""
-        from i2cr.graph import graph
-        from i2cr.linker import result_record
-        from i2cr.trace import TraceBuilder
-        from i2cr.trace_page import mention_card
-
         if not isinstance(body, dict) or not isinstance(body.get("input"), dict):
             raise BadRequest("send {'input': the run's input, 'parts': its stream parts}")
         inp, parts = body["input"], body.get("parts")
@@ -255,8 +255,6 @@ def _guarded(served: Served, fn: Callable[[Request], Awaitable[Response]]) -> Ha
 
 def create_app(config: ServerConfig | None = None) -> Starlette:
     """The Starlette app of the custom routes, for ``config`` (default: the environment)."""
-    from i2cr.serve.playground import page
-
     cfg = config or ServerConfig.from_env()
     served = Served(cfg)
 
@@ -286,8 +284,6 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         return HTMLResponse(html, headers={"Content-Security-Policy": csp,
                                            "Referrer-Policy": "no-referrer",
                                            "X-Content-Type-Options": "nosniff"})
-
-    from starlette.middleware import Middleware
 
     app = Starlette(routes=[
         Route("/", playground, methods=["GET"]),

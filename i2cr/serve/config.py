@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import math
 import os
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from functools import cache, cached_property
+from functools import cached_property
 from typing import Any
 
-from ..graph.context import Context, _coerce
+from ..graph.context import Context, coerce_setting, setting_kind, setting_types
 from ..images import MAX_DATA_URL_BYTES, ImagePolicy
 from ..redact import register
 
@@ -110,7 +109,7 @@ def check_overrides(overrides: Any, base: Context) -> dict[str, Any]:
     if not isinstance(overrides, dict):
         raise BadRequest(f"settings must be an object of name -> value, not "
                          f"{type(overrides).__name__}")
-    hints = _hints()
+    hints = setting_types()
     typed: dict[str, Any] = {}
     for k, v in overrides.items():
         if k not in hints:
@@ -154,31 +153,26 @@ def check_image_ref(ref: Any, where: str = "image") -> None:
         raise BadRequest(f"{where}: URL scheme {scheme[:20]!r} is not http, https or data")
 
 
-@cache
-def _hints() -> dict[str, Any]:
-    return typing.get_type_hints(Context)
-
-
 def _typed(name: str, value: Any, hint: Any) -> Any:
     """A request's ``value`` for the setting ``name`` as its type (a string read as ``--set``
     reads it; JSON numbers, booleans and null only where the setting takes them; numbers
     finite), or :class:`BadRequest`."""
-    t = str(hint)
+    typ, nullable = setting_kind(hint)
     if isinstance(value, str):
         try:
-            value = _coerce(value, hint, name)
+            value = coerce_setting(value, hint, name)
         except ValueError as e:
             raise BadRequest(f"settings: {e}") from None
     elif value is None:
-        if "None" not in t:
+        if not nullable:
             raise BadRequest(f"setting {name!r} may not be null")
     else:
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if "bool" in t:
+        if typ is bool:
             ok, kind = isinstance(value, bool), "true or false"
-        elif "float" in t:
+        elif typ is float:
             ok, kind = number, "a number"
-        elif "int" in t:
+        elif typ is int:
             ok, kind = number and float(value).is_integer(), "a whole number"
             value = int(value) if ok else value
         else:

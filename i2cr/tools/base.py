@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..images import IMAGES, ImageError, LoadedImage
+from ..images import ImageError, ImageLoader, LoadedImage
 from ..redact import error_text, scrub
 
 ENTRY_POINT_GROUP = "i2cr.visual_tools"
@@ -50,8 +50,11 @@ class ToolInput:
     def image(self) -> LoadedImage:
         if not self.image_ref:
             raise ToolUnavailable("the mention has no image")
+        # the run's loader (its settings' resources), shared with prepare and IAV; else a new one
+        loader = getattr(getattr(self.settings, "resources", None), "images", None)
         try:
-            return IMAGES.load(self.image_ref)
+            return (loader if isinstance(loader, ImageLoader) else ImageLoader()).load(
+                self.image_ref)
         except ImageError as e:
             raise ToolUnavailable(f"image unusable ({e})") from None
 

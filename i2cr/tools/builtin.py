@@ -31,11 +31,12 @@ CLUE_KEYS = {"ocr": "OCR text", "caption": "Caption", "dense_captions": "Dense C
              "tags": "Tags"}
 
 
-def _clue_text(value: Any) -> str:
+def clue_text(value: Any) -> str:
+    """A precomputed clue value (text, list, or object with a text/name) as one line of text."""
     if value is None:
         return ""
     if isinstance(value, (list, tuple)):
-        return "; ".join(_clue_text(v) for v in value if v)
+        return "; ".join(clue_text(v) for v in value if v)
     if isinstance(value, dict):
         return str(value.get("text") or value.get("name") or value.get("object_name") or "")
     return str(value)
@@ -47,7 +48,7 @@ def precomputed_tool(name: str) -> VisualTool:
     def fn(inp: ToolInput) -> str:
         if not inp.precomputed or key not in inp.precomputed:
             raise ToolUnavailable(f"the sample has no precomputed {key!r}")
-        return _clue_text(inp.precomputed[key]).strip()
+        return clue_text(inp.precomputed[key]).strip()
 
     return VisualTool(name=name, description=DESCRIPTIONS[name], fn=fn, backend="precomputed",
                       needs_image=False,
