@@ -310,3 +310,27 @@ def test_a_generated_candidate_gets_the_prior_of_the_alias_the_mention_matched(a
     assert {g["name"]: g.get("prior") for g in ev["generated"]} == {
         "United Nations": 0.9, "UNESCO": 0.1, "Michael Jordan": None}
     assert out["answer"] == "United Nations"
+
+
+def test_the_alias_tables_likeliest_entities_come_first_even_when_no_search_finds_them(tmp_path):
+    ents = [{"id": "us", "name": "United States", "desc": "Country in North America.",
+             "aliases": [{"name": "Yankee Land", "prior": 1.0}]},
+            {"id": "ys", "name": "Yankee Stadium", "desc": "Baseball stadium in the Bronx.",
+             "aliases": [{"name": "Yankee Land", "prior": 0.2}]},
+            {"id": "nyy", "name": "New York Yankees", "desc": "Baseball team of the Bronx."},
+            {"id": "yc", "name": "Yankee Candle", "desc": "Yankee candle maker."},
+            {"id": "lr", "name": "Land Rover", "desc": "British car maker."},
+            {"id": "ll", "name": "La La Land", "desc": "Musical film set in Los Angeles."}]
+    build(write_jsonl(tmp_path / "e.jsonl", ents), tmp_path / "kb", embedder=EMBEDDER,
+          encode=encoder(), progress=False)
+    kb = open_kb(tmp_path / "kb", EMBEDDER)
+    v = resources.embedder(Context()).encode(
+        ["Yankee Land. Yankee Land fans cheered the Yankees at the stadium in the Bronx"],
+        query=True)[0]
+    ranked = kb.generate("Yankee Land", v, 4)
+    top = [e["name"] for e in ranked[:4]]
+    # the first ceil(4 / 2) come from the alias table, largest prior first; then the fusion
+    assert top[:2] == ["United States", "Yankee Stadium"], ranked[:4]
+    assert ranked[0]["prior"] == 1.0 and "prior" not in ranked[2]
+    # (the fusion alone would have put the stadium first: both searches rank it above)
+    assert max(ranked, key=lambda e: e["rrf"])["name"] == "Yankee Stadium"

@@ -296,9 +296,12 @@ class KB:
 
     def generate(self, mention: str, vector: np.ndarray, k: int, n: int = POOL
                  ) -> list[dict[str, Any]]:
-        """The fused ranking (reciprocal rank fusion of the alias table's, lexical and dense
-        hits), best first, at most ``max(k, n)`` entries, each with its scores. When the
-        mention's surface is an alias of some entities, their ``prior`` is the alias's prior
+        """The generated ranking, best first, at most ``max(k, n)`` entries, each with its
+        scores: reciprocal rank fusion of the alias table's, the lexical and the dense hits,
+        after the alias table's ``ceil(k / 2)`` most likely entities for the mention's surface
+        (as REL takes its first candidates by p(entity | mention) and the rest by context: RRF
+        rewards agreement, so an alias's top entity found by neither search would sink). When
+        the mention's surface is an alias of some entities, their ``prior`` is the alias's prior
         (p(entity | mention)) and the other entries have none; otherwise each keeps the entity's
         own prior, if it has one."""
         ali, lex, den = self.aliases(mention, n), self.lexical(mention, n), self.dense(vector, n)
@@ -317,6 +320,10 @@ class KB:
             e["_vector"] = r["vector"]
             e["rrf"] += 1.0 / (RRF_K + rank)
         out = sorted(fused.values(), key=lambda e: (-e["rrf"], -(e.get("cos") or -1.0)))
+        head = sorted((fused[r["id"]] for r in ali), key=lambda e: (-e["alias_prior"], -e["rrf"]))
+        head = head[: -(-k // 2)]  # equal priors: the searches' agreement decides
+        taken = {id(e) for e in head}
+        out = head + [e for e in out if id(e) not in taken]
         for e in out:
             e["rrf"] = round(e["rrf"], 5)
             if ali:  # p(entity | mention) from the alias table replaces the entity's own prior
