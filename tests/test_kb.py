@@ -245,8 +245,10 @@ def alias_kb(tmp_path_factory) -> str:
     return str(d / "kb")
 
 
-def test_alias_priors_round_trip_from_a_jsonl_kb(alias_kb):
+def test_alias_priors_round_trip_from_a_jsonl_kb(alias_kb, kb_dir):
     kb = open_kb(alias_kb, EMBEDDER)
+    assert kb.meta["alias_entities"] == 2 and kb.has_aliases
+    assert not open_kb(kb_dir).has_aliases  # a KB without alias priors is not asked for them
     rows = {r["id"]: r for r in kb.table.to_arrow().to_pylist()}
     assert rows["Q1065"]["alias_keys"] == ["u n"] and rows["Q1065"]["alias_priors"] == [0.9]
     assert rows["Q1065"]["aliases"] == ["UNO", "U.N."]  # both are searched lexically

@@ -224,7 +224,8 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
         table.create_index(metric="cosine", vector_column_name="vector", index_type="IVF_HNSW_SQ",
                            num_partitions=parts, replace=True)
     meta.update(complete=True, entities=rows, bad=bad, added_now=added, skipped_now=skipped,
-                ann=ann, build_s=round(base_s + time.perf_counter() - t0, 3))
+                ann=ann, alias_entities=table.count_rows("array_length(alias_keys) > 0"),
+                build_s=round(base_s + time.perf_counter() - t0, 3))
     _write_meta(out, meta)
     meta["size_bytes"] = dir_size(out)
     _write_meta(out, meta)
@@ -244,7 +245,8 @@ class KB:
             raise KBError("its build did not finish; rerun `i2cr kb build` with the same source "
                           "and --out to resume it", source=str(self.path))
         self.table = _lancedb().connect(str(self.path / DB)).open_table(TABLE)
-        self.has_aliases = _has_alias_table(self.table)  # (a KB of an earlier i2cr has none)
+        # a KB of an earlier i2cr has no alias table; one without alias priors is not asked
+        self.has_aliases = _has_alias_table(self.table) and self.meta.get("alias_entities") != 0
 
     @property
     def embedder(self) -> str:
