@@ -223,3 +223,116 @@ def test_eval_with_kb_ignores_the_lists_and_reports_the_generator(kb_dir, tmp_pa
     assert k["top1"] == pytest.approx(2 / 3) and k["latency_ms_p50"] > 0
     assert k["size_bytes"] > 0 and k["build_s"] is not None
     assert "## Knowledge base" in (tmp_path / "run" / "report.md").read_text()
+
+
+# --- the alias table: surface forms with their own prior p(entity | alias) ----------------------
+
+ALIAS_ENTITIES = [
+    {"id": "Q1065", "name": "United Nations", "aliases": ["UNO", {"name": "U.N.", "prior": 0.9}],
+     "desc": "Intergovernmental organisation founded in 1945."},
+    {"id": "Q7809", "name": "UNESCO", "aliases": [{"name": "U.N.", "prior": 0.1}],
+     "desc": "United Nations agency for education, science and culture.", "prior": 0.3},
+    {"id": "Q41421", "name": "Michael Jordan", "desc": "American basketball player.",
+     "prior": 0.7},
+]
+
+
+@pytest.fixture(scope="module")
+def alias_kb(tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("alias_kb")
+    build(write_jsonl(d / "e.jsonl", ALIAS_ENTITIES), d / "kb", embedder=EMBEDDER,
+          encode=encoder(), progress=False, dtype=resources.embedder(Context()).dtype)
+    return str(d / "kb")
+
+
+def test_alias_priors_round_trip_from_a_jsonl_kb(alias_kb, kb_dir):
+    kb = open_kb(alias_kb, EMBEDDER)
+    assert kb.meta["alias_entities"] == 2 and kb.has_aliases
+    assert not open_kb(kb_dir).has_aliases  # a KB without alias priors is not asked for them
+    rows = {r["id"]: r for r in kb.table.to_arrow().to_pylist()}
+    assert rows["Q1065"]["alias_keys"] == ["u n"] and rows["Q1065"]["alias_priors"] == [0.9]
+    assert rows["Q1065"]["aliases"] == ["UNO", "U.N."]  # both are searched lexically
+    assert rows["Q41421"]["alias_keys"] == [] and rows["Q41421"]["prior"] == 0.7
+    # looked up by the normalised surface: case, punctuation and a leading article do not matter
+    for m in ("U.N.", "the u.n.", "U N"):
+        assert [(r["id"], r["alias_prior"]) for r in kb.aliases(m)] == [("Q1065", 0.9),
+                                                                       ("Q7809", 0.1)], m
+    assert kb.aliases("UNO") == [] and kb.aliases("United") == []
+    with pytest.raises(ValueError, match="prior of alias 'U.N.'"):
+        __import__("i2cr.kb.source", fromlist=["x"]).parse_entity(
+            {"id": "x", "name": "X", "aliases": [{"name": "U.N.", "prior": -1}]})
+
+
+def test_alias_priors_from_a_dataset_source(tmp_path):
+    data = {"a": {"mention": "Big Apple", "mention_context": "", "Candentity": [
+                {"name": "New York City", "prior": 0.5}, {"name": "Apple", "prior": 1.0}]},
+            "b": {"mention": "the big apple", "mention_context": "", "Candentity": [
+                {"name": "New York City", "prior": 0.8}, {"name": "Apple"}]},
+            "c": {"mention": "NYC", "mention_context": "", "Candentity": [
+                {"name": "New York City", "prior": 1.0}, {"name": "Apple", "prior": "high"}]}}
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps(data))
+    got = list(read_dataset(p))
+    ents = {g.name: g for g in got if hasattr(g, "name")}
+    # the largest prior per (normalised surface, entity); never the entity's own prior
+    assert dict(ents["New York City"].alias_priors) == {"big apple": 0.8, "nyc": 1.0}
+    assert dict(ents["Apple"].alias_priors) == {"big apple": 1.0}
+    assert ents["New York City"].prior is None and ents["Apple"].prior is None
+    assert {"Big Apple", "NYC"} <= set(ents["New York City"].aliases)
+    assert [str(g) for g in got if not hasattr(g, "name")] == [
+        f"{p} record c candidate 1: 'prior' must be a non-negative number, not 'high'; skipped"]
+    build(p, tmp_path / "kb", embedder=EMBEDDER, encode=encoder(), progress=False)
+    kb = open_kb(tmp_path / "kb", EMBEDDER)
+    assert [(r["name"], r["alias_prior"]) for r in kb.aliases("Big Apple")] == [
+        ("Apple", 1.0), ("New York City", 0.8)]
+
+
+def test_a_generated_candidate_gets_the_prior_of_the_alias_the_mention_matched(alias_kb):
+    from i2cr.kb.index import candidates_of
+
+    kb = open_kb(alias_kb, EMBEDDER)
+    emb = resources.embedder(Context())
+
+    def cands(mention, context):
+        v = emb.encode([f"{mention}. {context}"], query=True)[0]
+        return {c["name"]: c.get("prior") for c in candidates_of(kb.generate(mention, v, 3), 3)}
+
+    # 'U.N.' is an alias: its entities carry the alias's prior, the rest none (not their own)
+    got = cands("U.N.", "The U.N. Security Council met on Tuesday.")
+    assert got == {"United Nations": 0.9, "UNESCO": 0.1, "Michael Jordan": None}
+    # a mention that is no alias: no alias prior; an entity's own prior stays
+    got = cands("Jordan", "Jordan scored 40 points.")
+    assert got["Michael Jordan"] == 0.7 and got["UNESCO"] == 0.3
+    assert got["United Nations"] is None
+    # and the retrieve node hands the alias prior to the graph's candidates
+    out = graph.invoke({"mention": "U.N.", "context": "The U.N. Security Council met.",
+                        "candidates": []}, context=Context(kb=alias_kb, kb_top_k=3,
+                                                           iav_mode="off"))
+    ev = next(e for e in out["events"] if e["type"] == "kb_candidates")
+    assert {g["name"]: g.get("prior") for g in ev["generated"]} == {
+        "United Nations": 0.9, "UNESCO": 0.1, "Michael Jordan": None}
+    assert out["answer"] == "United Nations"
+
+
+def test_the_alias_tables_likeliest_entities_come_first_even_when_no_search_finds_them(tmp_path):
+    ents = [{"id": "us", "name": "United States", "desc": "Country in North America.",
+             "aliases": [{"name": "Yankee Land", "prior": 1.0}]},
+            {"id": "ys", "name": "Yankee Stadium", "desc": "Baseball stadium in the Bronx.",
+             "aliases": [{"name": "Yankee Land", "prior": 0.2}]},
+            {"id": "nyy", "name": "New York Yankees", "desc": "Baseball team of the Bronx."},
+            {"id": "yc", "name": "Yankee Candle", "desc": "Yankee candle maker."},
+            {"id": "lr", "name": "Land Rover", "desc": "British car maker."},
+            {"id": "ll", "name": "La La Land", "desc": "Musical film set in Los Angeles."}]
+    build(write_jsonl(tmp_path / "e.jsonl", ents), tmp_path / "kb", embedder=EMBEDDER,
+          encode=encoder(), progress=False)
+    kb = open_kb(tmp_path / "kb", EMBEDDER)
+    v = resources.embedder(Context()).encode(
+        ["Yankee Land. Yankee Land fans cheered the Yankees at the stadium in the Bronx"],
+        query=True)[0]
+    ranked = kb.generate("Yankee Land", v, 4)
+    top = [e["name"] for e in ranked[:4]]
+    # the first ceil(4 / 2) come from the alias table, largest prior first; then the fusion
+    assert top[:2] == ["United States", "Yankee Stadium"], ranked[:4]
+    assert ranked[0]["prior"] == 1.0 and "prior" not in ranked[2]
+    # (the fusion alone would have put the stadium first: both searches rank it above)
+    assert max(ranked, key=lambda e: e["rrf"])["name"] == "Yankee Stadium"

@@ -1,10 +1,13 @@
 """Candidate generation from a knowledge base, for a mention that came without candidates.
 
-Lexical search over the KB's names and aliases (the mention's folded forms) and dense search with
-the ICR query (mention + context) are fused by reciprocal rank; the top ``kb_top_k`` entities
-become the candidates. The node's event keeps the generator's scores, and the names of the fused
-ranking down to rank 50 (what recall@k is measured on). With ``kb_allow_nil`` (the default) the
-mention may be NIL: nothing guarantees the KB holds its referent."""
+The KB's alias table (the entities whose alias the mention's normalised surface is, with that
+alias's prior p(entity | mention)), lexical search over the KB's names and aliases (the mention's
+folded forms) and dense search with the ICR query (mention + context) are fused by reciprocal
+rank, after the alias table's likeliest entities (:meth:`i2cr.kb.KB.generate`); the top
+``kb_top_k`` entities become the candidates, with the alias's prior when the mention matched one.
+The node's event keeps the generator's scores, and the names of the generated ranking down to
+rank 50 (what recall@k is measured on). With ``kb_allow_nil`` (the default) the mention may be
+NIL: nothing guarantees the KB holds its referent."""
 
 from __future__ import annotations
 

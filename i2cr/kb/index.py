@@ -1,6 +1,10 @@
 """A knowledge base on disk: a LanceDB table of entities with a dense vector each (the ICR
 embedder over the entity text) and a full-text index over their names and aliases.
 
+Each entity row also holds its alias table entries (``alias_keys``, the normalised surface forms,
+and ``alias_priors``, p(entity | that surface)), with a label-list index: a mention whose surface
+is an alias generates the entities of that alias, and each gets the alias's prior.
+
 A KB folder holds ``kb.json`` (the embedder, the vector size, the build's counts and time, whether
 the build finished) and the LanceDB database ``lance/``. The build streams its source in batches
 (bounded memory), skips ids already in the table (so an interrupted build resumes), reports
@@ -22,7 +26,7 @@ import numpy as np
 from ..data import DataError
 from ..names import fold, title_parts
 from ..texts import entity_text
-from .source import BadEntity, Entity, read_source
+from .source import BadEntity, Entity, alias_key, read_source
 
 META = "kb.json"
 DB = "lance"
@@ -31,6 +35,8 @@ FORMAT = 1
 ANN_MIN_ROWS = 50_000  # below this an exact (flat) vector search is fast enough and exact
 RRF_K = 60
 POOL = 50  # lexical and dense hits fused per query (and the recall@50 horizon)
+ALIAS_POOL = 1000  # entities of one alias read before keeping the POOL with the largest priors
+ALIAS_COLS = ("alias_keys", "alias_priors")
 
 
 class KBError(DataError):
@@ -62,7 +68,12 @@ def _schema(dim: int):
         ("id", pa.string()), ("name", pa.string()), ("desc", pa.string()),
         ("aliases", pa.list_(pa.string())), ("prior", pa.float64()), ("qid", pa.string()),
         ("image", pa.string()), ("lex", pa.string()), ("vector", pa.list_(pa.float32(), dim)),
+        ("alias_keys", pa.list_(pa.string())), ("alias_priors", pa.list_(pa.float64())),
     ])
+
+
+def _has_alias_table(table) -> bool:
+    return all(c in table.schema.names for c in ALIAS_COLS)
 
 
 def read_meta(kb_dir: str | Path) -> dict[str, Any]:
@@ -121,6 +132,9 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
     out.mkdir(parents=True, exist_ok=True)
     db = lancedb.connect(str(out / DB))
     table = db.open_table(TABLE) if TABLE in db.list_tables().tables else None
+    if table is not None and not _has_alias_table(table):
+        raise KBError("was built by an earlier i2cr (no alias table): build into a new folder",
+                      source=str(out))
     if meta is None:
         meta = {"format": FORMAT, "embedder": embedder, "dim": None, "source": str(source),
                 "complete": False, "entities": 0, "bad": 0, "build_s": 0.0}
@@ -161,7 +175,9 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
                           source=str(out))
         rows = [{"id": e.id, "name": e.name, "desc": e.desc, "aliases": list(e.aliases),
                  "prior": e.prior, "qid": e.qid, "image": e.image, "lex": lex_text(e),
-                 "vector": v} for e, v in zip(fresh, vecs, strict=True)]
+                 "vector": v, "alias_keys": [a for a, _ in e.alias_priors],
+                 "alias_priors": [p for _, p in e.alias_priors]}
+                for e, v in zip(fresh, vecs, strict=True)]
         if table is None:
             table = db.create_table(TABLE, schema=_schema(meta["dim"]))
         table.add(rows)
@@ -196,10 +212,11 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
         _say(f"{seen:,} entities read, {added:,} added, {skipped:,} already there, {bad:,} bad; "
              "indexing ...")
     table.optimize()  # compact the batches' fragments
-    from lancedb.index import FTS
+    from lancedb.index import FTS, LabelList
 
     table.create_index("lex", config=FTS(stem=False, remove_stop_words=False, ascii_folding=True),
                        replace=True)
+    table.create_index("alias_keys", config=LabelList(), replace=True)
     rows = table.count_rows()
     ann = rows >= ann_min_rows
     if ann:
@@ -207,7 +224,8 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
         table.create_index(metric="cosine", vector_column_name="vector", index_type="IVF_HNSW_SQ",
                            num_partitions=parts, replace=True)
     meta.update(complete=True, entities=rows, bad=bad, added_now=added, skipped_now=skipped,
-                ann=ann, build_s=round(base_s + time.perf_counter() - t0, 3))
+                ann=ann, alias_entities=table.count_rows("array_length(alias_keys) > 0"),
+                build_s=round(base_s + time.perf_counter() - t0, 3))
     _write_meta(out, meta)
     meta["size_bytes"] = dir_size(out)
     _write_meta(out, meta)
@@ -227,6 +245,8 @@ class KB:
             raise KBError("its build did not finish; rerun `i2cr kb build` with the same source "
                           "and --out to resume it", source=str(self.path))
         self.table = _lancedb().connect(str(self.path / DB)).open_table(TABLE)
+        # a KB of an earlier i2cr has no alias table; one without alias priors is not asked
+        self.has_aliases = _has_alias_table(self.table) and self.meta.get("alias_entities") != 0
 
     @property
     def embedder(self) -> str:
@@ -250,6 +270,20 @@ class KB:
         return (self.table.search(words, query_type="fts", fts_columns="lex")
                 .select([*self._COLS, "_score"]).limit(n).to_list())
 
+    def aliases(self, mention: str, n: int = POOL) -> list[dict[str, Any]]:
+        """The entities the mention's normalised surface is an alias of, largest prior first,
+        each with that alias's prior as ``alias_prior``."""
+        key = alias_key(mention)
+        if not key or not self.has_aliases:
+            return []
+        rows = (self.table.search().where(f"array_has_any(alias_keys, [{_sql_list([key])}])")
+                .select([*self._COLS, *ALIAS_COLS]).limit(ALIAS_POOL).to_list())
+        for r in rows:
+            keys = list(r["alias_keys"] or [])
+            r["alias_prior"] = float(r["alias_priors"][keys.index(key)]) if key in keys else 0.0
+        rows.sort(key=lambda r: (-r["alias_prior"], r["id"]))
+        return rows[:n]
+
     def dense(self, vector: np.ndarray, n: int = POOL) -> list[dict[str, Any]]:
         return (self.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
                 .metric("cosine").select([*self._COLS, "vector", "_distance"]).limit(n).to_list())
@@ -264,10 +298,20 @@ class KB:
 
     def generate(self, mention: str, vector: np.ndarray, k: int, n: int = POOL
                  ) -> list[dict[str, Any]]:
-        """The fused ranking (reciprocal rank fusion of lexical and dense hits), best first, at
-        most ``max(k, n)`` entries, each with its scores."""
-        lex, den = self.lexical(mention, n), self.dense(vector, n)
+        """The generated ranking, best first, at most ``max(k, n)`` entries, each with its
+        scores: reciprocal rank fusion of the alias table's, the lexical and the dense hits,
+        after the alias table's ``ceil(k / 2)`` most likely entities for the mention's surface
+        (as REL takes its first candidates by p(entity | mention) and the rest by context: RRF
+        rewards agreement, so an alias's top entity found by neither search would sink). When
+        the mention's surface is an alias of some entities, their ``prior`` is the alias's prior
+        (p(entity | mention)) and the other entries have none; otherwise each keeps the entity's
+        own prior, if it has one."""
+        ali, lex, den = self.aliases(mention, n), self.lexical(mention, n), self.dense(vector, n)
         fused: dict[str, dict[str, Any]] = {}
+        for rank, r in enumerate(ali, 1):
+            e = fused.setdefault(r["id"], _entry(r))
+            e.update(alias_rank=rank, alias_prior=round(r["alias_prior"], 4))
+            e["rrf"] += 1.0 / (RRF_K + rank)
         for rank, r in enumerate(lex, 1):
             e = fused.setdefault(r["id"], _entry(r))
             e.update(lex_rank=rank, lex_score=round(float(r["_score"]), 4))
@@ -278,8 +322,18 @@ class KB:
             e["_vector"] = r["vector"]
             e["rrf"] += 1.0 / (RRF_K + rank)
         out = sorted(fused.values(), key=lambda e: (-e["rrf"], -(e.get("cos") or -1.0)))
+        head = sorted((fused[r["id"]] for r in ali), key=lambda e: (-e["alias_prior"], -e["rrf"]))
+        head = head[: -(-k // 2)]  # equal priors: the searches' agreement decides
+        taken = {id(e) for e in head}
+        out = head + [e for e in out if id(e) not in taken]
         for e in out:
             e["rrf"] = round(e["rrf"], 5)
+            if ali:  # p(entity | mention) from the alias table replaces the entity's own prior
+                own = e.pop("prior", None)
+                if own is not None:
+                    e["entity_prior"] = own
+                if "alias_prior" in e:
+                    e["prior"] = e["alias_prior"]
         return out[: max(k, n)]
 
 

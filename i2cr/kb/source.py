@@ -1,10 +1,15 @@
 """Where a knowledge base's entities come from: a JSONL of entities, or a dataset's candidate lists.
 
-An entity line is ``{"id", "name", "aliases"?, "desc"?, "prior"?, "image"?, "qid"?}``. A dataset
-(I2CR/MELBench JSON or JSONL of mentions) gives the union of its candidate lists, deduplicated by
-QID, else by folded name, without the candidates' priors (each is p(entity | that mention), not
-a property of the entity). Both are read as a stream of :class:`Entity`; a bad line or candidate is
-yielded as a :class:`BadEntity` naming where it is and why, so the builder can report and count it.
+An entity line is ``{"id", "name", "aliases"?, "desc"?, "prior"?, "image"?, "qid"?}``. An alias is
+a string, or ``{"name": "U.N.", "prior": 0.4}``: a surface form with its own prior p(entity |
+alias), an alias table's entry (REL, BLINK and ReFinED carry one from anchor statistics). A
+dataset (I2CR/MELBench JSON or JSONL of mentions) gives the union of its candidate lists,
+deduplicated by QID, else by folded name; a candidate's prior is p(entity | that mention), so it
+becomes the prior of the alias the mention's surface is (the largest one over the dataset's
+mentions of the same surface), never the entity's own prior. Only the dataset's mentions and
+candidate lists are read (no label). Both sources are read as a stream of :class:`Entity`; a bad
+line or candidate is yielded as a :class:`BadEntity` naming where it is and why, so the builder
+can report and count it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..names import fold
+from ..names import fold, mention_forms, strip_mention
 
 _QID = re.compile(r"^Q[1-9][0-9]*$")
 MAX_ALIASES = 50
@@ -33,6 +38,7 @@ class Entity:
     prior: float | None = None
     image: str | None = None
     qid: str | None = None
+    alias_priors: tuple[tuple[str, float], ...] = ()  # (alias_key, its prior), one per key
 
     def candidate(self) -> dict[str, Any]:
         """The entity as a graph candidate (name, desc, qid, prior)."""
@@ -52,6 +58,44 @@ class BadEntity:
 
     def __str__(self) -> str:
         return f"{self.where}: {self.reason}; skipped"
+
+
+def alias_key(surface: str) -> str:
+    """The normalised surface form an alias is stored and looked up under: folded, without a
+    possessive or a leading article (the first of :func:`i2cr.names.mention_forms`); '' if none."""
+    forms = mention_forms(surface)
+    return forms[0] if forms else ""
+
+
+def _prior(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"{what} must be a non-negative number, not {v!r}"[:120])
+    return float(v)
+
+
+def _aliases(raw: Any) -> tuple[list[str], dict[str, float]]:
+    """(alias strings, alias_key -> its largest prior) of an ``aliases`` field."""
+    if isinstance(raw, (str, dict)):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise ValueError("'aliases' must be a list of strings or {name, prior} objects")
+    names: list[str] = []
+    priors: dict[str, float] = {}
+    for a in raw:
+        if isinstance(a, dict):
+            n = a.get("name")
+            if not isinstance(n, str):
+                raise ValueError("an alias object needs a string 'name'")
+            if a.get("prior") is not None:
+                key = alias_key(n)
+                p = _prior(a["prior"], f"the prior of alias {n[:40]!r}")
+                if key:
+                    priors[key] = max(p, priors.get(key, p))
+            a = n
+        elif not isinstance(a, str):
+            raise ValueError("'aliases' must be a list of strings or {name, prior} objects")
+        names.append(a)
+    return names, priors
 
 
 def _text(v: Any, what: str, *, required: bool = False) -> str:
@@ -78,17 +122,10 @@ def parse_entity(rec: Any) -> Entity:
         raise ValueError("'name' is missing")
     name = _text(rec["name"], "name", required=True)
     desc = _text(rec.get("desc", rec.get("description")), "desc")
-    aliases = rec.get("aliases") or []
-    if isinstance(aliases, str):
-        aliases = [aliases]
-    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
-        raise ValueError("'aliases' must be a list of strings")
+    alias_names, alias_priors = _aliases(rec.get("aliases") or [])
     prior = rec.get("prior")
     if prior is not None:
-        if isinstance(prior, bool) or not isinstance(prior, (int, float)) or \
-                not math.isfinite(prior) or prior < 0:
-            raise ValueError(f"'prior' must be a non-negative number, not {prior!r}"[:120])
-        prior = float(prior)
+        prior = _prior(prior, "'prior'")
     image = rec.get("image")
     if image is not None and not isinstance(image, str):
         raise ValueError("'image' must be a string path or URL")
@@ -97,10 +134,12 @@ def parse_entity(rec: Any) -> Entity:
         raise ValueError("'qid' must be a string")
     if not qid and _QID.match(str(rid).strip()):  # a Wikidata id is the entity's QID
         qid = str(rid).strip()
-    aliases = tuple(dict.fromkeys(a.strip()[:MAX_FIELD_CHARS] for a in aliases
+    aliases = tuple(dict.fromkeys(a.strip()[:MAX_FIELD_CHARS] for a in alias_names
                                   if a.strip() and a.strip() != name))[:MAX_ALIASES]
     return Entity(id=str(rid).strip(), name=name, desc=desc, aliases=aliases, prior=prior,
-                  image=image or None, qid=str(qid) if qid else None)
+                  image=image or None, qid=str(qid) if qid else None,
+                  alias_priors=tuple(sorted(alias_priors.items(), key=lambda kv: -kv[1]))
+                  [:MAX_ALIASES])
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, Any]]:
@@ -152,10 +191,48 @@ def dataset_key(cand: dict[str, Any]) -> str:
     return "name:" + fold(str(cand.get("name") or ""))
 
 
+def _candidates(rec: Any) -> list[Any] | None:
+    cands = rec.get("Candentity", rec.get("candidates")) if isinstance(rec, dict) else None
+    return cands if isinstance(cands, list) else None
+
+
+def alias_table(path: str | Path) -> dict[str, dict[str, tuple[str, float]]]:
+    """The dataset's alias table: entity key -> alias_key -> (the first mention's surface, the largest
+    prior its candidate generator gave the entity for a mention of that surface). Read from the
+    mentions and their candidate lists only; a candidate without a usable prior adds nothing
+    (read_dataset reports a bad one)."""
+    from ..data import iter_records
+
+    table: dict[str, dict[str, tuple[str, float]]] = {}
+    for _, rec in iter_records(path):
+        cands = _candidates(rec)
+        mention = rec.get("mention") if cands is not None else None
+        if not isinstance(mention, str) or not (akey := alias_key(mention)):
+            continue
+        for c in cands or ():
+            if not isinstance(c, dict) or c.get("prior") is None:
+                continue
+            try:
+                p = _prior(c["prior"], "'prior'")
+                key = dataset_key(c)
+            except (ValueError, TypeError):
+                continue
+            if key == "name:":
+                continue
+            have = table.setdefault(key, {}).get(akey)
+            if have is None:
+                table[key][akey] = (strip_mention(mention)[:MAX_FIELD_CHARS], p)
+            elif p > have[1]:
+                table[key][akey] = (have[0], p)
+    return table
+
+
 def read_dataset(path: str | Path) -> Iterator[Entity | BadEntity]:
-    """The deduplicated union of a dataset's candidate lists (by QID, else by folded name)."""
+    """The deduplicated union of a dataset's candidate lists (by QID, else by folded name), each
+    entity with the dataset's mentions of it as aliases, their priors from :func:`alias_table`."""
     from ..data import DataError, iter_records
 
+    aliases = alias_table(path)  # a first pass: an entity's aliases come from every mention
     seen: set[str] = set()
     for rid, rec in iter_records(path):
         if isinstance(rec, DataError):
@@ -164,8 +241,8 @@ def read_dataset(path: str | Path) -> Iterator[Entity | BadEntity]:
         if not isinstance(rec, dict):
             yield BadEntity(f"{path} record {rid}", "expected an object")
             continue
-        cands = rec.get("Candentity", rec.get("candidates"))
-        if not isinstance(cands, list):
+        cands = _candidates(rec)
+        if cands is None:
             yield BadEntity(f"{path} record {rid}", "has no candidate list")
             continue
         for i, c in enumerate(cands):
@@ -174,13 +251,19 @@ def read_dataset(path: str | Path) -> Iterator[Entity | BadEntity]:
             try:
                 if not isinstance(c, dict):
                     raise ValueError(f"expected an object, got {type(c).__name__}")
+                if c.get("prior") is not None:
+                    _prior(c["prior"], "'prior'")
                 key = dataset_key(c)
                 if key == "name:" or key in seen:
                     if key == "name:":
                         raise ValueError("has no usable 'name'")
                     continue
-                # a candidate's prior is p(entity | this mention): not the entity's own prior
-                ent = parse_entity({**{f: v for f, v in c.items() if f != "prior"}, "id": key})
+                # a candidate's prior is p(entity | this mention): its alias's, not the entity's
+                own = c.get("aliases") or []
+                own = [own] if isinstance(own, (str, dict)) else own
+                table = [{"name": n, "prior": p} for n, p in aliases.get(key, {}).values()]
+                ent = parse_entity({**{f: v for f, v in c.items() if f != "prior"}, "id": key,
+                                    "aliases": [*own, *table] if isinstance(own, list) else own})
             except ValueError as e:
                 yield BadEntity(f"{path} record {rid} candidate {i}", str(e))
                 continue
