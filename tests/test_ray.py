@@ -364,5 +364,8 @@ def test_eval_on_a_two_node_cluster_through_ray_address(tmp_path):
     assert sorted(x["id"] for x in got) == sorted(x["id"] for x in recs)
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["labelled"] == len(recs) and metrics["errors"] == 0
-    # each batch records the node of the actor that linked it: one actor per 1-CPU node
-    assert "on 2 node(s)" in r.stderr, r.stderr[-3000:]
+    # two 1-CPU actors, so one per node; which of them links each batch is Ray's dispatch (on a
+    # busy machine one actor may finish the first batch before the reader yields the second), so
+    # the batches may have run on one node or both: a timing, not a behaviour, to assert on
+    assert "ray: 2 worker(s)" in r.stderr, r.stderr[-3000:]
+    assert re.search(r"batch\(es\) on [12] node\(s\)", r.stderr), r.stderr[-3000:]
