@@ -20,6 +20,7 @@ from typing import Any
 
 from .data import DataError
 from .engine import commands as engine
+from .store import mark, problems
 
 
 def _settings(args: argparse.Namespace):
@@ -212,16 +213,15 @@ def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: b
         print(f"i2cr: {structured} mention(s) asked for structured answers got "
               "free text (the backend took no JSON schema or answered outside it; see "
               "structured_error in the tes_answer events)", file=sys.stderr)
-    caches = cache_problems()
+    caches = cache_problems(args)
     return 0 if errors == 0 and failed == 0 and structured == 0 and not caches else 1
 
 
-def cache_problems() -> list[str]:
-    """Print what went wrong with a cache in this run (the answers were recomputed without it,
-    but the run failed to use it: the exit code says so); return the phrases."""
-    from .store import problems
-
-    out = problems()
+def cache_problems(args: argparse.Namespace) -> list[str]:
+    """Print what went wrong with a cache in this run (since ``main`` began it: the answers were
+    recomputed without it, but the run failed to use it, and the exit code says so); return the
+    phrases."""
+    out = problems(getattr(args, "cache_mark", 0))
     for p in out:
         print(f"i2cr: cache failure, {p}", file=sys.stderr)
     return out
@@ -377,7 +377,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("\n".join(kb_lines(m["kb"])))
     for b in bad:
         print(f"i2cr: {b}", file=sys.stderr)
-    return 1 if cache_problems() or bad else 0
+    return 1 if cache_problems(args) or bad else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -591,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    args.cache_mark = mark()  # this run reports the cache failures that happen from here on
     try:
         return args.func(args)
     except (DataError, BackendError, ModelUnavailable) as e:

@@ -16,6 +16,7 @@ diskcache (SQLite underneath) keeps it safe for several processes and threads at
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import threading
 from collections.abc import Iterable
@@ -24,15 +25,26 @@ from pathlib import Path
 LOG = logging.getLogger("i2cr.cache")
 MAGIC = b"i2c1"
 _DIGEST = 16
-_WARNED: dict[tuple[str, str], str] = {}  # (what, folder) -> what went wrong with it, first time
+_WARNED: set[tuple[str, str]] = set()  # (what, folder): warned about once per process
 _WARNED_LOCK = threading.Lock()
+# (what, folder) -> (when it last went wrong, on a counter; what went wrong): bounded by the
+# number of caches; a run reads what happened since its own start (:func:`mark`)
+_FAILED: dict[tuple[str, str], tuple[int, str]] = {}
+_CLOCK = itertools.count(1)
+_NOW = 0
 
 
-def problems() -> list[str]:
-    """What went wrong with any cache in this process, one phrase per cache (no paths: the
-    warnings named them), e.g. 'embedding cache: has damaged entries ...'."""
+def mark() -> int:
+    """A point to read :func:`problems` from (a run takes one when it starts)."""
     with _WARNED_LOCK:
-        return [f"{what}: {reason}" for (what, _), reason in _WARNED.items()]
+        return _NOW
+
+
+def problems(since: int = 0) -> list[str]:
+    """What went wrong with a cache after ``since`` (:func:`mark`), one phrase per cache (no
+    paths: the warnings named them), e.g. 'embedding cache: has damaged entries ...'."""
+    with _WARNED_LOCK:
+        return [f"{what}: {reason}" for (what, _), (t, reason) in _FAILED.items() if t > since]
 
 
 def _digest(key: str, payload: bytes) -> bytes:
@@ -74,10 +86,14 @@ class CheckedStore:
         return self._db is not None
 
     def _warn(self, reason: str) -> None:
+        global _NOW
+        key = (self.what, self.directory)
         with _WARNED_LOCK:
-            if (self.what, self.directory) in _WARNED:
+            _NOW = next(_CLOCK)
+            _FAILED[key] = (_NOW, reason)
+            if key in _WARNED:
                 return
-            _WARNED[(self.what, self.directory)] = reason
+            _WARNED.add(key)
         LOG.warning("i2cr: %s at %s %s", self.what, self.directory, reason)
 
     def _bypass(self, e: BaseException) -> None:

@@ -261,6 +261,20 @@ def test_a_run_over_an_unusable_cache_answers_and_exits_1(tmp_path, command):
     assert "Michael Jordan" in p.stdout or command == "eval"
 
 
+def test_a_run_reports_only_the_cache_failures_of_its_own_time(tmp_path):
+    """One process, two runs (a server, a test session, a notebook): the second run over a good
+    cache is not blamed for the first run's broken one, and a failure in it is still seen."""
+    from i2cr.store import CheckedStore, mark, problems
+
+    (tmp_path / "bad").write_text("not a folder")
+    CheckedStore(str(tmp_path / "bad"), "embedding cache", 2 ** 20)
+    start = mark()
+    CheckedStore(str(tmp_path / "good"), "embedding cache", 2 ** 20).set("k", b"v")
+    assert problems(start) == []
+    CheckedStore(str(tmp_path / "bad"), "embedding cache", 2 ** 20)  # (warned once already)
+    assert [p.split(":")[0] for p in problems(start)] == ["embedding cache"]
+
+
 def _damage_clues(kind, directory):
     import diskcache
 
