@@ -30,7 +30,8 @@ def _settings(args: argparse.Namespace):
     for item in args.set or []:
         k, sep, v = item.partition("=")
         if not sep:
-            raise SystemExit(f"i2cr: --set wants name=value, got {item!r}")
+            print(f"i2cr: --set wants name=value, got {item!r}", file=sys.stderr)
+            raise SystemExit(2)
         overrides[k.strip()] = v
     if getattr(args, "llm", None):
         overrides["llm"] = args.llm
@@ -38,8 +39,9 @@ def _settings(args: argparse.Namespace):
         overrides["kb"] = args.kb
     try:
         return Context.from_overrides(overrides)
-    except (ValueError, TypeError) as e:
-        raise SystemExit(f"i2cr: {e}") from None
+    except (ValueError, TypeError) as e:  # unusable input, as a bad path is: exit code 2
+        print(f"i2cr: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _count(text: str) -> int:

@@ -256,6 +256,9 @@ def test_cli_rejects_bad_settings_counts_and_empty_input(tmp_path):
     ex = str(EXAMPLES / "mentions.json")
     for args, why in ((["link", ex, "--set", "tools=nonexistent"], "unknown visual tool"),
                       (["link", ex, "--set", "tool_backend=bogus"], "unknown tool backend"),
+                      (["link", ex, "--set", "max_reflections=three"], "as a whole number"),
+                      (["link", ex, "--set", "max_reflections"], "--set wants name=value"),
+                      (["link", ex, "--workers", "2"], "need(s) --engine ray"),
                       (["link", ex, "--limit", "-1"], "must be 1 or more"),
                       (["link", ex, "--limit", "0"], "must be 1 or more"),
                       (["eval", ex, str(EXAMPLES / "labels.json"), "--sample", "0"],
@@ -264,7 +267,7 @@ def test_cli_rejects_bad_settings_counts_and_empty_input(tmp_path):
                       (["eval", str(empty), str(EXAMPLES / "labels.json"), "--out-dir",
                         str(tmp_path / "ev")], "no mentions to evaluate")):
         p = cli(*args, "--no-progress")
-        assert p.returncode != 0, args
+        assert p.returncode == 2, args  # unusable input, as the README says
         assert why in one_line_error(p), (args, p.stderr)
 
 

@@ -29,17 +29,23 @@ def add_flags(p: argparse.ArgumentParser, count: Any) -> None:
                    "embedding prefetch; default 32)")
 
 
+def _refuse(why: str) -> None:
+    """Flags that cannot go together: unusable input, one line, exit code 2."""
+    print(f"i2cr: {why}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def check_flags(args: argparse.Namespace) -> None:
     """Refuse what the Ray engine does not do, and Ray flags without it, in one line."""
     if args.engine != "ray":
         given = [f for f, v in (("--ray-address", args.ray_address), ("--workers", args.workers))
                  if v is not None]
         if given:
-            raise SystemExit(f"i2cr: {', '.join(given)} need(s) --engine ray")
+            _refuse(f"{', '.join(given)} need(s) --engine ray")
         return
     for flag in ("stream", "checkpoint", "sample"):
         if getattr(args, flag, None):
-            raise SystemExit(f"i2cr: --{flag} is not available with --engine ray")
+            _refuse(f"--{flag} is not available with --engine ray")
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:  # not imported here: Ray reads its environment
