@@ -25,10 +25,10 @@ from pathlib import Path
 LOG = logging.getLogger("i2cr.cache")
 MAGIC = b"i2c1"
 _DIGEST = 16
-_WARNED: set[tuple[str, str]] = set()  # (what, folder): warned about once per process
 _WARNED_LOCK = threading.Lock()
 # (what, folder) -> (when it last went wrong, on a counter; what went wrong): bounded by the
-# number of caches; a run reads what happened since its own start (:func:`mark`)
+# number of caches; a cache is warned about when it first enters; a run reads what happened
+# since its own start (:func:`mark`)
 _FAILED: dict[tuple[str, str], tuple[int, str]] = {}
 _CLOCK = itertools.count(1)
 _NOW = 0
@@ -89,11 +89,11 @@ class CheckedStore:
         global _NOW
         key = (self.what, self.directory)
         with _WARNED_LOCK:
+            seen = key in _FAILED
             _NOW = next(_CLOCK)
             _FAILED[key] = (_NOW, reason)
-            if key in _WARNED:
+            if seen:
                 return
-            _WARNED.add(key)
         LOG.warning("i2cr: %s at %s %s", self.what, self.directory, reason)
 
     def _bypass(self, e: BaseException) -> None:
