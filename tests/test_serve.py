@@ -473,3 +473,80 @@ def test_langgraph_build_config_carries_the_routes_and_auth(tmp_path):
     graphs = json.loads(env["LANGSERVE_GRAPHS"].strip("'"))
     assert graphs["i2cr"].endswith("/i2cr/graph/graph.py:graph")
 
+
+
+# --- a client that stalls mid-body -----------------------------------------------------------------
+
+def _asgi_call(app, messages, *, then_wait: bool) -> list[dict]:
+    """Drive ``app`` with one POST whose body arrives as ``messages``; after them ``receive``
+    blocks for ever (``then_wait``) or answers the disconnect. Returns what the app sent."""
+    import asyncio
+
+    async def go() -> list[dict]:
+        queue = list(messages)
+        sent: list[dict] = []
+        forever = asyncio.Event()
+
+        async def receive():
+            if queue:
+                return queue.pop(0)
+            if then_wait:
+                await forever.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(msg):
+            sent.append(msg)
+
+        scope = {"type": "http", "method": "POST", "path": "/link", "raw_path": b"/link",
+                 "root_path": "", "scheme": "http", "query_string": b"", "http_version": "1.1",
+                 "headers": [(b"x-api-key", KEY.encode()), (b"content-type", b"application/json")],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+        await asyncio.wait_for(app(scope, receive, send), 60)  # only a broken app hits this cap
+        return sent
+
+    return asyncio.run(go())
+
+
+def test_a_body_that_stalls_midway_is_cut_off_with_408_and_links_nothing():
+    from i2cr.serve.app import BodyCap, create_app
+    from i2cr.serve.config import ServerConfig
+
+    cfg = ServerConfig(api_keys=(KEY,), body_timeout_s=1, base=Context(clue_cache="none"))
+    app = create_app(cfg)
+    body = json.dumps(MENTION).encode()
+    sent = _asgi_call(app, [{"type": "http.request", "body": body[:10], "more_body": True}],
+                      then_wait=True)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 408
+    detail = json.loads(b"".join(m.get("body", b"") for m in sent
+                                 if m["type"] == "http.response.body"))["detail"]
+    assert "I2CR_BODY_TIMEOUT_S" in detail and "\n" not in detail
+    assert app.state.served.linked == 0
+    assert ServerConfig.from_env({"I2CR_BODY_TIMEOUT_S": "7"}).body_timeout_s == 7
+
+    # once the body is whole, a route may wait on receive as long as it likes (a stream does)
+    waited: list[str] = []
+
+    async def streaming(scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        msg = await receive()  # the disconnect, after longer than the timeout
+        waited.append(msg["type"])
+        await send({"type": "http.response.body", "body": b"done"})
+
+    async def slow_disconnect_app(scope, receive, send):
+        import asyncio
+
+        async def late_receive():
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                await asyncio.sleep(0.3)
+            return msg
+
+        await BodyCap(streaming, cap=1000, timeout=0.1)(scope, late_receive, send)
+
+    sent = _asgi_call(slow_disconnect_app, [{"type": "http.request", "body": b"{}",
+                                             "more_body": False}], then_wait=False)
+    assert sent[0]["status"] == 200 and waited == ["http.disconnect"]
+    assert sent[-1]["body"] == b"done"

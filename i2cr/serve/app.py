@@ -22,6 +22,7 @@ policy (:class:`i2cr.images.ImagePolicy`) for the process, and stopping it resto
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -44,7 +45,7 @@ from i2cr.graph import graph
 from i2cr.images import using_policy
 from i2cr.linker import result_record
 from i2cr.redact import error_text
-from i2cr.serve.config import BadRequest, ServerConfig
+from i2cr.serve.config import DEFAULT_BODY_TIMEOUT_S, BadRequest, ServerConfig
 from i2cr.serve.inputs import mention_from
 from i2cr.serve.keys import UNAUTHORIZED, verify
 from i2cr.serve.playground import page
@@ -57,10 +58,13 @@ MAX_TRACE_PARTS = 5000
 
 class BodyCap:
     """ASGI middleware: a request body over ``cap`` bytes is refused with 413 before the route
-    sees it (by its Content-Length, or as it streams in)."""
+    sees it (by its Content-Length, or as it streams in); a body whose next piece takes more than
+    ``timeout`` seconds to arrive is cut off with 408 (a client that stalls mid-body would
+    otherwise hold its request, and a worker, open for ever). Once the body is complete the route
+    may wait on ``receive`` as long as it likes (a stream waits there for the disconnect)."""
 
-    def __init__(self, app: ASGIApp, cap: int):
-        self.app, self.cap = app, cap
+    def __init__(self, app: ASGIApp, cap: int, timeout: float = DEFAULT_BODY_TIMEOUT_S):
+        self.app, self.cap, self.timeout = app, cap, timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,32 +77,45 @@ class BodyCap:
             return
         seen = 0
         over = False
+        stalled = False
+        body_done = False
         started = False
 
         async def capped_receive() -> Message:
-            nonlocal seen, over
-            msg = await receive()
+            nonlocal seen, over, stalled, body_done
+            if body_done or over or stalled:
+                msg = await receive()
+            else:
+                try:
+                    msg = await asyncio.wait_for(receive(), self.timeout)
+                except asyncio.TimeoutError:
+                    stalled = True
+                    return {"type": "http.disconnect"}  # the route stops reading: no work done
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
+                body_done = not msg.get("more_body", False)
                 if seen > self.cap:
                     over = True
-                    return {"type": "http.disconnect"}  # the route stops reading: no work done
+                    return {"type": "http.disconnect"}
             return msg
 
         async def tracked_send(msg: Message) -> None:
             nonlocal started
-            if over and not started:
-                return  # the route's answer to a cut-off body is replaced by the 413
+            if (over or stalled) and not started:
+                return  # the route's answer to a cut-off body is replaced by the 413 / 408
             started = started or msg["type"] == "http.response.start"
             await send(msg)
 
         try:
             await self.app(scope, capped_receive, tracked_send)
         except ClientDisconnect:
-            if not over:
+            if not (over or stalled):
                 raise
         if over and not started:
             await too_big(scope, receive, send)
+        elif stalled and not started:
+            await _json(408, f"request body stalled: nothing for {self.timeout:g} s "
+                             "(I2CR_BODY_TIMEOUT_S)")(scope, receive, send)
 
 
 def _json(status: int, detail: str) -> JSONResponse:
@@ -290,7 +307,8 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
         Route("/health", _guarded(served, health), methods=["GET"]),
         Route("/link", _guarded(served, link), methods=["POST"]),
         Route("/trace-card", _guarded(served, trace_card), methods=["POST"]),
-    ], middleware=[Middleware(BodyCap, cap=cfg.max_body_bytes)], lifespan=lifespan)
+    ], middleware=[Middleware(BodyCap, cap=cfg.max_body_bytes,
+                                                       timeout=cfg.body_timeout_s)], lifespan=lifespan)
     app.state.served = served
     return app
 

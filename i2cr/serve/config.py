@@ -1,7 +1,8 @@
 """What a served linker fixes for every run, and what a run's settings may change.
 
 The server reads its settings from its environment (``I2CR_<SETTING>``, as every :class:`Context`
-does) plus ``I2CR_API_KEYS`` (comma-separated), ``I2CR_MAX_BODY_BYTES`` and ``I2CR_MAX_BATCH``. A
+does) plus ``I2CR_API_KEYS`` (comma-separated), ``I2CR_MAX_BODY_BYTES``, ``I2CR_MAX_BATCH`` and
+``I2CR_BODY_TIMEOUT_S`` (the longest wait for the next piece of a request body). A
 request (``/link``'s ``settings``, or a run's ``context`` on the LangGraph API) may change only the
 settings in :data:`RUN_SETTINGS` (thresholds, strategies, tools, counts; those in :data:`CAPPED`
 only up to the server's own value); anything that names a
@@ -36,6 +37,7 @@ CAPPED = frozenset({"image_timeout", "llm_max_tokens", "tes_retries", "max_refle
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024  # room for one inline image at its cap (base64)
 DEFAULT_MAX_BATCH = 64
+DEFAULT_BODY_TIMEOUT_S = 30  # a client that stops sending its body mid-way is cut off (408)
 
 
 class BadRequest(ValueError):
@@ -66,6 +68,7 @@ class ServerConfig:
     api_keys: tuple[str, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_batch: int = DEFAULT_MAX_BATCH
+    body_timeout_s: int = DEFAULT_BODY_TIMEOUT_S
     base: Context | None = None  # the settings every run starts from (None: from the environment)
 
     def __post_init__(self) -> None:
@@ -78,7 +81,8 @@ class ServerConfig:
         keys = tuple(k.strip() for k in env.get("I2CR_API_KEYS", "").split(",") if k.strip())
         return cls(api_keys=keys, max_body_bytes=_int_env(env, "I2CR_MAX_BODY_BYTES",
                                                           DEFAULT_MAX_BODY_BYTES),
-                   max_batch=_int_env(env, "I2CR_MAX_BATCH", DEFAULT_MAX_BATCH))
+                   max_batch=_int_env(env, "I2CR_MAX_BATCH", DEFAULT_MAX_BATCH),
+                   body_timeout_s=_int_env(env, "I2CR_BODY_TIMEOUT_S", DEFAULT_BODY_TIMEOUT_S))
 
     @cached_property
     def settings(self) -> Context:
