@@ -253,6 +253,10 @@ def test_bad_requests_are_4xx_with_one_line_and_no_traceback(server):
         detail = r.json()["detail"]
         assert words in detail, (path, detail)
         assert "Traceback" not in r.text and "\n" not in detail
+    for method in ("GET", "POST"):  # LangGraph's UI route answered GET with a 500 and a traceback
+        r = httpx.request(method, f"{server.url}/ui/i2cr", headers=AUTH, timeout=60)
+        assert r.status_code == 404 and "no UI components" in r.json()["detail"], r.text[:300]
+    assert "Traceback" not in server.log_text()
 
 
 def _all_400(server, cases) -> None:

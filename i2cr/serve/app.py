@@ -12,6 +12,7 @@
 - ``POST /trace-card``: the per-mention trace card (as on ``i2cr trace --html``) of a run the
   playground streamed from the LangGraph API.
 - ``GET /``: the playground page (static; it holds no data and asks for the key).
+- ``/ui/...``: 404 (LangGraph's generative-UI route; this server declares no UI components).
 
 With ``I2CR_API_KEYS`` set every route but the static page needs a key (the same check as the
 LangGraph API's, :func:`i2cr.serve.keys.verify`); the check comes before the body is read.
@@ -302,8 +303,14 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
                                            "Referrer-Policy": "no-referrer",
                                            "X-Content-Type-Options": "nosniff"})
 
+    async def no_ui(request: Request) -> Response:
+        return _json(404, "this server has no UI components (langgraph.json declares none)")
+
     app = Starlette(routes=[
         Route("/", playground, methods=["GET"]),
+        # LangGraph's generative-UI route answers a 500 with a traceback in its log when no UI
+        # is declared; the custom routes come first, so this one answers instead
+        Route("/ui/{rest:path}", _guarded(served, no_ui), methods=["GET", "POST"]),
         Route("/health", _guarded(served, health), methods=["GET"]),
         Route("/link", _guarded(served, link), methods=["POST"]),
         Route("/trace-card", _guarded(served, trace_card), methods=["POST"]),
