@@ -153,6 +153,37 @@ def test_failed_llm_leaves_the_rankers_best(jordan):
     assert fb["method"] == "ranker_fallback"
 
 
+def test_the_reviewed_answer_is_the_one_the_rounds_settle_on(jordan, monkeypatch):
+    """The review's LLM answer is recorded in the round that stands (here round 1, which passed
+    IAV), so evaluation's stage answer after the last round, read off the record's rounds, is the
+    graph's answer; and the review reuses TES's ranking of that round instead of ranking again."""
+    from i2cr.eval.metrics import answer_after_vif
+    from i2cr.linker import link_mention
+    from i2cr.ranker.model import Ranker
+
+    m = _mention(names=NAMES)
+    m.clues = dict(CLUES)
+    state = m.to_input()
+    p, order = top_p_and_order(Context(tes_strategy="hybrid"), state)
+    assert p < 0.999
+    ranked = []
+    real_rank = Ranker.rank
+    monkeypatch.setattr(Ranker, "rank", lambda self, *a, **k: ranked.append(1) or
+                        real_rank(self, *a, **k))
+    fake = ScriptedChatModel(script=[f"Answer: {order[1]}"])
+    ctx = Context(chat_model=fake, tes_strategy="hybrid", hybrid_threshold=1.0, hybrid_top_k=2,
+                  icr_threshold=-1e9, iav_mode="caption", caption_threshold=-1e9,
+                  tool_backend="precomputed")
+    rec = link_mention(m, ctx)
+    assert rec["error"] is None and rec["final_reason"] == "iav_passed_text"
+    (ev,) = hybrid_events(rec, "review")
+    assert (ev["path"], ev["ranker_answer"], ev["answer"]) == ("llm", order[0], order[1])
+    assert rec["answer"] == order[1] and len(rec["rounds"]) == 1
+    assert answer_after_vif(rec, len(rec["rounds"])) == rec["answer"]  # one rule decides
+    assert rec["rounds"][0]["answer"] == order[1] and rec["rounds"][0]["ranker_answer"] == order[0]
+    assert len(ranked) == 1  # TES's ranking of round 1, reused by the review
+
+
 def _mention(mid="m1", label="Michael Jordan", names=NAMES):
     cands = [Candidate(c["name"], c["desc"]) for c in JORDAN_CANDIDATES if c["name"] in names]
     return Mention(id=mid, mention="Jordan", context="Jordan dunks in the 1991 NBA Finals.",

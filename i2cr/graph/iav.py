@@ -11,6 +11,7 @@ Two modes, chosen once per mention by the ``prepare`` node and reported as such:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -24,7 +25,8 @@ from .context import Context, settings_of
 from .state import State
 
 
-def caption_text(state: State) -> str:
+def caption_text(state: Mapping[str, Any]) -> str:
+    """The sample's precomputed caption and tags, the caption bridge's text for the image."""
     clues = state.get("precomputed_clues") or {}
     parts = [str(clues.get("Caption") or "").strip(), str(clues.get("Tags") or "").strip()]
     return ". ".join(p for p in parts if p)
@@ -33,7 +35,7 @@ def caption_text(state: State) -> str:
 def iav_score(state: State, ctx: Context, name: str) -> tuple[float, float]:
     """(score, threshold) of the current mode for one candidate."""
     cand = next(c for c in state["candidates"] if c["name"] == name)
-    if state.get("iav_mode") == "clip":
+    if state["iav_mode"] == "clip":
         ref = state.get("image")
         if ref is None:  # prepare chooses CLIP only for an image that loaded
             raise ImageError("missing", "no image to compare with")
@@ -45,10 +47,16 @@ def iav_score(state: State, ctx: Context, name: str) -> tuple[float, float]:
 
 
 def iav(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """The IAV node: score this round's answer against the image (or its caption).
+
+    Reads ``choice``, ``round``, ``iav_mode``, ``candidates``, ``image``, ``precomputed_clues``,
+    ``round_answers``; writes ``path``, ``iav_score``, ``iav_passed``, ``events`` and either the
+    verdict into the round's entry of ``round_answers`` or, when nothing can be scored after all,
+    ``visual_available`` (False)."""
     ctx = settings_of(runtime)
-    choice = state.get("choice")
-    rnd = state.get("round") or 1
-    mode = state.get("iav_mode")
+    choice = state["choice"]
+    rnd = state["round"]
+    mode = state["iav_mode"]
     ev: dict[str, Any] = {"type": "iav", "round": rnd, "choice": choice, "mode": mode}
     if choice is None or choice == NIL:
         ev.update(score=None, decision="nil_not_verifiable")
@@ -61,7 +69,7 @@ def iav(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                 "visual_available": False}
     passed = score >= threshold
     ev.update(score=round(score, 3), threshold=threshold, decision="pass" if passed else "fail")
-    answers = [dict(a) for a in state.get("round_answers") or []]
+    answers = [dict(a) for a in state["round_answers"]]
     if answers:
         answers[-1].update(iav=score, iav_passed=passed)
     return {"path": ["iav"], "iav_score": score, "iav_passed": passed, "events": [ev],

@@ -27,9 +27,17 @@ def icr_score(state: State, ctx: Context, name: str) -> float:
 
 
 def icr(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """The ICR node: score TES's choice against this round's query.
+
+    Reads ``choice``, ``round``, ``candidates``, ``mention``, ``context``, ``clues``, ``tried``,
+    ``reflections``, ``excluded``, ``round_answers``; writes ``path``, ``icr_score``,
+    ``icr_passed``, ``icr_decision``, ``events`` and either ``tried``, ``excluded`` and
+    ``reflections`` (rejected: choose again) or the round's answer (:func:`_accept`: an entry in
+    ``round_answers``, in round 1 ``text_answer`` and ``text_icr``; ``choice`` when the best try
+    is kept)."""
     ctx = settings_of(runtime)
-    choice = state.get("choice")
-    rnd = state.get("round") or 1
+    choice = state["choice"]
+    rnd = state["round"]
     update: dict[str, Any] = {"path": ["icr"]}
     if choice is None or choice == NIL:
         # NIL has no description to check; it stands as this round's answer.
@@ -39,10 +47,10 @@ def icr(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         return {**update, **_accept(state, choice, None, rnd)}
 
     score = icr_score(state, ctx, choice)
-    tried: list[Tried] = [*(state.get("tried") or []), {"name": choice, "icr": score}]
+    tried: list[Tried] = [*state["tried"], {"name": choice, "icr": score}]
     alpha = ctx.alpha
     passed = score >= alpha
-    reflections = state.get("reflections") or 0
+    reflections = state["reflections"]
     left = [c for c in allowed_candidates(state) if c["name"] != choice]
     ev: dict[str, Any] = {"type": "icr", "round": rnd, "choice": choice, "score": round(score, 4),
                           "threshold": alpha}
@@ -53,7 +61,7 @@ def icr(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         return {**update, **_accept(state, choice, score, rnd)}
     if reflections < ctx.max_reflections and left:
         ev["decision"] = update["icr_decision"] = "reject_and_rechoose"
-        update.update(excluded=[*(state.get("excluded") or []), choice],
+        update.update(excluded=[*state["excluded"], choice],
                       reflections=reflections + 1, events=[ev])
         return update
     best = max(tried, key=lambda t: t["icr"] if t["icr"] is not None else float("-inf"))
@@ -66,8 +74,7 @@ def icr(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 def _accept(state: State, choice: str | None, score: float | None, rnd: int) -> dict[str, Any]:
     """Record this round's answer; round 1's is the text answer."""
     out: dict[str, Any] = {
-        "round_answers": [*(state.get("round_answers") or []),
-                          {"round": rnd, "answer": choice, "icr": score}],
+        "round_answers": [*state["round_answers"], {"round": rnd, "answer": choice, "icr": score}],
     }
     if rnd == 1:
         out.update(text_answer=choice, text_icr=score)

@@ -3,6 +3,7 @@ tools this mention can use. Problems become recorded reasons, never crashes."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -11,90 +12,126 @@ from ..embeddings import ModelUnavailable
 from ..images import ImageError
 from ..tools import ToolInput
 from . import resources
-from .context import Context, settings_of
-from .state import State
+from .context import Context, IavMode, settings_of
+from .state import CandidateDict, State
 from .tes import retrieval_ranking
 
 
-def choose_iav_mode(state: State, ctx: Context, image_ok: bool) -> tuple[str | None, str | None]:
-    """(mode, reason): 'clip', 'caption' or None, and why a better mode was not possible."""
-    modes = ctx.resolved.iav_modes
+def first_round() -> dict[str, Any]:
+    """The bookkeeping every mention starts from (the keys of :class:`~.state.Prepared` that do not
+    depend on the input): round 1, nothing tried, counted, gathered or answered yet."""
+    return {"round": 1, "llm_calls": 0, "reflections": 0, "excluded": [], "tried": [], "clues": [],
+            "tools_used": [], "vif_rounds": 0, "round_answers": [], "choice": None,
+            "first_answer": None, "text_answer": None, "answer": None, "iav_passed": None,
+            "iav_score": None, "icr_score": None, "error": None}
+
+
+def choose_iav_mode(modes: Sequence[IavMode], image_ok: bool, clip_problem: str | None,
+                    clues: Mapping[str, Any] | None) -> tuple[IavMode | None, str | None]:
+    """(mode, reason): 'clip', 'caption' or None, and why a better mode was not possible, from the
+    modes the settings allow (best first), whether the image loaded, why CLIP cannot load (None:
+    it loads; asked only with 'clip' allowed and a usable image) and the precomputed clues."""
     if not modes:
         return None, "IAV switched off"
     reason = None
     if "clip" in modes:
         if image_ok:
-            try:
-                resources.clip(ctx)
+            if clip_problem is None:
                 return "clip", None
-            except ModelUnavailable as e:
-                reason = f"CLIP unavailable: {e}"
+            reason = f"CLIP unavailable: {clip_problem}"
         else:
             reason = "no usable image for CLIP"
         if "caption" not in modes:
             return None, reason
-    clues = state.get("precomputed_clues") or {}
+    clues = clues or {}
     if any(str(clues.get(k) or "").strip() for k in ("Caption", "Tags")):
         return "caption", reason
     return None, (reason + "; " if reason else "") + "no caption or tags for the caption bridge"
 
 
-def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    ctx = settings_of(runtime)
+def clip_problem(ctx: Context) -> str | None:
+    """Why the run's CLIP cannot load, or None when it does (loading it, once per run)."""
+    try:
+        resources.clip(ctx)
+        return None
+    except ModelUnavailable as e:
+        return str(e)
+
+
+def capped_candidates(state: State, ctx: Context) -> tuple[list[CandidateDict], list[dict[str, Any]]]:
+    """(candidates, events): the input's candidates cut to ``max_candidates``, then, with
+    ``prune_k``, to the ranker's top k (in their order)."""
     events: list[dict[str, Any]] = []
-    update: dict[str, Any] = {
-        "path": ["prepare"], "round": 1, "llm_calls": 0, "reflections": 0, "excluded": [],
-        "tried": [], "clues": [], "tools_used": [], "vif_rounds": 0, "round_answers": [],
-        "choice": None, "first_answer": None, "text_answer": None, "answer": None,
-        "iav_passed": None, "iav_score": None, "icr_score": None, "error": None,
-    }
     cands = list(state.get("candidates") or [])
     if len(cands) > ctx.max_candidates:
         events.append({"type": "candidates_truncated", "from": len(cands), "to": ctx.max_candidates})
         cands = cands[: ctx.max_candidates]
-        update["candidates"] = cands
     if not cands:
         events.append({"type": "no_candidates"})
     elif ctx.prune_k and len(cands) > ctx.prune_k:
-        ranking = retrieval_ranking({**state, "round": 1, "clues": []}, ctx, cands)
+        ranking = retrieval_ranking(
+            {**state, "round": 1, "clues": [], "context": state.get("context") or ""}, ctx, cands)
         keep = ranking.order[: ctx.prune_k]
         pruned = [cands[i] for i in sorted(keep)]
         events.append({"type": "candidates_pruned", "k": ctx.prune_k,
                        "dropped": [c["name"] for c in cands if c not in pruned]})
         cands = pruned
-        update["candidates"] = cands
+    return cands, events
 
+
+def capped_context(state: State, ctx: Context) -> tuple[str, list[dict[str, Any]]]:
+    """(context, events): the input's context cut to ``max_context_chars``."""
     context = state.get("context") or ""
     if len(context) > ctx.max_context_chars:
-        update["context"] = context[: ctx.max_context_chars]
-        events.append({"type": "context_truncated", "from_chars": len(context),
-                       "to_chars": ctx.max_context_chars})
+        return context[: ctx.max_context_chars], [
+            {"type": "context_truncated", "from_chars": len(context),
+             "to_chars": ctx.max_context_chars}]
+    return context, []
 
+
+def image_status(state: State, ctx: Context) -> tuple[str, str | None, list[dict[str, Any]]]:
+    """(status, reason, events): whether the mention's image loads (into the run's images)."""
     ref = state.get("image")
     if not ref:
-        status, reason = "absent", "the mention has no image"
-    else:
-        try:
-            ctx.resources.images.load(ref, deadline=ctx.image_timeout)
-            status, reason = "ok", None
-        except ImageError as e:
-            status, reason = e.kind, e.reason
-            events.append({"type": "image_unusable", "kind": e.kind, "reason": e.reason})
-    update["image_status"], update["image_reason"] = status, reason
+        return "absent", "the mention has no image", []
+    try:
+        ctx.resources.images.load(ref, deadline=ctx.image_timeout)
+        return "ok", None, []
+    except ImageError as e:
+        return e.kind, e.reason, [{"type": "image_unusable", "kind": e.kind, "reason": e.reason}]
 
-    mode, why = choose_iav_mode(state, ctx, status == "ok")
-    update["iav_mode"] = mode
-    update["visual_available"] = mode is not None
-    if why:
-        events.append({"type": "iav_mode", "mode": mode, "reason": why})
 
-    inp = ToolInput(image_ref=ref if status == "ok" else None,
+def available_tools(state: State, ctx: Context, image_ok: bool) -> tuple[list[str], list[dict[str, Any]]]:
+    """(tool names, events): the run's tools that can run for this mention, in fallback order."""
+    inp = ToolInput(image_ref=state.get("image") if image_ok else None,
                     precomputed=state.get("precomputed_clues"), settings=ctx)
     try:
         tools = resources.tools(ctx)
-        update["tools_available"] = [n for n, t in tools.items() if t.available(inp)]
+        return [n for n, t in tools.items() if t.available(inp)], []
     except ValueError as e:
-        update["tools_available"] = []
-        events.append({"type": "tools_error", "reason": str(e)})
-    update["events"] = events
-    return update
+        return [], [{"type": "tools_error", "reason": str(e)}]
+
+
+def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Reads the input (``candidates``, ``context``, ``image``, ``precomputed_clues``); writes
+    every key of :class:`~.state.Prepared` (:func:`first_round`, ``image_status``,
+    ``image_reason``, ``iav_mode``, ``visual_available``, ``tools_available``), ``candidates``
+    and ``context`` (cut to their caps), ``path`` and ``events``."""
+    ctx = settings_of(runtime)
+    cands, events = capped_candidates(state, ctx)
+    context, context_events = capped_context(state, ctx)
+    status, reason, image_events = image_status(state, ctx)
+    events += context_events + image_events
+    image_ok = status == "ok"
+
+    modes = ctx.resolved.iav_modes
+    problem = clip_problem(ctx) if "clip" in modes and image_ok else None
+    mode, why = choose_iav_mode(modes, image_ok, problem, state.get("precomputed_clues"))
+    if why:
+        events.append({"type": "iav_mode", "mode": mode, "reason": why})
+
+    tools, tool_events = available_tools(state, ctx, image_ok)
+    events += tool_events
+    return {"path": ["prepare"], **first_round(), "candidates": cands, "context": context,
+            "image_status": status, "image_reason": reason, "iav_mode": mode,
+            "visual_available": mode is not None, "tools_available": tools, "events": events}

@@ -23,6 +23,10 @@ from .state import State
 
 
 def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """The retrieve node (before ``prepare``: the input's keys only, with defaults).
+
+    Reads ``mention``, ``context``; writes ``path``, ``candidates`` (the KB's top ``kb_top_k``),
+    ``events`` (``kb_candidates``) and, with ``kb_allow_nil``, ``allow_nil``."""
     from ..kb.index import candidates_of, open_kb
 
     ctx = settings_of(runtime)

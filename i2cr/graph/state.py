@@ -34,6 +34,17 @@ class Tried(TypedDict):
     icr: float | None
 
 
+class RoundAnswer(TypedDict, total=False):
+    """One round's entry in ``round_answers``: its answer as ICR accepted it (``icr``, its score),
+    IAV's verdict on it, and, when hybrid TES's review replaced it, the ranker's answer."""
+    round: int
+    answer: str | None
+    icr: float | None
+    iav: float
+    iav_passed: bool
+    ranker_answer: str | None
+
+
 class InputState(TypedDict, total=False):
     sample_id: str
     mention: str
@@ -63,54 +74,72 @@ class OutputState(TypedDict, total=False):
     error: str | None
     text_icr: float | None
     iav_passed: bool | None
-    round_answers: list[dict[str, Any]]
+    round_answers: list[RoundAnswer]
     clues: list[Clue]
     image_status: str
     image_reason: str | None
     tools_available: list[str]
 
 
-class State(InputState, total=False):
-    # bookkeeping
-    path: Annotated[list[str], operator.add]  # node visits, in order
-    events: Annotated[list[dict[str, Any]], operator.add]  # notable decisions and fallbacks
-    llm_calls: int
+class Ranked(TypedDict):
+    """The ranker's view of one TES call (hybrid TES keeps its last, for the review to reuse):
+    the round, the candidates offered (names, in the list's order), their order best first
+    (indices into ``offered``) and their probabilities."""
+    round: int
+    offered: list[str]
+    order: list[int]
+    probs: list[float]
+
+
+class Prepared(TypedDict):
+    """The keys the ``prepare`` node writes for every mention, so every later node may read them
+    without a default (``prepare`` also writes ``candidates`` and ``context``, always, cut to
+    their caps)."""
     round: int  # 1 = text only, 2.. = after each VIF clue
+    llm_calls: int
     error: str | None
-
-    # image and visual evidence
-    image_status: str  # ok | absent | missing | corrupt | unsupported
-    image_reason: str | None
-    visual_available: bool  # IAV can score something (an image with CLIP, or clues)
-
-    # TES / ICR within a round
+    reflections: int  # ICR rejections in this round
     excluded: list[str]  # candidates ICR rejected in this round
     tried: list[Tried]  # choices tried this round with their ICR score
     choice: str | None  # current TES choice (a candidate name or "nil")
-    llm_answer: str | None  # raw text of the last TES answer
     first_answer: str | None  # TES's very first mapped answer
+    text_answer: str | None  # round 1's answer
     icr_score: float | None
-    icr_passed: bool | None
-    icr_decision: str  # pass | reject_and_rechoose | exhausted_keep_best | nil_not_checked
-    reflections: int
-
-    # round-1 result and IAV
-    text_answer: str | None
-    text_icr: float | None
     iav_score: float | None
-    iav_mode: str | None
     iav_passed: bool | None
-    round_answers: list[dict[str, Any]]  # per round: answer, icr, iav, clue
-
-    # VIF
+    round_answers: list[RoundAnswer]  # per round: answer, icr, iav
     clues: list[Clue]  # every clue gathered, in order
-    tools_available: list[str]  # tools that can run for this mention, in fallback order
     tools_used: list[str]
     vif_rounds: int
+    answer: str | None
+    image_status: str  # ok | absent | missing | corrupt | unsupported
+    image_reason: str | None
+    iav_mode: str | None
+    visual_available: bool  # IAV can score something (an image with CLIP, or clues)
+    tools_available: list[str]  # tools that can run for this mention, in fallback order
+
+
+class State(InputState, Prepared, total=False):
+    """The run's state: the input, what ``prepare`` guarantees (:class:`Prepared`), and what the
+    nodes after it add."""
+
+    # bookkeeping
+    path: Annotated[list[str], operator.add]  # node visits, in order
+    events: Annotated[list[dict[str, Any]], operator.add]  # notable decisions and fallbacks
+
+    # TES / ICR within a round
+    llm_answer: str | None  # raw text of the last TES answer
+    ranked: Ranked  # hybrid TES's last ranking
+    icr_passed: bool | None
+    icr_decision: str  # pass | reject_and_rechoose | exhausted_keep_best | nil_not_checked
+
+    # round-1 result
+    text_icr: float | None
+
+    # VIF
     last_clue_ok: bool
 
     # result
-    answer: str | None
     is_nil: bool
     final_reason: str
     fallback: str

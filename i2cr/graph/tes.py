@@ -13,7 +13,7 @@ answer that stands (:mod:`i2cr.graph.review`).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -26,15 +26,16 @@ from ..ranker import Ranking
 from ..redact import error_text
 from ..texts import entity_text
 from . import resources
-from .context import Context, settings_of
-from .state import CandidateDict, State
+from .context import Context, Strategy, settings_of
+from .state import CandidateDict, Ranked, State
 from .texts import round_clues, round_query
 from .trace_events import emit, prompt_text, tokens_of
 
 
 def allowed_candidates(state: State) -> list[CandidateDict]:
-    excluded = set(state.get("excluded") or [])
-    return [c for c in state.get("candidates") or [] if c["name"] not in excluded]
+    """The candidates TES may offer: every candidate ICR has not rejected in this round."""
+    excluded = set(state["excluded"])
+    return [c for c in state["candidates"] if c["name"] not in excluded]
 
 
 def rank_by_embedding(state: State, ctx: Context, cands: Sequence[Mapping[str, Any]]) -> list[float]:
@@ -46,15 +47,48 @@ def rank_by_embedding(state: State, ctx: Context, cands: Sequence[Mapping[str, A
 def retrieval_ranking(state: State, ctx: Context, cands: Sequence[Mapping[str, Any]]) -> Ranking:
     """The ranker's view of ``cands`` in this round (mention, context, round clues)."""
     doc = state.get("document_mentions")
-    return resources.ranker(ctx).rank(state["mention"], state.get("context", ""),
+    return resources.ranker(ctx).rank(state["mention"], state["context"],
                                       round_clues(state, ctx.query_clues), cands,
                                       doc if isinstance(doc, list) else ())
 
 
+def ranked(state: State, cands: Sequence[Mapping[str, Any]], r: Ranking) -> Ranked:
+    """What the state keeps of a ranking (for the hybrid's review to reuse)."""
+    return {"round": state["round"], "offered": [c["name"] for c in cands], "order": r.order,
+            "probs": [float(p) for p in r.probs]}
+
+
+def _answered(state: State, choice: str | None, update: dict[str, Any]) -> dict[str, Any]:
+    """A TES answer's update: ``path``, ``choice``, ``first_answer`` when it is the first."""
+    out: dict[str, Any] = {"path": ["tes"], "choice": choice, **update}
+    if state["first_answer"] is None:
+        out["first_answer"] = choice
+    return out
+
+
+# the two algorithms (and the hybrid of both), chosen by the settings' strategy -------------------
+
+def tes(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """The TES node: the strategy's algorithm (:func:`tes_algorithm`) answers."""
+    ctx = settings_of(runtime)
+    return tes_algorithm(ctx.strategy)(state, ctx)
+
+
+def tes_algorithm(strategy: Strategy) -> Callable[[State, Context], dict[str, Any]]:
+    """The TES of a strategy: the ranker's (``retrieval``), the ranker's recording its ranking for
+    the review (``hybrid``), or the LLM's (``llm``)."""
+    return {"retrieval": tes_retrieval, "hybrid": tes_hybrid, "llm": tes_llm}[strategy]
+
+
 def tes_retrieval(state: State, ctx: Context, ranking: Ranking | None = None) -> dict[str, Any]:
-    """The ranker's answer over the allowed candidates (``ranking``: theirs, when already made)."""
+    """The ranker's answer over the allowed candidates (``ranking``: theirs, when already made).
+
+    Reads ``mention``, ``context``, ``candidates``, ``excluded``, ``round``, ``clues``,
+    ``allow_nil``, ``document_mentions``, ``first_answer``; writes ``path``, ``choice``
+    (NIL when nothing is left, or when NIL is allowed and the ranker says so), ``llm_answer``
+    (None), ``first_answer`` (the first time) and a ``tes_answer`` event."""
     cands = allowed_candidates(state)
-    ev: dict[str, Any] = {"type": "tes_answer", "round": state.get("round", 1),
+    ev: dict[str, Any] = {"type": "tes_answer", "round": state["round"],
                           "strategy": "retrieval", "method": "retrieval",
                           "offered": [c["name"] for c in cands]}
     if not cands:
@@ -70,43 +104,28 @@ def tes_retrieval(state: State, ctx: Context, ranking: Ranking | None = None) ->
             choice = NIL
             ev["nil_reason"] = f"p_link {r.p_link:.3f} < {r.nil_threshold}"
     ev["mapped"] = choice
-    update: dict[str, Any] = {"path": ["tes"], "choice": choice, "llm_answer": None, "events": [ev]}
-    if state.get("first_answer") is None:
-        update["first_answer"] = choice
-    return update
-
-
-def _text(msg: Any) -> str:
-    content = getattr(msg, "content", msg)
-    if isinstance(content, list):  # content blocks
-        return " ".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in content)
-    return str(content or "")
-
-
-def tes(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    ctx = settings_of(runtime)
-    if ctx.strategy == "retrieval":
-        return tes_retrieval(state, ctx)
-    if ctx.strategy == "hybrid":
-        return tes_hybrid(state, ctx)
-    return tes_llm(state, ctx)
+    return _answered(state, choice, {"llm_answer": None, "events": [ev]})
 
 
 def tes_hybrid(state: State, ctx: Context) -> dict[str, Any]:
     """The ranker answers every TES of the hybrid, re-choices after ICR and clue rounds included;
     the LLM is asked at most once per mention, by the ``review`` node, about the answer that
     stands. A ``tes_hybrid`` event records the ranker's top probability over the allowed
-    candidates beside ``hybrid_threshold`` (``unsure``: below it)."""
+    candidates beside ``hybrid_threshold`` (``unsure``: below it).
+
+    Reads what :func:`tes_retrieval` reads; writes what it writes, the ``tes_hybrid`` event
+    before its own, and ``ranked`` (the ranking, which the review reuses)."""
     cands = allowed_candidates(state)
     if not cands:
         return tes_retrieval(state, ctx)
     r = retrieval_ranking(state, ctx, cands)
     p = float(r.probs[r.best])
     update = tes_retrieval(state, ctx, r)
-    ev = {"type": "tes_hybrid", "node": "tes", "round": state.get("round", 1), "path": "ranker",
+    ev = {"type": "tes_hybrid", "node": "tes", "round": state["round"], "path": "ranker",
           "p": round(p, 4), "threshold": ctx.hybrid_threshold,
           "unsure": p < ctx.hybrid_threshold}
     update["events"] = [ev, *update["events"]]
+    update["ranked"] = ranked(state, cands, r)
     return update
 
 
@@ -114,8 +133,35 @@ def tes_llm(state: State, ctx: Context, cands: list[CandidateDict] | None = None
             fallback: str | None = None, node: str = "tes") -> dict[str, Any]:
     """The LLM chooses among ``cands`` (default: every candidate ICR has not rejected); when it
     fails or names none of them, ``fallback`` stands (default: the closest by embedding).
-    ``node``: the graph node asking, named in its events."""
+    ``node``: the graph node asking, named in its events.
+
+    Reads ``mention``, ``context``, ``candidates``, ``excluded``, ``round``, ``clues``,
+    ``allow_nil``, ``llm_calls``, ``first_answer``; writes ``path``, ``choice``, ``llm_answer``
+    (the last raw answer), ``llm_calls`` (counted up), ``first_answer`` (the first time) and its
+    events (each answer, each error, the fallback taken)."""
     cands = allowed_candidates(state) if cands is None else cands
+    choice, how, raw, calls, events = ask_llm(state, ctx, cands, node)
+    if choice is None:
+        choice, how = fallback_choice(state, ctx, cands, fallback)
+        events.append({"type": "tes_fallback", "choice": choice, "method": how})
+    return _answered(state, choice, {"llm_answer": raw, "llm_calls": state["llm_calls"] + calls,
+                                     "events": events})
+
+
+def tes_messages(state: State, ctx: Context, cands: list[CandidateDict],
+                 retry_note: str = "") -> list[Any]:
+    """The TES prompt of the run's ``prompt_profile`` for this round's view of ``cands``."""
+    return profile(ctx.prompt_profile).build(
+        mention=state["mention"], context=state["context"], candidates=cands,
+        excluded=state["excluded"], clues=round_clues(state, ctx.query_clues),
+        allow_nil=bool(state.get("allow_nil")), desc_chars=ctx.desc_chars, retry_note=retry_note)
+
+
+def ask_llm(state: State, ctx: Context, cands: list[CandidateDict], node: str
+            ) -> tuple[str | None, str | None, str | None, int, list[dict[str, Any]]]:
+    """(choice, how it was mapped, last raw answer, LLM calls made, events): the LLM asked to
+    choose among ``cands``, again with the profile's retry note (``tes_retries`` times) while its
+    answer maps to none of them. ``choice`` None: it never named one, or could not be asked."""
     prompts = profile(ctx.prompt_profile)
     allow_nil = bool(state.get("allow_nil"))
     names = [c["name"] for c in cands]
@@ -131,10 +177,7 @@ def tes_llm(state: State, ctx: Context, cands: list[CandidateDict] | None = None
     for attempt in range(1 + max(0, ctx.tes_retries)):
         if chat is None:
             break
-        messages = prompts.build(
-            mention=state["mention"], context=state.get("context", ""), candidates=cands,
-            excluded=state.get("excluded") or [], clues=round_clues(state, ctx.query_clues),
-            allow_nil=allow_nil, desc_chars=ctx.desc_chars, retry_note=note)
+        messages = tes_messages(state, ctx, cands, note)
         t0 = time.perf_counter()
         try:
             msg, raw, asked = ask_tes(chat, messages, names, allow_nil=allow_nil, mode=ctx.tes_answer)
@@ -152,7 +195,7 @@ def tes_llm(state: State, ctx: Context, cands: list[CandidateDict] | None = None
         emit({"type": "llm_call", "node": node, "attempt": attempt, "prompt": prompt_text(messages),
               "raw": raw, "mapped": m.name, "latency_s": round(time.perf_counter() - t0, 3),
               "tokens": tokens_of(msg)})
-        events.append({"type": "tes_answer", "round": state.get("round", 1), "attempt": attempt,
+        events.append({"type": "tes_answer", "round": state["round"], "attempt": attempt,
                        "raw": raw[:500], "mapped": m.name, "method": m.method,
                        "score": round(m.score, 1), "offered": names,
                        "latency_s": round(time.perf_counter() - t0, 3),
@@ -162,20 +205,17 @@ def tes_llm(state: State, ctx: Context, cands: list[CandidateDict] | None = None
             break
         events.append({"type": "unmappable_answer", "raw": raw[:200]})
         note = prompts.retry_note
-    if choice is None:
-        if fallback is not None:
-            choice, how = fallback, "ranker_fallback"
-        elif cands:
-            sims = rank_by_embedding(state, ctx, cands)
-            best = max(range(len(cands)), key=lambda i: sims[i])
-            choice, how = cands[best]["name"], "embedding_fallback"
-        else:
-            choice, how = NIL, "no_candidates_left"
-        events.append({"type": "tes_fallback", "choice": choice, "method": how})
-    update: dict[str, Any] = {
-        "path": ["tes"], "choice": choice, "llm_answer": raw,
-        "llm_calls": (state.get("llm_calls") or 0) + calls, "events": events,
-    }
-    if state.get("first_answer") is None:
-        update["first_answer"] = choice
-    return update
+    return choice, how, raw, calls, events
+
+
+def fallback_choice(state: State, ctx: Context, cands: list[CandidateDict],
+                    fallback: str | None) -> tuple[str, str]:
+    """(choice, method) when the LLM named no candidate: ``fallback`` when given, else the
+    candidate closest to this round's query by embedding, else NIL (none left)."""
+    if fallback is not None:
+        return fallback, "ranker_fallback"
+    if cands:
+        sims = rank_by_embedding(state, ctx, cands)
+        best = max(range(len(cands)), key=lambda i: sims[i])
+        return cands[best]["name"], "embedding_fallback"
+    return NIL, "no_candidates_left"

@@ -13,15 +13,15 @@ from .state import Clue
 def round_clues(state: Mapping[str, Any], mode: str) -> list[Clue]:
     """The clues this round's prompt and ICR query carry: in round 1 none; later either only the
     clue that opened the round (the paper) or every useful clue so far ('cumulative')."""
-    clues = [c for c in state.get("clues") or [] if c.get("ok") and c.get("text", "").strip()]
-    if (state.get("round") or 1) <= 1 or not clues:
+    clues = [c for c in state["clues"] if c.get("ok") and c.get("text", "").strip()]
+    if state["round"] <= 1 or not clues:
         return []
     return clues if mode == "cumulative" else clues[-1:]
 
 
 def round_query(state: Mapping[str, Any], settings: Any) -> str:
     """The query TES's ranking and ICR compare with entity texts in the current round."""
-    return query_for(state["mention"], state.get("context", ""),
+    return query_for(state["mention"], state["context"],
                      round_clues(state, settings.query_clues), settings)
 
 

@@ -9,6 +9,7 @@ paper's order is taken and the state records why.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -16,7 +17,7 @@ from langgraph.runtime import Runtime
 from ..llm import LLMCallFailed
 from ..prompts import build_vif_messages
 from ..redact import error_text
-from ..tools import ToolInput
+from ..tools import ToolInput, ToolResult, VisualTool
 from . import resources
 from .context import Context, settings_of
 from .state import State
@@ -24,77 +25,122 @@ from .trace_events import emit, prompt_text, tokens_of
 
 
 def unused_tools(state: State) -> list[str]:
-    used = set(state.get("tools_used") or [])
-    return [t for t in state.get("tools_available") or [] if t not in used]
+    used = set(state["tools_used"])
+    return [t for t in state["tools_available"] if t not in used]
 
 
 def vif(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """The VIF node: one visual tool, the LLM's pick (:func:`pick_tool`) or the next unused one in
+    the fixed order, runs (:func:`run_tool`) and its clue opens the next round.
+
+    Reads ``tools_used``, ``tools_available``, ``llm_calls``, ``vif_rounds`` and, to pick and run
+    the tool, ``mention``, ``context``, ``choice``, ``iav_score``, ``iav_mode``, ``image``,
+    ``image_status``, ``precomputed_clues``, ``round``, ``clues``; writes ``path``,
+    ``llm_calls``, ``vif_rounds``, ``events``, ``last_clue_ok`` and, when a tool ran, what
+    :func:`next_round` writes."""
     ctx = settings_of(runtime)
     tools = resources.tools(ctx)
     offered = [n for n in unused_tools(state) if n in tools]
-    events: list[dict[str, Any]] = []
-    calls = 0
     picked: str | None = None
-    how = "fixed_order"
+    how, calls = "fixed_order", 0
+    events: list[dict[str, Any]] = []
     if offered and ctx.llm_picks_tools:
-        messages = build_vif_messages(
-            mention=state["mention"], context=state.get("context", ""), answer=state.get("choice"),
-            score=state.get("iav_score"),
-            threshold=ctx.iav_threshold if state.get("iav_mode") == "clip" else ctx.caption_threshold,
-            used=state.get("tools_used") or [], available=offered)
-        t0 = time.perf_counter()
-        try:
-            bound = resources.chat_model(ctx).bind_tools([tools[n].as_langchain_tool() for n in offered])
-            msg = bound.invoke(messages)
-            calls += 1
-            tool_calls = list(getattr(msg, "tool_calls", None) or [])
-            requested = [tc.get("name") for tc in tool_calls]
-            emit({"type": "llm_call", "node": "vif", "prompt": prompt_text(messages),
-                  "tools_offered": offered, "raw": str(getattr(msg, "content", "")),
-                  "tool_calls": requested, "latency_s": round(time.perf_counter() - t0, 3),
-                  "tokens": tokens_of(msg)})
-            events.append({"type": "vif_request", "offered": offered, "requested": requested,
-                           "raw": str(getattr(msg, "content", ""))[:300],
-                           "latency_s": round(time.perf_counter() - t0, 3),
-                           "tokens": tokens_of(msg)})
-            if not tool_calls:
-                how = "fallback_no_tool_call"
-            elif requested[0] not in offered:
-                how = "fallback_invalid_tool"
-                events.append({"type": "invalid_tool_call", "requested": requested[0],
-                               "offered": offered})
-            else:
-                picked, how = requested[0], "llm"
-                if len(tool_calls) > 1:
-                    events.append({"type": "extra_tool_calls_ignored", "ignored": requested[1:]})
-        except LLMCallFailed:
-            raise  # refused after every retry: the mention becomes an error record
-        except Exception as e:  # noqa: BLE001 - an LLM failure falls back to the fixed order
-            calls += 1
-            how = "fallback_llm_error"
-            events.append({"type": "llm_error", "node": "vif",
-                           "error": error_text(e)[:300]})
+        picked, how, calls, events = pick_tool(state, ctx, tools, offered)
     if picked is None and offered:
         picked = offered[0]
-    update: dict[str, Any] = {"path": ["vif"], "llm_calls": (state.get("llm_calls") or 0) + calls,
-                              "vif_rounds": (state.get("vif_rounds") or 0) + 1}
+    update: dict[str, Any] = {"path": ["vif"], "llm_calls": state["llm_calls"] + calls,
+                              "vif_rounds": state["vif_rounds"] + 1}
     if picked is None:
         events.append({"type": "vif_no_tool_left"})
         return {**update, "events": events, "last_clue_ok": False}
-    inp = ToolInput(image_ref=state.get("image") if state.get("image_status") == "ok" else None,
+    res, tool_events = run_tool(state, ctx, picked, tools[picked], how)
+    return {**update, "events": events + tool_events, **next_round(state, picked, res)}
+
+
+def vif_messages(state: State, ctx: Context, offered: list[str]) -> list[Any]:
+    """VIF's prompt: the answer that failed IAV, its score against the mode's threshold, the tools
+    used and those offered."""
+    return build_vif_messages(
+        mention=state["mention"], context=state["context"], answer=state["choice"],
+        score=state["iav_score"],
+        threshold=ctx.iav_threshold if state["iav_mode"] == "clip" else ctx.caption_threshold,
+        used=state["tools_used"], available=offered)
+
+
+def pick_tool(state: State, ctx: Context, tools: Mapping[str, VisualTool], offered: list[str]
+              ) -> tuple[str | None, str, int, list[dict[str, Any]]]:
+    """(tool, how it was picked, LLM calls, events): the LLM, bound to the ``offered`` tools, asked
+    for one (tool None: it named none of them, or failed; ``how`` says which)."""
+    messages = vif_messages(state, ctx, offered)
+    events: list[dict[str, Any]] = []
+    calls = 0
+    t0 = time.perf_counter()
+    try:
+        bound = resources.chat_model(ctx).bind_tools([tools[n].as_langchain_tool() for n in offered])
+        msg = bound.invoke(messages)
+        calls += 1
+        tool_calls = list(getattr(msg, "tool_calls", None) or [])
+        requested = [tc.get("name") for tc in tool_calls]
+        emit({"type": "llm_call", "node": "vif", "prompt": prompt_text(messages),
+              "tools_offered": offered, "raw": str(getattr(msg, "content", "")),
+              "tool_calls": requested, "latency_s": round(time.perf_counter() - t0, 3),
+              "tokens": tokens_of(msg)})
+        events.append({"type": "vif_request", "offered": offered, "requested": requested,
+                       "raw": str(getattr(msg, "content", ""))[:300],
+                       "latency_s": round(time.perf_counter() - t0, 3),
+                       "tokens": tokens_of(msg)})
+        picked, how, more = read_tool_calls(requested, offered)
+        return picked, how, calls, events + more
+    except LLMCallFailed:
+        raise  # refused after every retry: the mention becomes an error record
+    except Exception as e:  # noqa: BLE001 - an LLM failure falls back to the fixed order
+        calls += 1
+        how = "fallback_llm_error"
+        events.append({"type": "llm_error", "node": "vif",
+                       "error": error_text(e)[:300]})
+        return None, how, calls, events
+
+
+def read_tool_calls(requested: list[Any], offered: list[str]
+                    ) -> tuple[str | None, str, list[dict[str, Any]]]:
+    """(tool, how, events) from the tool names the LLM called, in order: the first, when offered;
+    None with the reason otherwise (no call, a tool not offered). Further calls are ignored."""
+    events: list[dict[str, Any]] = []
+    if not requested:
+        return None, "fallback_no_tool_call", events
+    if requested[0] not in offered:
+        events.append({"type": "invalid_tool_call", "requested": requested[0],
+                       "offered": offered})
+        return None, "fallback_invalid_tool", events
+    if len(requested) > 1:
+        events.append({"type": "extra_tool_calls_ignored", "ignored": requested[1:]})
+    return requested[0], "llm", events
+
+
+def run_tool(state: State, ctx: Context, picked: str, tool: VisualTool, how: str
+             ) -> tuple[ToolResult, list[dict[str, Any]]]:
+    """(result, events): ``tool`` (named ``picked`` in the run's tools) run on the mention's image
+    (when it loaded) and precomputed clues."""
+    inp = ToolInput(image_ref=state.get("image") if state["image_status"] == "ok" else None,
                     precomputed=state.get("precomputed_clues"), settings=ctx)
     t0 = time.perf_counter()
-    res = tools[picked].run(inp)
-    ok = res.ok and bool(res.text.strip())
-    events.append({"type": "tool_call", "tool": picked, "how": how, "backend": res.backend,
-                   "ok": res.ok, "error": res.error, "result": res.text[:500],
-                   "latency_s": round(time.perf_counter() - t0, 3)})
+    res = tool.run(inp)
+    events = [{"type": "tool_call", "tool": picked, "how": how, "backend": res.backend,
+               "ok": res.ok, "error": res.error, "result": res.text[:500],
+               "latency_s": round(time.perf_counter() - t0, 3)}]
     emit({"type": "tool_result", "node": "vif", "tool": picked, "ok": res.ok, "text": res.text,
           "error": res.error})
-    rnd = (state.get("round") or 1) + 1
-    return {**update, "events": events,
-            "tools_used": [*(state.get("tools_used") or []), picked],
-            "clues": [*(state.get("clues") or []), {"tool": picked, "text": res.text, "ok": res.ok}],
+    return res, events
+
+
+def next_round(state: State, picked: str, res: ToolResult) -> dict[str, Any]:
+    """The tool's clue gathered and a new round opened: ``tools_used``, ``clues``,
+    ``last_clue_ok`` (a clue with text), ``round`` (+1), and the round's ICR bookkeeping reset
+    (``excluded``, ``tried``, ``reflections``)."""
+    ok = res.ok and bool(res.text.strip())
+    rnd = state["round"] + 1
+    return {"tools_used": [*state["tools_used"], picked],
+            "clues": [*state["clues"], {"tool": picked, "text": res.text, "ok": res.ok}],
             "last_clue_ok": ok, "round": rnd,
             # a new round starts: TES may offer every candidate again
             "excluded": [], "tried": [], "reflections": 0}
