@@ -8,7 +8,7 @@ RSS of the process, size on disk, and the fused query's p50/p95 (full-text + ANN
 KB is written under ``--dir`` (never inside the repository); delete it afterwards.
 
 On Linux the peak RSS is also given per build phase (``phase_peak_rss_mb``: ingest, compact,
-fts, ann; the kernel's high-water mark is reset as each phase starts), and ``ingest_rss_mb``
+fts, labels, ann; the kernel's high-water mark is reset as each phase starts), and ``ingest_rss_mb``
 gives the RSS after the second batch and before the last one: a streamed ingestion keeps them
 close whatever ``--n``.
 """
