@@ -6,6 +6,11 @@ By default the vectors are random unit vectors (a stand-in for the embedder, who
 bench`` measures on its own), so the numbers are those of the index: streamed build time, peak
 RSS of the process, size on disk, and the fused query's p50/p95 (full-text + ANN). The generated
 KB is written under ``--dir`` (never inside the repository); delete it afterwards.
+
+On Linux the peak RSS is also given per build phase (``phase_peak_rss_mb``: ingest, compact,
+fts, labels, ann; the kernel's high-water mark is reset as each phase starts), and ``ingest_rss_mb``
+gives the RSS after the second batch and before the last one: a streamed ingestion keeps them
+close whatever ``--n``.
 """
 
 from __future__ import annotations
@@ -40,6 +45,39 @@ def entities(n: int, seed: int = 0) -> Iterator[str]:
                                   f"of {_word(rng)}.", "prior": rng.random()})
 
 
+def _status_mb(key: str) -> float | None:
+    """``VmRSS`` / ``VmHWM`` of this process in MB (None where /proc is not Linux's)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+class PhasePeaks:
+    """The peak RSS of each build phase: called with a phase's name as it starts, it records the
+    high-water mark of the phase before and resets it (``/proc/self/clear_refs``)."""
+
+    def __init__(self) -> None:
+        self.peaks: dict[str, float] = {}
+        self.current: str | None = None
+        self.ok = True
+
+    def __call__(self, name: str) -> None:
+        hwm = _status_mb("VmHWM")
+        if self.current is not None and hwm is not None and self.ok:
+            self.peaks[self.current] = hwm
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+        except OSError:
+            self.ok = False
+        self.current = None if name == "done" else name
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..graph import Context, resources
     from .index import KB, build
@@ -69,8 +107,16 @@ def main(argv: list[str] | None = None) -> int:
             v = rng.standard_normal((len(texts), args.dim)).astype(np.float32)
             return v / np.linalg.norm(v, axis=1, keepdims=True)
         name = f"random-{args.dim}"
+    rss: list[float | None] = []
+
+    def encode_and_sample(texts):
+        rss.append(_status_mb("VmRSS"))  # before this batch: after the previous one
+        return encode(texts)
+
+    peaks = PhasePeaks()
     t0 = time.perf_counter()
-    meta = build(src, root / "kb", embedder=name, encode=encode, batch_size=args.batch_size)
+    meta = build(src, root / "kb", embedder=name, encode=encode_and_sample,
+                 batch_size=args.batch_size, phase=peaks)
     build_s = time.perf_counter() - t0
     kb = KB(root / "kb")
     qrng = random.Random(1)
@@ -83,8 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         kb.generate(mention, v, 10)
         lat.append(1000 * (time.perf_counter() - t))
     lat.sort()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # since the last reset
     out = {"entities": meta["entities"], "vectors": name, "build_s": round(build_s, 1),
-           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+           "peak_rss_mb": round(max([peak, *peaks.peaks.values()]), 1),
+           "phase_peak_rss_mb": peaks.peaks if peaks.ok else None,
+           "ingest_rss_mb": {"after_batch_2": rss[2] if len(rss) > 2 else None,
+                             "before_last_batch": rss[-1] if rss else None},
            "size_mb": round(meta["size_bytes"] / 2 ** 20, 1), "ann": meta["ann"],
            "query_ms_p50": round(lat[len(lat) // 2], 2),
            "query_ms_p95": round(lat[int(len(lat) * 0.95)], 2), "kb_dir": str(root)}

@@ -6,9 +6,10 @@ and ``alias_priors``, p(entity | that surface)), with a label-list index: a ment
 is an alias generates the entities of that alias, and each gets the alias's prior.
 
 A KB folder holds ``kb.json`` (the embedder, the vector size, the build's counts and time, whether
-the build finished) and the LanceDB database ``lance/``. The build streams its source in batches
-(bounded memory), skips ids already in the table (so an interrupted build resumes), reports
-progress on stderr and refuses a KB made with another embedder.
+the build finished) and the LanceDB database ``lance/`` (and, while a build runs, ``ids.sqlite``:
+the ids the table holds, see :mod:`.ids`). The build streams its source in batches (bounded
+memory), skips ids already in the table (so an interrupted build resumes), reports progress on
+stderr and refuses a KB made with another embedder.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import json
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ import numpy as np
 from ..data import DataError
 from ..names import fold, title_parts
 from ..texts import entity_text
+from .ids import IdRegistry
 from .source import BadEntity, Entity, alias_key, read_source
 
 META = "kb.json"
@@ -37,19 +41,26 @@ RRF_K = 60
 POOL = 50  # lexical and dense hits fused per query (and the recall@50 horizon)
 ALIAS_POOL = 1000  # entities of one alias read before keeping the POOL with the largest priors
 ALIAS_COLS = ("alias_keys", "alias_priors")
+FTS_MEMORY_MB = 256  # the full-text index build's memory limit (LanceDB's FTS memory_limit, MiB)
+ANN_TRAIN_MB = 96  # the ANN's k-means training sample, at most (float32 vectors)
+ANN_MIN_SAMPLE_RATE = 32  # ... but at least this many vectors per partition
 
 
 class KBError(DataError):
     """A KB that cannot be built or used: missing, unfinished, or made with another embedder."""
 
 
-def lex_text(ent: Entity) -> str:
+def lex_text(ent: Entity, *, cached: bool = True) -> str:
     """The full-text field: the folded forms of the name (whole, without its disambiguator, the
-    base) and of every alias, so 'St._Louis,_Missouri' is found by 'st louis'."""
+    base) and of every alias, so 'St._Louis,_Missouri' is found by 'st louis'.
+
+    The build passes ``cached=False``: it sees every name once, and filling the name caches
+    (hundreds of thousands of entries) only grew its memory."""
+    fold_, parts_ = (fold, title_parts) if cached else (fold.__wrapped__, title_parts.__wrapped__)
     forms: list[str] = []
     for n in (ent.name, *ent.aliases):
-        t = title_parts(n)
-        forms += [fold(t.full), fold(t.display), fold(t.base)]
+        t = parts_(n)
+        forms += [fold_(t.full), fold_(t.display), fold_(t.base)]
     return " | ".join(dict.fromkeys(f for f in forms if f))
 
 
@@ -112,13 +123,26 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
           encode: Callable[[list[str]], np.ndarray], dtype: str | None = None,
           kind: str = "auto", batch_size: int = 1024,
           progress: bool = True, warn: Callable[[str], None] | None = _say,
-          ann_min_rows: int = ANN_MIN_ROWS, stop_after: int | None = None) -> dict[str, Any]:
+          ann_min_rows: int = ANN_MIN_ROWS, stop_after: int | None = None,
+          phase: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Build (or resume building) the KB at ``out`` from ``source``; returns its metadata.
 
     ``encode`` turns entity texts into L2-normalised vectors (the embedder named ``embedder``).
     Bad source lines are reported through ``warn`` one line each and counted in ``bad``.
     ``stop_after`` stops after that many batches, leaving the build unfinished (tests use it to
-    interrupt a build)."""
+    interrupt a build). ``phase`` is told each phase as it starts: ``ingest``, ``compact``,
+    ``fts``, ``labels``, ``ann`` (only with an ANN index), then ``done`` (the benchmark
+    measures each).
+
+    Memory: the ingestion holds one batch (its entities, vectors and Arrow table) and nothing per
+    entity: the ids already written are looked up in an on-disk registry (:mod:`.ids`), not in a
+    set nor by scanning the table (a dataset source deduplicates on disk too). Indexing is
+    LanceDB's, bounded where it can be: compaction streams; the full-text index is built by one
+    worker under ``FTS_MEMORY_MB``; the ANN's k-means trains on at most ``ANN_TRAIN_MB`` of
+    vectors, and each of its sqrt(N) partitions gets its own small HNSW graph. The table's older
+    versions are deleted after compaction, and the indexes of a KB this build adds to are
+    dropped before it, so neither the data nor an index is kept twice on disk (the build must
+    be the KB's only user)."""
     lancedb = _lancedb()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -142,24 +166,22 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
     if dtype is not None:  # the precision the vectors were computed in (float32 / bfloat16)
         meta.setdefault("dtype", dtype)
     _write_meta(out, meta)
+    if phase is not None:
+        phase("ingest")
     t0, base_s = time.perf_counter(), float(meta.get("build_s") or 0.0)
     added = skipped = bad = seen = batches = 0
     last_report = 0.0
+    registry = IdRegistry(out, table)
 
     def flush(batch: list[Entity]) -> None:
         nonlocal table, added, skipped
-        ids = list(dict.fromkeys(e.id for e in batch))
-        if table is not None:
-            have = {r["id"] for r in table.search().where(f"id IN ({_sql_list(ids)})")
-                    .select(["id"]).limit(len(ids)).to_list()}
-        else:
-            have = set()
-        fresh, taken = [], set(have)
+        have = registry.present(list(dict.fromkeys(e.id for e in batch)))
+        fresh: list[Entity] = []
         for e in batch:
-            if e.id in taken:
+            if e.id in have:
                 skipped += 1
                 continue
-            taken.add(e.id)
+            have.add(e.id)
             fresh.append(e)
         if not fresh:
             return
@@ -173,66 +195,128 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
         elif meta["dim"] != vecs.shape[1]:
             raise KBError(f"holds {meta['dim']}-d vectors; the embedder gives {vecs.shape[1]}-d",
                           source=str(out))
-        rows = [{"id": e.id, "name": e.name, "desc": e.desc, "aliases": list(e.aliases),
-                 "prior": e.prior, "qid": e.qid, "image": e.image, "lex": lex_text(e),
-                 "vector": v, "alias_keys": [a for a, _ in e.alias_priors],
-                 "alias_priors": [p for _, p in e.alias_priors]}
-                for e, v in zip(fresh, vecs, strict=True)]
+        schema = _schema(meta["dim"])
         if table is None:
-            table = db.create_table(TABLE, schema=_schema(meta["dim"]))
-        table.add(rows)
-        added += len(rows)
+            table = db.create_table(TABLE, schema=schema)
+        table.add(arrow_batch(fresh, vecs, schema))  # first the table, then the registry
+        registry.record((e.id for e in fresh), table.version)
+        added += len(fresh)
 
-    batch: list[Entity] = []
-    for item in entities:
-        if isinstance(item, BadEntity):
-            bad += 1
-            if warn is not None:
-                warn(str(item))
-            continue
-        seen += 1
-        batch.append(item)
-        if len(batch) >= batch_size:
+    try:
+        batch: list[Entity] = []
+        for item in entities:
+            if isinstance(item, BadEntity):
+                bad += 1
+                if warn is not None:
+                    warn(str(item))
+                continue
+            seen += 1
+            batch.append(item)
+            if len(batch) >= batch_size:
+                flush(batch)
+                batch, batches = [], batches + 1
+                meta.update(build_s=base_s + time.perf_counter() - t0)
+                _write_meta(out, meta)
+                now = time.perf_counter()
+                if progress and now - last_report > 2.0:
+                    last_report = now
+                    _say(f"{seen:,} entities read, {added:,} added, {skipped:,} already there, "
+                         f"{bad:,} bad ({seen / max(now - t0, 1e-9):,.0f}/s)")
+                if stop_after is not None and batches >= stop_after:
+                    return meta
+        if batch:
             flush(batch)
-            batch, batches = [], batches + 1
-            meta.update(build_s=base_s + time.perf_counter() - t0)
-            _write_meta(out, meta)
-            now = time.perf_counter()
-            if progress and now - last_report > 2.0:
-                last_report = now
-                _say(f"{seen:,} entities read, {added:,} added, {skipped:,} already there, "
-                     f"{bad:,} bad ({seen / max(now - t0, 1e-9):,.0f}/s)")
-            if stop_after is not None and batches >= stop_after:
-                return meta
-    if batch:
-        flush(batch)
+    finally:
+        close = getattr(entities, "close", None)
+        if close is not None:  # a dataset source's scratch files go now, not at collection
+            close()
+        registry.close()
     if table is None:
+        registry.remove()
         raise KBError(f"no usable entity in the source ({bad} bad line(s))", source=str(source))
     if progress:
         _say(f"{seen:,} entities read, {added:,} added, {skipped:,} already there, {bad:,} bad; "
              "indexing ...")
-    table.optimize()  # compact the batches' fragments
-    from lancedb.index import FTS, LabelList
-
-    table.create_index("lex", config=FTS(stem=False, remove_stop_words=False, ascii_folding=True),
-                       replace=True)
-    table.create_index("alias_keys", config=LabelList(), replace=True)
-    rows = table.count_rows()
-    ann = rows >= ann_min_rows
-    if ann:
-        parts = max(1, int(rows ** 0.5))
-        table.create_index(metric="cosine", vector_column_name="vector", index_type="IVF_HNSW_SQ",
-                           num_partitions=parts, replace=True)
+    registry.remove()  # indexing moves the table's version on: a later build rebuilds it
+    rows, ann = _index(table, ann_min_rows, phase)
     meta.update(complete=True, entities=rows, bad=bad, added_now=added, skipped_now=skipped,
                 ann=ann, alias_entities=table.count_rows("array_length(alias_keys) > 0"),
                 build_s=round(base_s + time.perf_counter() - t0, 3))
     _write_meta(out, meta)
     meta["size_bytes"] = dir_size(out)
     _write_meta(out, meta)
+    if phase is not None:
+        phase("done")
     if progress:
         _say(f"done: {rows:,} entities in {out} ({meta['size_bytes'] / 2 ** 20:.1f} MB, "
              f"{meta['build_s']:.1f}s, {bad} bad line(s) skipped)")
     return meta
+
+
+def arrow_batch(ents: Sequence[Entity], vecs: np.ndarray, schema):
+    """One batch of rows as an Arrow table of the KB's schema (columns, no per-row dicts), the
+    alias table's entries included."""
+    import pyarrow as pa
+
+    cols = {
+        "id": [e.id for e in ents], "name": [e.name for e in ents],
+        "desc": [e.desc for e in ents], "aliases": [list(e.aliases) for e in ents],
+        "prior": [e.prior for e in ents], "qid": [e.qid for e in ents],
+        "image": [e.image for e in ents], "lex": [lex_text(e, cached=False) for e in ents],
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), vecs.shape[1]),
+        "alias_keys": [[a for a, _ in e.alias_priors] for e in ents],
+        "alias_priors": [[p for _, p in e.alias_priors] for e in ents],
+    }
+    return pa.table(cols, schema=schema)
+
+
+def ann_config(rows: int, dim: int):
+    """The ANN index of a table of ``rows`` vectors of ``dim`` floats: IVF-HNSW-SQ with
+    sqrt(rows) partitions (each partition's HNSW graph stays small), its k-means trained on a
+    sample of at most ``ANN_TRAIN_MB`` of vectors (LanceDB samples ``sample_rate`` vectors per
+    partition, 256 by default: a sample, and its memory, that grew with the KB)."""
+    from lancedb.index import IvfHnswSq
+
+    parts = max(1, int(rows ** 0.5))
+    train = max(parts, ANN_TRAIN_MB * 2 ** 20 // (4 * dim))
+    return IvfHnswSq(distance_type="cosine", num_partitions=parts,
+                     sample_rate=max(ANN_MIN_SAMPLE_RATE, min(256, train // parts)))
+
+
+def _index(table, ann_min_rows: int, phase: Callable[[str], None] | None) -> tuple[int, bool]:
+    """Compact the table and build its full-text, label-list and (from ``ann_min_rows`` rows)
+    ANN indexes, each in bounded memory."""
+    from lancedb.index import FTS, LabelList
+
+    if phase is not None:
+        phase("compact")
+    # the indexes of a KB this build adds to (or of an interrupted indexing) are dropped first:
+    # compaction would otherwise update each of them (LanceDB rebuilds an HNSW index whole), and
+    # their files would stay on disk beside their replacements
+    for ix in table.list_indices():
+        table.drop_index(ix.name)
+    # compaction rewrites the batches' small fragments into large ones; the old ones (and the
+    # versions that held them) are deleted at once, or the data would take twice its size on disk
+    with warnings.catch_warnings():  # LanceDB warns that a reader of an older version would
+        # fail: the build is the only user of an unfinished KB
+        warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than=0\)")
+        table.optimize(cleanup_older_than=timedelta(0))
+    if phase is not None:
+        phase("fts")
+    table.create_index("lex", config=FTS(stem=False, remove_stop_words=False, ascii_folding=True,
+                                         memory_limit=FTS_MEMORY_MB, num_workers=1),
+                       replace=True)
+    if phase is not None:
+        phase("labels")
+    table.create_index("alias_keys", config=LabelList(), replace=True)
+    rows = table.count_rows()
+    ann = rows >= ann_min_rows
+    if ann:
+        if phase is not None:
+            phase("ann")
+        dim = table.schema.field("vector").type.list_size
+        table.create_index("vector", config=ann_config(rows, dim), replace=True)
+    return rows, ann
 
 
 class KB:

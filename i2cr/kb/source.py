@@ -7,7 +7,8 @@ dataset (I2CR/MELBench JSON or JSONL of mentions) gives the union of its candida
 deduplicated by QID, else by folded name; a candidate's prior is p(entity | that mention), so it
 becomes the prior of the alias the mention's surface is (the largest one over the dataset's
 mentions of the same surface), never the entity's own prior. Only the dataset's mentions and
-candidate lists are read (no label). Both sources are read as a stream of :class:`Entity`; a bad
+candidate lists are read (no label); the keys already given and the alias table are kept on disk
+while it is read (:func:`read_dataset`). Both sources are read as a stream of :class:`Entity`; a bad
 line or candidate is yielded as a :class:`BadEntity` naming where it is and why, so the builder
 can report and count it.
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import sqlite3
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,19 +199,46 @@ def _candidates(rec: Any) -> list[Any] | None:
     return cands if isinstance(cands, list) else None
 
 
-def alias_table(path: str | Path) -> dict[str, dict[str, tuple[str, float]]]:
-    """The dataset's alias table: entity key -> alias_key -> (the first mention's surface, the largest
-    prior its candidate generator gave the entity for a mention of that surface). Read from the
-    mentions and their candidate lists only; a candidate without a usable prior adds nothing
-    (read_dataset reports a bad one)."""
+class AliasTable:
+    """A dataset's alias table on disk (SQLite at ``path``): entity key -> alias_key -> (the first
+    mention's surface, the largest prior), read back in the order the aliases were first seen.
+    On disk because it holds an entry per (mention surface, candidate) of the whole dataset."""
+
+    def __init__(self, path: str | Path):
+        self.db = sqlite3.connect(Path(path))
+        self.db.execute("PRAGMA cache_size=-8192")
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("CREATE TABLE IF NOT EXISTS alias (key TEXT, akey TEXT, surface TEXT, "
+                        "prior REAL, UNIQUE (key, akey))")
+
+    def put(self, key: str, akey: str, surface: str, prior: float) -> None:
+        self.db.execute("INSERT INTO alias VALUES (?, ?, ?, ?) ON CONFLICT (key, akey) "
+                        "DO UPDATE SET prior = max(prior, excluded.prior)",
+                        (key, akey, surface, prior))
+
+    def get(self, key: str) -> dict[str, tuple[str, float]]:
+        rows = self.db.execute("SELECT akey, surface, prior FROM alias WHERE key = ? "
+                               "ORDER BY rowid", (key,))
+        return {akey: (surface, prior) for akey, surface, prior in rows}
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def alias_table(path: str | Path, table: AliasTable) -> AliasTable:
+    """Fill ``table`` with the dataset's alias table: entity key -> alias_key -> (the first
+    mention's surface, the largest prior its candidate generator gave the entity for a mention of
+    that surface). Read from the mentions and their candidate lists only; a candidate without a
+    usable prior adds nothing (read_dataset reports a bad one)."""
     from ..data import iter_records
 
-    table: dict[str, dict[str, tuple[str, float]]] = {}
     for _, rec in iter_records(path):
         cands = _candidates(rec)
         mention = rec.get("mention") if cands is not None else None
         if not isinstance(mention, str) or not (akey := alias_key(mention)):
             continue
+        surface = strip_mention(mention)[:MAX_FIELD_CHARS]
         for c in cands or ():
             if not isinstance(c, dict) or c.get("prior") is None:
                 continue
@@ -217,58 +247,70 @@ def alias_table(path: str | Path) -> dict[str, dict[str, tuple[str, float]]]:
                 key = dataset_key(c)
             except (ValueError, TypeError):
                 continue
-            if key == "name:":
-                continue
-            have = table.setdefault(key, {}).get(akey)
-            if have is None:
-                table[key][akey] = (strip_mention(mention)[:MAX_FIELD_CHARS], p)
-            elif p > have[1]:
-                table[key][akey] = (have[0], p)
+            if key != "name:":
+                table.put(key, akey, surface, p)
+    table.db.commit()
     return table
 
 
 def read_dataset(path: str | Path) -> Iterator[Entity | BadEntity]:
     """The deduplicated union of a dataset's candidate lists (by QID, else by folded name), each
-    entity with the dataset's mentions of it as aliases, their priors from :func:`alias_table`."""
-    from ..data import DataError, iter_records
+    entity with the dataset's mentions of it as aliases, their priors from :func:`alias_table`.
 
-    aliases = alias_table(path)  # a first pass: an entity's aliases come from every mention
-    seen: set[str] = set()
-    for rid, rec in iter_records(path):
-        if isinstance(rec, DataError):
-            yield BadEntity(f"{path} record {rid}", str(rec).split(": ", 1)[-1])
-            continue
-        if not isinstance(rec, dict):
-            yield BadEntity(f"{path} record {rid}", "expected an object")
-            continue
-        cands = _candidates(rec)
-        if cands is None:
-            yield BadEntity(f"{path} record {rid}", "has no candidate list")
-            continue
-        for i, c in enumerate(cands):
-            if isinstance(c, str):
-                c = {"name": c}
-            try:
-                if not isinstance(c, dict):
-                    raise ValueError(f"expected an object, got {type(c).__name__}")
-                if c.get("prior") is not None:
-                    _prior(c["prior"], "'prior'")
-                key = dataset_key(c)
-                if key == "name:" or key in seen:
+    The keys already given and the alias table are kept in SQLite files in a temporary folder
+    (removed when the stream ends or is closed), not in memory: with a JSONL dataset, read line
+    by line, nothing per entity stays in memory. (An I2CR JSON document is parsed whole by
+    :func:`i2cr.data.iter_records`, so its size bounds the memory anyway.)"""
+    from ..data import DataError, iter_records
+    from .ids import KeySet
+
+    scratch = tempfile.TemporaryDirectory(prefix="i2cr-kb-source-")
+    aliases = AliasTable(Path(scratch.name) / "aliases.sqlite")
+    seen = KeySet(Path(scratch.name) / "seen.sqlite")
+    n = 0
+    try:
+        alias_table(path, aliases)  # a first pass: an entity's aliases come from every mention
+        for rid, rec in iter_records(path):
+            if isinstance(rec, DataError):
+                yield BadEntity(f"{path} record {rid}", str(rec).split(": ", 1)[-1])
+                continue
+            if not isinstance(rec, dict):
+                yield BadEntity(f"{path} record {rid}", "expected an object")
+                continue
+            cands = _candidates(rec)
+            if cands is None:
+                yield BadEntity(f"{path} record {rid}", "has no candidate list")
+                continue
+            for i, c in enumerate(cands):
+                if isinstance(c, str):
+                    c = {"name": c}
+                try:
+                    if not isinstance(c, dict):
+                        raise ValueError(f"expected an object, got {type(c).__name__}")
+                    if c.get("prior") is not None:
+                        _prior(c["prior"], "'prior'")
+                    key = dataset_key(c)
                     if key == "name:":
                         raise ValueError("has no usable 'name'")
+                    if key in seen:
+                        continue
+                    # a candidate's prior is p(entity | this mention): its alias's, not the
+                    # entity's
+                    own = c.get("aliases") or []
+                    own = [own] if isinstance(own, (str, dict)) else own
+                    table = [{"name": n, "prior": p} for n, p in aliases.get(key).values()]
+                    ent = parse_entity({**{f: v for f, v in c.items() if f != "prior"},
+                                        "id": key, "aliases": [*own, *table]
+                                        if isinstance(own, list) else own})
+                except ValueError as e:
+                    yield BadEntity(f"{path} record {rid} candidate {i}", str(e))
                     continue
-                # a candidate's prior is p(entity | this mention): its alias's, not the entity's
-                own = c.get("aliases") or []
-                own = [own] if isinstance(own, (str, dict)) else own
-                table = [{"name": n, "prior": p} for n, p in aliases.get(key, {}).values()]
-                ent = parse_entity({**{f: v for f, v in c.items() if f != "prior"}, "id": key,
-                                    "aliases": [*own, *table] if isinstance(own, list) else own})
-            except ValueError as e:
-                yield BadEntity(f"{path} record {rid} candidate {i}", str(e))
-                continue
-            seen.add(key)
-            yield ent
+                seen.add([key], commit=not (n := n + 1) % 4096)
+                yield ent
+    finally:
+        aliases.close()
+        seen.close()
+        scratch.cleanup()
 
 
 def read_source(path: str | Path, kind: str = "auto") -> Iterator[Entity | BadEntity]:
