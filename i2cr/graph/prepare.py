@@ -12,6 +12,7 @@ from ..images import ImageError
 from ..tools import ToolInput
 from . import resources
 from .context import Context, settings_of
+from .events import Event
 from .state import State
 from .tes import retrieval_ranking
 
@@ -41,7 +42,7 @@ def choose_iav_mode(state: State, ctx: Context, image_ok: bool) -> tuple[str | N
 
 def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = settings_of(runtime)
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     update: dict[str, Any] = {
         "path": ["prepare"], "round": 1, "llm_calls": 0, "reflections": 0, "excluded": [],
         "tried": [], "clues": [], "tools_used": [], "vif_rounds": 0, "round_answers": [],

@@ -19,6 +19,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from .context import Context, settings_of
+from .events import TesHybrid
 from .final import standing
 from .state import State
 from .tes import allowed_candidates, retrieval_ranking, tes_llm
@@ -29,7 +30,7 @@ def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     field, _ = standing(state, ctx.fallback_answer)
     rnd = state.get("round") or 1
     update: dict[str, Any] = {"path": ["review"]}
-    ev: dict[str, Any] = {"type": "tes_hybrid", "node": "review", "threshold": ctx.hybrid_threshold}
+    ev: TesHybrid = {"type": "tes_hybrid", "node": "review", "threshold": ctx.hybrid_threshold}
     if field is None:
         return {**update, "events": [{**ev, "path": "none", "reason": "no candidates"}]}
     held = state.get(field)
@@ -39,7 +40,7 @@ def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     excluded = [] if field == "text_answer" and rnd > 1 else state.get("excluded") or []
     view: State = {**state, "round": rnd if field == "choice" else 1,
                    "excluded": [n for n in excluded if n != held]}
-    ev.update(round=view.get("round") or 1, reviews=field, ranker_answer=held)
+    ev.update({"round": view.get("round") or 1, "reviews": field, "ranker_answer": held})
     cands = allowed_candidates(view)
     if not cands:
         return {**update, "events": [{**ev, "path": "ranker", "reason": "no candidate left"}]}
@@ -52,7 +53,7 @@ def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     asked = tes_llm(view, ctx, top, fallback=held if held is not None else cands[r.best]["name"],
                     node="review")
     answer = asked["choice"]
-    ev.update(path="llm", top_k=[c["name"] for c in top], answer=answer)
+    ev.update({"path": "llm", "top_k": [c["name"] for c in top], "answer": answer})
     update.update(llm_calls=asked["llm_calls"], llm_answer=asked["llm_answer"],
                   events=[ev, *asked["events"]])
     update[field] = answer

@@ -19,8 +19,8 @@ from ..redact import error_text
 from ..tools import ToolInput
 from . import resources
 from .context import Context, settings_of
+from .events import Event, VifRequest, prompt_text, tokens_of
 from .state import State
-from .trace_events import emit, prompt_text, tokens_of
 
 
 def unused_tools(state: State) -> list[str]:
@@ -32,7 +32,7 @@ def vif(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = settings_of(runtime)
     tools = resources.tools(ctx)
     offered = [n for n in unused_tools(state) if n in tools]
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     calls = 0
     picked: str | None = None
     how = "fixed_order"
@@ -49,14 +49,13 @@ def vif(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             calls += 1
             tool_calls = list(getattr(msg, "tool_calls", None) or [])
             requested = [tc.get("name") for tc in tool_calls]
-            emit({"type": "llm_call", "node": "vif", "prompt": prompt_text(messages),
-                  "tools_offered": offered, "raw": str(getattr(msg, "content", "")),
-                  "tool_calls": requested, "latency_s": round(time.perf_counter() - t0, 3),
-                  "tokens": tokens_of(msg)})
-            events.append({"type": "vif_request", "offered": offered, "requested": requested,
-                           "raw": str(getattr(msg, "content", ""))[:300],
-                           "latency_s": round(time.perf_counter() - t0, 3),
-                           "tokens": tokens_of(msg)})
+            req: VifRequest = {"type": "vif_request", "offered": offered, "requested": requested,
+                               "raw": str(getattr(msg, "content", "")),
+                               "latency_s": round(time.perf_counter() - t0, 3),
+                               "tokens": tokens_of(msg)}
+            if ctx.trace_prompts:
+                req["prompt"] = prompt_text(messages)
+            events.append(req)
             if not tool_calls:
                 how = "fallback_no_tool_call"
             elif requested[0] not in offered:
@@ -89,8 +88,6 @@ def vif(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     events.append({"type": "tool_call", "tool": picked, "how": how, "backend": res.backend,
                    "ok": res.ok, "error": res.error, "result": res.text[:500],
                    "latency_s": round(time.perf_counter() - t0, 3)})
-    emit({"type": "tool_result", "node": "vif", "tool": picked, "ok": res.ok, "text": res.text,
-          "error": res.error})
     rnd = (state.get("round") or 1) + 1
     return {**update, "events": events,
             "tools_used": [*(state.get("tools_used") or []), picked],
