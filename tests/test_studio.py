@@ -46,7 +46,8 @@ MENTION = {
                           "Tags": "basketball; sport; arena"},
 }
 # Retrieval TES (no LLM); IAV never passes, so VIF runs the two offered tools and records a
-# tool_call event for each. Not the defaults (which would offer ocr first): the server must honour the context.
+# tool_call event for each. Not the defaults (which would offer ocr first): the server must
+# honour the context.
 SETTINGS = {"tes_strategy": "retrieval", "tools": "caption,tags", "tool_backend": "precomputed",
             "caption_threshold": 1e9, "clue_cache": "none"}
 
