@@ -4,8 +4,8 @@
 one node visit, and its events (:mod:`i2cr.graph.events`: every decision, LLM call and tool run,
 prompts included with ``trace_prompts``) ride in the update, the one channel they travel. The final
 state is the input with every update applied by the reducers :class:`~i2cr.graph.state.State`
-declares (``path`` and ``events`` add up, the others keep the last value): what ``invoke`` would
-return, without asking LangGraph for its ``values`` mode (a copy of the state after every step).
+declares (``path`` and ``events`` add up, the others keep the last value): the state LangGraph
+ends with, without asking for its ``values`` mode (a copy of the state after every step).
 
 The trace lists the node visits in order, each with its summary keys, the range of the record's
 ``events`` it made (``event_range``: each event is stored once, in the record), and the edge taken
@@ -17,7 +17,6 @@ step; :func:`step_events` reads both.
 
 from __future__ import annotations
 
-import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
@@ -51,8 +50,7 @@ def _reducers(schema: type) -> dict[str, Callable[[Any, Any], Any]]:
     return out
 
 
-REDUCERS = _reducers(State)
-assert REDUCERS.get("events") is operator.add and REDUCERS.get("path") is operator.add
+REDUCERS = _reducers(State)  # path and events: operator.add
 
 
 def step_events(rec: Mapping[str, Any], step: Mapping[str, Any]) -> list[dict[str, Any]]:
