@@ -260,6 +260,7 @@ def _linker(args: argparse.Namespace):
 def _stream_printer(mention_id: str):
     """--stream: one line per node visit, decision event and LLM reply, each naming the mention;
     tool events carry their clue (cut). Data is made terminal-safe and scrubbed of secrets."""
+    from .graph.events import is_llm_call
     from .redact import scrub
     from .trace import printable
 
@@ -278,8 +279,8 @@ def _stream_printer(mention_id: str):
                 if e.get("type") == "tool_call":
                     brief["clue"] = str(e.get("result") or "")[:200]
                 out(f"    {json.dumps(brief, ensure_ascii=False, default=str)}")
-        elif ev.get("type") == "llm_call":
-            out(f"    llm[{ev.get('node')}]: {str(ev.get('raw') or ev.get('error'))[:100]!r}")
+                if is_llm_call(e):
+                    out(f"    llm[{ev['node']}]: {str(e.get('raw') or e.get('error'))[:100]!r}")
     return show
 
 

@@ -70,12 +70,12 @@ def link_mention(m: Mention, settings: Context | None = None, *, graph: Any = No
                  config: dict[str, Any] | None = None,
                  on_event: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run the graph on one sample and return its result record, with its trace (built from the
-    graph's stream; ``on_event`` sees node visits and custom events as they happen)."""
+    graph's stream; ``on_event`` sees each node visit, with its events, as it ends)."""
     g = graph or default_graph
     settings = settings or Context()
     t0 = time.perf_counter()
     out, trace = traced_invoke(g, m.to_input(), context=settings, config=config,
-                               on_event=on_event, with_prompts=settings.trace_prompts)
+                               on_event=on_event)
     rec = result_record(m, out, time.perf_counter() - t0)
     rec["image"] = m.image_ref()
     rec["trace"] = trace

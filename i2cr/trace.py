@@ -1,69 +1,133 @@
-"""Per-mention traces of the reasoning graph, built from LangGraph's own stream.
+"""Per-mention traces of the reasoning graph, built from LangGraph's ``updates`` stream alone.
 
-``traced_invoke`` runs the graph with ``stream_mode="updates"``: each chunk is one node visit (its
-decision events ride in the update). What nodes emit beyond the state (full LLM prompts and raw
-replies, tool outputs) goes to a collector and joins the visit of the node that emitted it. The
-final state is the input with every update applied through the graph's own channels (reducers such
-as ``path`` and ``events`` add up, the others keep the last value), which is what LangGraph's
-``values`` mode would give, without copying the state after every step. The trace lists the node
-visits in order, each with the edge taken next and why, and the input the page needs to explain
-an answer (context, candidate names). It holds no settings and no environment, and error texts
-are scrubbed (:mod:`i2cr.redact`), so no key can enter it.
+``traced_invoke`` runs the graph with ``graph.stream(..., stream_mode="updates")``: each chunk is
+one node visit, and its events (:mod:`i2cr.graph.events`: every decision, LLM call and tool run,
+prompts included with ``trace_prompts``) ride in the update, the one channel they travel. The final
+state is the input with every update applied by the reducers :class:`~i2cr.graph.state.State`
+declares (``path`` and ``events`` add up, the others keep the last value): the state LangGraph
+ends with, without asking for its ``values`` mode (a copy of the state after every step).
+
+The trace lists the node visits in order, each with its summary keys, the range of the record's
+``events`` it made (``event_range``: each event is stored once, in the record), and the edge taken
+next and why; and the input the page needs to explain an answer (context, candidate names). It
+holds no settings and no environment, and error texts are scrubbed (:mod:`i2cr.redact`), so no key
+can enter it. Records of older runs (``i2cr.trace/1``) kept a copy of each step's events in the
+step; :func:`step_events` reads both.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
-from .graph.trace_events import COLLECTOR
+from .graph.events import (
+    IavDecision,
+    IcrDecision,
+    KbCandidates,
+    TesAnswer,
+    TesHybrid,
+    ToolCall,
+    is_llm_call,
+    last,
+)
+from .graph.state import State
 from .redact import scrub
 
-TRACE_SCHEMA = "i2cr.trace/1"
+TRACE_SCHEMA = "i2cr.trace/2"
+
+Events = Sequence[Mapping[str, Any]]
 
 
-def _edge_reason(step: dict[str, Any], nxt: str) -> str:
-    ev = {e.get("type"): e for e in step.get("events", [])}
-    node = step["node"]
-    if node == "prepare":
-        if nxt == "final":
-            return "no candidates"
-        return f"image {step.get('image_status')}; IAV mode {step.get('iav_mode') or 'none'}"
-    if node == "retrieve":
-        return f"{len(ev.get('kb_candidates', {}).get('generated') or [])} candidate(s) from the KB"
-    if node == "tes":
-        return f"check the choice {step.get('choice')!r}"
-    if node == "icr":
-        e = ev.get("icr", {})
-        d = e.get("decision")
-        if d == "reject_and_rechoose":
-            return f"ICR {e.get('score')} < {e.get('threshold')}: rejected, choose again"
-        if d == "exhausted_keep_best":
-            return f"reflections exhausted: keep best ICR score ({e.get('kept')})"
-        if d == "nil_not_checked":
-            return "NIL chosen"
-        if nxt in ("final", "review"):
-            return f"ICR {e.get('score')} >= {e.get('threshold')}; nothing visual to verify"
-        return f"ICR {e.get('score')} >= {e.get('threshold')}: verify against the image"
-    if node == "iav":
-        e = ev.get("iav", {})
-        if e.get("decision") == "pass":
-            return f"IAV {e.get('score')} >= {e.get('threshold')} ({e.get('mode')}): accept"
-        if nxt == "vif":
-            return f"IAV {e.get('score')} < {e.get('threshold')} ({e.get('mode')}): ask for a visual clue"
-        return f"IAV failed ({e.get('score')} vs {e.get('threshold')}) and no tool or round left"
-    if node == "vif":
-        t = ev.get("tool_call", {})
-        if nxt == "tes":
-            return f"clue from {t.get('tool')}: choose again with it"
-        if nxt == "vif":
-            return f"{t.get('tool') or 'tool'} gave no usable clue: next tool"
-        return "no tool left"
-    if node == "review":
-        e = ev.get("tes_hybrid", {})
-        return f"the {e.get('path')} answers {e.get('answer')!r}" if e.get("answer") else ""
-    return ""
+def _reducers(schema: type) -> dict[str, Callable[[Any, Any], Any]]:
+    """The reducers a state schema declares (``Annotated[list[...], operator.add]``), by key."""
+    out = {}
+    for k, hint in get_type_hints(schema, include_extras=True).items():
+        if get_origin(hint) is Annotated:
+            fn = next((a for a in get_args(hint)[1:] if callable(a)), None)
+            if fn is not None:
+                out[k] = fn
+    return out
+
+
+REDUCERS = _reducers(State)  # path and events: operator.add
+
+
+def step_events(rec: Mapping[str, Any], step: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The events of one trace step: its ``event_range`` of the record's ``events``; a step of an
+    ``i2cr.trace/1`` record (older runs) held a copy of them itself."""
+    r = step.get("event_range")
+    if isinstance(r, list) and len(r) == 2 and all(isinstance(i, int) for i in r):
+        evs = (rec.get("events") or [])[r[0]:r[1]]
+    else:
+        evs = step.get("events") or []
+    return [e for e in evs if isinstance(e, dict)]
+
+
+# --- why each edge was taken: one function per node ---------------------------------------------
+
+def _why_prepare(step: Mapping[str, Any], evs: Events, nxt: str) -> str:
+    if nxt == "final":
+        return "no candidates"
+    return f"image {step.get('image_status')}; IAV mode {step.get('iav_mode') or 'none'}"
+
+
+def _why_retrieve(step: Mapping[str, Any], evs: Events, nxt: str) -> str:
+    return f"{len(last(evs, KbCandidates).get('generated') or [])} candidate(s) from the KB"
+
+
+def _why_tes(step: Mapping[str, Any], evs: Events, nxt: str) -> str:
+    return f"check the choice {step.get('choice')!r}"
+
+
+def _why_icr(step: Mapping[str, Any], evs: Events, nxt: str) -> str:
+    e = last(evs, IcrDecision)
+    d = e.get("decision")
+    if d == "reject_and_rechoose":
+        return f"ICR {e.get('score')} < {e.get('threshold')}: rejected, choose again"
+    if d == "exhausted_keep_best":
+        return f"reflections exhausted: keep best ICR score ({e.get('kept')})"
+    if d == "nil_not_checked":
+        return "NIL chosen"
+    if nxt in ("final", "review"):
+        return f"ICR {e.get('score')} >= {e.get('threshold')}; nothing visual to verify"
+    return f"ICR {e.get('score')} >= {e.get('threshold')}: verify against the image"
+
+
+def _why_iav(step: Mapping[str, Any], evs: Events, nxt: str) -> str:
+    e = last(evs, IavDecision)
+    if e.get("decision") == "pass":
+        return f"IAV {e.get('score')} >= {e.get('threshold')} ({e.get('mode')}): accept"
+    if nxt == "vif":
+        return f"IAV {e.get('score')} < {e.get('threshold')} ({e.get('mode')}): ask for a visual clue"
+    return f"IAV failed ({e.get('score')} vs {e.get('threshold')}) and no tool or round left"
+
+
+def _why_vif(step: Mapping[str, Any], evs: Events, nxt: str) -> str:
+    t = last(evs, ToolCall)
+    if nxt == "tes":
+        return f"clue from {t.get('tool')}: choose again with it"
+    if nxt == "vif":
+        return f"{t.get('tool') or 'tool'} gave no usable clue: next tool"
+    return "no tool left"
+
+
+def _why_review(step: Mapping[str, Any], evs: Events, nxt: str) -> str:
+    e = last(evs, TesHybrid)
+    return f"the {e.get('path')} answers {e.get('answer')!r}" if e.get("answer") else ""
+
+
+_WHY: dict[str, Callable[[Mapping[str, Any], Events, str], str]] = {
+    "prepare": _why_prepare, "retrieve": _why_retrieve, "tes": _why_tes, "icr": _why_icr,
+    "iav": _why_iav, "vif": _why_vif, "review": _why_review}
+
+
+def edge_reason(step: Mapping[str, Any], evs: Events, nxt: str) -> str:
+    """Why the run went from ``step`` (whose events are ``evs``) to the node ``nxt``."""
+    if nxt == "__end__":
+        return "done"
+    why = _WHY.get(str(step.get("node")))
+    return why(step, evs, nxt) if why is not None else ""
 
 
 TRACE_CONTEXT_CHARS = 2000
@@ -97,17 +161,16 @@ _SUMMARY_KEYS = ("choice", "icr_score", "icr_decision", "iav_score", "iav_passed
 
 
 class TraceBuilder:
-    """Builds a mention's trace from its run's stream, one node update at a time: custom events
-    (``add_custom``) join the visit of the node that emitted them, which is the next update of
-    that node. :func:`traced_invoke` feeds it in-process; a server's playground feeds it the
-    ``updates`` and ``custom`` parts of a streamed run."""
+    """Builds a mention's final state and trace from its run's ``updates`` stream, one node update
+    at a time. :func:`traced_invoke` feeds it in-process; a server's playground feeds it the
+    ``updates`` parts of a streamed run. ``on_event`` sees each node visit as it ends, with its
+    events (``("node", step)``)."""
 
-    def __init__(self, inp: dict[str, Any], channels: Any = None, *, with_prompts: bool = True,
-                 pending: list[dict[str, Any]] | None = None,
+    def __init__(self, inp: dict[str, Any], *,
                  on_event: Callable[[str, dict[str, Any]], None] | None = None):
-        self.inp, self.channels, self.with_prompts = inp, channels or {}, with_prompts
+        self.inp = inp
         self.steps: list[dict[str, Any]] = []
-        self.pending: list[dict[str, Any]] = pending if pending is not None else []
+        self.step_evs: list[list[dict[str, Any]]] = []
         self.state: dict[str, Any] = dict(inp)
         self.observer = on_event
 
@@ -119,54 +182,43 @@ class TraceBuilder:
         except Exception:  # noqa: BLE001 - a broken observer (e.g. a closed pipe) must not
             self.observer = None  # fail the mention; stop telling it
 
-    def add_custom(self, event: dict[str, Any]) -> None:
-        self.pending.append(event)
-
     def add_update(self, node: str, upd: dict[str, Any] | None) -> None:
         if node.startswith("__"):
             return
         upd = upd or {}
-        if upd.get("events"):
-            upd = {**upd, "events": _clean_errors(upd["events"])}
-        state, pending = self.state, self.pending
+        evs = _clean_errors(list(upd.get("events") or []))
+        if "events" in upd:
+            upd = {**upd, "events": evs}
+        state = self.state
+        start = len(state.get("events") or [])
         for k, v in upd.items():
-            op = getattr(self.channels.get(k), "operator", None)
+            op = REDUCERS.get(k)
             state[k] = op(state[k], v) if op is not None and k in state else v
-        mine = [c for c in pending if c.get("node") in (None, node)]  # scrubbed by emit
-        pending[:] = [c for c in pending if c.get("node") not in (None, node)]
-        if not self.with_prompts:
-            mine = [{k: v for k, v in c.items() if k != "prompt"} for c in mine]
-        for c in mine:
-            self.notify("custom", c)
         step = {"step": len(self.steps), "node": node,
                 **{k: upd[k] for k in _SUMMARY_KEYS if k in upd},
-                "events": list(upd.get("events") or []), "stream": mine}
+                "event_range": [start, start + len(evs)]}
         self.steps.append(step)
-        self.notify("node", step)
+        self.step_evs.append(evs)
+        self.notify("node", {**step, "events": evs})
 
     def finish(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(final state, trace)."""
         steps = self.steps
         for i, s in enumerate(steps):
             nxt = steps[i + 1]["node"] if i + 1 < len(steps) else "__end__"
-            s["edge"] = {"to": nxt, "why": _edge_reason(s, nxt) if nxt != "__end__" else "done"}
+            s["edge"] = {"to": nxt, "why": edge_reason(s, self.step_evs[i], nxt)}
         return self.state, {"schema": TRACE_SCHEMA, "input": _trace_input(self.inp),
                             "steps": steps}
 
 
 def traced_invoke(graph: Any, inp: dict[str, Any], *, context: Any, config: dict | None = None,
-                  on_event: Callable[[str, dict[str, Any]], None] | None = None,
-                  with_prompts: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+                  on_event: Callable[[str, dict[str, Any]], None] | None = None
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the graph; return (final state, trace)."""
-    tb = TraceBuilder(inp, getattr(graph, "channels", {}), with_prompts=with_prompts,
-                      on_event=on_event)
-    token = COLLECTOR.set(tb.pending)
-    try:
-        for chunk in graph.stream(inp, context=context, config=config, stream_mode="updates"):
-            for node, upd in chunk.items():
-                tb.add_update(node, upd)
-    finally:
-        COLLECTOR.reset(token)
+    tb = TraceBuilder(inp, on_event=on_event)
+    for chunk in graph.stream(inp, context=context, config=config, stream_mode="updates"):
+        for node, upd in chunk.items():
+            tb.add_update(node, upd)
     return tb.finish()
 
 
@@ -188,6 +240,61 @@ def _short(x: Any, n: int = 90) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
+def _tree_prepare(s: Mapping[str, Any], evs: Events) -> str:
+    return (f"image {s.get('image_status')}" + (f" ({s.get('image_reason')})"
+            if s.get("image_reason") and s.get("image_status") != "absent" else "")
+            + f"; IAV mode {s.get('iav_mode') or 'none'}; tools "
+            f"{', '.join(s.get('tools_available') or []) or 'none'}")
+
+
+def _tree_tes(s: Mapping[str, Any], evs: Events) -> str:
+    e = last(evs, TesAnswer)
+    desc = f"→ {s.get('choice')!r} ({e.get('method', '?')})"
+    top = e.get("top") or (e.get("scores") or [])[:3]
+    if top:
+        desc += "  top: " + ", ".join(f"{t.get('name')} {t.get('score')}" for t in top)
+    return desc
+
+
+def _tree_icr(s: Mapping[str, Any], evs: Events) -> str:
+    e = last(evs, IcrDecision)
+    return (f"{e.get('choice')!r} cos {e.get('score')} vs α {e.get('threshold')}: "
+            f"{e.get('decision')}")
+
+
+def _tree_iav(s: Mapping[str, Any], evs: Events) -> str:
+    e = last(evs, IavDecision)
+    return (f"{e.get('choice')!r} {e.get('mode')} {e.get('score')} vs β {e.get('threshold')}: "
+            f"{e.get('decision')}")
+
+
+def _tree_retrieve(s: Mapping[str, Any], evs: Events) -> str:
+    e = last(evs, KbCandidates)
+    return (f"{len(e.get('generated') or [])} candidate(s) from KB {e.get('kb')!r}: "
+            + ", ".join(f"{g.get('name')} {g.get('rrf')}" for g in (e.get("generated") or [])[:3]))
+
+
+def _tree_vif(s: Mapping[str, Any], evs: Events) -> str:
+    e = last(evs, ToolCall)
+    return (f"tool {e.get('tool')} ({e.get('how')}, {e.get('backend')}) → "
+            f"{_short(e.get('result') or e.get('error') or '∅', 70)!r}")
+
+
+def _tree_review(s: Mapping[str, Any], evs: Events) -> str:
+    e = last(evs, TesHybrid)
+    return (f"{e.get('ranker_answer')!r} ranker p {e.get('p')} vs {e.get('threshold')}: "
+            f"{e.get('path')} → {e.get('answer')!r}")
+
+
+def _tree_final(s: Mapping[str, Any], evs: Events) -> str:
+    return f"{s.get('answer')!r} ({s.get('final_reason')})"
+
+
+_TREE: dict[str, Callable[[Mapping[str, Any], Events], str]] = {
+    "prepare": _tree_prepare, "tes": _tree_tes, "icr": _tree_icr, "iav": _tree_iav,
+    "retrieve": _tree_retrieve, "vif": _tree_vif, "review": _tree_review}
+
+
 def render_tree(rec: dict[str, Any]) -> str:
     """A readable tree of one mention's decisions, safe for a terminal (data cannot send control
     sequences)."""
@@ -197,48 +304,14 @@ def render_tree(rec: dict[str, Any]) -> str:
              f"[{rec.get('final_reason')}]"]
     steps = (rec.get("trace") or {}).get("steps") or []
     for i, s in enumerate(steps):
-        last = i == len(steps) - 1
-        head = "└─" if last else "├─"
-        pad = "   " if last else "│  "
+        last_step = i == len(steps) - 1
+        head = "└─" if last_step else "├─"
+        pad = "   " if last_step else "│  "
         node = s["node"]
-        ev = {e.get("type"): e for e in s.get("events", [])}
-        if node == "prepare":
-            desc = (f"image {s.get('image_status')}" + (f" ({s.get('image_reason')})"
-                    if s.get("image_reason") and s.get("image_status") != "absent" else "")
-                    + f"; IAV mode {s.get('iav_mode') or 'none'}; tools "
-                    f"{', '.join(s.get('tools_available') or []) or 'none'}")
-        elif node == "tes":
-            e = ev.get("tes_answer", {})
-            desc = f"→ {s.get('choice')!r} ({e.get('method', '?')})"
-            top = e.get("top") or (e.get("scores") or [])[:3]
-            if top:
-                desc += "  top: " + ", ".join(f"{t.get('name')} {t.get('score')}" for t in top)
-        elif node == "icr":
-            e = ev.get("icr", {})
-            desc = (f"{e.get('choice')!r} cos {e.get('score')} vs α {e.get('threshold')}: "
-                    f"{e.get('decision')}")
-        elif node == "iav":
-            e = ev.get("iav", {})
-            desc = (f"{e.get('choice')!r} {e.get('mode')} {e.get('score')} vs β {e.get('threshold')}: "
-                    f"{e.get('decision')}")
-        elif node == "retrieve":
-            e = ev.get("kb_candidates", {})
-            desc = (f"{len(e.get('generated') or [])} candidate(s) from KB {e.get('kb')!r}: "
-                    + ", ".join(f"{g.get('name')} {g.get('rrf')}" for g in
-                                (e.get("generated") or [])[:3]))
-        elif node == "vif":
-            e = ev.get("tool_call", {})
-            desc = (f"tool {e.get('tool')} ({e.get('how')}, {e.get('backend')}) → "
-                    f"{_short(e.get('result') or e.get('error') or '∅', 70)!r}")
-        elif node == "review":
-            e = ev.get("tes_hybrid", {})
-            desc = (f"{e.get('ranker_answer')!r} ranker p {e.get('p')} vs {e.get('threshold')}: "
-                    f"{e.get('path')} → {e.get('answer')!r}")
-        else:
-            desc = f"{s.get('answer')!r} ({s.get('final_reason')})"
-        lines.append(f"{head} {node}: {desc}")
-        for c in s.get("stream", []):
-            if c.get("type") == "llm_call":
+        evs = step_events(rec, s)
+        lines.append(f"{head} {node}: {_TREE.get(node, _tree_final)(s, evs)}")
+        for c in evs:
+            if is_llm_call(c):
                 lines.append(f"{pad}   llm: {_short(c.get('raw') or c.get('error'), 80)!r}"
                              f" ({c.get('tokens') or '?'} tokens, {c.get('latency_s', '?')}s)")
         if s.get("edge") and s["edge"]["to"] != "__end__":

@@ -17,12 +17,14 @@ import io
 import json
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .data import NIL
+from .graph.events import IavDecision, IcrDecision, TesAnswer, TesFallback, ToolCall, last, of_kind
 from .redact import scrub
-from .trace import _short, stage_change
+from .trace import _short, stage_change, step_events
 
 EMBED_MAX_BYTES = 2_000_000
 _BROWSER_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif",
@@ -138,19 +140,19 @@ def tes_visits(rec: dict[str, Any]) -> list[dict[str, Any]]:
     for s in (rec.get("trace") or {}).get("steps") or []:
         if s.get("node") != "tes":
             continue
-        evs = [e for e in s.get("events") or [] if isinstance(e, dict)]
-        answers = [e for e in evs if e.get("type") == "tes_answer"]
-        fallback = next((e for e in evs if e.get("type") == "tes_fallback"), None)
-        last = answers[-1] if answers else {}
-        rnd = last.get("round") or (visits[-1]["round"] if visits else 1)
+        evs = step_events(rec, s)
+        answers = of_kind(evs, TesAnswer)
+        fallback = of_kind(evs, TesFallback)[:1]
+        ans = answers[-1] if answers else cast(TesAnswer, {})
+        rnd = ans.get("round") or (visits[-1]["round"] if visits else 1)
         per_round[rnd] = per_round.get(rnd, 0) + 1
-        offered = list(last.get("offered") or [])
+        offered = list(ans.get("offered") or [])
         scores: dict[str, float] | None = None
         complete = False
         nil_p = None
-        listed = last.get("scores") if isinstance(last.get("scores"), list) else None
-        if listed is None and isinstance(last.get("top"), list):
-            listed = last["top"]
+        listed = ans.get("scores") if isinstance(ans.get("scores"), list) else None
+        if listed is None and isinstance(ans.get("top"), list):
+            listed = ans["top"]
         if listed:
             scores = {}
             for t in listed:
@@ -161,12 +163,13 @@ def tes_visits(rec: dict[str, Any]) -> list[dict[str, Any]]:
                     continue
                 if isinstance(t.get("score"), (int, float)):
                     scores[str(t.get("name"))] = float(t["score"])
-            complete = isinstance(last.get("scores"), list) or len(scores) >= len(offered)
+            complete = isinstance(ans.get("scores"), list) or len(scores) >= len(offered)
         visits.append({
             "round": rnd, "label": f"R{rnd}" + (f"·{per_round[rnd]}" if per_round[rnd] > 1 else ""),
             "choice": s.get("choice"), "offered": offered, "scores": scores, "complete": complete,
-            "nil_probability": nil_p, "method": (fallback or last).get("method"),
-            "raw": last.get("raw"), "llm": bool(answers) and last.get("strategy") != "retrieval"})
+            "nil_probability": nil_p,
+            "method": fallback[0].get("method") if fallback else ans.get("method"),
+            "raw": ans.get("raw"), "llm": bool(answers) and ans.get("strategy") != "retrieval"})
     return visits
 
 
@@ -350,29 +353,38 @@ apply();
 """
 
 
-def _steps_table(steps: list[dict[str, Any]]) -> str:
+def _detail_icr(s: dict[str, Any], evs: list[dict[str, Any]]) -> str:
+    e = last(evs, IcrDecision)
+    return (f"{e.get('choice')}: cos {e.get('score')} vs α {e.get('threshold')} → "
+            f"{e.get('decision')}") if e else ""
+
+
+def _detail_iav(s: dict[str, Any], evs: list[dict[str, Any]]) -> str:
+    e = last(evs, IavDecision)
+    return (f"{e.get('choice')}: {e.get('mode')} {e.get('score')} vs β {e.get('threshold')} → "
+            f"{e.get('decision')}") if e else ""
+
+
+def _detail_vif(s: dict[str, Any], evs: list[dict[str, Any]]) -> str:
+    e = last(evs, ToolCall)
+    return (f"{e.get('tool')} ({e.get('how')}): "
+            f"{_short(e.get('result') or scrub(e.get('error')) or '∅', 160)}") if e else ""
+
+
+# what the steps table says each node decided
+_DETAIL: dict[str, Callable[[dict[str, Any], list[dict[str, Any]]], str]] = {
+    "icr": _detail_icr, "iav": _detail_iav, "vif": _detail_vif,
+    "tes": lambda s, evs: f"→ {s.get('choice')}",
+    "prepare": lambda s, evs: f"image {s.get('image_status')}, IAV {s.get('iav_mode') or 'none'}",
+    "final": lambda s, evs: f"{s.get('answer')} ({s.get('final_reason')})",
+}
+
+
+def _steps_table(rec: dict[str, Any], steps: list[dict[str, Any]]) -> str:
     rows = []
     for s in steps:
-        ev = {e.get("type"): e for e in s.get("events", []) if isinstance(e, dict)}
-        detail = ""
-        if s["node"] == "icr" and "icr" in ev:
-            e = ev["icr"]
-            detail = (f"{e.get('choice')}: cos {e.get('score')} vs α {e.get('threshold')} → "
-                      f"{e.get('decision')}")
-        elif s["node"] == "iav" and "iav" in ev:
-            e = ev["iav"]
-            detail = (f"{e.get('choice')}: {e.get('mode')} {e.get('score')} vs β {e.get('threshold')} → "
-                      f"{e.get('decision')}")
-        elif s["node"] == "tes":
-            detail = f"→ {s.get('choice')}"
-        elif s["node"] == "vif" and "tool_call" in ev:
-            e = ev["tool_call"]
-            detail = (f"{e.get('tool')} ({e.get('how')}): "
-                      f"{_short(e.get('result') or scrub(e.get('error')) or '∅', 160)}")
-        elif s["node"] == "prepare":
-            detail = f"image {s.get('image_status')}, IAV {s.get('iav_mode') or 'none'}"
-        elif s["node"] == "final":
-            detail = f"{s.get('answer')} ({s.get('final_reason')})"
+        how = _DETAIL.get(str(s["node"]))
+        detail = how(s, step_events(rec, s)) if how is not None else ""
         why = (s.get("edge") or {}).get("why", "")
         rows.append(f"<tr><td>{s.get('step')}</td><td class='node'>{html.escape(str(s['node']))}</td>"
                     f"<td>{html.escape(detail)}</td><td class='why'>{html.escape(why)}</td></tr>")
@@ -421,7 +433,7 @@ def _card(r: dict[str, Any], image_root: str | None, remote_images: bool) -> str
     body.append(f"<ul class='clues'>{clues}</ul>" if clues else "<p class='clues note'>No clues.</p>")
     body.append(f"<p class='route'>path: {e(' → '.join(r.get('path') or []))}</p>")
     if steps:
-        body.append(_steps_table(steps))
+        body.append(_steps_table(r, steps))
     return (f"<details class='mention {cls}' data-correct='{cls}' data-route='{e(route)}' "
             f"data-change='{stage_change(r)}' id='m-{e(str(r['id']))}'>{summary}"
             f"<div class='body'>{''.join(body)}</div></details>")

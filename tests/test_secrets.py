@@ -183,7 +183,7 @@ def test_a_failing_tool_records_its_error_scrubbed(monkeypatch):
 def test_a_chat_model_of_yours_failing_with_the_key_leaks_it_nowhere(settings, monkeypatch,
                                                                       capsys, image_file):
     """A chat model given in code (not built by i2cr) whose errors carry the key: the record,
-    its trace and the --stream lines are scrubbed (by the trace and the custom-event emitter)."""
+    its trace and the --stream lines are scrubbed (by the trace builder and the printer)."""
     from fakes import ScriptedChatModel
 
     from i2cr.cli import _stream_printer

@@ -45,8 +45,9 @@ MENTION = {
     "precomputed_clues": {"OCR text": "CHICAGO BULLS 23", "Caption": "a basketball player dunking",
                           "Tags": "basketball; sport; arena"},
 }
-# Retrieval TES (no LLM); IAV never passes, so VIF runs the two offered tools and emits custom
-# events. Not the defaults (which would offer ocr first): the server must honour the context.
+# Retrieval TES (no LLM); IAV never passes, so VIF runs the two offered tools and records a
+# tool_call event for each. Not the defaults (which would offer ocr first): the server must
+# honour the context.
 SETTINGS = {"tes_strategy": "retrieval", "tools": "caption,tags", "tool_backend": "precomputed",
             "caption_threshold": 1e9, "clue_cache": "none"}
 
@@ -78,11 +79,11 @@ def test_langgraph_dev_serves_the_graph_to_the_sdk_with_schemas(dev_server):
 
     thread = client.threads.create()  # the graph's name works as the assistant id too
     parts = list(client.runs.stream(thread["thread_id"], "i2cr", input=MENTION, context=SETTINGS,
-                                    stream_mode=["updates", "custom"]))
+                                    stream_mode=["updates"]))
     updates = [p.data for p in parts if p.event == "updates"]
-    custom = [p.data for p in parts if p.event == "custom"]
+    live = [e for u in updates for upd in u.values() for e in (upd or {}).get("events") or []]
     assert [n for u in updates for n in u] == local["path"]  # one update per node visit
     final = next(u["final"] for u in updates if "final" in u)
     assert final["answer"] == local["answer"]
-    assert [(e["tool"], e["text"]) for e in custom if e.get("type") == "tool_result"] == \
+    assert [(e["tool"], e["result"]) for e in live if e.get("type") == "tool_call"] == \
         [(c["tool"], c["text"]) for c in local["clues"]]

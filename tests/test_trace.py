@@ -17,8 +17,9 @@ from fakes import ScriptedChatModel, tool_call
 from langchain_core.messages import AIMessage
 
 from i2cr.data import Candidate, Mention
+from i2cr.graph.events import is_llm_call
 from i2cr.linker import link_mention
-from i2cr.trace import TRACE_SCHEMA, render_html, render_tree
+from i2cr.trace import TRACE_SCHEMA, render_html, render_tree, step_events
 
 
 def mention(**kw):
@@ -40,30 +41,35 @@ def test_trace_lists_nodes_scores_edges_and_tool_calls(settings, image_file):
     assert nodes == rec["path"] == ["prepare", "tes", "icr", "tes", "icr", "iav", "vif", "tes",
                                     "icr", "iav", "final"]
     s = tr["steps"]
+
+    def events(step):
+        return step_events(rec, step)
+
     # TES: the prompt, the raw answer and the mapped choice
-    llm = [c for c in s[1]["stream"] if c["type"] == "llm_call"][0]
+    llm = [c for c in events(s[1]) if is_llm_call(c)][0]
     assert "Candidates:" in llm["prompt"][-1]["content"] and llm["raw"] == "Answer: Jordan"
-    assert s[1]["choice"] == "Jordan" and s[1]["events"][0]["offered"][0] == "Michael Jordan"
+    assert s[1]["choice"] == "Jordan" and events(s[1])[0]["offered"][0] == "Michael Jordan"
     # ICR: score beside threshold, decision, and the edge back to TES with the reason
-    icr = s[2]["events"][0]
+    icr = events(s[2])[0]
     assert icr["threshold"] == 0.45 and icr["score"] < 0.45 and icr["decision"] == "reject_and_rechoose"
     assert s[2]["edge"]["to"] == "tes" and "rejected" in s[2]["edge"]["why"]
     assert s[4]["edge"] == {"to": "iav", "why": s[4]["edge"]["why"]} and ">=" in s[4]["edge"]["why"]
     # IAV failed -> VIF; the tool call and its result
-    assert s[5]["events"][0]["decision"] == "fail" and s[5]["edge"]["to"] == "vif"
-    tool = [e for e in s[6]["events"] if e["type"] == "tool_call"][0]
+    assert events(s[5])[0]["decision"] == "fail" and s[5]["edge"]["to"] == "vif"
+    tool = [e for e in events(s[6]) if e["type"] == "tool_call"][0]
     assert tool["tool"] == "caption" and tool["result"] == CLUES["Caption"]
-    vif_llm = [c for c in s[6]["stream"] if c["type"] == "llm_call"][0]
-    assert vif_llm["tool_calls"] == ["caption"]
+    vif_llm = [c for c in events(s[6]) if is_llm_call(c)][0]
+    assert vif_llm["requested"] == ["caption"]
     assert s[6]["edge"]["to"] == "tes" and "caption" in s[6]["edge"]["why"]
     assert s[-1]["edge"]["to"] == "__end__"
     tree = render_tree(rec)
     assert "icr: 'Jordan' cos" in tree and "⇢ tes: ICR" in tree and "tool caption" in tree
 
 
-def test_trace_state_equals_langgraphs_and_custom_mode_still_streams(settings, image_file):
-    """traced_invoke rebuilds the final state from updates and collects what nodes emit; a user
-    streaming the graph in LangGraph's own custom mode still sees the same emits live."""
+def test_trace_state_equals_langgraphs_and_updates_mode_streams_the_events(settings, image_file):
+    """traced_invoke rebuilds the final state from updates, with the events the nodes return; a
+    user streaming the graph in LangGraph's own updates mode sees the same events live (prompts
+    and tool results included: the one channel events travel)."""
     from i2cr.graph import graph
     from i2cr.trace import traced_invoke
 
@@ -80,12 +86,15 @@ def test_trace_state_equals_langgraphs_and_custom_mode_still_streams(settings, i
     for k in ("answer", "final_reason", "path", "round_answers", "clues", "tools_used", "llm_calls"):
         assert final[k] == ref[k], k
     assert [e["type"] for e in final["events"]] == [e["type"] for e in ref["events"]]
-    emitted = [c for s in trace["steps"] for c in s["stream"]]
-    custom = [c for mode, c in graph.stream(
+    emitted = [c for s in trace["steps"] for c in step_events(final, s)]
+    assert emitted == final["events"]  # every event belongs to one node visit
+    live = [c for chunk in graph.stream(
         m.to_input(), context=settings(script(), icr_threshold=-1, iav_threshold=1e9,
-                                       max_vif_rounds=1), stream_mode=["custom"])]
-    assert [c["type"] for c in custom] == [c["type"] for c in emitted]
-    assert {"llm_call", "tool_result"} <= {c["type"] for c in custom}
+                                       max_vif_rounds=1), stream_mode="updates")
+        for upd in chunk.values() for c in (upd or {}).get("events") or []]
+    assert [c["type"] for c in live] == [c["type"] for c in emitted]
+    assert any(is_llm_call(c) and c.get("prompt") for c in live)
+    assert "tool_call" in {c["type"] for c in live}
 
 
 def test_no_secret_enters_a_trace(settings, monkeypatch, image_file):
@@ -204,11 +213,13 @@ def test_trace_of_each_scripted_route(settings, image_file, corrupt_image, case)
         assert why["icr"] == "NIL chosen" and rec["answer"] == "nil"
     elif case == "exhausted":
         assert "reflections exhausted" in steps[-2]["edge"]["why"]
-        assert [s["events"][0]["decision"] for s in steps if s["node"] == "icr"][-1] == "exhausted_keep_best"
+        assert [step_events(rec, s)[0]["decision"] for s in steps
+                if s["node"] == "icr"][-1] == "exhausted_keep_best"
     elif case == "iav_pass":
         iav = [s for s in steps if s["node"] == "iav"][0]
-        assert iav["events"][0]["score"] >= iav["events"][0]["threshold"] and "accept" in why["iav"]
+        ev = step_events(rec, iav)[0]
+        assert ev["score"] >= ev["threshold"] and "accept" in why["iav"]
     else:
-        tool = [e for s in steps for e in s["events"] if e["type"] == "tool_call"][0]
+        tool = [e for s in steps for e in step_events(rec, s) if e["type"] == "tool_call"][0]
         assert tool["how"] == "fallback_no_tool_call" and tool["tool"] == "ocr"
         assert "clue from ocr" in why["vif"]

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..data import Mention, load_labels, load_mentions, shuffle_candidates
 from ..graph import Context
+from ..graph.events import is_llm_call
 from ..linker import link_mention
 from ..llm import BackendError, check_backend, shutdown
 from .metrics import llm_failed
@@ -63,12 +64,10 @@ def summarise(recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         for e in r.get("events") or []:
             if e.get("type") == "tes_hybrid" and e.get("node") == "review" and e["path"] in paths:
                 paths[e["path"]] += 1
-        for step in (r.get("trace") or {}).get("steps") or []:
-            for c in step.get("stream") or []:
-                if c.get("type") == "llm_call":
-                    prompts += 1
-                    chars += sum(len(m.get("content") or "") for m in c.get("prompt") or [])
-                    tokens += c.get("tokens") or 0
+            if is_llm_call(e):
+                prompts += 1
+                chars += sum(len(m.get("content") or "") for m in e.get("prompt") or [])
+                tokens += e.get("tokens") or 0
     return {
         "mentions": n,
         "top1": round(sum(bool(r["correct"]) for r in labelled) / len(labelled), 4)

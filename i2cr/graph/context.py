@@ -236,7 +236,8 @@ class Context:
         "(symlinks resolved); None refuses every local path (send an http(s) or data: URL).")})
 
     trace_prompts: bool = field(default=True, metadata={"description": (
-        "Keep full LLM prompts in each mention's trace (off makes result files smaller).")})
+        "Keep the full prompt in each LLM call's event (off makes result files and checkpoints "
+        "smaller).")})
 
     # --- objects (not settable from the environment) --------------------------------------------
     chat_model: Any = field(default=None, metadata={"env": False, "description": (

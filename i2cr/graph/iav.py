@@ -22,6 +22,7 @@ from ..images import ImageError
 from ..texts import entity_text
 from . import resources
 from .context import Context, settings_of
+from .events import IavDecision
 from .state import State
 
 
@@ -57,18 +58,19 @@ def iav(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     choice = state["choice"]
     rnd = state["round"]
     mode = state["iav_mode"]
-    ev: dict[str, Any] = {"type": "iav", "round": rnd, "choice": choice, "mode": mode}
+    ev: IavDecision = {"type": "iav", "round": rnd, "choice": choice, "mode": mode}
     if choice is None or choice == NIL:
-        ev.update(score=None, decision="nil_not_verifiable")
+        ev.update({"score": None, "decision": "nil_not_verifiable"})
         return {"path": ["iav"], "iav_score": None, "iav_passed": False, "events": [ev]}
     try:
         score, threshold = iav_score(state, ctx, choice)
     except (ImageError, ModelUnavailable) as e:
-        ev.update(score=None, decision="unavailable", reason=str(e))
+        ev.update({"score": None, "decision": "unavailable", "reason": str(e)})
         return {"path": ["iav"], "iav_score": None, "iav_passed": False, "events": [ev],
                 "visual_available": False}
     passed = score >= threshold
-    ev.update(score=round(score, 3), threshold=threshold, decision="pass" if passed else "fail")
+    ev.update({"score": round(score, 3), "threshold": threshold,
+               "decision": "pass" if passed else "fail"})
     answers = [dict(a) for a in state["round_answers"]]
     if answers:
         answers[-1].update(iav=score, iav_passed=passed)

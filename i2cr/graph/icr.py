@@ -15,6 +15,7 @@ from ..data import NIL
 from ..texts import entity_text
 from . import resources
 from .context import Context, settings_of
+from .events import IcrDecision
 from .state import State, Tried
 from .tes import allowed_candidates
 from .texts import round_query
@@ -52,8 +53,8 @@ def icr(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     passed = score >= alpha
     reflections = state["reflections"]
     left = [c for c in allowed_candidates(state) if c["name"] != choice]
-    ev: dict[str, Any] = {"type": "icr", "round": rnd, "choice": choice, "score": round(score, 4),
-                          "threshold": alpha}
+    ev: IcrDecision = {"type": "icr", "round": rnd, "choice": choice, "score": round(score, 4),
+                       "threshold": alpha}
     update.update(icr_score=score, icr_passed=passed, tried=tried)
     if passed:
         ev["decision"] = update["icr_decision"] = "pass"

@@ -13,6 +13,7 @@ from ..images import ImageError
 from ..tools import ToolInput
 from . import resources
 from .context import Context, IavMode, settings_of
+from .events import Event
 from .state import CandidateDict, State
 from .tes import retrieval_ranking
 
@@ -58,10 +59,10 @@ def clip_problem(ctx: Context) -> str | None:
         return str(e)
 
 
-def capped_candidates(state: State, ctx: Context) -> tuple[list[CandidateDict], list[dict[str, Any]]]:
+def capped_candidates(state: State, ctx: Context) -> tuple[list[CandidateDict], list[Event]]:
     """(candidates, events): the input's candidates cut to ``max_candidates``, then, with
     ``prune_k``, to the ranker's top k (in their order)."""
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     cands = list(state.get("candidates") or [])
     if len(cands) > ctx.max_candidates:
         events.append({"type": "candidates_truncated", "from": len(cands), "to": ctx.max_candidates})
@@ -79,7 +80,7 @@ def capped_candidates(state: State, ctx: Context) -> tuple[list[CandidateDict], 
     return cands, events
 
 
-def capped_context(state: State, ctx: Context) -> tuple[str, list[dict[str, Any]]]:
+def capped_context(state: State, ctx: Context) -> tuple[str, list[Event]]:
     """(context, events): the input's context cut to ``max_context_chars``."""
     context = state.get("context") or ""
     if len(context) > ctx.max_context_chars:
@@ -89,7 +90,7 @@ def capped_context(state: State, ctx: Context) -> tuple[str, list[dict[str, Any]
     return context, []
 
 
-def image_status(state: State, ctx: Context) -> tuple[str, str | None, list[dict[str, Any]]]:
+def image_status(state: State, ctx: Context) -> tuple[str, str | None, list[Event]]:
     """(status, reason, events): whether the mention's image loads (into the run's images)."""
     ref = state.get("image")
     if not ref:
@@ -101,7 +102,7 @@ def image_status(state: State, ctx: Context) -> tuple[str, str | None, list[dict
         return e.kind, e.reason, [{"type": "image_unusable", "kind": e.kind, "reason": e.reason}]
 
 
-def available_tools(state: State, ctx: Context, image_ok: bool) -> tuple[list[str], list[dict[str, Any]]]:
+def available_tools(state: State, ctx: Context, image_ok: bool) -> tuple[list[str], list[Event]]:
     """(tool names, events): the run's tools that can run for this mention, in fallback order."""
     inp = ToolInput(image_ref=state.get("image") if image_ok else None,
                     precomputed=state.get("precomputed_clues"), settings=ctx)

@@ -19,6 +19,7 @@ from langgraph.runtime import Runtime
 from ..texts import entity_text, query_for
 from . import resources
 from .context import Context, settings_of
+from .events import KbCandidates
 from .state import State
 
 
@@ -47,7 +48,7 @@ def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         vecs = {e["id"]: e["_vector"] for e in chosen if e.get("_vector") is not None}
         vecs.update(kb.vectors([e["id"] for e in chosen if e["id"] not in vecs]))
         emb.remember({entity_text(e): vecs[e["id"]] for e in chosen if e["id"] in vecs})
-    event = {
+    event: KbCandidates = {
         "type": "kb_candidates", "kb": str(kb.path.name), "k": ctx.kb_top_k,
         "latency_ms": latency,
         "generated": [{k: v for k, v in e.items() if k not in ("desc", "_vector")}

@@ -23,6 +23,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from .context import Context, settings_of
+from .events import TesHybrid
 from .final import Standing, standing
 from .state import CandidateDict, State
 from .tes import allowed_candidates, retrieval_ranking, tes_llm
@@ -39,13 +40,13 @@ def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = settings_of(runtime)
     s = standing(state, ctx.fallback_answer)
     update: dict[str, Any] = {"path": ["review"]}
-    ev: dict[str, Any] = {"type": "tes_hybrid", "node": "review", "threshold": ctx.hybrid_threshold}
+    ev: TesHybrid = {"type": "tes_hybrid", "node": "review", "threshold": ctx.hybrid_threshold}
     if s.entry is None:
         return {**update, "events": [{**ev, "path": "none", "reason": "no candidates"}]}
     held = state["round_answers"][s.entry].get("answer")
     view = review_view(state, s, held)
-    ev.update(round=view["round"], reviews="text_answer" if s.text else "choice",
-              ranker_answer=held)
+    ev.update({"round": view["round"], "reviews": "text_answer" if s.text else "choice",
+               "ranker_answer": held})
     cands = allowed_candidates(view)
     if not cands:
         return {**update, "events": [{**ev, "path": "ranker", "reason": "no candidate left"}]}
@@ -58,7 +59,7 @@ def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     asked = tes_llm(view, ctx, top, fallback=held if held is not None else cands[order[0]]["name"],
                     node="review")
     answer = asked["choice"]
-    ev.update(path="llm", top_k=[c["name"] for c in top], answer=answer)
+    ev.update({"path": "llm", "top_k": [c["name"] for c in top], "answer": answer})
     update.update(llm_calls=asked["llm_calls"], llm_answer=asked["llm_answer"],
                   events=[ev, *asked["events"]])
     return {**update, **reviewed(state, s.entry, held, answer)}

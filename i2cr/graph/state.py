@@ -15,6 +15,8 @@ from typing import Annotated, Any
 
 from typing_extensions import TypedDict
 
+from .events import Event
+
 
 class CandidateDict(TypedDict, total=False):
     name: str
@@ -70,7 +72,7 @@ class OutputState(TypedDict, total=False):
     iav_mode: str | None
     llm_calls: int
     tools_used: list[str]
-    events: list[dict[str, Any]]
+    events: list[Event]
     error: str | None
     text_icr: float | None
     iav_passed: bool | None
@@ -125,7 +127,7 @@ class State(InputState, Prepared, total=False):
 
     # bookkeeping
     path: Annotated[list[str], operator.add]  # node visits, in order
-    events: Annotated[list[dict[str, Any]], operator.add]  # notable decisions and fallbacks
+    events: Annotated[list[Event], operator.add]  # what nodes decided and called (.events)
 
     # TES / ICR within a round
     llm_answer: str | None  # raw text of the last TES answer

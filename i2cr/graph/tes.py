@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from langgraph.runtime import Runtime
 
@@ -27,9 +27,9 @@ from ..redact import error_text
 from ..texts import entity_text
 from . import resources
 from .context import Context, Strategy, settings_of
+from .events import Event, LlmError, TesAnswer, TesHybrid, prompt_text, tokens_of
 from .state import CandidateDict, Ranked, State
 from .texts import round_clues, round_query
-from .trace_events import emit, prompt_text, tokens_of
 
 
 def allowed_candidates(state: State) -> list[CandidateDict]:
@@ -88,9 +88,9 @@ def tes_retrieval(state: State, ctx: Context, ranking: Ranking | None = None) ->
     (NIL when nothing is left, or when NIL is allowed and the ranker says so), ``llm_answer``
     (None), ``first_answer`` (the first time) and a ``tes_answer`` event."""
     cands = allowed_candidates(state)
-    ev: dict[str, Any] = {"type": "tes_answer", "round": state["round"],
-                          "strategy": "retrieval", "method": "retrieval",
-                          "offered": [c["name"] for c in cands]}
+    ev: TesAnswer = {"type": "tes_answer", "round": state["round"],
+                     "strategy": "retrieval", "method": "retrieval",
+                     "offered": [c["name"] for c in cands]}
     if not cands:
         choice = NIL
         ev["top"] = []
@@ -98,8 +98,8 @@ def tes_retrieval(state: State, ctx: Context, ranking: Ranking | None = None) ->
         r = ranking or retrieval_ranking(state, ctx, cands)
         choice = cands[r.best]["name"]
         table = r.table()
-        ev.update(top=table[:3], scores=table, model=r.model, p_link=round(r.p_link, 4),
-                  nil_threshold=r.nil_threshold)
+        ev.update({"top": table[:3], "scores": table, "model": r.model,
+                   "p_link": round(r.p_link, 4), "nil_threshold": r.nil_threshold})
         if state.get("allow_nil") and r.nil:
             choice = NIL
             ev["nil_reason"] = f"p_link {r.p_link:.3f} < {r.nil_threshold}"
@@ -121,9 +121,9 @@ def tes_hybrid(state: State, ctx: Context) -> dict[str, Any]:
     r = retrieval_ranking(state, ctx, cands)
     p = float(r.probs[r.best])
     update = tes_retrieval(state, ctx, r)
-    ev = {"type": "tes_hybrid", "node": "tes", "round": state["round"], "path": "ranker",
-          "p": round(p, 4), "threshold": ctx.hybrid_threshold,
-          "unsure": p < ctx.hybrid_threshold}
+    ev: TesHybrid = {"type": "tes_hybrid", "node": "tes", "round": state["round"],
+                     "path": "ranker", "p": round(p, 4), "threshold": ctx.hybrid_threshold,
+                     "unsure": p < ctx.hybrid_threshold}
     update["events"] = [ev, *update["events"]]
     update["ranked"] = ranked(state, cands, r)
     return update
@@ -158,14 +158,14 @@ def tes_messages(state: State, ctx: Context, cands: list[CandidateDict],
 
 
 def ask_llm(state: State, ctx: Context, cands: list[CandidateDict], node: str
-            ) -> tuple[str | None, str | None, str | None, int, list[dict[str, Any]]]:
+            ) -> tuple[str | None, str | None, str | None, int, list[Event]]:
     """(choice, how it was mapped, last raw answer, LLM calls made, events): the LLM asked to
     choose among ``cands``, again with the profile's retry note (``tes_retries`` times) while its
     answer maps to none of them. ``choice`` None: it never named one, or could not be asked."""
     prompts = profile(ctx.prompt_profile)
     allow_nil = bool(state.get("allow_nil"))
     names = [c["name"] for c in cands]
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     calls = 0
     choice, raw, how = None, None, None
     note = ""
@@ -185,21 +185,23 @@ def ask_llm(state: State, ctx: Context, cands: list[CandidateDict], node: str
             raise  # refused after every retry: the mention becomes an error record
         except Exception as e:  # noqa: BLE001
             calls += 1
-            events.append({"type": "llm_error", "node": node, "attempt": attempt,
-                           "error": error_text(e)[:300]})
-            emit({"type": "llm_call", "node": node, "attempt": attempt, "prompt": prompt_text(messages),
-                  "error": error_text(e)[:300]})
+            failed: LlmError = {"type": "llm_error", "node": node, "attempt": attempt,
+                                "error": error_text(e)[:300],
+                                "latency_s": round(time.perf_counter() - t0, 3)}
+            if ctx.trace_prompts:
+                failed["prompt"] = prompt_text(messages)
+            events.append(failed)
             continue
         calls += 1
         m = map_answer(raw, names, allow_nil=allow_nil)
-        emit({"type": "llm_call", "node": node, "attempt": attempt, "prompt": prompt_text(messages),
-              "raw": raw, "mapped": m.name, "latency_s": round(time.perf_counter() - t0, 3),
-              "tokens": tokens_of(msg)})
-        events.append({"type": "tes_answer", "round": state["round"], "attempt": attempt,
-                       "raw": raw[:500], "mapped": m.name, "method": m.method,
-                       "score": round(m.score, 1), "offered": names,
-                       "latency_s": round(time.perf_counter() - t0, 3),
-                       "tokens": tokens_of(msg), **asked})
+        answer: TesAnswer = {"type": "tes_answer", "round": state["round"],
+                             "attempt": attempt, "raw": raw, "mapped": m.name, "method": m.method,
+                             "score": round(m.score, 1), "offered": names,
+                             "latency_s": round(time.perf_counter() - t0, 3),
+                             "tokens": tokens_of(msg), **cast(TesAnswer, asked)}
+        if ctx.trace_prompts:
+            answer["prompt"] = prompt_text(messages)
+        events.append(answer)
         if m.name is not None:
             choice, how = m.name, m.method
             break

@@ -20,8 +20,8 @@ from ..redact import error_text
 from ..tools import ToolInput, ToolResult, VisualTool
 from . import resources
 from .context import Context, settings_of
+from .events import Event, VifRequest, prompt_text, tokens_of
 from .state import State
-from .trace_events import emit, prompt_text, tokens_of
 
 
 def unused_tools(state: State) -> list[str]:
@@ -43,7 +43,7 @@ def vif(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     offered = [n for n in unused_tools(state) if n in tools]
     picked: str | None = None
     how, calls = "fixed_order", 0
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     if offered and ctx.llm_picks_tools:
         picked, how, calls, events = pick_tool(state, ctx, tools, offered)
     if picked is None and offered:
@@ -68,11 +68,11 @@ def vif_messages(state: State, ctx: Context, offered: list[str]) -> list[Any]:
 
 
 def pick_tool(state: State, ctx: Context, tools: Mapping[str, VisualTool], offered: list[str]
-              ) -> tuple[str | None, str, int, list[dict[str, Any]]]:
+              ) -> tuple[str | None, str, int, list[Event]]:
     """(tool, how it was picked, LLM calls, events): the LLM, bound to the ``offered`` tools, asked
     for one (tool None: it named none of them, or failed; ``how`` says which)."""
     messages = vif_messages(state, ctx, offered)
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     calls = 0
     t0 = time.perf_counter()
     try:
@@ -81,14 +81,13 @@ def pick_tool(state: State, ctx: Context, tools: Mapping[str, VisualTool], offer
         calls += 1
         tool_calls = list(getattr(msg, "tool_calls", None) or [])
         requested = [tc.get("name") for tc in tool_calls]
-        emit({"type": "llm_call", "node": "vif", "prompt": prompt_text(messages),
-              "tools_offered": offered, "raw": str(getattr(msg, "content", "")),
-              "tool_calls": requested, "latency_s": round(time.perf_counter() - t0, 3),
-              "tokens": tokens_of(msg)})
-        events.append({"type": "vif_request", "offered": offered, "requested": requested,
-                       "raw": str(getattr(msg, "content", ""))[:300],
-                       "latency_s": round(time.perf_counter() - t0, 3),
-                       "tokens": tokens_of(msg)})
+        req: VifRequest = {"type": "vif_request", "offered": offered, "requested": requested,
+                           "raw": str(getattr(msg, "content", "")),
+                           "latency_s": round(time.perf_counter() - t0, 3),
+                           "tokens": tokens_of(msg)}
+        if ctx.trace_prompts:
+            req["prompt"] = prompt_text(messages)
+        events.append(req)
         picked, how, more = read_tool_calls(requested, offered)
         return picked, how, calls, events + more
     except LLMCallFailed:
@@ -102,10 +101,10 @@ def pick_tool(state: State, ctx: Context, tools: Mapping[str, VisualTool], offer
 
 
 def read_tool_calls(requested: list[Any], offered: list[str]
-                    ) -> tuple[str | None, str, list[dict[str, Any]]]:
+                    ) -> tuple[str | None, str, list[Event]]:
     """(tool, how, events) from the tool names the LLM called, in order: the first, when offered;
     None with the reason otherwise (no call, a tool not offered). Further calls are ignored."""
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     if not requested:
         return None, "fallback_no_tool_call", events
     if requested[0] not in offered:
@@ -118,18 +117,16 @@ def read_tool_calls(requested: list[Any], offered: list[str]
 
 
 def run_tool(state: State, ctx: Context, picked: str, tool: VisualTool, how: str
-             ) -> tuple[ToolResult, list[dict[str, Any]]]:
+             ) -> tuple[ToolResult, list[Event]]:
     """(result, events): ``tool`` (named ``picked`` in the run's tools) run on the mention's image
     (when it loaded) and precomputed clues."""
     inp = ToolInput(image_ref=state.get("image") if state["image_status"] == "ok" else None,
                     precomputed=state.get("precomputed_clues"), settings=ctx)
     t0 = time.perf_counter()
     res = tool.run(inp)
-    events = [{"type": "tool_call", "tool": picked, "how": how, "backend": res.backend,
+    events: list[Event] = [{"type": "tool_call", "tool": picked, "how": how, "backend": res.backend,
                "ok": res.ok, "error": res.error, "result": res.text[:500],
                "latency_s": round(time.perf_counter() - t0, 3)}]
-    emit({"type": "tool_result", "node": "vif", "tool": picked, "ok": res.ok, "text": res.text,
-          "error": res.error})
     return res, events
 
 

@@ -42,7 +42,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from i2cr.data import DataError, Mention
 from i2cr.eval.runner import check_items, run_one
-from i2cr.graph import graph
 from i2cr.images import using_policy
 from i2cr.linker import result_record
 from i2cr.redact import error_text
@@ -219,16 +218,13 @@ class Served:
                              kb=True, check_image=False)
         except DataError as e:
             raise BadRequest(str(e)) from None
-        tb = TraceBuilder(m.to_input(), graph.channels)
+        tb = TraceBuilder(m.to_input())
         elapsed = body.get("elapsed_s")
         try:
             for p in parts:
                 if not isinstance(p, dict) or not isinstance(p.get("data"), dict):
-                    raise BadRequest("each part must be {'event': 'updates'|'custom', "
-                                     "'data': {...}}")
-                if p.get("event") == "custom":
-                    tb.add_custom(p["data"])
-                elif p.get("event") == "updates":
+                    raise BadRequest("each part must be {'event': 'updates', 'data': {...}}")
+                if p.get("event") == "updates":  # the events ride in them (other modes: ignored)
                     for node, upd in p["data"].items():
                         tb.add_update(str(node), upd if isinstance(upd, dict) else {})
             state, trace = tb.finish()

@@ -1,7 +1,8 @@
 """The playground page served at ``/``: type a mention, its context and candidates (none with a
 KB), pick an image (sent inline as a data: URL), press Link. The page streams the run from the
-LangGraph API (``POST /runs/stream``, stream modes ``updates`` and ``custom``), showing each node
-as it arrives, then asks ``/trace-card`` for the answer's card (the trace page's own rendering).
+LangGraph API (``POST /runs/stream``, stream mode ``updates``, where each node's events ride),
+showing each node as it arrives, then asks ``/trace-card`` for the answer's card (the trace page's
+own rendering).
 
 The page is static (no data, no key); its script is pinned by hash in the Content-Security-Policy
 and it talks to its own origin only. The key, when the server wants one, is typed into the page
@@ -116,7 +117,7 @@ async function link(ev) {
   const parts = [];
   let failed = null;
   try {
-    const body = {assistant_id: 'i2cr', input: input, stream_mode: ['updates', 'custom']};
+    const body = {assistant_id: 'i2cr', input: input, stream_mode: ['updates']};
     if (context) body.context = context;
     const resp = await fetch('runs/stream', {method: 'POST', headers: headers(),
                                              body: JSON.stringify(body)});
@@ -125,8 +126,6 @@ async function link(ev) {
       if (event === 'updates') {
         parts.push({event: event, data: data});
         for (const node of Object.keys(data)) addNode(node, data[node]);
-      } else if (event === 'custom') {
-        parts.push({event: event, data: data});
       } else if (event === 'error') {
         failed = (data && (data.message || data.error)) || 'the run failed';
       }
