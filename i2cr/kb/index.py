@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -346,21 +345,21 @@ def _entry(r: dict[str, Any]) -> dict[str, Any]:
     return e
 
 
-_OPEN: dict[tuple[str, int], KB] = {}
-_LOCK = threading.Lock()
-
-
-def open_kb(path: str | Path, embedder: str | None = None) -> KB:
-    """The KB at ``path`` (opened once per process and build), checked against ``embedder``."""
+def kb_stamp(path: str | Path) -> tuple[str, int]:
+    """Which build of the KB at ``path`` is there now: its resolved folder and its metadata's
+    modification time (a rebuilt KB is a new one)."""
     p = Path(path).expanduser().resolve()
     try:
         stamp = (p / META).stat().st_mtime_ns
     except OSError:
         stamp = -1
-    with _LOCK:
-        kb = _OPEN.get((str(p), stamp))
-        if kb is None:
-            kb = _OPEN[(str(p), stamp)] = KB(p)
+    return str(p), stamp
+
+
+def open_kb(path: str | Path, embedder: str | None = None) -> KB:
+    """The KB at ``path``, opened, checked against ``embedder``. (A run keeps the KB it opened in
+    its ``Resources``, ``Resources.kb``.)"""
+    kb = KB(Path(path).expanduser().resolve())
     if embedder is not None:
         kb.check_embedder(embedder)
     return kb

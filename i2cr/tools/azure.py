@@ -214,7 +214,7 @@ class AzureVision:
         return parse_result(result)
 
 
-def _objects_text(objs: Any) -> str:
+def objects_text(objs: Any) -> str:
     if not objs:
         return ""
     if isinstance(objs, str):
@@ -232,15 +232,11 @@ def azure_tool(name: str, vision: AzureVision) -> VisualTool:
 
     def fn(inp: ToolInput) -> str:
         val = vision.analyze(inp)[key]
-        return _objects_text(val) if key == "Objects" else str(val)
+        return objects_text(val) if key == "Objects" else str(val)
 
     return VisualTool(name=name, description=DESCRIPTIONS.get(name, name), fn=fn, backend="azure",
                       version=vision.version,
                       check=lambda inp: inp.image_reachable())
-
-
-_SHARED: dict[tuple, AzureVision] = {}
-_SHARED_LOCK = threading.Lock()
 
 
 def azure_configured(settings: Any) -> bool:
@@ -248,14 +244,15 @@ def azure_configured(settings: Any) -> bool:
     return bool(getattr(settings, "vision_endpoint", None) or os.environ.get("VISION_ENDPOINT"))
 
 
-def shared_vision(settings: Any, cache: ClueCache | None) -> AzureVision:
-    """One client per endpoint and settings in a process, so every tool (and plug-in) shares the
-    single analyze call per image."""
+def vision_key(settings: Any, cache: ClueCache | None) -> tuple:
+    """What a client is made of: the endpoint, its call settings and its clue cache's folder
+    (:class:`i2cr.tools.factory.SharedBackends` keeps one client per key)."""
     endpoint = getattr(settings, "vision_endpoint", None) or os.environ.get("VISION_ENDPOINT")
-    key = (endpoint, getattr(settings, "vision_timeout", 30.0), getattr(settings, "vision_retries", 3),
-           getattr(settings, "vision_backoff", 0.8), cache.directory if cache is not None else None)
-    with _SHARED_LOCK:
-        if key not in _SHARED:
-            _SHARED[key] = AzureVision(endpoint, timeout=key[1], retries=key[2], backoff=key[3],
-                                       cache=cache)
-        return _SHARED[key]
+    return (endpoint, getattr(settings, "vision_timeout", 30.0), getattr(settings, "vision_retries", 3),
+            getattr(settings, "vision_backoff", 0.8), cache.directory if cache is not None else None)
+
+
+def new_vision(key: tuple, cache: ClueCache | None) -> AzureVision:
+    """A client for :func:`vision_key`'s ``key``."""
+    endpoint, timeout, retries, backoff, _ = key
+    return AzureVision(endpoint, timeout=timeout, retries=retries, backoff=backoff, cache=cache)
