@@ -21,7 +21,9 @@ names by a JSON schema (``tes_answer='structured'``).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import ctypes
 import email.utils
 import importlib.util
 import json
@@ -39,7 +41,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+from langchain_core.utils.function_calling import convert_to_openai_tool
 
+from .data import NIL
 from .redact import error_text, scrub, scrub_exception
 
 
@@ -74,8 +78,6 @@ def _free_port() -> int:
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     """Linux: have the kernel send SIGTERM to the server if this process dies (even by SIGKILL)."""
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:  # noqa: BLE001
         pass
@@ -384,8 +386,6 @@ def _scrubbing(cls: type) -> type:
                 raise scrub_exception(e) from None
 
         async def _agenerate(self, *args: Any, **kwargs: Any) -> Any:
-            import asyncio
-
             try:
                 log: list[dict[str, Any]] = []
                 for attempt in range(1 + max(0, self.i2cr_retries)):
@@ -514,8 +514,6 @@ def _closed_tool(tool: Any) -> dict[str, Any]:
     grammar llama.cpp builds from it is then finite (``{}`` for i2cr's argument-free tools), where
     an open object let the model write keys until the context was full (arguments are generated
     with no token limit)."""
-    from langchain_core.utils.function_calling import convert_to_openai_tool
-
     spec = convert_to_openai_tool(tool)
     params = dict(spec["function"].get("parameters") or {"type": "object", "properties": {}})
     params.setdefault("additionalProperties", False)
@@ -551,8 +549,6 @@ def _in_process(cls: type) -> type:
 
 def answer_schema(names: list[str], allow_nil: bool) -> dict[str, Any]:
     """A JSON schema whose only valid documents are ``{"answer": <a name offered, or nil>}``."""
-    from .data import NIL
-
     enum = list(dict.fromkeys(names))
     if allow_nil and NIL not in enum:
         enum.append(NIL)

@@ -183,7 +183,7 @@ def printable(text: Any) -> str:
                                    else f"\\u{ord(m.group()):04x}"), str(text))
 
 
-def _short(x: Any, n: int = 90) -> str:
+def short(x: Any, n: int = 90) -> str:
     s = " ".join(str(x).split())
     return s if len(s) <= n else s[: n - 1] + "…"
 
@@ -229,7 +229,7 @@ def render_tree(rec: dict[str, Any]) -> str:
         elif node == "vif":
             e = ev.get("tool_call", {})
             desc = (f"tool {e.get('tool')} ({e.get('how')}, {e.get('backend')}) → "
-                    f"{_short(e.get('result') or e.get('error') or '∅', 70)!r}")
+                    f"{short(e.get('result') or e.get('error') or '∅', 70)!r}")
         elif node == "review":
             e = ev.get("tes_hybrid", {})
             desc = (f"{e.get('ranker_answer')!r} ranker p {e.get('p')} vs {e.get('threshold')}: "
@@ -239,7 +239,7 @@ def render_tree(rec: dict[str, Any]) -> str:
         lines.append(f"{head} {node}: {desc}")
         for c in s.get("stream", []):
             if c.get("type") == "llm_call":
-                lines.append(f"{pad}   llm: {_short(c.get('raw') or c.get('error'), 80)!r}"
+                lines.append(f"{pad}   llm: {short(c.get('raw') or c.get('error'), 80)!r}"
                              f" ({c.get('tokens') or '?'} tokens, {c.get('latency_s', '?')}s)")
         if s.get("edge") and s["edge"]["to"] != "__end__":
             lines.append(f"{pad}   ⇢ {s['edge']['to']}: {s['edge']['why']}")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..data import DataError
-from ..names import fold, title_parts
+from ..names import demonym_forms, fold, mention_forms, title_parts
 from ..texts import entity_text
 from .source import BadEntity, Entity, alias_key, read_source
 
@@ -260,8 +260,6 @@ class KB:
     _COLS = ["id", "name", "desc", "qid", "prior"]
 
     def lexical(self, mention: str, n: int = POOL) -> list[dict[str, Any]]:
-        from ..names import demonym_forms, mention_forms
-
         words = " ".join(dict.fromkeys(" ".join((*mention_forms(mention),
                                                  *demonym_forms(mention))).split()))
         if not words:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data import DataError, iter_records
 from ..names import fold, mention_forms, strip_mention
 
 _QID = re.compile(r"^Q[1-9][0-9]*$")
@@ -201,8 +202,6 @@ def alias_table(path: str | Path) -> dict[str, dict[str, tuple[str, float]]]:
     prior its candidate generator gave the entity for a mention of that surface). Read from the
     mentions and their candidate lists only; a candidate without a usable prior adds nothing
     (read_dataset reports a bad one)."""
-    from ..data import iter_records
-
     table: dict[str, dict[str, tuple[str, float]]] = {}
     for _, rec in iter_records(path):
         cands = _candidates(rec)
@@ -230,8 +229,6 @@ def alias_table(path: str | Path) -> dict[str, dict[str, tuple[str, float]]]:
 def read_dataset(path: str | Path) -> Iterator[Entity | BadEntity]:
     """The deduplicated union of a dataset's candidate lists (by QID, else by folded name), each
     entity with the dataset's mentions of it as aliases, their priors from :func:`alias_table`."""
-    from ..data import DataError, iter_records
-
     aliases = alias_table(path)  # a first pass: an entity's aliases come from every mention
     seen: set[str] = set()
     for rid, rec in iter_records(path):
@@ -274,8 +271,6 @@ def read_dataset(path: str | Path) -> Iterator[Entity | BadEntity]:
 def read_source(path: str | Path, kind: str = "auto") -> Iterator[Entity | BadEntity]:
     path = Path(path)
     if not path.is_file():
-        from ..data import DataError
-
         raise DataError("is not a file" if path.exists() else "file not found", source=str(path))
     kind = source_kind(path) if kind == "auto" else kind
     if kind == "entities":

@@ -13,11 +13,15 @@ ever handed to the SDK's credential object; errors are scrubbed of it before the
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import os
 import threading
+import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
+
+from PIL import Image
 
 from ..redact import register, scrub
 from .base import ToolInput, ToolUnavailable, VisualTool
@@ -51,8 +55,6 @@ def fit_for_azure(data: bytes, size: tuple[int, int], ref: str) -> bytes:
                               f"{AZURE_MIN_SIDE}x{AZURE_MIN_SIDE}")
     if len(data) <= AZURE_MAX_BYTES and max(w, h) <= AZURE_MAX_SIDE:
         return data
-    from PIL import Image
-
     im = Image.open(io.BytesIO(data)).convert("RGB")
     scale = min(1.0, AZURE_MAX_SIDE / max(w, h))
     quality = 90
@@ -112,11 +114,9 @@ class AzureVision:
 
     @property
     def version(self) -> str:
-        try:
-            from azure.ai.vision.imageanalysis import _version
-
-            return f"sdk{_version.VERSION}-api{API_VERSION}"
-        except Exception:  # noqa: BLE001
+        try:  # the SDK's version as its distribution records it (a key of the clue cache)
+            return f"sdk{importlib.metadata.version('azure-ai-vision-imageanalysis')}-api{API_VERSION}"
+        except importlib.metadata.PackageNotFoundError:
             return f"api{API_VERSION}"
 
     def client(self) -> ImageAnalysisClient:
@@ -172,8 +172,6 @@ class AzureVision:
             return clues
 
     def _call(self, inp: ToolInput) -> dict[str, Any]:
-        import time
-
         from azure.ai.vision.imageanalysis.models import VisualFeatures
         from azure.core.exceptions import AzureError, HttpResponseError, ServiceResponseError
 
