@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import cached_property
@@ -53,8 +54,13 @@ class BadRequest(ValueError):
 def process_resources() -> Resources:
     """The server process's one :class:`Resources`, built on first use: that of the process's
     default settings (:func:`~i2cr.graph.context.default_settings`, which a run given no context
-    uses), so that the served graph's runs (with or without a context) and ``/link`` share it."""
-    return default_settings().resources
+    uses), so that the served graph's runs (with or without a context) and ``/link`` share it.
+    (Under a lock: the first requests, arriving together, must not build one each.)"""
+    with _BUILDING:
+        return default_settings().resources
+
+
+_BUILDING = threading.Lock()
 
 
 def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
