@@ -15,17 +15,35 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
-from .data import DataError
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+from . import llm
+from .data import DataError, load_labels, load_mentions, shuffle_candidates
+from .embeddings import ModelUnavailable
 from .engine import commands as engine
+from .eval.bench import bench, bench_ray
+from .eval.harness import evaluate
+from .eval.report import failures, stage_rows
+from .eval.runner import RunStats, check_items, read_results, run
+from .graph import Context, compile_graph, graph, resources
+from .graph.events import is_llm_call
+from .kb import build, open_kb
+from .kb.report import kb_lines
+from .linker import link_mention
+from .llm import BackendError, check_backend
+from .redact import scrub
+from .sft import export
 from .store import mark, problems
+from .trace import printable, render_html, render_mermaid, render_tree
 
 
 def _settings(args: argparse.Namespace):
-    from .graph import Context
-
     overrides: dict[str, Any] = {}
     for item in args.set or []:
         k, sep, v = item.partition("=")
@@ -97,10 +115,6 @@ def _speed(st) -> str:
 
 def _check_llm(settings, progress: bool) -> None:
     """Check the LLM backend before the first mention, saying so when it takes a while."""
-    import time
-
-    from .llm import check_backend
-
     if settings.chat_model is None and settings.uses_llm and progress:
         t0 = time.perf_counter()
         print("i2cr: checking the LLM backend ...", file=sys.stderr, flush=True)
@@ -112,26 +126,22 @@ def _check_llm(settings, progress: bool) -> None:
 
 
 def _writable_file(path: str | None, flag: str) -> None:
-    from pathlib import Path
-
     if path and Path(path).is_dir():
         raise DataError(f"{flag} names a folder; give a file path", source=path)
 
 
 def cmd_link(args: argparse.Namespace) -> int:
-    from .data import load_labels, load_mentions, shuffle_candidates
-    from .eval.runner import RunStats, check_items, run
-
     settings = _settings(args)
     engine.check_flags(args)
     if not str(args.out or "").endswith(".parquet"):
         _writable_file(args.out, "--out")
     if settings.kb:
-        from .kb import open_kb
-
         open_kb(settings.kb, settings.embedder)  # missing or mismatched: refused up front
     if args.engine == "ray":
-        return engine.link_ray(args, settings)
+        records, ray_stats, extra = engine.link_ray(args, settings)
+        progress = not args.no_progress
+        return report_link(args, records, ray_stats, extra=extra,
+                           start=lambda: _check_llm(settings, progress))
     gold = load_labels(args.labels) if args.labels else {}
     items = load_mentions(args.file, gold, image_root=args.image_root, strict=False,
                           allow_nil=True if args.allow_nil else None,
@@ -161,8 +171,6 @@ def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: b
     came back as free text. One owner for both engines (``stats``: a RunStats or RayStats;
     ``extra``: a function giving one more closing line, after the run; ``start``: run first, inside
     the same Ctrl-C handling, e.g. starting the LLM backend)."""
-    from . import llm
-
     show = args.print or not args.out
     args.json = args.json or args.events  # events only exist in the JSON records
     n = correct = labelled = calls = 0
@@ -231,17 +239,9 @@ def cache_problems(args: argparse.Namespace) -> list[str]:
 
 def _linker(args: argparse.Namespace):
     """link_mention, with live node events (--stream) and a SQLite checkpointer (--checkpoint)."""
-    from .linker import link_mention
-
     show = _stream_printer if args.stream else None
     g = None
     if args.checkpoint:
-        import sqlite3
-
-        from langgraph.checkpoint.sqlite import SqliteSaver
-
-        from .graph import compile_graph
-
         conn = sqlite3.connect(args.checkpoint, check_same_thread=False)
         g = compile_graph(checkpointer=SqliteSaver(conn))
     if show is None and g is None:
@@ -260,10 +260,6 @@ def _linker(args: argparse.Namespace):
 def _stream_printer(mention_id: str):
     """--stream: one line per node visit, decision event and LLM reply, each naming the mention;
     tool events carry their clue (cut). Data is made terminal-safe and scrubbed of secrets."""
-    from .graph.events import is_llm_call
-    from .redact import scrub
-    from .trace import printable
-
     mid = printable(mention_id)
 
     def out(line: str) -> None:
@@ -285,11 +281,6 @@ def _stream_printer(mention_id: str):
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .eval.runner import read_results
-    from .trace import printable, render_html, render_mermaid, render_tree
-
     path = Path(args.run)
     if path.is_dir():
         path = path / "results.jsonl"
@@ -312,8 +303,6 @@ def cmd_trace(args: argparse.Namespace) -> int:
             print(f"i2cr: no mention {args.mention_id!r} in {path}", file=sys.stderr)
             return 2
     if args.mermaid:
-        from .graph import graph
-
         for r in recs[:1]:
             print(render_mermaid(r, graph))
         return 0
@@ -329,8 +318,6 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def _dataset_folder(results: Any) -> str | None:
     """The folder of the dataset an eval run read (from its run.json), where its images are by
     default; None for a run without one."""
-    from pathlib import Path
-
     try:
         info = json.loads((Path(results).parent / "run.json").read_text(encoding="utf-8"))["info"]
         return str(Path(info["dataset"]).resolve().parent)
@@ -339,10 +326,6 @@ def _dataset_folder(results: Any) -> str | None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from . import llm
-    from .eval.harness import evaluate
-    from .eval.report import failures, stage_rows
-
     settings = _settings(args)
     engine.check_flags(args)
     out_dir = args.out_dir
@@ -375,8 +358,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"report: {out_dir}/report.md")
     bad = failures(m)
     if "kb" in m:
-        from .kb.report import kb_lines
-
         print("\n".join(kb_lines(m["kb"])))
     for b in bad:
         print(f"i2cr: {b}", file=sys.stderr)
@@ -384,14 +365,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .eval.bench import bench
-    from .llm import check_backend
-
     settings = _settings(args)
     check_backend(settings)
     if args.engine == "ray":
-        from .eval.bench import bench_ray
-
         engine.check_flags(args)
         r = bench_ray(args.data, args.labels, n=args.n, settings=settings, seed=args.seed,
                       workers=args.workers, stream_mentions=args.stream_mentions)
@@ -403,9 +379,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_kb_build(args: argparse.Namespace) -> int:
-    from .graph import resources
-    from .kb import build
-
     settings = _settings(args)
     emb = resources.embedder(settings)
     meta = build(args.source, args.out, embedder=settings.embedder, encode=emb.raw_encode,
@@ -417,8 +390,6 @@ def cmd_kb_build(args: argparse.Namespace) -> int:
 
 
 def cmd_sft_export(args: argparse.Namespace) -> int:
-    from .sft import export
-
     if args.prompt_profile:
         args.set = [*(args.set or []), f"prompt_profile={args.prompt_profile}"]
     settings = _settings(args)
@@ -434,8 +405,6 @@ def cmd_sft_export(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from .graph import graph
-
     print(graph.get_graph().draw_mermaid())
     return 0
 
@@ -589,9 +558,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .embeddings import ModelUnavailable
-    from .llm import BackendError
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     args.cache_mark = mark()  # this run reports the cache failures that happen from here on

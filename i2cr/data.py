@@ -11,8 +11,10 @@ short names ``context``, ``image``, ``candidates``, ``clues`` and ``label``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -373,7 +375,7 @@ def with_documents(pairs: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]
         yield from flush()
 
 
-def _open_error(path: Path, e: OSError) -> DataError:
+def open_error(path: Path, e: OSError) -> DataError:
     if isinstance(e, FileNotFoundError):
         return DataError("file not found", source=str(path))
     if isinstance(e, IsADirectoryError) or path.is_dir():
@@ -402,7 +404,7 @@ def _read_text(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise _open_error(path, e) from None
+        raise open_error(path, e) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -506,7 +508,7 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
         try:
             fh = path.open("rb")
         except OSError as e:
-            raise _open_error(path, e) from None
+            raise open_error(path, e) from None
         with fh:
             for lineno, raw_line in enumerate(fh, 1):
                 if not raw_line.strip():
@@ -589,9 +591,6 @@ def shuffle_candidates(items: list, seed: int) -> list:
     """Shuffle each mention's candidates with a fixed seed (per mention id, so the order does not
     depend on which other mentions are in the run). The raw WikiMEL files put the gold candidate
     first 79% of the time; without this, position leaks the answer."""
-    import hashlib
-    import random
-
     out = []
     for m in items:
         if isinstance(m, Mention):

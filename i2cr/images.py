@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
+import httpx
 from PIL import Image, UnidentifiedImageError
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024  # the size cap of an image file or download
@@ -216,8 +217,6 @@ class _Deadline:
 
 
 def _fetch(ref: str, timeout: float, deadline: float, pol: ImagePolicy | None = None) -> bytes:
-    import httpx
-
     pol = pol or policy()
     cap = pol.max_bytes
     check_url(ref, pol)

@@ -21,7 +21,9 @@ names by a JSON schema (``tes_answer='structured'``).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import ctypes
 import email.utils
 import importlib.util
 import json
@@ -34,11 +36,14 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
+from langchain_core.utils.function_calling import convert_to_openai_tool
 
+from .data import NIL
 from .redact import error_text, scrub, scrub_exception
 
 
@@ -73,8 +78,6 @@ def _free_port() -> int:
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     """Linux: have the kernel send SIGTERM to the server if this process dies (even by SIGKILL)."""
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:  # noqa: BLE001
         pass
@@ -178,29 +181,49 @@ class EmbeddedServer:
         return self.proc.pid if self.proc is not None else None
 
 
-_SERVERS: dict[str, EmbeddedServer] = {}
-_SERVERS_LOCK = threading.Lock()
+class EmbeddedServers:
+    """The owner of this process's llama.cpp server processes: one per GGUF file, started on
+    first use, stopped by :meth:`close` (at exit, or by a command when it is done).
+
+    Kept for the process, not per run, on purpose: a server costs seconds to start and its own
+    copy of the model in memory, and it holds no run's state (each request carries its whole
+    prompt), so the runs of one process (the test suite, a notebook, a server) share it. A
+    server that failed to start, or died, is not remembered: the next :meth:`get` starts it
+    again. A child process also dies with this one (``PR_SET_PDEATHSIG``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._servers: dict[str, EmbeddedServer] = {}
+
+    def get(self, model_path: str | Path | None = None) -> EmbeddedServer:
+        """The running server for a GGUF (default: the packaged SmolLM2), started if need be."""
+        path = Path(model_path) if model_path else smollm2_gguf()
+        with self._lock:
+            srv = self._servers.get(str(path))
+            if srv is None:
+                srv = self._servers[str(path)] = EmbeddedServer(path)
+            return srv.start()
+
+    def close(self) -> None:
+        """Stop every server started so far."""
+        with self._lock:
+            servers, self._servers = list(self._servers.values()), {}
+            for srv in servers:
+                srv.stop()
+
+
+SERVERS = EmbeddedServers()
+atexit.register(SERVERS.close)
 
 
 def embedded_server(model_path: str | Path | None = None) -> EmbeddedServer:
-    """The process-wide embedded server for a GGUF (started on first use, stopped at exit)."""
-    path = Path(model_path) if model_path else smollm2_gguf()
-    with _SERVERS_LOCK:
-        srv = _SERVERS.get(str(path))
-        if srv is None:
-            srv = _SERVERS[str(path)] = EmbeddedServer(path)
-        return srv.start()
+    """The process's embedded server for a GGUF (:data:`SERVERS`; stopped at exit)."""
+    return SERVERS.get(model_path)
 
 
 def shutdown() -> None:
     """Stop every embedded server this process started."""
-    with _SERVERS_LOCK:
-        for srv in _SERVERS.values():
-            srv.stop()
-        _SERVERS.clear()
-
-
-atexit.register(shutdown)
+    SERVERS.close()
 
 
 def parse_spec(spec: str) -> tuple[str, str, str | None]:
@@ -363,8 +386,6 @@ def _scrubbing(cls: type) -> type:
                 raise scrub_exception(e) from None
 
         async def _agenerate(self, *args: Any, **kwargs: Any) -> Any:
-            import asyncio
-
             try:
                 log: list[dict[str, Any]] = []
                 for attempt in range(1 + max(0, self.i2cr_retries)):
@@ -437,9 +458,6 @@ def load_chat_model(spec: str, *, temperature: float = 0.0, max_tokens: int = 64
                 i2cr_structured="llama_json_object", **common)
 
 
-_LLAMACPP_THREADS: dict[str, threading.Lock] = {}
-
-
 def load_llamacpp(path: str, *, temperature: float = 0.0, max_tokens: int = 64,
                   n_ctx: int = 2048) -> Any:
     """langchain-community's ``ChatLlamaCpp`` over a GGUF file, in this process (no server).
@@ -468,20 +486,22 @@ def load_llamacpp(path: str, *, temperature: float = 0.0, max_tokens: int = 64,
     except Exception as e:  # noqa: BLE001 - a GGUF llama.cpp cannot read
         raise BackendError(scrub(f"llamacpp: cannot load {gguf.name}: "
                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")) from None
-    _LLAMAS.append(chat.client)
+    _LLAMAS.add(chat.client)
     return chat
 
 
-_LLAMAS: list[Any] = []  # in-process models, freed at exit while the interpreter is still whole
+# in-process models still alive, freed at exit while the interpreter is still whole; weak, so a
+# run's model is freed with its Resources, not kept for the life of the process
+_LLAMAS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 @atexit.register
 def _free_llamas() -> None:
     # llama-cpp-python frees a model in __del__; at interpreter teardown its library handle may
     # already be gone ("Exception ignored in Llama.__del__ ... 'NoneType' object is not callable")
-    while _LLAMAS:
+    for llama in list(_LLAMAS):
         try:
-            _LLAMAS.pop().close()
+            llama.close()
         except Exception:  # noqa: BLE001 - best effort at exit
             pass
 
@@ -494,8 +514,6 @@ def _closed_tool(tool: Any) -> dict[str, Any]:
     grammar llama.cpp builds from it is then finite (``{}`` for i2cr's argument-free tools), where
     an open object let the model write keys until the context was full (arguments are generated
     with no token limit)."""
-    from langchain_core.utils.function_calling import convert_to_openai_tool
-
     spec = convert_to_openai_tool(tool)
     params = dict(spec["function"].get("parameters") or {"type": "object", "properties": {}})
     params.setdefault("additionalProperties", False)
@@ -531,8 +549,6 @@ def _in_process(cls: type) -> type:
 
 def answer_schema(names: list[str], allow_nil: bool) -> dict[str, Any]:
     """A JSON schema whose only valid documents are ``{"answer": <a name offered, or nil>}``."""
-    from .data import NIL
-
     enum = list(dict.fromkeys(names))
     if allow_nil and NIL not in enum:
         enum.append(NIL)
@@ -635,10 +651,6 @@ def ask_tes(chat: Any, messages: list[Any], names: list[str], *, allow_nil: bool
     return msg, answer, info
 
 
-_CHECKED: set[tuple] = set()
-_CHECKED_LOCK = threading.Lock()
-
-
 def check_backend(settings: Any, *, timeout: float = 8.0) -> None:
     """Make sure the run's LLM backend answers before the first mention, in one cheap step, so that
     a bad spec, a missing key or an unreachable server fails at once with one clear line instead
@@ -648,15 +660,16 @@ def check_backend(settings: Any, *, timeout: float = 8.0) -> None:
     HTTP backends other than Azure, asks ``GET <base_url>/models`` (3 s to connect or between
     bytes, ``timeout`` in all). Raises :class:`BackendError` (naming the backend without any
     credentials in its URL); does nothing when the run uses no LLM or was handed a chat model. A
-    backend that passed is not asked again in this process."""
+    backend that passed is not asked again in this run (its ``Resources``); the next run asks
+    again."""
     if getattr(settings, "chat_model", None) is not None or not settings.uses_llm:
         return
     spec = "embedded" if settings.llm == "none" else settings.llm
     key = (spec, settings.llm_temperature, settings.llm_max_tokens, settings.llm_timeout,
            settings.llm_retries, settings.llm_backoff, settings.llm_backoff_max)
-    with _CHECKED_LOCK:
-        if key in _CHECKED:
-            return
+    checked = settings.resources.checked_backends
+    if key in checked:
+        return
     provider, name, base_url = parse_spec(spec)
     label = f"{provider}:{name}@{_without_userinfo(base_url)}" if base_url else spec
     try:
@@ -695,8 +708,7 @@ def check_backend(settings: Any, *, timeout: float = 8.0) -> None:
                                f"(HTTP {r.status_code})")
         if r.status_code >= 500:
             raise BackendError(f"LLM backend {label!r}: {shown} answered HTTP {r.status_code}")
-    with _CHECKED_LOCK:
-        _CHECKED.add(key)
+    checked.add(key)
 
 
 def _without_userinfo(url: str) -> str:

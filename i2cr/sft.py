@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import NIL, DataError, Mention, load_labels, load_mentions
+from .eval.runner import check_items
 from .graph.context import Context
 from .graph.texts import clue_sequence
 from .prompts import profile
@@ -137,8 +138,6 @@ def as_record(ex: Example, fmt: str) -> dict[str, Any]:
 def iter_examples(data: str | Path, labels: str | Path, settings: Context, *, seed: int = 0,
                   stats: ExportStats | None = None) -> Iterator[Example]:
     """Every example of a dataset, in file order; bad records go to ``stats.errors``."""
-    from .eval.runner import check_items
-
     st = stats if stats is not None else ExportStats()
     gold = load_labels(labels)
     items = check_items(load_mentions(data, gold, strict=False), gold, warn=None)

@@ -22,6 +22,8 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+import diskcache
+
 LOG = logging.getLogger("i2cr.cache")
 MAGIC = b"i2c1"
 _DIGEST = 16
@@ -75,8 +77,6 @@ class CheckedStore:
         self.failure: str | None = None  # why the store is bypassed, once it is
         self._db = None
         try:
-            import diskcache
-
             self._db = diskcache.Cache(self.directory, size_limit=size_limit)
         except Exception as e:  # noqa: BLE001 - any failure to open means: run without it
             self._bypass(e)

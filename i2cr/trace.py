@@ -235,7 +235,7 @@ def printable(text: Any) -> str:
                                    else f"\\u{ord(m.group()):04x}"), str(text))
 
 
-def _short(x: Any, n: int = 90) -> str:
+def short(x: Any, n: int = 90) -> str:
     s = " ".join(str(x).split())
     return s if len(s) <= n else s[: n - 1] + "…"
 
@@ -277,7 +277,7 @@ def _tree_retrieve(s: Mapping[str, Any], evs: Events) -> str:
 def _tree_vif(s: Mapping[str, Any], evs: Events) -> str:
     e = last(evs, ToolCall)
     return (f"tool {e.get('tool')} ({e.get('how')}, {e.get('backend')}) → "
-            f"{_short(e.get('result') or e.get('error') or '∅', 70)!r}")
+            f"{short(e.get('result') or e.get('error') or '∅', 70)!r}")
 
 
 def _tree_review(s: Mapping[str, Any], evs: Events) -> str:
@@ -312,7 +312,7 @@ def render_tree(rec: dict[str, Any]) -> str:
         lines.append(f"{head} {node}: {_TREE.get(node, _tree_final)(s, evs)}")
         for c in evs:
             if is_llm_call(c):
-                lines.append(f"{pad}   llm: {_short(c.get('raw') or c.get('error'), 80)!r}"
+                lines.append(f"{pad}   llm: {short(c.get('raw') or c.get('error'), 80)!r}"
                              f" ({c.get('tokens') or '?'} tokens, {c.get('latency_s', '?')}s)")
         if s.get("edge") and s["edge"]["to"] != "__end__":
             lines.append(f"{pad}   ⇢ {s['edge']['to']}: {s['edge']['why']}")

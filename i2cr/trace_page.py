@@ -21,10 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from PIL import Image
+
 from .data import NIL
 from .graph.events import IavDecision, IcrDecision, TesAnswer, TesFallback, ToolCall, last, of_kind
 from .redact import scrub
-from .trace import _short, stage_change, step_events
+from .trace import short, stage_change, step_events
 
 EMBED_MAX_BYTES = 2_000_000
 _BROWSER_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif",
@@ -36,8 +38,6 @@ _NEVER = (Path("/proc"), Path("/sys"), Path("/dev"))
 
 def _image_mime(data: bytes) -> str | None:
     """The MIME type of ``data`` if it decodes as an image a browser shows, else None."""
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format
@@ -216,7 +216,7 @@ def why_answer(rec: dict[str, Any], visits: list[dict[str, Any]]) -> str:
                 parts.append(f"NIL in {v['label']}: the best candidate's probability "
                              f"{_fmt(v['nil_probability'])} was under the NIL threshold")
         elif v["llm"]:
-            parts.append(f"the LLM answered {_short(v.get('raw') or '∅', 80)!r} in {v['label']}, "
+            parts.append(f"the LLM answered {short(v.get('raw') or '∅', 80)!r} in {v['label']}, "
                          f"read as “{v['choice']}” ({v.get('method')})")
         else:
             parts.append(f"“{v['choice']}” chosen in {v['label']} ({v.get('method')})")
@@ -368,7 +368,7 @@ def _detail_iav(s: dict[str, Any], evs: list[dict[str, Any]]) -> str:
 def _detail_vif(s: dict[str, Any], evs: list[dict[str, Any]]) -> str:
     e = last(evs, ToolCall)
     return (f"{e.get('tool')} ({e.get('how')}): "
-            f"{_short(e.get('result') or scrub(e.get('error')) or '∅', 160)}") if e else ""
+            f"{short(e.get('result') or scrub(e.get('error')) or '∅', 160)}") if e else ""
 
 
 # what the steps table says each node decided
@@ -429,7 +429,7 @@ def _card(r: dict[str, Any], image_root: str | None, remote_images: bool) -> str
     if visits or _candidates(r, visits):
         body.append(_candidate_table(r, visits))
     clues = "".join(f"<li><b>{e(str(c.get('tool', '')))}</b>: "
-                    f"{e(_short(c.get('text') or '∅', 300))}</li>" for c in r.get("clues") or [])
+                    f"{e(short(c.get('text') or '∅', 300))}</li>" for c in r.get("clues") or [])
     body.append(f"<ul class='clues'>{clues}</ul>" if clues else "<p class='clues note'>No clues.</p>")
     body.append(f"<p class='route'>path: {e(' → '.join(r.get('path') or []))}</p>")
     if steps:

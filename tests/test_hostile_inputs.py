@@ -297,7 +297,6 @@ def test_damaged_clue_cache_is_bypassed_or_rebuilt(tmp_path, monkeypatch, caplog
     import pytesseract
 
     from i2cr.tools import ToolInput, build_tools
-    from i2cr.tools.cache import _CACHES
 
     calls = []
     monkeypatch.setattr(pytesseract, "image_to_string",
@@ -307,7 +306,7 @@ def test_damaged_clue_cache_is_bypassed_or_rebuilt(tmp_path, monkeypatch, caplog
     ctx = Context(tool_backend="ocr=tesseract", clue_cache=str(directory))
     if kind in ("random_bytes", "truncated_entry"):  # a cache filled by an earlier run
         assert build_tools(ctx)["ocr"].run(ToolInput(img, None, ctx)).text == "REAL TEXT"
-        _CACHES.pop(str(directory)).close()
+        ctx.resources.backends.close()  # the earlier run is over: its caches are closed
     _damage_clues(kind, directory)
     caplog.set_level(logging.WARNING, logger="i2cr.cache")
     calls.clear()

@@ -1,15 +1,24 @@
 """Resources per run: the models of a run live in its settings' Resources, not in the process."""
 
+import importlib.util
+import json
 import pickle
+import shutil
+import threading
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
-from conftest import JORDAN_CANDIDATES
+from conftest import JORDAN_CANDIDATES, render_text_image
 
 from i2cr.embeddings import ModelUnavailable
 from i2cr.graph import Context, context, graph, resources
 from i2cr.graph.resources import Resources
 from i2cr.linker import link
+from i2cr.llm import BackendError, check_backend
+from i2cr.tools import ToolInput
+from i2cr.tools.factory import Backends
 
 
 @pytest.fixture(autouse=True)
@@ -85,3 +94,109 @@ def test_an_image_that_failed_loads_in_the_next_run(tmp_path, image_file):
     late.write_bytes(Path(image_file).read_bytes())
     second = link("Jordan", "Jordan dunks.", JORDAN_CANDIDATES, image=str(late), **kw)
     assert second["image_status"] == "ok"
+
+
+# --- issue 13 item 1: what was a module global is the run's --------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ranker_weights_are_read_by_each_run(tmp_path):
+    """A weights file rewritten between two runs of one process is read anew by the second (it
+    was kept for the process, by path, however it changed), and kept by the first."""
+    from i2cr.ranker import load_weights
+
+    spec = load_weights().spec
+    path = tmp_path / "weights.json"
+    kw = dict(tes_strategy="retrieval", ranker_weights=str(path))
+    for value in (0.41, 0.42):
+        path.write_text(json.dumps({**spec, "icr_threshold": {
+            "embedder": Context().embedder, "value": value}}))
+        run = Context(**kw)
+        assert run.alpha == value
+        path.write_text(json.dumps({**spec, "icr_threshold": {}}))
+        assert replace(run, icr_threshold=None).alpha == value  # the run keeps what it read
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract not installed")
+def test_a_clue_cache_that_could_not_be_opened_is_opened_again_by_the_next_run(tmp_path,
+                                                                              monkeypatch):
+    import pytesseract
+
+    img = str(render_text_image(tmp_path / "t.png", "CACHED TEXT"))
+    folder = tmp_path / "clues"
+    folder.write_text("a file where the folder should be")  # unusable: this run runs without it
+    first = Context(tool_backend="ocr=tesseract", clue_cache=str(folder))
+    assert resources.tools(first)["ocr"].run(ToolInput(img, None, first)).text == "CACHED TEXT"
+    folder.unlink()  # fixed between the runs
+    second = Context(tool_backend="ocr=tesseract", clue_cache=str(folder))
+    assert resources.tools(second)["ocr"].run(ToolInput(img, None, second)).text == "CACHED TEXT"
+    monkeypatch.setattr(pytesseract, "image_to_string",
+                        lambda *a, **k: pytest.fail("tesseract ran again: the run has no cache"))
+    assert resources.tools(second)["ocr"].run(ToolInput(img, None, second)).text == "CACHED TEXT"
+    assert folder.is_dir()
+
+
+def test_each_run_has_its_own_azure_client_shared_by_its_tools(monkeypatch):
+    monkeypatch.setenv("VISION_ENDPOINT", "http://127.0.0.1:9")
+    first, second = Context(clue_cache="none"), Context(clue_cache="none")
+    client = Backends(first).vision()
+    assert Backends(first).vision() is client  # a plug-in's Backends shares its run's client
+    assert Backends(replace(first, iav_threshold=20.0)).vision() is client
+    assert Backends(second).vision() is not client  # nothing it analysed reaches the next run
+
+
+def test_a_backend_that_passed_its_check_is_checked_again_by_the_next_run():
+    class Models(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"data": []}')
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Models)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    spec = f"openai-compat:m@http://127.0.0.1:{srv.server_address[1]}/v1"
+    first = Context(llm=spec)
+    try:
+        check_backend(first)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    check_backend(first)  # the same run: checked once
+    with pytest.raises(BackendError, match="cannot reach"):
+        check_backend(Context(llm=spec))  # the next run asks again, and the server is gone
+
+
+# --- issue 13 item 1: a server process holds one Resources --------------------------------------
+
+def test_two_api_runs_in_one_server_process_share_one_resources(monkeypatch):
+    """The graph langgraph.json serves, loaded as ``langgraph dev`` loads it (by path), given
+    each run's context as a dict as the API does: one Resources is built for the process (and
+    /link's settings hold the same one); the CLI's graph still builds one per run."""
+    from i2cr.serve.config import ServerConfig
+
+    made: list[Resources] = []
+    monkeypatch.setattr(context, "new_resources", lambda: made.append(Resources()) or made[-1])
+    path, _, attr = json.loads((ROOT / "langgraph.json").read_text())["graphs"]["i2cr"].partition(":")
+    mod_spec = importlib.util.spec_from_file_location("lg_served", ROOT / path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    served = getattr(mod, attr)
+    mention = {"mention": "Jordan", "context": "Jordan dunks in the 1991 finals.",
+               "candidates": [dict(c) for c in JORDAN_CANDIDATES]}
+    context.default_settings.cache_clear()
+    try:
+        for threshold in (0.3, 0.4):  # two API runs, each with its own settings
+            out = served.invoke(mention, context={"tes_strategy": "retrieval", "iav_mode": "off",
+                                                  "icr_threshold": threshold})
+            assert out["answer"] == "Michael Jordan"
+        assert len(made) == 1 and "1 embedder(s)" in repr(made[0])
+        assert ServerConfig().settings.resources is made[0]  # /link: the same models
+        graph.invoke(mention, context={"tes_strategy": "retrieval", "iav_mode": "off"})
+        assert len(made) == 2  # the CLI's graph: a run of its own
+    finally:
+        context.default_settings.cache_clear()

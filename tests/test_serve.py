@@ -475,7 +475,7 @@ def test_langgraph_build_config_carries_the_routes_and_auth(tmp_path):
     assert auth["path"].endswith("/i2cr/serve/auth.py:auth") and auth["disable_studio_auth"]
     assert json.loads(env["LANGGRAPH_HTTP"].strip("'"))["app"] == "i2cr.serve.app:app"
     graphs = json.loads(env["LANGSERVE_GRAPHS"].strip("'"))
-    assert graphs["i2cr"].endswith("/i2cr/graph/graph.py:graph")
+    assert graphs["i2cr"].endswith("/i2cr/serve/graph.py:graph")
 
 
 

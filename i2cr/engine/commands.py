@@ -1,17 +1,21 @@
 """``--engine ray`` for ``i2cr link`` and ``i2cr eval``: the flags, and the commands' Ray paths.
 
-Kept apart from :mod:`i2cr.cli` so that the single-process commands never import Ray; the Ray
-engine is imported only when ``--engine ray`` is given.
+Kept apart from :mod:`i2cr.cli`; the single-process commands never import Ray (the Ray engine
+imports ``ray`` only inside the functions that run it, when ``--engine ray`` is given).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..data import DataError
+from ..data import DataError, load_labels
+from .ray_engine import Job, RayStats, run_ray, summary
 
 
 def add_flags(p: argparse.ArgumentParser, count: Any) -> None:
@@ -46,23 +50,17 @@ def check_flags(args: argparse.Namespace) -> None:
     for flag in ("stream", "checkpoint", "sample"):
         if getattr(args, flag, None):
             _refuse(f"--{flag} is not available with --engine ray")
-    import importlib.util
-
     if importlib.util.find_spec("ray") is None:  # not imported here: Ray reads its environment
         raise SystemExit("i2cr: --engine ray needs Ray: pip install 'i2cr[ray]'")  # on import
 
 
 def _job(args: argparse.Namespace, settings: Any, *, labels: str | None, candidates: str,
          shuffle_seed: int | None, allow_nil: bool | None) -> Any:
-    from .ray_engine import Job
-
     path = Path(args.file if hasattr(args, "file") else args.data)
     if not path.is_file():
         raise DataError("file not found" if not path.exists() else "is a folder, not a file",
                         source=str(path))
     if settings.kb and "://" not in settings.kb:  # the workers may run in another folder
-        from dataclasses import replace
-
         settings = replace(settings, kb=str(Path(settings.kb).resolve()))
     return Job(path=str(path), settings=settings, labels=labels,
                image_root=args.image_root or str(path.parent), allow_nil=allow_nil,
@@ -70,31 +68,24 @@ def _job(args: argparse.Namespace, settings: Any, *, labels: str | None, candida
                concurrency=getattr(args, "concurrency", None) or 1)
 
 
-def link_ray(args: argparse.Namespace, settings: Any) -> int:
-    """``i2cr link --engine ray``: as ``i2cr link``, the records from the Ray engine."""
-    from ..cli import _check_llm, report_link
-    from ..data import load_labels
-    from .ray_engine import RayStats, run_ray, summary
-
+def link_ray(args: argparse.Namespace, settings: Any) -> tuple[Any, Any, Callable[[], str]]:
+    """``i2cr link --engine ray``: the records from the Ray engine (lazy), their stats and the
+    closing line's function, which the CLI reports as it reports ``i2cr link``."""
     if args.labels:
         load_labels(args.labels)  # a bad label file is refused before Ray starts
     job = _job(args, settings, labels=args.labels, shuffle_seed=args.shuffle_seed,
                candidates="optional" if settings.kb else "required",
                allow_nil=True if args.allow_nil else None)
     stats = RayStats()
-    progress = not args.no_progress
     records = run_ray(job, out=args.out, resume=args.resume, address=args.ray_address,
-                      workers=args.workers, batch_size=args.batch_size, progress=progress,
-                      stats=stats)  # (lazy)
-    return report_link(args, records, stats, extra=lambda: summary(stats),
-                       start=lambda: _check_llm(settings, progress))
+                      workers=args.workers, batch_size=args.batch_size,
+                      progress=not args.no_progress, stats=stats)  # (lazy)
+    return records, stats, lambda: summary(stats)
 
 
 def eval_engine(args: argparse.Namespace, settings: Any) -> Any:
     """For ``i2cr eval --engine ray``: the function :func:`i2cr.eval.harness.evaluate` calls
     instead of loading and linking the dataset itself."""
-    from .ray_engine import RayStats, run_ray, summary
-
     job = _job(args, settings, labels=args.labels,
                candidates="ignored" if settings.kb else "required",
                shuffle_seed=None if args.keep_order else args.shuffle_seed, allow_nil=None)

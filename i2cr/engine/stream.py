@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from ..data import DataError, _open_error, iter_records
+from ..data import DataError, iter_records, open_error
 
 CHUNK = 1 << 20  # characters read at a time
 _WS = re.compile(r"\s*")
@@ -116,7 +116,7 @@ def iter_stream(path: str | Path) -> Iterator[tuple[str, Any]]:
     try:
         fh = path.open("r", encoding="utf-8")
     except OSError as e:
-        raise _open_error(path, e) from None
+        raise open_error(path, e) from None
     with fh:
         buf = _Buffer(fh, str(path))
         first = buf.skip_ws()

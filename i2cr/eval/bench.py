@@ -17,16 +17,21 @@ compiling included).
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-from ..data import load_mentions, shuffle_candidates
+from ..data import DataError, iter_records, load_mentions, shuffle_candidates
+from ..engine.ray_engine import Job, RayStats, run_ray, start
 from ..graph import Context, resources
 from ..graph.resources import Resources
 from .harness import select
 from .metrics import compute
-from .runner import run
+from .runner import RunStats, check_items, run
 
 
 def _raw_seconds(emb: Any, texts: list[str]) -> float:
@@ -98,22 +103,12 @@ def bench_ray(data: str, labels: str | None, *, n: int = 200, settings: Context 
     memory while ``stream_mentions`` mentions made from the dataset stream through Ray with the
     workers only reading and checking each record (``dry_run``: linking that many would take
     hours on a laptop's cores)."""
-    import json
-    from pathlib import Path
-
-    from ..data import DataError
-    from ..engine.ray_engine import Job, RayStats, run_ray, start
-    from .runner import RunStats, check_items
-
     settings = settings or Context()
     items = [m for m in select(shuffle_candidates(load_mentions(data, labels, strict=False), 0),
                                sample=n, seed=seed) if not isinstance(m, DataError)]
     out: dict[str, Any] = {"mentions": len(items), "strategy": settings.strategy}
     with tempfile.TemporaryDirectory(prefix="i2cr-bench-ray-") as tmp:
         if stream_mentions > 1:  # first, in a fresh process: a driver that never loaded a model
-            import subprocess
-            import sys
-
             code = ("import json, sys; from i2cr.eval.bench import stream_rss; "
                     "print(json.dumps(stream_rss(*json.loads(sys.argv[1]))))")
             args = json.dumps([data, tmp, stream_mentions, workers, address])
@@ -178,12 +173,6 @@ def stream_rss(data: str, tmp: str, mentions: int, workers: int | None,
     """Stream ``mentions`` records made from ``data`` (written to a JSONL in ``tmp``) through
     Ray with the workers only reading and checking each record, sampling this driver's resident
     memory before and every tenth of the way."""
-    import json
-    from pathlib import Path
-
-    from ..data import iter_records
-    from ..engine.ray_engine import Job, run_ray
-
     big = Path(tmp) / "stream.jsonl"
     base = [(rid, rec) for rid, rec in iter_records(data) if isinstance(rec, dict)]
     with big.open("w", encoding="utf-8") as fh:

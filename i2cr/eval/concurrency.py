@@ -32,6 +32,11 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ..data import Candidate, Mention
+from ..graph import Context
+from .metrics import llm_failed
+from .runner import RunStats, run
+
 _CAND = re.compile(r"^\s*\d+\.\s+(.+?)(?::\s|$)", re.MULTILINE)
 
 
@@ -187,8 +192,6 @@ class FakeOpenAI:
 
 def synthetic_mentions(m: int, seed: int = 0) -> list[Any]:
     """``m`` text-only mentions, each with four candidates (the gold first, as the fake answers)."""
-    from ..data import Candidate, Mention
-
     rng = random.Random(seed)
     jobs = ["painter", "footballer", "chemist", "river", "novel", "city", "band", "senator"]
     out = []
@@ -204,16 +207,11 @@ def synthetic_mentions(m: int, seed: int = 0) -> list[Any]:
 
 def lost(rec: dict[str, Any]) -> bool:
     """A mention the LLM did not answer: an error record, or a failed LLM call (fallback answer)."""
-    from .metrics import llm_failed
-
     return bool(rec.get("error")) or llm_failed(rec)
 
 
 def measure(items: list[Any], base_url: str, concurrency: int, **settings: Any) -> dict[str, Any]:
     """Link ``items`` through the server at ``base_url`` with ``concurrency`` mentions in flight."""
-    from ..graph import Context
-    from .runner import RunStats, run
-
     ctx = Context(llm=f"openai-compat:fake@{base_url}", **settings)
     st = RunStats()
     recs = list(run(items, ctx, progress=False, concurrency=concurrency, stats=st))

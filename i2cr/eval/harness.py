@@ -24,6 +24,9 @@ from typing import Any
 
 from ..data import DataError, Mention, load_labels, load_mentions, shuffle_candidates
 from ..graph import Context
+from ..kb import open_kb
+from ..kb.report import kb_lines, kb_metrics
+from ..llm import check_backend
 from . import metrics as M
 from .report import markdown, write_png
 from .runner import RunStats, Warn, check_items, read_results, run, warn_stderr
@@ -59,16 +62,12 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
     ``engine`` (the Ray engine: :func:`i2cr.engine.commands.eval_engine`) reads and links the
     dataset instead of this process: ``engine(results_path, resume, stats, progress)`` yields
     the records as it writes them; every record of the results file is then scored."""
-    from ..llm import check_backend
-
     settings = settings or Context()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError("--out-dir names a file, not a folder", source=str(out))
     gold = load_labels(labels) if labels else {}
     if settings.kb:  # the KB generates every candidate; the dataset's lists are not read
-        from ..kb import open_kb
-
         open_kb(settings.kb, settings.embedder)
     items: list[Mention | DataError] = [] if engine else load_mentions(
         data, gold, image_root=image_root, strict=False,
@@ -127,8 +126,6 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
     m = M.compute(recs, wall_s=meta["wall_s"], max_vif=max(settings.vif_cap, 1), segment=stats)
     m["info"] = info
     if settings.kb:
-        from ..kb.report import kb_metrics
-
         m["kb"] = kb_metrics(recs, settings.kb)
         m["kb"]["top_k"] = settings.kb_top_k
     (out / "metrics.json").write_text(json.dumps(m, indent=2, default=str))
@@ -136,8 +133,6 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
               f"({m['labelled']} mentions, {info['strategy']})")
     report = markdown(m, info)
     if "kb" in m:
-        from ..kb.report import kb_lines
-
         report += "\n## Knowledge base\n\n" + "\n".join(f"- {x}" for x in kb_lines(m["kb"])) + "\n"
     (out / "report.md").write_text(report)
     return m

@@ -17,7 +17,6 @@ from functools import cache, cached_property
 from typing import Any, Literal, cast, get_args, get_origin
 
 from ..prompts import PROFILES
-from ..ranker import load_weights
 from ..tools import registered_tools
 from ..tools.base import plugin_errors
 from ..tools.builtin import PAPER_ORDER
@@ -337,7 +336,7 @@ class Context:
         if self.icr_threshold is not None:
             return float(self.icr_threshold)
         if self.resolved.uses_ranker:
-            fitted = load_weights(self.ranker_weights).icr_threshold
+            fitted = self.resources.weights(self.ranker_weights).icr_threshold
             if fitted.get("embedder") == self.embedder and fitted.get("value") is not None:
                 return float(fitted["value"])
         return ICR_THRESHOLDS.get(self.embedder, DEFAULT_ICR_THRESHOLD)

@@ -22,8 +22,11 @@ from i2cr.graph.tes import tes
 from i2cr.graph.vif import vif
 
 
-def build_graph() -> StateGraph[State, Context, InputState, OutputState]:
-    g = StateGraph(State, context_schema=Context, input_schema=InputState,
+def build_graph(context_schema: type[Context] = Context,
+                ) -> StateGraph[State, Context, InputState, OutputState]:
+    """The graph; ``context_schema`` is :class:`Context` or a subclass (the served graph's
+    :class:`i2cr.serve.graph.ServedContext`)."""
+    g = StateGraph(State, context_schema=context_schema, input_schema=InputState,
                    output_schema=OutputState)
     g.add_node("retrieve", retrieve)
     g.add_node("prepare", prepare)
@@ -45,9 +48,9 @@ def build_graph() -> StateGraph[State, Context, InputState, OutputState]:
     return g
 
 
-def compile_graph(checkpointer: Checkpointer = None,
+def compile_graph(checkpointer: Checkpointer = None, *, context_schema: type[Context] = Context,
                   **kwargs: Any) -> CompiledStateGraph[State, Context, InputState, OutputState]:
-    return build_graph().compile(checkpointer=checkpointer, name="i2cr", **kwargs)
+    return build_graph(context_schema).compile(checkpointer=checkpointer, name="i2cr", **kwargs)
 
 
 graph = compile_graph()

@@ -2,11 +2,18 @@
 
 A :class:`~i2cr.graph.context.Context` carries its ``Resources`` (``Context.resources``): the caller
 that starts a run builds the settings, and so one ``Resources``, once (``link`` per call, the eval
-runner per run, a server process and each Ray worker for their life); copies of the settings
-(``dataclasses.replace``, a server's per-request settings) share it. Inside it each model is built
-on first use and kept for the settings that shape it (a server's requests may differ in their
-thresholds, not in their models). A model that fails to load is not remembered: the next mention
-or run asks again. An image that failed is remembered for the run only (in its ``images``).
+runner per run, a server process and each Ray worker for their life: ``i2cr.serve.config``'s
+``process_resources``); copies of the settings (``dataclasses.replace``, a server's per-request
+settings) share it. Inside it each model is built on first use and kept for the settings that
+shape it (a server's requests may differ in their thresholds, not in their models): the
+embedder, CLIP, the chat model, the ranker's weights, the KB, the visual tools with their clue
+caches and Azure clients (``backends``), and which LLM backends answered the start-up check. A
+model, weights file, KB or cache that fails to load is not remembered: the next mention or run
+asks again. An image that failed is remembered for the run only (in its ``images``).
+
+What outlives a run, on purpose, lives elsewhere with one owner: the llama.cpp server processes
+(:data:`i2cr.llm.SERVERS`, stopped at exit), the image policy a server installs, the registered
+plug-in tools and the secrets to scrub.
 Nodes reach them through the module functions (``resources.embedder(ctx)``). Nothing heavy lives
 in the graph state, and models do not travel: a pickled ``Resources`` (in the settings sent to a
 worker) arrives empty.
@@ -20,9 +27,11 @@ from typing import TYPE_CHECKING, Any
 from ..clip import ClipScorer
 from ..embeddings import Embedder
 from ..images import ImageLoader
+from ..kb.index import KB, kb_stamp, open_kb
 from ..llm import load_chat_model
-from ..ranker import Ranker, load_weights
+from ..ranker import Ranker, Weights, load_weights
 from ..tools import VisualTool, build_tools, registered_tools
+from ..tools.factory import SharedBackends
 
 if TYPE_CHECKING:
     from .context import Context
@@ -37,7 +46,11 @@ class Resources:
         self._clips: dict[tuple, ClipScorer] = {}
         self._chats: dict[tuple, Any] = {}
         self._tools: dict[tuple, dict[str, VisualTool]] = {}
+        self._weights: dict[str | None, Weights] = {}
+        self._kbs: dict[tuple[str, int], KB] = {}
         self.images = ImageLoader()  # the run's images, decoded once for prepare, IAV and tools
+        self.backends = SharedBackends()  # the tools' clue caches and Azure clients
+        self.checked_backends: set[tuple] = set()  # LLM backends that passed llm.check_backend
 
     def __getstate__(self) -> dict[str, Any]:
         return {}  # models stay in their process; a worker builds its own
@@ -48,6 +61,10 @@ class Resources:
     def __repr__(self) -> str:
         return (f"Resources({len(self._embedders)} embedder(s), {len(self._clips)} CLIP, "
                 f"{len(self._chats)} chat model(s), {len(self._tools)} tool set(s))")
+
+    def close(self) -> None:
+        """Close what the run holds open (its clue caches); a later use opens them again."""
+        self.backends.close()
 
     def embedder(self, ctx: Context) -> Embedder:
         key = (ctx.embedder, ctx.device, ctx.embed_batch_size, ctx.allow_downloads,
@@ -61,9 +78,28 @@ class Resources:
                                                 dtype=ctx.embed_dtype)
             return self._embedders[key]
 
+    def weights(self, path: str | None) -> Weights:
+        """The ranker's weights file (None: the shipped one), read once per run."""
+        with self._lock:
+            if path not in self._weights:
+                self._weights[path] = load_weights(path)
+            return self._weights[path]
+
     def ranker(self, ctx: Context) -> Ranker:
         """The retrieval ranker over the run's embedder and weights."""
-        return Ranker(self.embedder(ctx), load_weights(ctx.ranker_weights), ctx)
+        return Ranker(self.embedder(ctx), self.weights(ctx.ranker_weights), ctx)
+
+    def kb(self, ctx: Context) -> KB:
+        """The run's KB (``ctx.kb``), opened once per build and checked against the embedder."""
+        if not ctx.kb:
+            raise ValueError("no KB is set (the kb setting)")
+        key = kb_stamp(ctx.kb)
+        with self._lock:
+            if key not in self._kbs:
+                self._kbs[key] = open_kb(ctx.kb)
+            kb = self._kbs[key]
+        kb.check_embedder(ctx.embedder)  # a KB made with another embedder is refused here
+        return kb
 
     def clip(self, ctx: Context) -> ClipScorer:
         """The CLIP scorer, or :class:`~i2cr.embeddings.ModelUnavailable` with the reason (not
@@ -100,7 +136,8 @@ class Resources:
                tuple(sorted((n, id(t)) for n, t in registered_tools().items())))
         with self._lock:
             if key not in self._tools:
-                self._tools[key] = build_tools(ctx, get_clip=lambda: self.clip(ctx))
+                self._tools[key] = build_tools(ctx, get_clip=lambda: self.clip(ctx),
+                                               shared=self.backends)
             return self._tools[key]
 
 
@@ -124,3 +161,7 @@ def chat_model(ctx: Context) -> Any:
 
 def tools(ctx: Context) -> dict[str, VisualTool]:
     return ctx.resources.tools(ctx)
+
+
+def kb(ctx: Context) -> KB:
+    return ctx.resources.kb(ctx)

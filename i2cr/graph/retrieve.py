@@ -16,6 +16,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from ..kb.index import candidates_of
 from ..texts import entity_text, query_for
 from . import resources
 from .context import Context, settings_of
@@ -28,12 +29,10 @@ def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 
     Reads ``mention``, ``context``; writes ``path``, ``candidates`` (the KB's top ``kb_top_k``),
     ``events`` (``kb_candidates``) and, with ``kb_allow_nil``, ``allow_nil``."""
-    from ..kb.index import candidates_of, open_kb
-
     ctx = settings_of(runtime)
     if not ctx.kb:  # the router takes this node only with a KB
         raise ValueError("retrieve needs a kb setting")
-    kb = open_kb(ctx.kb, ctx.embedder)  # a KB made with another embedder is refused here
+    kb = resources.kb(ctx)  # a KB made with another embedder is refused here
     t0 = time.perf_counter()
     mention = state.get("mention") or ""
     query = query_for(mention, state.get("context") or "", [], ctx)

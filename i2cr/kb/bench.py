@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..graph import Context, resources
+from .index import KB, build
+
 SYLLABLES = ["ka", "lo", "mi", "ra", "tu", "ven", "dor", "sel", "an", "bri", "cos", "del", "fa",
              "gor", "hal", "is", "jun", "ker", "lam", "mor", "nel", "ost", "pra", "quin"]
 
@@ -79,9 +82,6 @@ class PhasePeaks:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..graph import Context, resources
-    from .index import KB, build
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--dir", default=None, help="where the KB is built (default: a temp folder)")

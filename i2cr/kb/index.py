@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..data import DataError
-from ..names import fold, title_parts
+from ..names import demonym_forms, fold, mention_forms, title_parts
 from ..texts import entity_text
 from .ids import IdRegistry
 from .source import BadEntity, Entity, alias_key, read_source
@@ -345,8 +344,6 @@ class KB:
     _COLS = ["id", "name", "desc", "qid", "prior"]
 
     def lexical(self, mention: str, n: int = POOL) -> list[dict[str, Any]]:
-        from ..names import demonym_forms, mention_forms
-
         words = " ".join(dict.fromkeys(" ".join((*mention_forms(mention),
                                                  *demonym_forms(mention))).split()))
         if not words:
@@ -430,21 +427,21 @@ def _entry(r: dict[str, Any]) -> dict[str, Any]:
     return e
 
 
-_OPEN: dict[tuple[str, int], KB] = {}
-_LOCK = threading.Lock()
-
-
-def open_kb(path: str | Path, embedder: str | None = None) -> KB:
-    """The KB at ``path`` (opened once per process and build), checked against ``embedder``."""
+def kb_stamp(path: str | Path) -> tuple[str, int]:
+    """Which build of the KB at ``path`` is there now: its resolved folder and its metadata's
+    modification time (a rebuilt KB is a new one)."""
     p = Path(path).expanduser().resolve()
     try:
         stamp = (p / META).stat().st_mtime_ns
     except OSError:
         stamp = -1
-    with _LOCK:
-        kb = _OPEN.get((str(p), stamp))
-        if kb is None:
-            kb = _OPEN[(str(p), stamp)] = KB(p)
+    return str(p), stamp
+
+
+def open_kb(path: str | Path, embedder: str | None = None) -> KB:
+    """The KB at ``path``, opened, checked against ``embedder``. (A run keeps the KB it opened in
+    its ``Resources``, ``Resources.kb``.)"""
+    kb = KB(Path(path).expanduser().resolve())
     if embedder is not None:
         kb.check_embedder(embedder)
     return kb

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data import DataError, iter_records
 from ..names import fold, mention_forms, strip_mention
+from .ids import KeySet
 
 _QID = re.compile(r"^Q[1-9][0-9]*$")
 MAX_ALIASES = 50
@@ -231,7 +233,6 @@ def alias_table(path: str | Path, table: AliasTable) -> AliasTable:
     mention's surface, the largest prior its candidate generator gave the entity for a mention of
     that surface). Read from the mentions and their candidate lists only; a candidate without a
     usable prior adds nothing (read_dataset reports a bad one)."""
-    from ..data import iter_records
 
     for _, rec in iter_records(path):
         cands = _candidates(rec)
@@ -261,9 +262,6 @@ def read_dataset(path: str | Path) -> Iterator[Entity | BadEntity]:
     (removed when the stream ends or is closed), not in memory: with a JSONL dataset, read line
     by line, nothing per entity stays in memory. (An I2CR JSON document is parsed whole by
     :func:`i2cr.data.iter_records`, so its size bounds the memory anyway.)"""
-    from ..data import DataError, iter_records
-    from .ids import KeySet
-
     scratch = tempfile.TemporaryDirectory(prefix="i2cr-kb-source-")
     aliases = AliasTable(Path(scratch.name) / "aliases.sqlite")
     seen = KeySet(Path(scratch.name) / "seen.sqlite")
@@ -316,8 +314,6 @@ def read_dataset(path: str | Path) -> Iterator[Entity | BadEntity]:
 def read_source(path: str | Path, kind: str = "auto") -> Iterator[Entity | BadEntity]:
     path = Path(path)
     if not path.is_file():
-        from ..data import DataError
-
         raise DataError("is not a file" if path.exists() else "file not found", source=str(path))
     kind = source_kind(path) if kind == "auto" else kind
     if kind == "entities":

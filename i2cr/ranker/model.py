@@ -21,7 +21,6 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -122,9 +121,9 @@ class Weights:
         return self.spec.get("icr_threshold") or {}
 
 
-@lru_cache(maxsize=8)
 def load_weights(path: str | None = None) -> Weights:
-    """A weights file (the shipped one by default), checked against this version's features."""
+    """A weights file (the shipped one by default), checked against this version's features.
+    (Read each time it is asked: a run keeps what it read in its ``Resources.weights``.)"""
     where = path or "(shipped)"
     try:
         text = (Path(path).read_text(encoding="utf-8") if path

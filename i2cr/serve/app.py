@@ -275,9 +275,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if cfg.settings.kb:  # a missing or mismatched KB stops the server at start, not per call
-            from i2cr.kb import open_kb
-
-            open_kb(cfg.settings.kb, cfg.settings.embedder)
+            cfg.settings.resources.kb(cfg.settings)
         with using_policy(cfg.image_policy()):
             yield
 

@@ -8,18 +8,23 @@ settings in :data:`RUN_SETTINGS` (thresholds, strategies, tools, counts; those i
 only up to the server's own value); anything that names a
 file, a model, an endpoint or a network rule stays the server's, and a request that tries to
 change it is refused (400) naming the setting. Caches may be switched off (``'none'``) per run.
+
+A server process holds one :class:`~i2cr.graph.resources.Resources` (:func:`process_resources`):
+every run it serves, on the LangGraph API or ``/link``, loads its models into it, once.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any
 
-from ..graph.context import Context, coerce_setting, setting_kind, setting_types
+from ..graph.context import Context, coerce_setting, default_settings, setting_kind, setting_types
+from ..graph.resources import Resources
 from ..images import MAX_DATA_URL_BYTES, ImagePolicy
 from ..redact import register
 
@@ -46,6 +51,18 @@ class BadRequest(ValueError):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
+
+
+def process_resources() -> Resources:
+    """The server process's one :class:`Resources`, built on first use: that of the process's
+    default settings (:func:`~i2cr.graph.context.default_settings`, which a run given no context
+    uses), so that the served graph's runs (with or without a context) and ``/link`` share it.
+    (Under a lock: the first requests, arriving together, must not build one each.)"""
+    with _BUILDING:
+        return default_settings().resources
+
+
+_BUILDING = threading.Lock()
 
 
 def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
@@ -86,7 +103,7 @@ class ServerConfig:
 
     @cached_property
     def settings(self) -> Context:
-        return self.base if self.base is not None else Context()
+        return self.base if self.base is not None else Context(resources=process_resources())
 
     def image_policy(self) -> ImagePolicy:
         s = self.settings

@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
+
 MENTION: dict[str, Any] = {
     "mention": "Jordan",
     "context": "Jordan dunks during the 1991 NBA Finals.",
@@ -46,8 +48,6 @@ def percentile(xs: list[float], q: float) -> float:
 def run(url: str, n: int, c: int, key: str | None = None, timeout: float = 120.0,
         warmup: int | None = None) -> dict[str, Any]:
     """The figures of one load run (see the module docstring)."""
-    import httpx
-
     host = urlsplit(url).hostname
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise ValueError(f"the load test talks to 127.0.0.1 only, not {host!r}")

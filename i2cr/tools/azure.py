@@ -13,11 +13,15 @@ ever handed to the SDK's credential object; errors are scrubbed of it before the
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import os
 import threading
+import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
+
+from PIL import Image
 
 from ..redact import register, scrub
 from .base import ToolInput, ToolUnavailable, VisualTool
@@ -51,8 +55,6 @@ def fit_for_azure(data: bytes, size: tuple[int, int], ref: str) -> bytes:
                               f"{AZURE_MIN_SIDE}x{AZURE_MIN_SIDE}")
     if len(data) <= AZURE_MAX_BYTES and max(w, h) <= AZURE_MAX_SIDE:
         return data
-    from PIL import Image
-
     im = Image.open(io.BytesIO(data)).convert("RGB")
     scale = min(1.0, AZURE_MAX_SIDE / max(w, h))
     quality = 90
@@ -112,11 +114,9 @@ class AzureVision:
 
     @property
     def version(self) -> str:
-        try:
-            from azure.ai.vision.imageanalysis import _version
-
-            return f"sdk{_version.VERSION}-api{API_VERSION}"
-        except Exception:  # noqa: BLE001
+        try:  # the SDK's version as its distribution records it (a key of the clue cache)
+            return f"sdk{importlib.metadata.version('azure-ai-vision-imageanalysis')}-api{API_VERSION}"
+        except importlib.metadata.PackageNotFoundError:
             return f"api{API_VERSION}"
 
     def client(self) -> ImageAnalysisClient:
@@ -172,8 +172,6 @@ class AzureVision:
             return clues
 
     def _call(self, inp: ToolInput) -> dict[str, Any]:
-        import time
-
         from azure.ai.vision.imageanalysis.models import VisualFeatures
         from azure.core.exceptions import AzureError, HttpResponseError, ServiceResponseError
 
@@ -214,7 +212,7 @@ class AzureVision:
         return parse_result(result)
 
 
-def _objects_text(objs: Any) -> str:
+def objects_text(objs: Any) -> str:
     if not objs:
         return ""
     if isinstance(objs, str):
@@ -232,15 +230,11 @@ def azure_tool(name: str, vision: AzureVision) -> VisualTool:
 
     def fn(inp: ToolInput) -> str:
         val = vision.analyze(inp)[key]
-        return _objects_text(val) if key == "Objects" else str(val)
+        return objects_text(val) if key == "Objects" else str(val)
 
     return VisualTool(name=name, description=DESCRIPTIONS.get(name, name), fn=fn, backend="azure",
                       version=vision.version,
                       check=lambda inp: inp.image_reachable())
-
-
-_SHARED: dict[tuple, AzureVision] = {}
-_SHARED_LOCK = threading.Lock()
 
 
 def azure_configured(settings: Any) -> bool:
@@ -248,14 +242,15 @@ def azure_configured(settings: Any) -> bool:
     return bool(getattr(settings, "vision_endpoint", None) or os.environ.get("VISION_ENDPOINT"))
 
 
-def shared_vision(settings: Any, cache: ClueCache | None) -> AzureVision:
-    """One client per endpoint and settings in a process, so every tool (and plug-in) shares the
-    single analyze call per image."""
+def vision_key(settings: Any, cache: ClueCache | None) -> tuple:
+    """What a client is made of: the endpoint, its call settings and its clue cache's folder
+    (:class:`i2cr.tools.factory.SharedBackends` keeps one client per key)."""
     endpoint = getattr(settings, "vision_endpoint", None) or os.environ.get("VISION_ENDPOINT")
-    key = (endpoint, getattr(settings, "vision_timeout", 30.0), getattr(settings, "vision_retries", 3),
-           getattr(settings, "vision_backoff", 0.8), cache.directory if cache is not None else None)
-    with _SHARED_LOCK:
-        if key not in _SHARED:
-            _SHARED[key] = AzureVision(endpoint, timeout=key[1], retries=key[2], backoff=key[3],
-                                       cache=cache)
-        return _SHARED[key]
+    return (endpoint, getattr(settings, "vision_timeout", 30.0), getattr(settings, "vision_retries", 3),
+            getattr(settings, "vision_backoff", 0.8), cache.directory if cache is not None else None)
+
+
+def new_vision(key: tuple, cache: ClueCache | None) -> AzureVision:
+    """A client for :func:`vision_key`'s ``key``."""
+    endpoint, timeout, retries, backoff, _ = key
+    return AzureVision(endpoint, timeout=timeout, retries=retries, backoff=backoff, cache=cache)

@@ -20,6 +20,7 @@ have no other required argument. A plug-in that cannot be loaded is skipped with
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 import shutil
 import threading
@@ -27,6 +28,9 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from langchain_core.tools import BaseTool, StructuredTool
+from pydantic import BaseModel
 
 from ..images import ImageError, ImageLoader, LoadedImage
 from ..redact import error_text, scrub
@@ -121,9 +125,6 @@ class VisualTool:
 
     def as_langchain_tool(self):
         """A schema-only langchain tool for ``bind_tools`` (no arguments: the image is implicit)."""
-        from langchain_core.tools import StructuredTool
-        from pydantic import BaseModel
-
         class NoArgs(BaseModel):
             pass
 
@@ -144,10 +145,6 @@ IMAGE_ARGS = {"image": "the mention's image as an RGB PIL.Image",
 
 
 def _is_langchain_tool(obj: Any) -> bool:
-    try:
-        from langchain_core.tools import BaseTool
-    except ImportError:  # pragma: no cover - langchain-core is a dependency
-        return False
     return isinstance(obj, BaseTool)
 
 
@@ -278,11 +275,9 @@ def load_entry_points(force: bool = False) -> list[str]:
     with _LOAD_LOCK:
         if _ENTRY_POINTS_LOADED and not force:
             return []
-        from importlib.metadata import entry_points
-
         names = []
         errors: dict[str, str] = {}
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             try:
                 tool = as_visual_tool(ep.load(), source=ep.value)
             except Exception as e:  # noqa: BLE001 - one broken plug-in must not stop the others

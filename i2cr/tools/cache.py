@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -65,16 +64,10 @@ class ClueCache:
         return len(self._store)
 
 
-_CACHES: dict[str, ClueCache] = {}
-_LOCK = threading.Lock()
-
-
-def clue_cache(directory: str | None) -> ClueCache | None:
-    """The process-wide cache for a folder (None or '' or 'none' switches caching off)."""
+def cache_dir(directory: str | None) -> str | None:
+    """The folder of a ``clue_cache`` setting, or None when it switches caching off (None, '',
+    'none', 'off', 'false'). (:class:`i2cr.tools.factory.SharedBackends` opens one cache per
+    folder for a run.)"""
     if not directory or str(directory).lower() in {"none", "off", "false"}:
         return None
-    d = str(Path(directory).expanduser())
-    with _LOCK:
-        if d not in _CACHES:
-            _CACHES[d] = ClueCache(d)
-        return _CACHES[d]
+    return str(Path(directory).expanduser())

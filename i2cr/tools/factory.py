@@ -11,17 +11,22 @@ Backends per tool (``tool_backend``: one for all, or ``ocr=tesseract,caption=azu
 | ``auto`` | all | the first that can run: precomputed, then Azure if configured, then the local ones |
 
 Live results are kept in the on-disk clue cache (``clue_cache``), keyed by image content hash,
-tool, backend and backend version.
+tool, backend and backend version. The open caches and the Azure clients belong to a run: its
+:class:`SharedBackends` (held by its ``Resources``), so a folder that could not be opened, or a
+client's memory of what it analysed, lasts one run, not the process.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
+from .azure import AzureVision, azure_configured, azure_tool, new_vision, vision_key
 from .base import ToolInput, VisualTool, plugin_errors, registered_tools
 from .builtin import PAPER_ORDER, first_available, precomputed_tool, tesseract_tool
-from .cache import ClueCache, clue_cache
+from .cache import ClueCache, cache_dir
+from .clip_tools import clip_caption_tool, clip_tags_tool
 
 BACKENDS = ("precomputed", "tesseract", "azure", "clip", "auto")
 
@@ -63,23 +68,66 @@ def cached(tool: VisualTool, cache: ClueCache | None) -> VisualTool:
                       version=tool.version, needs_image=tool.needs_image, check=tool.check)
 
 
-class Backends:
-    """Lazily built shared backends (the Azure client, the CLIP getter) for one run's settings."""
+class SharedBackends:
+    """What the tools of one run share: its clue caches (one per folder) and its Azure clients (one
+    per endpoint and settings, so every tool and plug-in shares the single analyze call per
+    image). A run's ``Resources`` holds one (``Resources.backends``); a failure to open a cache
+    is the run's, and the next run opens the folder again."""
 
-    def __init__(self, settings: Any, get_clip: Callable[[], Any] | None = None):
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._caches: dict[str, ClueCache] = {}
+        self._visions: dict[tuple, AzureVision] = {}
+
+    def clue_cache(self, directory: str | None) -> ClueCache | None:
+        """The run's cache for a ``clue_cache`` setting (None: caching is off)."""
+        d = cache_dir(directory)
+        if d is None:
+            return None
+        with self._lock:
+            if d not in self._caches:
+                self._caches[d] = ClueCache(d)
+            return self._caches[d]
+
+    def vision(self, settings: Any, cache: ClueCache | None) -> AzureVision:
+        key = vision_key(settings, cache)
+        with self._lock:
+            if key not in self._visions:
+                self._visions[key] = new_vision(key, cache)
+            return self._visions[key]
+
+    def close(self) -> None:
+        """Close the run's clue caches (a later use opens them again)."""
+        with self._lock:
+            caches, self._caches = list(self._caches.values()), {}
+            self._visions.clear()
+        for c in caches:
+            c.close()
+
+
+def shared_backends(settings: Any) -> SharedBackends:
+    """The run's :class:`SharedBackends` (``settings.resources.backends``), or a new one for
+    settings without resources."""
+    shared = getattr(getattr(settings, "resources", None), "backends", None)
+    return shared if isinstance(shared, SharedBackends) else SharedBackends()
+
+
+class Backends:
+    """Lazily built backends (the Azure client, the CLIP getter) for one run's settings, over
+    the run's :class:`SharedBackends`."""
+
+    def __init__(self, settings: Any, get_clip: Callable[[], Any] | None = None,
+                 shared: SharedBackends | None = None):
         self.settings = settings
         self.get_clip = get_clip
-        self.cache = clue_cache(getattr(settings, "clue_cache", None))
+        self.shared = shared if shared is not None else shared_backends(settings)
+        self.cache = self.shared.clue_cache(getattr(settings, "clue_cache", None))
 
     def azure_configured(self) -> bool:
-        from .azure import azure_configured
-
         return azure_configured(self.settings)
 
-    def vision(self):
-        from .azure import shared_vision
-
-        return shared_vision(self.settings, self.cache)
+    def vision(self) -> AzureVision:
+        return self.shared.vision(self.settings, self.cache)
 
     def tool(self, name: str, backend: str) -> VisualTool:
         if backend == "precomputed":
@@ -89,12 +137,8 @@ class Backends:
                 raise ValueError(f"the tesseract backend only serves 'ocr', not {name!r}")
             return cached(tesseract_tool(), self.cache)
         if backend == "azure":
-            from .azure import azure_tool
-
             return azure_tool(name, self.vision())
         if backend == "clip":
-            from .clip_tools import clip_caption_tool, clip_tags_tool
-
             if name not in ("caption", "tags") or self.get_clip is None:
                 raise ValueError(f"the clip backend serves 'caption' and 'tags', not {name!r}")
             maker = clip_caption_tool if name == "caption" else clip_tags_tool
@@ -111,14 +155,16 @@ class Backends:
         raise ValueError(f"unknown backend {backend!r} for tool {name!r}")
 
 
-def build_tools(settings: Any, get_clip: Callable[[], Any] | None = None) -> dict[str, VisualTool]:
+def build_tools(settings: Any, get_clip: Callable[[], Any] | None = None,
+                shared: SharedBackends | None = None) -> dict[str, VisualTool]:
     """The tools a run offers, by name, in the order of ``settings.tools``: built-ins with their
     configured backend, then plug-ins registered in code or through entry points. A plug-in
-    whose entry point failed to load is left out (its load already warned, once, naming it)."""
+    whose entry point failed to load is left out (its load already warned, once, naming it).
+    ``shared``: the run's caches and clients (default: those of ``settings.resources``)."""
     backends = parse_backends(settings.tool_backend)
     plugins = registered_tools()
     broken = plugin_errors()
-    made = Backends(settings, get_clip)
+    made = Backends(settings, get_clip, shared)
     out: dict[str, VisualTool] = {}
     for n in settings.tool_names:
         if n in plugins:

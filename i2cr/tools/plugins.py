@@ -9,16 +9,15 @@ feature, sharing the run's single analyze call per image. Offer it with
 
 from __future__ import annotations
 
-from .azure import _objects_text, azure_configured
+from .azure import azure_configured, objects_text
 from .base import ToolInput, ToolUnavailable, VisualTool
+from .factory import Backends
 
 DESCRIPTION = ("Detect the objects and people in the image, with confidences (e.g. how many people "
                "there are and what they hold).")
 
 
 def _azure_objects(inp: ToolInput) -> str:
-    from .factory import Backends
-
     backends = Backends(inp.settings)
     if not azure_configured(inp.settings):
         raise ToolUnavailable("no precomputed Objects and Azure AI Vision is not configured")
@@ -27,7 +26,7 @@ def _azure_objects(inp: ToolInput) -> str:
 
 def objects(inp: ToolInput) -> str:
     if inp.precomputed and "Objects" in inp.precomputed:
-        return _objects_text(inp.precomputed["Objects"])
+        return objects_text(inp.precomputed["Objects"])
     return _azure_objects(inp)
 
 
