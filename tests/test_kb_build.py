@@ -220,28 +220,30 @@ def test_the_build_does_not_fill_the_name_caches(tmp_path):
 
 def test_indexes_are_built_under_memory_settings_and_nothing_is_kept_twice_on_disk(
         tmp_path, table_calls):
-    src = write_jsonl(tmp_path / "e.jsonl", entities(range(40)))
-    meta = build(src, tmp_path / "kb", embedder=EMB, encode=encoder(), batch_size=8,
+    src = write_jsonl(tmp_path / "e.jsonl", entities(range(300)))  # PQ trains on 256 rows at least
+    meta = build(src, tmp_path / "kb", embedder=EMB, encode=encoder(), batch_size=64,
                  progress=False, ann_min_rows=10)
-    assert meta["ann"] and meta["entities"] == 40
+    assert meta["ann"] and meta["entities"] == 300
     configs = {type(arg).__name__: arg for n, arg in table_calls if n == "create_index"}
     assert configs["FTS"].memory_limit == kb_index.FTS_MEMORY_MB
-    ann = configs["HnswSq"]  # (lancedb.index.IvfHnswSq)
-    assert ann.num_partitions == 6 and ann.distance_type == "cosine"
+    ann = configs["IvfPq"]  # (lancedb.index.IvfPq)
+    assert ann.num_partitions == 17 and ann.distance_type == "cosine"
+    assert ann.num_sub_vectors == DIM // 8  # a byte per 8 dimensions
     kb = KB(tmp_path / "kb")
     assert {i["name"] for i in kb.table.list_indices()} >= {"lex_idx", "vector_idx"}
     assert on_disk_only_the_latest(kb.table, tmp_path / "kb") == (1, 3)
     # adding to a finished KB replaces its indexes, and the replaced ones go too (and
     # compaction did not have to update them first: they were dropped)
     table_calls.clear()
-    more = write_jsonl(tmp_path / "more.jsonl", entities(range(40, 50)))
+    more = write_jsonl(tmp_path / "more.jsonl", entities(range(300, 310)))
     build(more, tmp_path / "kb", embedder=EMB, encode=encoder(), batch_size=8, progress=False,
           ann_min_rows=10)
     kb = KB(tmp_path / "kb")
-    assert kb.table.count_rows() == 50
+    assert kb.table.count_rows() == 310
     assert on_disk_only_the_latest(kb.table, tmp_path / "kb") == (1, 3)
-    assert kb.dense(encoder()(["Entity number 45. Thing 45 of the test."])[0], 1)[0]["id"] == "E45"
-    assert kb.lexical("entity number 45")[0]["id"] == "E45"
+    vec = encoder()(["Entity number 305. Thing 305 of the test."])[0]
+    assert kb.dense(vec, 1)[0]["id"] == "E305"
+    assert kb.lexical("entity number 305")[0]["id"] == "E305"
 
 
 def on_disk_only_the_latest(table, kb_dir) -> tuple[int, int]:

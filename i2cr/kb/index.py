@@ -138,7 +138,7 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
     set nor by scanning the table (a dataset source deduplicates on disk too). Indexing is
     LanceDB's, bounded where it can be: compaction streams; the full-text index is built by one
     worker under ``FTS_MEMORY_MB``; the ANN's k-means trains on at most ``ANN_TRAIN_MB`` of
-    vectors, and each of its sqrt(N) partitions gets its own small HNSW graph. The table's older
+    vectors into sqrt(N) partitions of product-quantised codes (IVF-PQ). The table's older
     versions are deleted after compaction, and the indexes of a KB this build adds to are
     dropped before it, so neither the data nor an index is kept twice on disk (the build must
     be the KB's only user)."""
@@ -270,16 +270,20 @@ def arrow_batch(ents: Sequence[Entity], vecs: np.ndarray, schema):
 
 
 def ann_config(rows: int, dim: int):
-    """The ANN index of a table of ``rows`` vectors of ``dim`` floats: IVF-HNSW-SQ with
-    sqrt(rows) partitions (each partition's HNSW graph stays small), its k-means trained on a
+    """The ANN index of a table of ``rows`` vectors of ``dim`` floats: IVF-PQ with sqrt(rows)
+    partitions and ``dim / 8`` sub-vectors (a byte per 8 dimensions), its k-means trained on a
     sample of at most ``ANN_TRAIN_MB`` of vectors (LanceDB samples ``sample_rate`` vectors per
-    partition, 256 by default: a sample, and its memory, that grew with the KB)."""
-    from lancedb.index import IvfHnswSq
+    partition, 256 by default: a sample, and its memory, that grew with the KB). IVF-PQ rather
+    than IVF-HNSW-SQ: on the 1M-entity benchmark the same recall of a perturbed stored vector
+    (99.5% against 100% at the top 10), the same query time, and its build's peak memory 768 MB
+    against 1,282 MB (an HNSW graph is built per partition in memory)."""
+    from lancedb.index import IvfPq
 
     parts = max(1, int(rows ** 0.5))
     train = max(parts, ANN_TRAIN_MB * 2 ** 20 // (4 * dim))
-    return IvfHnswSq(distance_type="cosine", num_partitions=parts,
-                     sample_rate=max(ANN_MIN_SAMPLE_RATE, min(256, train // parts)))
+    return IvfPq(distance_type="cosine", num_partitions=parts,
+                 num_sub_vectors=dim // 8 if dim % 8 == 0 else None,
+                 sample_rate=max(ANN_MIN_SAMPLE_RATE, min(256, train // parts)))
 
 
 def _index(table, ann_min_rows: int, phase: Callable[[str], None] | None) -> tuple[int, bool]:
@@ -290,7 +294,7 @@ def _index(table, ann_min_rows: int, phase: Callable[[str], None] | None) -> tup
     if phase is not None:
         phase("compact")
     # the indexes of a KB this build adds to (or of an interrupted indexing) are dropped first:
-    # compaction would otherwise update each of them (LanceDB rebuilds an HNSW index whole), and
+    # compaction would otherwise update each of them (LanceDB rebuilds an index whole), and
     # their files would stay on disk beside their replacements
     for ix in table.list_indices():
         table.drop_index(ix.name)
