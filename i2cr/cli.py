@@ -167,10 +167,11 @@ def cmd_link(args: argparse.Namespace) -> int:
 def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: bool = False,
                 total: int | None = None, extra: Any = None, start: Any = None) -> int:
     """Print the records of ``i2cr link`` as they come (a table, or JSON), then the closing
-    lines; the exit code: 1 when a record errored, an LLM call failed or a structured answer
-    came back as free text. One owner for both engines (``stats``: a RunStats or RayStats;
-    ``extra``: a function giving one more closing line, after the run; ``start``: run first, inside
-    the same Ctrl-C handling, e.g. starting the LLM backend)."""
+    lines; the exit code: 1 when a record errored, an LLM call failed, a structured answer
+    came back as free text, an image could not be used or a cache failed. One owner for both
+    engines (``stats``: a RunStats or RayStats; ``extra``: a function giving one more closing
+    line, after the run; ``start``: run first, inside the same Ctrl-C handling, e.g. starting
+    the LLM backend)."""
     show = args.print or not args.out
     args.json = args.json or args.events  # events only exist in the JSON records
     n = correct = labelled = calls = 0
@@ -219,12 +220,17 @@ def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: b
     if failed:
         print(f"i2cr: {failed} mention(s) had failed LLM calls; their answers came from the "
               "fallback ranker, not the LLM (see the llm_error events)", file=sys.stderr)
+    images = getattr(stats, "image_failures", None) or {}
+    if images:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(images.items()))
+        print(f"i2cr: {sum(images.values())} mention(s) had an image that could not be used "
+              f"({kinds}); they were linked without it (see image_reason)", file=sys.stderr)
     if structured:
         print(f"i2cr: {structured} mention(s) asked for structured answers got "
               "free text (the backend took no JSON schema or answered outside it; see "
               "structured_error in the tes_answer events)", file=sys.stderr)
     caches = cache_problems(args)
-    return 0 if errors == 0 and failed == 0 and structured == 0 and not caches else 1
+    return 0 if errors == 0 and failed == 0 and structured == 0 and not images and not caches else 1
 
 
 def cache_problems(args: argparse.Namespace) -> list[str]:
@@ -464,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     pe = sub.add_parser("eval", help="evaluate on a labelled dataset: accuracy by stage, cost, speed",
                         description="Link every mention of a labelled dataset and write "
                         "results.jsonl, metrics.json, report.md and stages.png to --out-dir. "
-                        "Exits 1 when a record errored or an LLM call failed (both are reported).")
+                        "Exits 1 when a record errored, an LLM call failed or an image could not "
+                        "be used (each is reported).")
     pe.add_argument("data", help="dataset (I2CR/MELBench JSON or JSONL)")
     pe.add_argument("labels", help="label file: id -> gold name or 'nil'")
     pe.add_argument("--out-dir", default=None, metavar="DIR",

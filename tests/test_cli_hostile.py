@@ -437,3 +437,23 @@ def test_packaging_builds_with_its_license_field():
     text = (ROOT / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text
+
+
+# --- an image that cannot be used is counted, reported and fails the run ------------------------
+
+def test_an_image_that_could_not_be_used_is_counted_reported_and_fails_the_run(tmp_path):
+    data = write_json(tmp_path / "data.json", {
+        "good": GOOD, "gone": {**GOOD, "mention_imgpath": str(tmp_path / "nope.jpg")}})
+    labels = write_json(tmp_path / "labels.json", {"good": "Michael Jordan", "gone": "Michael Jordan"})
+    p = cli("link", str(data), "--no-progress", "--json")
+    assert p.returncode == 1, p.stderr[-2000:]  # was 0: the missing image went unreported
+    recs = {r["id"]: r for r in map(json.loads, p.stdout.splitlines())}
+    assert recs["gone"]["answer"] == "Michael Jordan" and recs["gone"]["image_status"] == "missing"
+    assert "1 mention(s) had an image that could not be used (missing 1)" in one_line_error(p)
+    p = cli("eval", str(data), str(labels), "--no-progress", "--out-dir", str(tmp_path / "ev"))
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert "1 mention(s) with an image that could not be used (missing 1" in one_line_error(p)
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["image_failures"] == {"missing": 1}
+    p = cli("link", str(write_json(tmp_path / "ok.json", {"good": GOOD})), "--no-progress")
+    assert p.returncode == 0, p.stderr[-2000:]

@@ -49,7 +49,6 @@ from tqdm.auto import tqdm
 
 from .. import llm
 from ..data import DataError, Mention, load_labels, shuffle_candidates, to_item, with_documents
-from ..eval.metrics import llm_failed, structured_fallback
 from ..eval.runner import ResultWriter, RunStats, Warn, prefetch, read_results, run_one, warn_stderr
 from ..graph import Context, resources
 from ..graph.resources import Resources
@@ -491,11 +490,8 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                     continue  # exactly once, whatever was retried
                 if writer:
                     writer.write(rec)
-                st.linked += 1
+                st.count(rec)
                 st.mentions += 1
-                st.errors += rec.get("error") is not None
-                st.llm_failed += llm_failed(rec)
-                st.structured_fallbacks += structured_fallback(rec)
                 st.wall_s = st.link_s = time.perf_counter() - t_start
                 bar.update(1)
                 yield rec

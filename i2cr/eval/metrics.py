@@ -44,6 +44,19 @@ def llm_failed(rec: dict[str, Any]) -> bool:
     return any(e.get("type") == "llm_error" for e in rec.get("events") or [])
 
 
+def image_failure(rec: dict[str, Any]) -> str | None:
+    """Why a record's image could not be used (its ``image_status``: missing, corrupt,
+    unsupported, unreachable, timeout, refused), or None when it was used or there was none. The
+    mention was then linked without it."""
+    status = rec.get("image_status")
+    return None if status in (None, "ok", "absent") else str(status)
+
+
+def image_failures(recs: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """The records whose image could not be used, counted by why (:func:`image_failure`)."""
+    return dict(sorted(Counter(w for r in recs if (w := image_failure(r)) is not None).items()))
+
+
 def structured_fallback(rec: dict[str, Any]) -> bool:
     """Whether a TES answer asked for with a JSON schema came back as free text (the backend took
     no schema, refused it, or answered outside it): the event's ``structured_error`` says why."""
@@ -79,7 +92,8 @@ def compute(records: Iterable[dict[str, Any]], *, wall_s: float | None = None,
                          "labelled_errors": sum(1 for r in labelled if r.get("error")),
                          "llm_failed_mentions": sum(1 for r in recs if llm_failed(r)),
                          "structured_fallback_mentions": sum(1 for r in recs
-                                                             if structured_fallback(r))}
+                                                             if structured_fallback(r)),
+                         "image_failures": image_failures(recs)}
 
     def acc(get) -> float | None:
         if not n:

@@ -29,6 +29,11 @@ def failures(metrics: dict[str, Any]) -> list[str]:
         out.append(f"{metrics['llm_failed_mentions']} mention(s) with failed LLM calls "
                    f"({c.get('llm_failed_calls', 0)} calls; {c.get('tes_fallbacks', 0)} TES "
                    "answers from the embedding fallback, not the LLM)")
+    if metrics.get("image_failures"):
+        kinds = metrics["image_failures"]
+        out.append(f"{sum(kinds.values())} mention(s) with an image that could not be used ("
+                   + ", ".join(f"{k} {v}" for k, v in kinds.items())
+                   + "; linked without it, see image_reason)")
     if metrics.get("structured_fallback_mentions"):
         out.append(f"{metrics['structured_fallback_mentions']} mention(s) asked for structured "
                    "answers got free text (see the tes_answer events' structured_error)")

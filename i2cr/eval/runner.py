@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from ..graph.state import Clue
 from ..graph.texts import clue_sequence
 from ..linker import error_record, link_mention
 from ..texts import entity_text, query_for
-from .metrics import llm_failed, structured_fallback
+from .metrics import image_failures, llm_failed, structured_fallback
 
 Warn = Callable[[str], None]
 
@@ -192,11 +192,22 @@ class RunStats:
     errors: int = 0  # error records among them
     llm_failed: int = 0  # mentions with at least one failed LLM call (answered by a fallback)
     structured_fallbacks: int = 0  # mentions with a TES answer asked structured, read as free text
+    image_failures: dict[str, int] = field(default_factory=dict)  # unusable images, by status
     load_s: float = 0.0  # loading the models
     embedded_texts: int = 0  # texts run through the embedder ahead of the graph
     embed_s: float = 0.0  # embedding them
     link_s: float = 0.0  # the graph itself
     wall_s: float = 0.0  # the whole run, from the first phase to the last record
+
+    def count(self, rec: dict[str, Any]) -> None:
+        """Count one record produced: errors, failed LLM calls, free-text fallbacks, images that
+        could not be used."""
+        self.linked += 1
+        self.errors += rec.get("error") is not None
+        self.llm_failed += llm_failed(rec)
+        self.structured_fallbacks += structured_fallback(rec)
+        for why, n in image_failures([rec]).items():
+            self.image_failures[why] = self.image_failures.get(why, 0) + n
 
     def rates(self) -> dict[str, float | None]:
         return {"linking_mentions_per_s": self.linked / self.link_s if self.link_s else None,
@@ -294,10 +305,7 @@ def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | P
     def emit(rec: dict[str, Any]) -> dict[str, Any]:
         if writer:
             writer.write(rec)
-        st.linked += 1
-        st.errors += rec.get("error") is not None
-        st.llm_failed += llm_failed(rec)
-        st.structured_fallbacks += structured_fallback(rec)
+        st.count(rec)
         if bar is not None:
             bar.update(1)
         return rec
