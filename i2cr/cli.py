@@ -29,7 +29,8 @@ from .embeddings import ModelUnavailable
 from .engine import commands as engine
 from .eval.bench import bench, bench_ray
 from .eval.harness import evaluate
-from .eval.report import failures, stage_rows
+from .eval.metrics import FAILED_DOWNLOADS
+from .eval.report import failures, image_line, stage_rows
 from .eval.runner import RunStats, check_items, read_results, run
 from .graph import Context, compile_graph, graph, resources
 from .graph.events import is_llm_call
@@ -168,7 +169,7 @@ def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: b
                 total: int | None = None, extra: Any = None, start: Any = None) -> int:
     """Print the records of ``i2cr link`` as they come (a table, or JSON), then the closing
     lines; the exit code: 1 when a record errored, an LLM call failed, a structured answer
-    came back as free text, an image could not be used or a cache failed. One owner for both
+    came back as free text, an image download failed or a cache failed. One owner for both
     engines (``stats``: a RunStats or RayStats; ``extra``: a function giving one more closing
     line, after the run; ``start``: run first, inside the same Ctrl-C handling, e.g. starting
     the LLM backend)."""
@@ -221,16 +222,15 @@ def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: b
         print(f"i2cr: {failed} mention(s) had failed LLM calls; their answers came from the "
               "fallback ranker, not the LLM (see the llm_error events)", file=sys.stderr)
     images = getattr(stats, "image_failures", None) or {}
-    if images:
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(images.items()))
-        print(f"i2cr: {sum(images.values())} mention(s) had an image that could not be used "
-              f"({kinds}); they were linked without it (see image_reason)", file=sys.stderr)
+    if image_line(images):
+        print(f"i2cr: {image_line(images)}", file=sys.stderr)
+    downloads = [k for k in images if k in FAILED_DOWNLOADS]  # the others are the input's
     if structured:
         print(f"i2cr: {structured} mention(s) asked for structured answers got "
               "free text (the backend took no JSON schema or answered outside it; see "
               "structured_error in the tes_answer events)", file=sys.stderr)
     caches = cache_problems(args)
-    return 0 if errors == 0 and failed == 0 and structured == 0 and not images and not caches else 1
+    return 0 if errors == 0 and failed == 0 and structured == 0 and not downloads and not caches else 1
 
 
 def cache_problems(args: argparse.Namespace) -> list[str]:
@@ -363,6 +363,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{m['mentions']} mention(s), {m['labelled']} labelled, {m['errors']} error(s); "
           f"report: {out_dir}/report.md")
     bad = failures(m)
+    if image_line(m.get("image_failures") or {}):
+        print(f"i2cr: {image_line(m['image_failures'])}", file=sys.stderr)
     if "kb" in m:
         print("\n".join(kb_lines(m["kb"])))
     for b in bad:
@@ -470,8 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     pe = sub.add_parser("eval", help="evaluate on a labelled dataset: accuracy by stage, cost, speed",
                         description="Link every mention of a labelled dataset and write "
                         "results.jsonl, metrics.json, report.md and stages.png to --out-dir. "
-                        "Exits 1 when a record errored, an LLM call failed or an image could not "
-                        "be used (each is reported).")
+                        "Exits 1 when a record errored, an LLM call or an image download failed "
+                        "(each is reported, as are images that could not be used).")
     pe.add_argument("data", help="dataset (I2CR/MELBench JSON or JSONL)")
     pe.add_argument("labels", help="label file: id -> gold name or 'nil'")
     pe.add_argument("--out-dir", default=None, metavar="DIR",

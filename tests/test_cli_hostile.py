@@ -439,21 +439,39 @@ def test_packaging_builds_with_its_license_field():
     assert "END OF TERMS AND CONDITIONS" in text
 
 
-# --- an image that cannot be used is counted, reported and fails the run ------------------------
+# --- an image that cannot be used is counted and reported; a failed download fails the run ------
 
-def test_an_image_that_could_not_be_used_is_counted_reported_and_fails_the_run(tmp_path):
+def test_images_that_could_not_be_used_are_reported_and_a_failed_download_fails_the_run(tmp_path):
+    # a server that accepts and never answers: the download times out (image_timeout)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    url = f"http://127.0.0.1:{srv.getsockname()[1]}/x.png"
     data = write_json(tmp_path / "data.json", {
-        "good": GOOD, "gone": {**GOOD, "mention_imgpath": str(tmp_path / "nope.jpg")}})
-    labels = write_json(tmp_path / "labels.json", {"good": "Michael Jordan", "gone": "Michael Jordan"})
-    p = cli("link", str(data), "--no-progress", "--json")
-    assert p.returncode == 1, p.stderr[-2000:]  # was 0: the missing image went unreported
-    recs = {r["id"]: r for r in map(json.loads, p.stdout.splitlines())}
-    assert recs["gone"]["answer"] == "Michael Jordan" and recs["gone"]["image_status"] == "missing"
-    assert "1 mention(s) had an image that could not be used (missing 1)" in one_line_error(p)
-    p = cli("eval", str(data), str(labels), "--no-progress", "--out-dir", str(tmp_path / "ev"))
-    assert p.returncode == 1, p.stderr[-2000:]
-    assert "1 mention(s) with an image that could not be used (missing 1" in one_line_error(p)
-    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert metrics["image_failures"] == {"missing": 1}
-    p = cli("link", str(write_json(tmp_path / "ok.json", {"good": GOOD})), "--no-progress")
+        "good": GOOD, "gone": {**GOOD, "mention_imgpath": str(tmp_path / "nope.jpg")},
+        "slow": {**GOOD, "mention_imgpath": url}})
+    labels = write_json(tmp_path / "labels.json", {k: "Michael Jordan" for k in ("good", "gone", "slow")})
+    try:
+        p = cli("link", str(data), "--no-progress", "--json", "--set", "allow_private_urls=true",
+                "--set", "image_timeout=1")
+        assert p.returncode == 1, p.stderr[-2000:]  # was 0: the failed download went unreported
+        recs = {r["id"]: r for r in map(json.loads, p.stdout.splitlines())}
+        assert {k: (r["answer"], r["image_status"]) for k, r in recs.items()} == {
+            "good": ("Michael Jordan", "absent"), "gone": ("Michael Jordan", "missing"),
+            "slow": ("Michael Jordan", "timeout")}
+        assert ("2 mention(s) had an image that could not be used (missing 1, timeout 1)"
+                in one_line_error(p))
+        p = cli("eval", str(data), str(labels), "--no-progress", "--out-dir", str(tmp_path / "ev"),
+                "--set", "allow_private_urls=true", "--set", "image_timeout=1")
+        assert p.returncode == 1, p.stderr[-2000:]
+        assert "1 mention(s) whose image download failed (timeout 1" in one_line_error(p)
+        metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+        assert metrics["image_failures"] == {"missing": 1, "timeout": 1}
+    finally:
+        srv.close()
+    # an image missing from disk is the input's: reported, but the run did what it could
+    gone = write_json(tmp_path / "gone.json", {"good": GOOD, "gone": {
+        **GOOD, "mention_imgpath": str(tmp_path / "nope.jpg")}})
+    p = cli("link", str(gone), "--no-progress")
     assert p.returncode == 0, p.stderr[-2000:]
+    assert "1 mention(s) had an image that could not be used (missing 1)" in p.stderr

@@ -52,6 +52,11 @@ def image_failure(rec: dict[str, Any]) -> str | None:
     return None if status in (None, "ok", "absent") else str(status)
 
 
+# a failed download fails the run (exit 1); an image missing from disk, corrupt, unsupported or
+# refused by the policy is the input's, reported with the rest but not a failure of the run
+FAILED_DOWNLOADS = ("timeout", "unreachable")
+
+
 def image_failures(recs: Iterable[dict[str, Any]]) -> dict[str, int]:
     """The records whose image could not be used, counted by why (:func:`image_failure`)."""
     return dict(sorted(Counter(w for r in recs if (w := image_failure(r)) is not None).items()))
