@@ -51,8 +51,8 @@ def iav(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """The IAV node: score this round's answer against the image (or its caption).
 
     Reads ``choice``, ``round``, ``iav_mode``, ``candidates``, ``image``, ``precomputed_clues``,
-    ``round_answers``; writes ``path``, ``iav_score``, ``iav_passed``, ``events`` and either the
-    verdict into the round's entry of ``round_answers`` or, when nothing can be scored after all,
+    ``rounds``; writes ``path``, ``iav_score``, ``iav_passed``, ``events`` and either the
+    verdict into the round's entry of ``rounds`` or, when nothing can be scored after all,
     ``visual_available`` (False)."""
     ctx = settings_of(runtime)
     choice = state["choice"]
@@ -71,8 +71,8 @@ def iav(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     passed = score >= threshold
     ev.update({"score": round(score, 3), "threshold": threshold,
                "decision": "pass" if passed else "fail"})
-    answers = [dict(a) for a in state["round_answers"]]
+    answers = [dict(a) for a in state["rounds"]]
     if answers:
         answers[-1].update(iav=score, iav_passed=passed)
     return {"path": ["iav"], "iav_score": score, "iav_passed": passed, "events": [ev],
-            "round_answers": answers}
+            "rounds": answers}

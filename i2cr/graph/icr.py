@@ -31,10 +31,10 @@ def icr(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """The ICR node: score TES's choice against this round's query.
 
     Reads ``choice``, ``round``, ``candidates``, ``mention``, ``context``, ``clues``, ``tried``,
-    ``reflections``, ``excluded``, ``round_answers``; writes ``path``, ``icr_score``,
+    ``reflections``, ``excluded``, ``rounds``; writes ``path``, ``icr_score``,
     ``icr_passed``, ``icr_decision``, ``events`` and either ``tried``, ``excluded`` and
     ``reflections`` (rejected: choose again) or the round's answer (:func:`_accept`: an entry in
-    ``round_answers``, in round 1 ``text_answer`` and ``text_icr``; ``choice`` when the best try
+    ``rounds``, in round 1 ``text_answer`` and ``text_icr``; ``choice`` when the best try
     is kept)."""
     ctx = settings_of(runtime)
     choice = state["choice"]
@@ -75,7 +75,7 @@ def icr(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 def _accept(state: State, choice: str | None, score: float | None, rnd: int) -> dict[str, Any]:
     """Record this round's answer; round 1's is the text answer."""
     out: dict[str, Any] = {
-        "round_answers": [*state["round_answers"], {"round": rnd, "answer": choice, "icr": score}],
+        "rounds": [*state["rounds"], {"round": rnd, "answer": choice, "icr": score}],
     }
     if rnd == 1:
         out.update(text_answer=choice, text_icr=score)

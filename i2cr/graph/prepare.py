@@ -22,7 +22,7 @@ def first_round() -> dict[str, Any]:
     """The bookkeeping every mention starts from (the keys of :class:`~.state.Prepared` that do not
     depend on the input): round 1, nothing tried, counted, gathered or answered yet."""
     return {"round": 1, "llm_calls": 0, "reflections": 0, "excluded": [], "tried": [], "clues": [],
-            "tools_used": [], "vif_rounds": 0, "round_answers": [], "choice": None,
+            "tools_used": [], "vif_rounds": 0, "rounds": [], "choice": None,
             "first_answer": None, "text_answer": None, "answer": None, "iav_passed": None,
             "iav_score": None, "icr_score": None, "error": None}
 

@@ -37,7 +37,7 @@ class Tried(TypedDict):
 
 
 class RoundAnswer(TypedDict, total=False):
-    """One round's entry in ``round_answers``: its answer as ICR accepted it (``icr``, its score),
+    """One round's entry in ``rounds``: its answer as ICR accepted it (``icr``, its score),
     IAV's verdict on it, and, when hybrid TES's review replaced it, the ranker's answer."""
     round: int
     answer: str | None
@@ -76,7 +76,7 @@ class OutputState(TypedDict, total=False):
     error: str | None
     text_icr: float | None
     iav_passed: bool | None
-    round_answers: list[RoundAnswer]
+    rounds: list[RoundAnswer]
     clues: list[Clue]
     image_status: str
     image_reason: str | None
@@ -109,7 +109,7 @@ class Prepared(TypedDict):
     icr_score: float | None
     iav_score: float | None
     iav_passed: bool | None
-    round_answers: list[RoundAnswer]  # per round: answer, icr, iav
+    rounds: list[RoundAnswer]  # per round: answer, icr, iav
     clues: list[Clue]  # every clue gathered, in order
     tools_used: list[str]
     vif_rounds: int

@@ -1,0 +1,36 @@
+"""Issue 13 item 4, one name for one thing: the state, the trace and the result record name a
+thing alike, and each rule (correctness against the gold, ...) lives once."""
+
+from __future__ import annotations
+
+from typing import get_type_hints
+
+from conftest import CLUES, JORDAN_CANDIDATES
+from fakes import ScriptedChatModel, tool_call
+from langchain_core.messages import AIMessage
+
+from i2cr.data import Candidate, Mention
+from i2cr.graph import graph
+from i2cr.graph.state import OutputState, State
+from i2cr.linker import link_mention
+
+
+def _mention(**kw):
+    return Mention(id="n1", mention="Jordan", context="Jordan dunks during the 1991 NBA Finals.",
+                   candidates=[Candidate(**c) for c in JORDAN_CANDIDATES], **kw)
+
+
+def _script():
+    return ScriptedChatModel(script=["Answer: Michael Jordan",
+                                     AIMessage("", tool_calls=[tool_call("caption")]),
+                                     "Answer: Michael Jordan"])
+
+
+def test_rounds_is_one_name_in_state_output_and_result(settings, image_file):
+    """The per-round answers are ``rounds`` in the state, the graph's output and the record."""
+    assert "rounds" in get_type_hints(State) and "rounds" in get_type_hints(OutputState)
+    kw = dict(icr_threshold=-1, iav_threshold=1e9, max_vif_rounds=1)
+    m = _mention(image=image_file, clues=dict(CLUES))
+    out = graph.invoke(m.to_input(), context=settings(_script(), **kw))
+    rec = link_mention(m, settings(_script(), **kw))
+    assert len(out["rounds"]) == 2 and rec["rounds"] == out["rounds"]
