@@ -34,3 +34,17 @@ def test_rounds_is_one_name_in_state_output_and_result(settings, image_file):
     out = graph.invoke(m.to_input(), context=settings(_script(), **kw))
     rec = link_mention(m, settings(_script(), **kw))
     assert len(out["rounds"]) == 2 and rec["rounds"] == out["rounds"]
+
+
+def test_nodes_write_only_declared_keys_and_no_unread_duplicate(settings, image_file):
+    """Every key a node writes is declared in State; ICR's verdict is one key, ``icr_decision``
+    (``icr_passed`` repeated it and nothing read it)."""
+    kw = dict(icr_threshold=-1, iav_threshold=1e9, max_vif_rounds=1)
+    m = _mention(image=image_file, clues=dict(CLUES))
+    written: dict[str, set[str]] = {}
+    for chunk in graph.stream(m.to_input(), context=settings(_script(), **kw),
+                              stream_mode="updates"):
+        for node, upd in chunk.items():
+            written.setdefault(node, set()).update(upd or {})
+    assert set().union(*written.values()) <= set(get_type_hints(State))
+    assert "icr_decision" in written["icr"] and "icr_passed" not in written["icr"]

@@ -32,7 +32,7 @@ def icr(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 
     Reads ``choice``, ``round``, ``candidates``, ``mention``, ``context``, ``clues``, ``tried``,
     ``reflections``, ``excluded``, ``rounds``; writes ``path``, ``icr_score``,
-    ``icr_passed``, ``icr_decision``, ``events`` and either ``tried``, ``excluded`` and
+    ``icr_decision``, ``events`` and either ``tried``, ``excluded`` and
     ``reflections`` (rejected: choose again) or the round's answer (:func:`_accept`: an entry in
     ``rounds``, in round 1 ``text_answer`` and ``text_icr``; ``choice`` when the best try
     is kept)."""
@@ -42,7 +42,7 @@ def icr(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     update: dict[str, Any] = {"path": ["icr"]}
     if choice is None or choice == NIL:
         # NIL has no description to check; it stands as this round's answer.
-        update.update(icr_score=None, icr_passed=True, icr_decision="nil_not_checked",
+        update.update(icr_score=None, icr_decision="nil_not_checked",
                       events=[{"type": "icr", "round": rnd, "choice": choice, "score": None,
                                "decision": "nil_not_checked"}])
         return {**update, **_accept(state, choice, None, rnd)}
@@ -55,7 +55,7 @@ def icr(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     left = [c for c in allowed_candidates(state) if c["name"] != choice]
     ev: IcrDecision = {"type": "icr", "round": rnd, "choice": choice, "score": round(score, 4),
                        "threshold": alpha}
-    update.update(icr_score=score, icr_passed=passed, tried=tried)
+    update.update(icr_score=score, tried=tried)
     if passed:
         ev["decision"] = update["icr_decision"] = "pass"
         update["events"] = [ev]
