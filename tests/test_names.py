@@ -48,3 +48,25 @@ def test_nodes_write_only_declared_keys_and_no_unread_duplicate(settings, image_
             written.setdefault(node, set()).update(upd or {})
     assert set().union(*written.values()) <= set(get_type_hints(State))
     assert "icr_decision" in written["icr"] and "icr_passed" not in written["icr"]
+
+
+def test_stage_change_judges_correct_as_the_record_does():
+    """The run page's stage change and the record's ``correct`` (and the metrics) use one rule:
+    case and outer white space ignored. A gold label with a trailing space (labels are kept as
+    written) once made a fixed answer read as merely 'changed'."""
+    from i2cr.data import same_entity
+    from i2cr.eval.metrics import compute
+    from i2cr.trace import stage_change
+
+    rec = {"id": "a", "gold": "Michael Jordan ", "answer": "michael jordan",
+           "text_answer": "Jordan Peele", "rounds": [{"round": 1, "answer": "Jordan Peele"},
+                                                     {"round": 2, "answer": "michael jordan",
+                                                      "iav_passed": True}]}
+    rec["correct"] = same_entity(rec["answer"], rec["gold"])
+    assert rec["correct"] and stage_change(rec) == "fixed_by_vif"
+    assert compute([rec])["vif_changes"]["fixed"] == 1
+    broken = {**rec, "answer": "Jordan Peele", "text_answer": "MICHAEL JORDAN"}
+    assert stage_change(broken) == "broken_by_vif"
+    assert compute([broken])["vif_changes"]["broken"] == 1
+    nil = {"id": "n", "gold": "NIL", "answer": "nil", "text_answer": "Jordan Peele"}
+    assert same_entity(nil["answer"], nil["gold"]) and stage_change(nil) == "fixed_by_vif"
