@@ -70,3 +70,24 @@ def test_stage_change_judges_correct_as_the_record_does():
     assert compute([broken])["vif_changes"]["broken"] == 1
     nil = {"id": "n", "gold": "NIL", "answer": "nil", "text_answer": "Jordan Peele"}
     assert same_entity(nil["answer"], nil["gold"]) and stage_change(nil) == "fixed_by_vif"
+
+
+def test_iav_and_vifs_prompt_take_the_threshold_from_one_rule(tmp_path):
+    """The threshold IAV judged by is the one VIF's prompt shows, in either mode."""
+    from PIL import Image
+    from test_nodes import FakeResources, prepared, run, settings
+
+    from i2cr.graph.iav import iav, threshold_for
+    from i2cr.graph.vif import vif_messages
+
+    img = tmp_path / "i.png"
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(img)
+    ctx = settings(FakeResources(clip_score=33.0), iav_threshold=31.0, caption_threshold=42.0)
+    for mode, extra in (("caption", {}), ("clip", {"image": str(img), "image_status": "ok"})):
+        st = prepared(choice="Alpha", iav_mode=mode, rounds=[{"round": 1, "answer": "Alpha"}],
+                      **extra)
+        ev = run(iav, st, ctx)["events"][0]
+        assert ev["threshold"] == threshold_for(ctx, mode) == {"clip": 31.0, "caption": 42.0}[mode]
+        prompt = " ".join(str(m.content) for m in vif_messages({**st, "iav_score": ev["score"]},
+                                                               ctx, ["ocr"]))
+        assert f"(threshold {ev['threshold']:.1f})" in prompt

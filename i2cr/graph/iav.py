@@ -33,6 +33,12 @@ def caption_text(state: Mapping[str, Any]) -> str:
     return ". ".join(p for p in parts if p)
 
 
+def threshold_for(ctx: Context, mode: str | None) -> float:
+    """IAV's threshold in a mode: ``iav_threshold`` for CLIP, ``caption_threshold`` for the
+    caption bridge (the one rule; VIF's prompt shows the same)."""
+    return ctx.iav_threshold if mode == "clip" else ctx.caption_threshold
+
+
 def iav_score(state: State, ctx: Context, name: str) -> tuple[float, float]:
     """(score, threshold) of the current mode for one candidate."""
     cand = next(c for c in state["candidates"] if c["name"] == name)
@@ -42,9 +48,9 @@ def iav_score(state: State, ctx: Context, name: str) -> tuple[float, float]:
             raise ImageError("missing", "no image to compare with")
         img = ctx.resources.images.load(ref)
         score = resources.clip(ctx).score(img.image, [entity_text(cand)], image_key=img.sha256)[0]
-        return score, ctx.iav_threshold
+        return score, threshold_for(ctx, "clip")
     sim = resources.embedder(ctx).similarity(caption_text(state), [entity_text(cand)])[0]
-    return 100.0 * sim, ctx.caption_threshold
+    return 100.0 * sim, threshold_for(ctx, state["iav_mode"])
 
 
 def iav(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
