@@ -39,6 +39,7 @@ from .eval.runner import check_items
 from .graph.context import Context
 from .graph.texts import clue_sequence
 from .prompts import profile
+from .texts import cut_context
 
 FORMATS = ("openai", "sharegpt", "alpaca")
 
@@ -91,7 +92,7 @@ def examples_for(m: Mention, settings: Context, seed: int = 0,
                              source=source, record=m.id)
     prof = profile(settings.prompt_profile)
     rng = _rng(seed, m.id)
-    context = m.context[: settings.max_context_chars]
+    context = cut_context(m.context, settings)
     out: list[Example] = []
 
     def add(form: str, offered: list[dict[str, Any]], answer: str, *,

@@ -91,3 +91,28 @@ def test_iav_and_vifs_prompt_take_the_threshold_from_one_rule(tmp_path):
         prompt = " ".join(str(m.content) for m in vif_messages({**st, "iav_score": ev["score"]},
                                                                ctx, ["ocr"]))
         assert f"(threshold {ev['threshold']:.1f})" in prompt
+
+
+def test_the_context_is_cut_once_alike_for_the_state_the_queries_and_fine_tuning():
+    """``max_context_chars`` cuts the context in one place (texts.cut_context): the prepare
+    node's state, TES/ICR's query, the ranker's context query and the SFT prompts agree."""
+    from test_nodes import prepared, run, settings
+
+    from i2cr.graph.prepare import prepare
+    from i2cr.graph.texts import round_query
+    from i2cr.sft import examples_for
+    from i2cr.texts import context_query, cut_context, icr_query
+
+    ctx = settings(max_context_chars=12)
+    long = "the alpha context, then much more that no query should ever see"
+    up = run(prepare, {"mention": "alpha", "context": long}, ctx)
+    assert up["context"] == cut_context(long, ctx) == long[:12]
+    assert {"type": "context_truncated", "from_chars": len(long), "to_chars": 12} in up["events"]
+    st = prepared(context=long, round=1)
+    assert round_query(st, ctx) == icr_query("alpha", long[:12], [], ctx.embed_query_prefix)
+    assert context_query(long, ctx) == ctx.embed_query_prefix + long[:12]
+    m = Mention(id="s", mention="alpha", context=long, label="Alpha",
+                candidates=[Candidate(name="Alpha", desc="about alpha"),
+                            Candidate(name="Beta", desc="about beta")])
+    text = str(examples_for(m, ctx))
+    assert long[:12] in text and long[:13] not in text

@@ -10,6 +10,7 @@ from langgraph.runtime import Runtime
 
 from ..embeddings import ModelUnavailable
 from ..images import ImageError
+from ..texts import cut_context
 from ..tools import ToolInput
 from . import resources
 from .context import Context, IavMode, settings_of
@@ -83,10 +84,10 @@ def capped_candidates(state: State, ctx: Context) -> tuple[list[CandidateDict], 
 def capped_context(state: State, ctx: Context) -> tuple[str, list[Event]]:
     """(context, events): the input's context cut to ``max_context_chars``."""
     context = state.get("context") or ""
-    if len(context) > ctx.max_context_chars:
-        return context[: ctx.max_context_chars], [
-            {"type": "context_truncated", "from_chars": len(context),
-             "to_chars": ctx.max_context_chars}]
+    cut = cut_context(context, ctx)
+    if len(cut) < len(context):
+        return cut, [{"type": "context_truncated", "from_chars": len(context),
+                      "to_chars": ctx.max_context_chars}]
     return context, []
 
 
