@@ -19,11 +19,11 @@ from langgraph.runtime import Runtime
 from ..data import NIL
 from ..embeddings import ModelUnavailable
 from ..images import ImageError
-from ..texts import entity_text
 from . import resources
 from .context import Context, settings_of
 from .events import IavDecision
 from .state import State
+from .texts import chosen_text
 
 
 def caption_text(state: Mapping[str, Any]) -> str:
@@ -41,15 +41,15 @@ def threshold_for(ctx: Context, mode: str | None) -> float:
 
 def iav_score(state: State, ctx: Context, name: str) -> tuple[float, float]:
     """(score, threshold) of the current mode for one candidate."""
-    cand = next(c for c in state["candidates"] if c["name"] == name)
+    text = chosen_text(state, name)
     if state["iav_mode"] == "clip":
         ref = state.get("image")
         if ref is None:  # prepare chooses CLIP only for an image that loaded
             raise ImageError("missing", "no image to compare with")
         img = ctx.resources.images.load(ref)
-        score = resources.clip(ctx).score(img.image, [entity_text(cand)], image_key=img.sha256)[0]
+        score = resources.clip(ctx).score(img.image, [text], image_key=img.sha256)[0]
         return score, threshold_for(ctx, "clip")
-    sim = resources.embedder(ctx).similarity(caption_text(state), [entity_text(cand)])[0]
+    sim = resources.embedder(ctx).similarity(caption_text(state), [text])[0]
     return 100.0 * sim, threshold_for(ctx, state["iav_mode"])
 
 

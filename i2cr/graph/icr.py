@@ -12,19 +12,17 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from ..data import NIL
-from ..texts import entity_text
 from . import resources
 from .context import Context, settings_of
 from .events import IcrDecision
 from .state import State, Tried
 from .tes import allowed_candidates
-from .texts import round_query
+from .texts import chosen_text, round_query
 
 
 def icr_score(state: State, ctx: Context, name: str) -> float:
-    cand = next(c for c in state["candidates"] if c["name"] == name)
-    q = round_query(state, ctx)
-    return resources.embedder(ctx).similarity(q, [entity_text(cand)])[0]
+    """The cosine of this round's query with the entity text of the candidate ``name``."""
+    return resources.embedder(ctx).similarity(round_query(state, ctx), [chosen_text(state, name)])[0]
 
 
 def icr(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
