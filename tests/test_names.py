@@ -116,3 +116,19 @@ def test_the_context_is_cut_once_alike_for_the_state_the_queries_and_fine_tuning
                             Candidate(name="Beta", desc="about beta")])
     text = str(examples_for(m, ctx))
     assert long[:12] in text and long[:13] not in text
+
+
+def test_fine_tuning_finds_the_gold_by_the_rule_correct_uses():
+    """A gold label with outer white space counts as correct in a record; SFT export takes it
+    as the same candidate (it once refused it as 'not among its candidates')."""
+    from test_nodes import settings
+
+    from i2cr.data import same_entity
+    from i2cr.sft import examples_for
+
+    m = Mention(id="s", mention="alpha", context="the alpha context", label=" alpha ",
+                candidates=[Candidate(name="Alpha", desc="about alpha"),
+                            Candidate(name="Beta", desc="about beta")])
+    assert same_entity("Alpha", m.label)
+    exs = examples_for(m, settings())
+    assert exs and exs[0].form == "round1" and "Alpha" in exs[0].answer
