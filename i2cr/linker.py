@@ -40,7 +40,7 @@ def result_record(m: Mention, out: dict[str, Any], elapsed: float) -> dict[str, 
             "iav_mode": out.get("iav_mode"),
             "iav_passed": out.get("iav_passed"),
         },
-        "rounds": out.get("round_answers") or [],
+        "rounds": out.get("rounds") or [],
         "tools_used": out.get("tools_used") or [],
         "clues": out.get("clues") or [],
         "image_status": out.get("image_status"),
@@ -116,6 +116,8 @@ def link(mention: str, context: str,
         open_kb(settings.kb, settings.embedder)  # missing or mismatched: refused before linking
     elif candidates is None:
         raise TypeError("link() needs candidates, or a knowledge base (kb=...) to generate them")
+    # a Candidate goes back to a dict so that parse_candidates checks it as it checks the dicts
+    # (names stripped, duplicates dropped, priors checked); the graph's state then holds dicts
     raw = [c.to_dict() if isinstance(c, Candidate) else c for c in candidates or []]
     cands = parse_candidates(raw, source="link()", rid="0",
                              allow_empty=allow_nil or bool(settings.kb))

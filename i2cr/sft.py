@@ -34,11 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import NIL, DataError, Mention, load_labels, load_mentions
+from .data import NIL, DataError, Mention, load_labels, load_mentions, same_entity
 from .eval.runner import check_items
 from .graph.context import Context
 from .graph.texts import clue_sequence
 from .prompts import profile
+from .texts import cut_context
 
 FORMATS = ("openai", "sharegpt", "alpaca")
 
@@ -81,17 +82,16 @@ def examples_for(m: Mention, settings: Context, seed: int = 0,
     if m.label is None:
         raise DataError("has no gold label", source=source, record=m.id)
     cands = [c.to_dict() for c in m.candidates][: settings.max_candidates]
-    by_name = {c["name"].lower(): c["name"] for c in cands}
-    if m.label.lower() == NIL:
-        gold = NIL
-    elif m.label.lower() in by_name:
-        gold = by_name[m.label.lower()]
-    else:
+    # the gold candidate by the rule the record's ``correct`` uses (candidate names are unique
+    # up to case: parse_candidates dropped the repeats)
+    gold = NIL if same_entity(m.label, NIL) else \
+        next((c["name"] for c in cands if same_entity(c["name"], m.label)), None)
+    if gold is None:
         raise GoldNotOffered(f"gold {m.label!r} is not among its candidates"[:200],
                              source=source, record=m.id)
     prof = profile(settings.prompt_profile)
     rng = _rng(seed, m.id)
-    context = m.context[: settings.max_context_chars]
+    context = cut_context(m.context, settings)
     out: list[Example] = []
 
     def add(form: str, offered: list[dict[str, Any]], answer: str, *,

@@ -23,6 +23,12 @@ def entity_text(cand: Mapping[str, Any]) -> str:
     return f"{name}. {desc}"
 
 
+def cut_context(context: str | None, settings: Any) -> str:
+    """The context as a run uses it: cut to ``max_context_chars`` (the one cut: the prepare node's
+    state, the queries and the fine-tuning prompts all take it from here)."""
+    return (context or "")[: settings.max_context_chars]
+
+
 def icr_query(mention: str, context: str, clues: Sequence[Mapping[str, Any]], prefix: str = "") -> str:
     q = f"{clean(mention)}. {context}".strip()
     for c in clues:
@@ -33,11 +39,10 @@ def icr_query(mention: str, context: str, clues: Sequence[Mapping[str, Any]], pr
 def query_for(mention: str, context: str, clues: Sequence[Mapping[str, Any]], settings: Any) -> str:
     """The ICR/TES query as a run builds it: the context cut to ``max_context_chars`` (as the
     prepare node does) and the embedder's query prefix."""
-    return icr_query(mention, (context or "")[: settings.max_context_chars], clues,
-                     settings.embed_query_prefix)
+    return icr_query(mention, cut_context(context, settings), clues, settings.embed_query_prefix)
 
 
 def context_query(context: str, settings: Any) -> str:
     """The context alone (cut, with the query prefix): what the ranker compares with each entity
     text (topical fit) and with each candidate's occupation."""
-    return settings.embed_query_prefix + (context or "")[: settings.max_context_chars]
+    return settings.embed_query_prefix + cut_context(context, settings)

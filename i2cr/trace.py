@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
+from .data import same_entity
 from .graph.events import (
     IavDecision,
     IcrDecision,
@@ -338,12 +339,14 @@ def render_mermaid(rec: dict[str, Any], graph: Any) -> str:
 
 
 def stage_change(rec: dict[str, Any]) -> str:
-    gold = (rec.get("gold") or "").lower()
+    """What the clue rounds did to a labelled answer, judged by the rule the record's ``correct``
+    uses (:func:`i2cr.data.same_entity`)."""
+    gold = rec.get("gold")
     if not gold or rec.get("answer") == rec.get("text_answer"):
         return "unchanged"
-    if (rec.get("answer") or "").lower() == gold:
+    if same_entity(rec.get("answer"), gold):
         return "fixed_by_vif"
-    if (rec.get("text_answer") or "").lower() == gold:
+    if same_entity(rec.get("text_answer"), gold):
         return "broken_by_vif"
     return "changed"
 

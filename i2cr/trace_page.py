@@ -23,7 +23,7 @@ from typing import Any, cast
 
 from PIL import Image
 
-from .data import NIL
+from .data import NIL, same_entity
 from .graph.events import IavDecision, IcrDecision, TesAnswer, TesFallback, ToolCall, last, of_kind
 from .redact import scrub
 from .trace import short, stage_change, step_events
@@ -124,10 +124,6 @@ def embeddable_image(ref: str | None, image_root: str | None, *,
 
 # --- what a card explains ----------------------------------------------------------------------
 
-def _same(a: Any, b: Any) -> bool:
-    return isinstance(a, str) and isinstance(b, str) and a.strip().lower() == b.strip().lower()
-
-
 def _fmt(x: Any) -> str:
     return f"{x:.3f}" if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
 
@@ -177,13 +173,13 @@ def gold_rank(visit: dict[str, Any], gold: str) -> tuple[int | None, int, str]:
     """Where the gold stood in one TES visit: ``(rank or None, out of, words)``."""
     scores, offered = visit["scores"], visit["offered"]
     n = len(offered) or len(scores or {})
-    name = next((o for o in offered if _same(o, gold)), None)
+    name = next((o for o in offered if same_entity(o, gold)), None)
     if name is None and scores:
-        name = next((o for o in scores if _same(o, gold)), None)
+        name = next((o for o in scores if same_entity(o, gold)), None)
     if name is None:
         return None, n, "not offered (excluded)" if offered else "not ranked"
     if scores is None:
-        chosen = _same(visit["choice"], gold)
+        chosen = same_entity(visit["choice"], gold)
         return (1 if chosen else None), n, ("chosen by the LLM" if chosen
                                             else "offered; the LLM chose another")
     if name not in scores:
@@ -199,13 +195,13 @@ def why_answer(rec: dict[str, Any], visits: list[dict[str, Any]]) -> str:
     answer = rec.get("answer")
     steps = (rec.get("trace") or {}).get("steps") or []
     parts: list[str] = []
-    idx = max((i for i, v in enumerate(visits) if _same(v["choice"], answer)), default=None)
+    idx = max((i for i, v in enumerate(visits) if same_entity(v["choice"], answer)), default=None)
     if idx is not None:
         v = visits[idx]
         if v["scores"]:
             ranked = sorted(v["scores"].items(), key=lambda kv: -kv[1])
-            mine = next((s for n, s in ranked if _same(n, answer)), None)
-            rivals = [(n, s) for n, s in ranked if not _same(n, answer)]
+            mine = next((s for n, s in ranked if same_entity(n, answer)), None)
+            rivals = [(n, s) for n, s in ranked if not same_entity(n, answer)]
             if mine is not None:
                 txt = f"“{answer}” scored {_fmt(mine)} in {v['label']}"
                 if rivals:
@@ -232,7 +228,7 @@ def why_answer(rec: dict[str, Any], visits: list[dict[str, Any]]) -> str:
     if gold is not None and rec.get("correct") is False:
         names = {c.get("name") for c in ((rec.get("trace") or {}).get("input") or {})
                  .get("candidates") or []} | {o for v in visits for o in v["offered"]}
-        if not _same(gold, NIL) and names and not any(_same(n, gold) for n in names):
+        if not same_entity(gold, NIL) and names and not any(same_entity(n, gold) for n in names):
             parts.append(f"the gold “{gold}” was not among the candidates, so no ranking "
                          "could choose it")
     text = "; ".join(parts)
@@ -258,12 +254,13 @@ def _candidate_table(rec: dict[str, Any], visits: list[dict[str, Any]]) -> str:
                    f"{html.escape(v['label'])}</th>" for v in visits)
     rows = []
     for n in names:
-        cls = ["cand"] + (["answer"] if _same(n, answer) else []) + (["gold-row"] if _same(n, gold) else [])
-        tags = ("<span class='tag answer-tag'>answer</span>" if _same(n, answer) else "") + \
-               ("<span class='tag gold-tag'>gold</span>" if _same(n, gold) else "")
+        cls = (["cand"] + (["answer"] if same_entity(n, answer) else [])
+               + (["gold-row"] if same_entity(n, gold) else []))
+        tags = ("<span class='tag answer-tag'>answer</span>" if same_entity(n, answer) else "") + \
+               ("<span class='tag gold-tag'>gold</span>" if same_entity(n, gold) else "")
         cells = []
         for v in visits:
-            chosen = _same(v["choice"], n)
+            chosen = same_entity(v["choice"], n)
             if v["offered"] and n not in v["offered"] and n not in (v["scores"] or {}):
                 txt = "excl."
             elif v["scores"] is not None:
@@ -287,10 +284,10 @@ def _gold_summary(rec: dict[str, Any], visits: list[dict[str, Any]]) -> tuple[st
     gold = rec.get("gold")
     if gold is None:
         return "", ""
-    if _same(gold, NIL):
+    if same_entity(gold, NIL):
         return "gold NIL", "The gold is NIL (no candidate is right)."
     names = _candidates(rec, visits)
-    if names and not any(_same(n, gold) for n in names):
+    if names and not any(same_entity(n, gold) for n in names):
         return "gold not a candidate", f"Gold “{gold}”: not among the candidates."
     if not visits:
         return "", f"Gold “{gold}”: no ranking recorded."

@@ -261,16 +261,16 @@ def test_icr_accepts_rejects_and_keeps_the_best_try():
     ctx = settings(res, icr_threshold=0.5, max_reflections=1)
     up = run(icr, prepared(choice="Beta"), ctx)
     assert (up["icr_decision"], up["text_answer"], up["text_icr"]) == ("pass", "Beta", 0.6)
-    assert up["round_answers"] == [{"round": 1, "answer": "Beta", "icr": 0.6}]
+    assert up["rounds"] == [{"round": 1, "answer": "Beta", "icr": 0.6}]
     up = run(icr, prepared(choice="Alpha"), ctx)
     assert (up["icr_decision"], up["excluded"], up["reflections"]) == \
         ("reject_and_rechoose", ["Alpha"], 1)
-    assert "round_answers" not in up
+    assert "rounds" not in up
     st = prepared(choice="Gamma", round=2, reflections=1, excluded=["Alpha"],
-                  tried=[{"name": "Alpha", "icr": 0.3}], round_answers=[{"round": 1}])
+                  tried=[{"name": "Alpha", "icr": 0.3}], rounds=[{"round": 1}])
     up = run(icr, st, ctx)
     assert (up["icr_decision"], up["choice"], up["icr_score"]) == ("exhausted_keep_best", "Alpha", 0.3)
-    assert up["round_answers"][-1] == {"round": 2, "answer": "Alpha", "icr": 0.3}
+    assert up["rounds"][-1] == {"round": 2, "answer": "Alpha", "icr": 0.3}
     assert "text_answer" not in up  # round 2's answer is not the text answer
     asked = len(res.emb.queries)
     up = run(icr, prepared(choice="nil"), ctx)
@@ -284,14 +284,14 @@ def test_iav_by_caption_records_its_verdict_in_the_rounds_entry():
     res = FakeResources(sims={"Alpha": 0.2, "Beta": 0.45, "Gamma": 0.9})
     ctx = settings(res, caption_threshold=40.0)
     rounds = [{"round": 1, "answer": "Beta", "icr": 0.5}]
-    up = run(iav, prepared(choice="Beta", round_answers=rounds), ctx)
+    up = run(iav, prepared(choice="Beta", rounds=rounds), ctx)
     assert up["iav_passed"] and up["iav_score"] == pytest.approx(45.0)
-    assert up["round_answers"] == [{**rounds[0], "iav": pytest.approx(45.0), "iav_passed": True}]
+    assert up["rounds"] == [{**rounds[0], "iav": pytest.approx(45.0), "iav_passed": True}]
     assert rounds == [{"round": 1, "answer": "Beta", "icr": 0.5}]  # the state is not mutated
     assert res.emb.queries == ["a gamma ray. physics"]
-    up = run(iav, prepared(choice="Alpha", round_answers=rounds), ctx)
+    up = run(iav, prepared(choice="Alpha", rounds=rounds), ctx)
     assert up["iav_passed"] is False and up["events"][0]["decision"] == "fail"
-    up = run(iav, prepared(choice="nil", round_answers=rounds), ctx)
+    up = run(iav, prepared(choice="nil", rounds=rounds), ctx)
     assert (up["iav_passed"], up["events"][0]["decision"]) == (False, "nil_not_verifiable")
 
 
@@ -299,7 +299,7 @@ def test_iav_by_clip_and_when_clip_is_gone(tmp_path):
     img = tmp_path / "i.png"
     Image.new("RGB", (8, 8), (9, 9, 9)).save(img)
     st = prepared(choice="Alpha", iav_mode="clip", image=str(img), image_status="ok",
-                  round_answers=[{"round": 1, "answer": "Alpha"}])
+                  rounds=[{"round": 1, "answer": "Alpha"}])
     res = FakeResources(clip_score=33.0)
     up = run(iav, st, settings(res, iav_threshold=31.0))
     assert (up["iav_passed"], up["iav_score"], res.clip_model.calls) == (True, 33.0, 1)
@@ -372,7 +372,7 @@ def reviewed_state(**kw):
               {"round": 2, "answer": "Beta", "icr": 0.6, "iav_passed": False}]
     ranked = {"round": 2, "offered": ["Beta", "Gamma"], "order": [0, 1], "probs": [0.6, 0.4]}
     return prepared(round=2, choice="Beta", text_answer="Beta", excluded=["Alpha"],
-                    round_answers=rounds, ranked=ranked, **kw)
+                    rounds=rounds, ranked=ranked, **kw)
 
 
 def test_review_reuses_tes_ranking_and_records_the_llms_answer_where_it_stands():
@@ -385,12 +385,12 @@ def test_review_reuses_tes_ranking_and_records_the_llms_answer_where_it_stands()
     ev = up["events"][0]
     assert (ev["path"], ev["reviews"], ev["round"], ev["p"], ev["ranker_answer"], ev["answer"]) == \
         ("llm", "choice", 2, 0.6, "Beta", "Gamma")
-    assert up["round_answers"][1] == {**st["round_answers"][1], "answer": "Gamma",
+    assert up["rounds"][1] == {**st["rounds"][1], "answer": "Gamma",
                                       "ranker_answer": "Beta"}
-    assert up["round_answers"][0] == st["round_answers"][0] and up["choice"] == "Gamma"
+    assert up["rounds"][0] == st["rounds"][0] and up["choice"] == "Gamma"
     assert "text_answer" not in up and up["llm_calls"] == 1
     after = {**st, **up}
-    assert run(final, after, ctx)["answer"] == "Gamma" == settle(after["round_answers"], "Beta", "last")
+    assert run(final, after, ctx)["answer"] == "Gamma" == settle(after["rounds"], "Beta", "last")
 
 
 def test_review_ranks_anew_a_round_tes_did_not_rank_that_way():
@@ -409,31 +409,31 @@ def test_a_reviewed_text_answer_is_round_1s_answer():
     ctx = hybrid(FakeResources(), fake, hybrid_threshold=1.0, fallback="text", hybrid_top_k=3)
     st = reviewed_state()
     up = run(review, st, ctx)
-    assert up["text_answer"] == up["round_answers"][0]["answer"] == "Alpha"
-    assert "choice" not in up and up["round_answers"][1] == st["round_answers"][1]
-    rec = {"rounds": up["round_answers"], "text_answer": up["text_answer"], "fallback": "text"}
+    assert up["text_answer"] == up["rounds"][0]["answer"] == "Alpha"
+    assert "choice" not in up and up["rounds"][1] == st["rounds"][1]
+    rec = {"rounds": up["rounds"], "text_answer": up["text_answer"], "fallback": "text"}
     after = {**st, **up}
     assert run(final, after, ctx)["answer"] == answer_after_vif(rec, 1) == "Alpha"
 
 
 @pytest.mark.parametrize("kw, fallback, answer, reason", [
     ({"candidates": []}, "text", "nil", "no_candidates"),
-    ({"round_answers": [{"round": 1, "answer": "A", "iav_passed": True}], "text_answer": "A"},
+    ({"rounds": [{"round": 1, "answer": "A", "iav_passed": True}], "text_answer": "A"},
      "text", "A", "iav_passed_text"),
-    ({"round_answers": [{"round": 1, "answer": "A", "iav_passed": False},
+    ({"rounds": [{"round": 1, "answer": "A", "iav_passed": False},
                         {"round": 2, "answer": "B", "iav_passed": True}], "text_answer": "A"},
      "text", "B", "iav_passed_round_2"),
-    ({"round_answers": [{"round": 1, "answer": "nil"}], "text_answer": "nil"}, "last", "nil",
+    ({"rounds": [{"round": 1, "answer": "nil"}], "text_answer": "nil"}, "last", "nil",
      "nil_chosen"),
-    ({"round_answers": [{"round": 1, "answer": "A"}], "text_answer": "A",
+    ({"rounds": [{"round": 1, "answer": "A"}], "text_answer": "A",
       "visual_available": False}, "last", "A", "text_only"),
-    ({"round_answers": [{"round": 1, "answer": "A", "iav_passed": False},
+    ({"rounds": [{"round": 1, "answer": "A", "iav_passed": False},
                         {"round": 2, "answer": "B", "iav_passed": False}], "text_answer": "A"},
      "last", "B", "no_round_passed_iav_last_round"),
-    ({"round_answers": [{"round": 1, "answer": "A", "iav_passed": False},
+    ({"rounds": [{"round": 1, "answer": "A", "iav_passed": False},
                         {"round": 2, "answer": "B", "iav_passed": False}], "text_answer": "A"},
      "text", "A", "no_round_passed_iav"),
-    ({"round_answers": [{"round": 1, "answer": "A", "iav_passed": False},
+    ({"rounds": [{"round": 1, "answer": "A", "iav_passed": False},
                         {"round": 2, "answer": "nil", "iav_passed": False}], "text_answer": "A"},
      "last", "A", "no_round_passed_iav"),
 ])
@@ -443,5 +443,5 @@ def test_final_settles_by_the_rounds(kw, fallback, answer, reason):
     assert (up["answer"], up["final_reason"], up["fallback"]) == (answer, reason, fallback)
     assert standing(st, fallback).reason == reason
     if st["candidates"]:
-        rec = {"rounds": st["round_answers"], "text_answer": st["text_answer"], "fallback": fallback}
-        assert answer_after_vif(rec, len(st["round_answers"])) == answer
+        rec = {"rounds": st["rounds"], "text_answer": st["text_answer"], "fallback": fallback}
+        assert answer_after_vif(rec, len(st["rounds"])) == answer

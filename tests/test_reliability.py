@@ -137,7 +137,7 @@ def test_injected_instructions_in_a_clue_cannot_change_the_answer_space(settings
                        context=settings(fake, icr_threshold=-1, iav_threshold=1e9, max_vif_rounds=1))
     names = {c["name"] for c in JORDAN_CANDIDATES}
     assert out["answer"] in names
-    assert all(r["answer"] in names for r in out["round_answers"])
+    assert all(r["answer"] in names for r in out["rounds"])
     assert any(e["type"] == "unmappable_answer" and "Donald Duck" in e["raw"] for e in out["events"])
 
 

@@ -280,7 +280,7 @@ def test_fallback_last_gives_the_last_rounds_answer_and_text_the_first(settings,
     base = dict(icr_threshold=ALWAYS, iav_threshold=NEVER, vif_llm_choice=False, max_vif_rounds=2)
     state = jordan(image=image_file, precomputed_clues=dict(CLUES))
     out = run(state, settings(scripted(), fallback="last", **base))
-    assert [r["answer"] for r in out["round_answers"]] == ["Jordan Peele", "Michael Jordan",
+    assert [r["answer"] for r in out["rounds"]] == ["Jordan Peele", "Michael Jordan",
                                                            "Michael Jordan"]
     assert out["answer"] == "Michael Jordan" and out["fallback"] == "last"
     assert out["final_reason"] == "no_round_passed_iav_last_round"

@@ -83,7 +83,7 @@ def test_trace_state_equals_langgraphs_and_updates_mode_streams_the_events(setti
     final, trace = traced_invoke(graph, m.to_input(), context=ctx)
     ref = graph.invoke(m.to_input(), context=settings(script(), icr_threshold=-1,
                                                         iav_threshold=1e9, max_vif_rounds=1))
-    for k in ("answer", "final_reason", "path", "round_answers", "clues", "tools_used", "llm_calls"):
+    for k in ("answer", "final_reason", "path", "rounds", "clues", "tools_used", "llm_calls"):
         assert final[k] == ref[k], k
     assert [e["type"] for e in final["events"]] == [e["type"] for e in ref["events"]]
     emitted = [c for s in trace["steps"] for c in step_events(final, s)]

@@ -18,8 +18,8 @@ from .state import State
 
 
 def standing_round(rounds: Sequence[Mapping[str, Any]], fallback: str) -> int | None:
-    """The rule that settles a run, read off its rounds (``round_answers``, the result's
-    ``rounds``: each round's answer and IAV verdict): the index of the round whose answer stands,
+    """The rule that settles a run, read off its ``rounds`` (the state's and the result's, one
+    name: each round's answer and IAV verdict): the index of the round whose answer stands,
     the first that passed IAV; when none did, with ``fallback='last'`` the last one unless its
     answer is NIL; None when the text answer (round 1's) stands."""
     for i, r in enumerate(rounds):
@@ -41,15 +41,15 @@ def settle(rounds: Sequence[Mapping[str, Any]], text_answer: str | None,
 class Standing(NamedTuple):
     """Which answer stands and why."""
 
-    entry: int | None  # its index in round_answers (0: round 1's); None: none (no candidates)
+    entry: int | None  # its index in rounds (0: round 1's); None: none (no candidates)
     text: bool  # it stands as the text answer (round 1's), for want of a better round
     reason: str  # the result's final_reason
 
 
 def standing(state: State, fallback: str) -> Standing:
-    """The answer that stands (:func:`standing_round` over the state's ``round_answers``) with
+    """The answer that stands (:func:`standing_round` over the state's ``rounds``) with
     the reason the result gives for it."""
-    rounds = state["round_answers"]
+    rounds = state["rounds"]
     if not state["candidates"] or not rounds:
         return Standing(None, False, "no_candidates" if not state["candidates"] else "no_answer")
     i = standing_round(rounds, fallback)
@@ -68,14 +68,14 @@ def standing(state: State, fallback: str) -> Standing:
 def final(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """The last node: the answer :func:`settle` gives over the rounds, and why (:func:`standing`).
 
-    Reads ``candidates``, ``round_answers``, ``text_answer``, ``visual_available``,
+    Reads ``candidates``, ``rounds``, ``text_answer``, ``visual_available``,
     ``iav_score``; writes ``path``, ``answer`` (NIL without candidates), ``is_nil``,
     ``final_reason`` and ``fallback`` (the resolved setting)."""
     fallback = settings_of(runtime).fallback_answer
     reason = standing(state, fallback).reason
     answer: str | None = NIL
     if state["candidates"]:
-        answer = settle(state["round_answers"], state["text_answer"], fallback)
+        answer = settle(state["rounds"], state["text_answer"], fallback)
     if answer is None:  # cannot happen with candidates, but never return nothing silently
         answer, reason = NIL, "no_answer"
     return {"path": ["final"], "answer": answer, "is_nil": answer == NIL, "final_reason": reason,

@@ -19,11 +19,11 @@ from langgraph.runtime import Runtime
 from ..data import NIL
 from ..embeddings import ModelUnavailable
 from ..images import ImageError
-from ..texts import entity_text
 from . import resources
 from .context import Context, settings_of
 from .events import IavDecision
 from .state import State
+from .texts import chosen_text
 
 
 def caption_text(state: Mapping[str, Any]) -> str:
@@ -33,26 +33,32 @@ def caption_text(state: Mapping[str, Any]) -> str:
     return ". ".join(p for p in parts if p)
 
 
+def threshold_for(ctx: Context, mode: str | None) -> float:
+    """IAV's threshold in a mode: ``iav_threshold`` for CLIP, ``caption_threshold`` for the
+    caption bridge (the one rule; VIF's prompt shows the same)."""
+    return ctx.iav_threshold if mode == "clip" else ctx.caption_threshold
+
+
 def iav_score(state: State, ctx: Context, name: str) -> tuple[float, float]:
     """(score, threshold) of the current mode for one candidate."""
-    cand = next(c for c in state["candidates"] if c["name"] == name)
+    text = chosen_text(state, name)
     if state["iav_mode"] == "clip":
         ref = state.get("image")
         if ref is None:  # prepare chooses CLIP only for an image that loaded
             raise ImageError("missing", "no image to compare with")
         img = ctx.resources.images.load(ref)
-        score = resources.clip(ctx).score(img.image, [entity_text(cand)], image_key=img.sha256)[0]
-        return score, ctx.iav_threshold
-    sim = resources.embedder(ctx).similarity(caption_text(state), [entity_text(cand)])[0]
-    return 100.0 * sim, ctx.caption_threshold
+        score = resources.clip(ctx).score(img.image, [text], image_key=img.sha256)[0]
+        return score, threshold_for(ctx, "clip")
+    sim = resources.embedder(ctx).similarity(caption_text(state), [text])[0]
+    return 100.0 * sim, threshold_for(ctx, state["iav_mode"])
 
 
 def iav(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """The IAV node: score this round's answer against the image (or its caption).
 
     Reads ``choice``, ``round``, ``iav_mode``, ``candidates``, ``image``, ``precomputed_clues``,
-    ``round_answers``; writes ``path``, ``iav_score``, ``iav_passed``, ``events`` and either the
-    verdict into the round's entry of ``round_answers`` or, when nothing can be scored after all,
+    ``rounds``; writes ``path``, ``iav_score``, ``iav_passed``, ``events`` and either the
+    verdict into the round's entry of ``rounds`` or, when nothing can be scored after all,
     ``visual_available`` (False)."""
     ctx = settings_of(runtime)
     choice = state["choice"]
@@ -71,8 +77,8 @@ def iav(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     passed = score >= threshold
     ev.update({"score": round(score, 3), "threshold": threshold,
                "decision": "pass" if passed else "fail"})
-    answers = [dict(a) for a in state["round_answers"]]
+    answers = [dict(a) for a in state["rounds"]]
     if answers:
         answers[-1].update(iav=score, iav_passed=passed)
     return {"path": ["iav"], "iav_score": score, "iav_passed": passed, "events": [ev],
-            "round_answers": answers}
+            "rounds": answers}

@@ -12,29 +12,27 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from ..data import NIL
-from ..texts import entity_text
 from . import resources
 from .context import Context, settings_of
 from .events import IcrDecision
 from .state import State, Tried
 from .tes import allowed_candidates
-from .texts import round_query
+from .texts import chosen_text, round_query
 
 
 def icr_score(state: State, ctx: Context, name: str) -> float:
-    cand = next(c for c in state["candidates"] if c["name"] == name)
-    q = round_query(state, ctx)
-    return resources.embedder(ctx).similarity(q, [entity_text(cand)])[0]
+    """The cosine of this round's query with the entity text of the candidate ``name``."""
+    return resources.embedder(ctx).similarity(round_query(state, ctx), [chosen_text(state, name)])[0]
 
 
 def icr(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """The ICR node: score TES's choice against this round's query.
 
     Reads ``choice``, ``round``, ``candidates``, ``mention``, ``context``, ``clues``, ``tried``,
-    ``reflections``, ``excluded``, ``round_answers``; writes ``path``, ``icr_score``,
-    ``icr_passed``, ``icr_decision``, ``events`` and either ``tried``, ``excluded`` and
+    ``reflections``, ``excluded``, ``rounds``; writes ``path``, ``icr_score``,
+    ``icr_decision``, ``events`` and either ``tried``, ``excluded`` and
     ``reflections`` (rejected: choose again) or the round's answer (:func:`_accept`: an entry in
-    ``round_answers``, in round 1 ``text_answer`` and ``text_icr``; ``choice`` when the best try
+    ``rounds``, in round 1 ``text_answer`` and ``text_icr``; ``choice`` when the best try
     is kept)."""
     ctx = settings_of(runtime)
     choice = state["choice"]
@@ -42,7 +40,7 @@ def icr(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     update: dict[str, Any] = {"path": ["icr"]}
     if choice is None or choice == NIL:
         # NIL has no description to check; it stands as this round's answer.
-        update.update(icr_score=None, icr_passed=True, icr_decision="nil_not_checked",
+        update.update(icr_score=None, icr_decision="nil_not_checked",
                       events=[{"type": "icr", "round": rnd, "choice": choice, "score": None,
                                "decision": "nil_not_checked"}])
         return {**update, **_accept(state, choice, None, rnd)}
@@ -55,7 +53,7 @@ def icr(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     left = [c for c in allowed_candidates(state) if c["name"] != choice]
     ev: IcrDecision = {"type": "icr", "round": rnd, "choice": choice, "score": round(score, 4),
                        "threshold": alpha}
-    update.update(icr_score=score, icr_passed=passed, tried=tried)
+    update.update(icr_score=score, tried=tried)
     if passed:
         ev["decision"] = update["icr_decision"] = "pass"
         update["events"] = [ev]
@@ -75,7 +73,7 @@ def icr(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 def _accept(state: State, choice: str | None, score: float | None, rnd: int) -> dict[str, Any]:
     """Record this round's answer; round 1's is the text answer."""
     out: dict[str, Any] = {
-        "round_answers": [*state["round_answers"], {"round": rnd, "answer": choice, "icr": score}],
+        "rounds": [*state["rounds"], {"round": rnd, "answer": choice, "icr": score}],
     }
     if rnd == 1:
         out.update(text_answer=choice, text_icr=score)

@@ -10,6 +10,7 @@ from langgraph.runtime import Runtime
 
 from ..embeddings import ModelUnavailable
 from ..images import ImageError
+from ..texts import cut_context
 from ..tools import ToolInput
 from . import resources
 from .context import Context, IavMode, settings_of
@@ -22,7 +23,7 @@ def first_round() -> dict[str, Any]:
     """The bookkeeping every mention starts from (the keys of :class:`~.state.Prepared` that do not
     depend on the input): round 1, nothing tried, counted, gathered or answered yet."""
     return {"round": 1, "llm_calls": 0, "reflections": 0, "excluded": [], "tried": [], "clues": [],
-            "tools_used": [], "vif_rounds": 0, "round_answers": [], "choice": None,
+            "tools_used": [], "vif_rounds": 0, "rounds": [], "choice": None,
             "first_answer": None, "text_answer": None, "answer": None, "iav_passed": None,
             "iav_score": None, "icr_score": None, "error": None}
 
@@ -83,10 +84,10 @@ def capped_candidates(state: State, ctx: Context) -> tuple[list[CandidateDict], 
 def capped_context(state: State, ctx: Context) -> tuple[str, list[Event]]:
     """(context, events): the input's context cut to ``max_context_chars``."""
     context = state.get("context") or ""
-    if len(context) > ctx.max_context_chars:
-        return context[: ctx.max_context_chars], [
-            {"type": "context_truncated", "from_chars": len(context),
-             "to_chars": ctx.max_context_chars}]
+    cut = cut_context(context, ctx)
+    if len(cut) < len(context):
+        return cut, [{"type": "context_truncated", "from_chars": len(context),
+                      "to_chars": ctx.max_context_chars}]
     return context, []
 
 

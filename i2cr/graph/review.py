@@ -10,7 +10,7 @@ ICR rejected in it (the one ICR kept when every try failed is offered again). At
 names none of them, the ranker's answer stays). ICR and IAV do not judge the LLM's answer again:
 there is no second call to re-choose with. The node's ``tes_hybrid`` event records which path
 decided, the probability, and both answers. The LLM's answer is recorded in the standing round's
-entry of ``round_answers`` (beside the ranker's), so the one rule over the rounds
+entry of ``rounds`` (beside the ranker's), so the one rule over the rounds
 (:func:`i2cr.graph.final.settle`) gives it, in the graph and in evaluation alike. The ranking TES
 made of that round is reused when it is the one the review needs.
 """
@@ -33,7 +33,7 @@ def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """The review node (hybrid TES): the LLM asked about the answer that stands when the ranker
     is unsure of it.
 
-    Reads ``candidates``, ``round_answers``, ``text_answer``, ``visual_available``,
+    Reads ``candidates``, ``rounds``, ``text_answer``, ``visual_available``,
     ``iav_score`` (which answer stands), ``round``, ``excluded``, ``ranked`` and what
     :func:`~i2cr.graph.tes.tes_llm` reads; writes ``path``, ``events`` and, when the LLM was
     asked, ``llm_calls``, ``llm_answer`` and its answer where it stands (:func:`reviewed`)."""
@@ -43,7 +43,7 @@ def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ev: TesHybrid = {"type": "tes_hybrid", "node": "review", "threshold": ctx.hybrid_threshold}
     if s.entry is None:
         return {**update, "events": [{**ev, "path": "none", "reason": "no candidates"}]}
-    held = state["round_answers"][s.entry].get("answer")
+    held = state["rounds"][s.entry].get("answer")
     view = review_view(state, s, held)
     ev.update({"round": view["round"], "reviews": "text_answer" if s.text else "choice",
                "ranker_answer": held})
@@ -86,12 +86,12 @@ def review_ranking(view: State, ctx: Context, cands: Sequence[CandidateDict]
 
 
 def reviewed(state: State, entry: int, held: str | None, answer: str | None) -> dict[str, Any]:
-    """The review's answer recorded where it stands: in its round's entry of ``round_answers``
+    """The review's answer recorded where it stands: in its round's entry of ``rounds``
     (``ranker_answer`` keeps the ranker's), as ``text_answer`` when that is round 1's and as
     ``choice`` when it is the current round's."""
-    rounds = [dict(r) for r in state["round_answers"]]
+    rounds = [dict(r) for r in state["rounds"]]
     rounds[entry].update(answer=answer, ranker_answer=held)
-    out: dict[str, Any] = {"round_answers": rounds}
+    out: dict[str, Any] = {"rounds": rounds}
     if entry == 0:
         out["text_answer"] = answer
     if entry == len(rounds) - 1:

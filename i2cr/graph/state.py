@@ -37,7 +37,7 @@ class Tried(TypedDict):
 
 
 class RoundAnswer(TypedDict, total=False):
-    """One round's entry in ``round_answers``: its answer as ICR accepted it (``icr``, its score),
+    """One round's entry in ``rounds``: its answer as ICR accepted it (``icr``, its score),
     IAV's verdict on it, and, when hybrid TES's review replaced it, the ranker's answer."""
     round: int
     answer: str | None
@@ -59,7 +59,7 @@ class InputState(TypedDict, total=False):
 
 
 class OutputState(TypedDict, total=False):
-    sample_id: str
+    sample_id: str  # the input's, echoed for a caller matching outputs to inputs (no node reads it)
     answer: str | None
     is_nil: bool
     final_reason: str
@@ -76,7 +76,7 @@ class OutputState(TypedDict, total=False):
     error: str | None
     text_icr: float | None
     iav_passed: bool | None
-    round_answers: list[RoundAnswer]
+    rounds: list[RoundAnswer]
     clues: list[Clue]
     image_status: str
     image_reason: str | None
@@ -99,7 +99,7 @@ class Prepared(TypedDict):
     their caps)."""
     round: int  # 1 = text only, 2.. = after each VIF clue
     llm_calls: int
-    error: str | None
+    error: str | None  # always None: a failed run raises and becomes an error record (linker)
     reflections: int  # ICR rejections in this round
     excluded: list[str]  # candidates ICR rejected in this round
     tried: list[Tried]  # choices tried this round with their ICR score
@@ -109,7 +109,7 @@ class Prepared(TypedDict):
     icr_score: float | None
     iav_score: float | None
     iav_passed: bool | None
-    round_answers: list[RoundAnswer]  # per round: answer, icr, iav
+    rounds: list[RoundAnswer]  # per round: answer, icr, iav
     clues: list[Clue]  # every clue gathered, in order
     tools_used: list[str]
     vif_rounds: int
@@ -130,9 +130,10 @@ class State(InputState, Prepared, total=False):
     events: Annotated[list[Event], operator.add]  # what nodes decided and called (.events)
 
     # TES / ICR within a round
-    llm_answer: str | None  # raw text of the last TES answer
+    # the last TES answer's raw text, for who watches the state (Studio); no node reads it (the
+    # tes_answer events hold every raw answer)
+    llm_answer: str | None
     ranked: Ranked  # hybrid TES's last ranking
-    icr_passed: bool | None
     icr_decision: str  # pass | reject_and_rechoose | exhausted_keep_best | nil_not_checked
 
     # round-1 result

@@ -1,11 +1,12 @@
-"""Which clues a round carries, and the round's query (the texts themselves: :mod:`i2cr.texts`)."""
+"""Which clues a round carries, the round's query and a chosen candidate's text (the texts
+themselves: :mod:`i2cr.texts`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..texts import query_for
+from ..texts import entity_text, query_for
 from ..tools.builtin import CLUE_KEYS, clue_text
 from .state import Clue
 
@@ -23,6 +24,17 @@ def round_query(state: Mapping[str, Any], settings: Any) -> str:
     """The query TES's ranking and ICR compare with entity texts in the current round."""
     return query_for(state["mention"], state["context"],
                      round_clues(state, settings.query_clues), settings)
+
+
+def chosen_text(state: Mapping[str, Any], name: str) -> str:
+    """The entity text of the candidate named ``name`` (TES's choice), which ICR and IAV score.
+
+    ICR and IAV look the choice up by name and ICR rebuilds the round's query (:func:`round_query`)
+    rather than take them from TES: only the ranker's TES builds that query (inside the ranker),
+    the LLM's does not, and both are cheap (a list of at most ``max_candidates``; the embedder
+    encodes each distinct text once per run)."""
+    cand = next(c for c in state["candidates"] if c["name"] == name)
+    return entity_text(cand)
 
 
 def clue_sequence(clues: dict[str, Any] | None, tool_names: Sequence[str]) -> list[Clue]:

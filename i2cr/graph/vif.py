@@ -21,6 +21,7 @@ from ..tools import ToolInput, ToolResult, VisualTool
 from . import resources
 from .context import Context, settings_of
 from .events import Event, VifRequest, prompt_text, tokens_of
+from .iav import threshold_for
 from .state import State
 
 
@@ -63,7 +64,7 @@ def vif_messages(state: State, ctx: Context, offered: list[str]) -> list[Any]:
     return build_vif_messages(
         mention=state["mention"], context=state["context"], answer=state["choice"],
         score=state["iav_score"],
-        threshold=ctx.iav_threshold if state["iav_mode"] == "clip" else ctx.caption_threshold,
+        threshold=threshold_for(ctx, state["iav_mode"]),
         used=state["tools_used"], available=offered)
 
 

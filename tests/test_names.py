@@ -1,0 +1,134 @@
+"""Issue 13 item 4, one name for one thing: the state, the trace and the result record name a
+thing alike, and each rule (correctness against the gold, ...) lives once."""
+
+from __future__ import annotations
+
+from typing import get_type_hints
+
+from conftest import CLUES, JORDAN_CANDIDATES
+from fakes import ScriptedChatModel, tool_call
+from langchain_core.messages import AIMessage
+
+from i2cr.data import Candidate, Mention
+from i2cr.graph import graph
+from i2cr.graph.state import OutputState, State
+from i2cr.linker import link_mention
+
+
+def _mention(**kw):
+    return Mention(id="n1", mention="Jordan", context="Jordan dunks during the 1991 NBA Finals.",
+                   candidates=[Candidate(**c) for c in JORDAN_CANDIDATES], **kw)
+
+
+def _script():
+    return ScriptedChatModel(script=["Answer: Michael Jordan",
+                                     AIMessage("", tool_calls=[tool_call("caption")]),
+                                     "Answer: Michael Jordan"])
+
+
+def test_rounds_is_one_name_in_state_output_and_result(settings, image_file):
+    """The per-round answers are ``rounds`` in the state, the graph's output and the record."""
+    assert "rounds" in get_type_hints(State) and "rounds" in get_type_hints(OutputState)
+    kw = dict(icr_threshold=-1, iav_threshold=1e9, max_vif_rounds=1)
+    m = _mention(image=image_file, clues=dict(CLUES))
+    out = graph.invoke(m.to_input(), context=settings(_script(), **kw))
+    rec = link_mention(m, settings(_script(), **kw))
+    assert len(out["rounds"]) == 2 and rec["rounds"] == out["rounds"]
+
+
+def test_nodes_write_only_declared_keys_and_no_unread_duplicate(settings, image_file):
+    """Every key a node writes is declared in State; ICR's verdict is one key, ``icr_decision``
+    (``icr_passed`` repeated it and nothing read it)."""
+    kw = dict(icr_threshold=-1, iav_threshold=1e9, max_vif_rounds=1)
+    m = _mention(image=image_file, clues=dict(CLUES))
+    written: dict[str, set[str]] = {}
+    for chunk in graph.stream(m.to_input(), context=settings(_script(), **kw),
+                              stream_mode="updates"):
+        for node, upd in chunk.items():
+            written.setdefault(node, set()).update(upd or {})
+    assert set().union(*written.values()) <= set(get_type_hints(State))
+    assert "icr_decision" in written["icr"] and "icr_passed" not in written["icr"]
+
+
+def test_stage_change_judges_correct_as_the_record_does():
+    """The run page's stage change and the record's ``correct`` (and the metrics) use one rule:
+    case and outer white space ignored. A gold label with a trailing space (labels are kept as
+    written) once made a fixed answer read as merely 'changed'."""
+    from i2cr.data import same_entity
+    from i2cr.eval.metrics import compute
+    from i2cr.trace import stage_change
+
+    rec = {"id": "a", "gold": "Michael Jordan ", "answer": "michael jordan",
+           "text_answer": "Jordan Peele", "rounds": [{"round": 1, "answer": "Jordan Peele"},
+                                                     {"round": 2, "answer": "michael jordan",
+                                                      "iav_passed": True}]}
+    rec["correct"] = same_entity(rec["answer"], rec["gold"])
+    assert rec["correct"] and stage_change(rec) == "fixed_by_vif"
+    assert compute([rec])["vif_changes"]["fixed"] == 1
+    broken = {**rec, "answer": "Jordan Peele", "text_answer": "MICHAEL JORDAN"}
+    assert stage_change(broken) == "broken_by_vif"
+    assert compute([broken])["vif_changes"]["broken"] == 1
+    nil = {"id": "n", "gold": "NIL", "answer": "nil", "text_answer": "Jordan Peele"}
+    assert same_entity(nil["answer"], nil["gold"]) and stage_change(nil) == "fixed_by_vif"
+
+
+def test_iav_and_vifs_prompt_take_the_threshold_from_one_rule(tmp_path):
+    """The threshold IAV judged by is the one VIF's prompt shows, in either mode."""
+    from PIL import Image
+    from test_nodes import FakeResources, prepared, run, settings
+
+    from i2cr.graph.iav import iav, threshold_for
+    from i2cr.graph.vif import vif_messages
+
+    img = tmp_path / "i.png"
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(img)
+    ctx = settings(FakeResources(clip_score=33.0), iav_threshold=31.0, caption_threshold=42.0)
+    for mode, extra in (("caption", {}), ("clip", {"image": str(img), "image_status": "ok"})):
+        st = prepared(choice="Alpha", iav_mode=mode, rounds=[{"round": 1, "answer": "Alpha"}],
+                      **extra)
+        ev = run(iav, st, ctx)["events"][0]
+        assert ev["threshold"] == threshold_for(ctx, mode) == {"clip": 31.0, "caption": 42.0}[mode]
+        prompt = " ".join(str(m.content) for m in vif_messages({**st, "iav_score": ev["score"]},
+                                                               ctx, ["ocr"]))
+        assert f"(threshold {ev['threshold']:.1f})" in prompt
+
+
+def test_the_context_is_cut_once_alike_for_the_state_the_queries_and_fine_tuning():
+    """``max_context_chars`` cuts the context in one place (texts.cut_context): the prepare
+    node's state, TES/ICR's query, the ranker's context query and the SFT prompts agree."""
+    from test_nodes import prepared, run, settings
+
+    from i2cr.graph.prepare import prepare
+    from i2cr.graph.texts import round_query
+    from i2cr.sft import examples_for
+    from i2cr.texts import context_query, cut_context, icr_query
+
+    ctx = settings(max_context_chars=12)
+    long = "the alpha context, then much more that no query should ever see"
+    up = run(prepare, {"mention": "alpha", "context": long}, ctx)
+    assert up["context"] == cut_context(long, ctx) == long[:12]
+    assert {"type": "context_truncated", "from_chars": len(long), "to_chars": 12} in up["events"]
+    st = prepared(context=long, round=1)
+    assert round_query(st, ctx) == icr_query("alpha", long[:12], [], ctx.embed_query_prefix)
+    assert context_query(long, ctx) == ctx.embed_query_prefix + long[:12]
+    m = Mention(id="s", mention="alpha", context=long, label="Alpha",
+                candidates=[Candidate(name="Alpha", desc="about alpha"),
+                            Candidate(name="Beta", desc="about beta")])
+    text = str(examples_for(m, ctx))
+    assert long[:12] in text and long[:13] not in text
+
+
+def test_fine_tuning_finds_the_gold_by_the_rule_correct_uses():
+    """A gold label with outer white space counts as correct in a record; SFT export takes it
+    as the same candidate (it once refused it as 'not among its candidates')."""
+    from test_nodes import settings
+
+    from i2cr.data import same_entity
+    from i2cr.sft import examples_for
+
+    m = Mention(id="s", mention="alpha", context="the alpha context", label=" alpha ",
+                candidates=[Candidate(name="Alpha", desc="about alpha"),
+                            Candidate(name="Beta", desc="about beta")])
+    assert same_entity("Alpha", m.label)
+    exs = examples_for(m, settings())
+    assert exs and exs[0].form == "round1" and "Alpha" in exs[0].answer
