@@ -63,6 +63,15 @@ def _settings(args: argparse.Namespace):
         raise SystemExit(2) from None
 
 
+def _folder(text: str) -> str:
+    """argparse type: an existing folder (for --image-root: a wrong one would turn every image
+    into 'missing' and the run text-only)."""
+    if not Path(text).is_dir():
+        what = "is not a folder" if Path(text).exists() else "does not exist"
+        raise argparse.ArgumentTypeError(f"{text!r} {what}")
+    return text
+
+
 def _count(text: str) -> int:
     """argparse type: a whole number >= 1 (for --limit, --sample, -n, --concurrency)."""
     try:
@@ -132,6 +141,9 @@ def _writable_file(path: str | None, flag: str) -> None:
 
 
 def cmd_link(args: argparse.Namespace) -> int:
+    if args.resume and not args.out:
+        print("i2cr: --resume goes on from an --out file; give --out", file=sys.stderr)
+        return 2
     settings = _settings(args)
     engine.check_flags(args)
     if not str(args.out or "").endswith(".parquet"):
@@ -224,7 +236,11 @@ def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: b
     images = getattr(stats, "image_failures", None) or {}
     if image_line(images):
         print(f"i2cr: {image_line(images)}", file=sys.stderr)
-    downloads = [k for k in images if k in FAILED_DOWNLOADS]  # the others are the input's
+    downloads = {k: v for k, v in images.items() if k in FAILED_DOWNLOADS}  # others: the input's
+    if downloads:
+        print(f"i2cr: {sum(downloads.values())} image download(s) failed ("
+              + ", ".join(f"{k} {v}" for k, v in sorted(downloads.items()))
+              + "): the exit code is 1", file=sys.stderr)
     if structured:
         print(f"i2cr: {structured} mention(s) asked for structured answers got "
               "free text (the backend took no JSON schema or answered outside it; see "
@@ -428,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead, --out writes them to a JSONL file.")
     pl.add_argument("file", help="I2CR/MELBench JSON (id -> sample), one sample as JSON, or JSONL")
     pl.add_argument("--labels", help="label file (id -> gold name or 'nil') to score the results")
-    pl.add_argument("--image-root", help="folder that image paths are relative to "
+    pl.add_argument("--image-root", type=_folder, help="folder that image paths are relative to "
                     "(default: the input file's folder)")
     pl.add_argument("--out", help="write results as JSONL here (with --resume, skip ids done)")
     pl.add_argument("--resume", action="store_true", help="go on from an earlier --out file")
@@ -463,8 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("mention_id", nargs="?", help="one mention (default: all)")
     pt.add_argument("--mermaid", action="store_true", help="the graph with this mention's path")
     pt.add_argument("--html", metavar="PAGE.html", help="write one self-contained page for the run")
-    pt.add_argument("--image-root", help="folder of the run's images: --html embeds only images "
-                    "under it (default: an eval run's dataset folder)")
+    pt.add_argument("--image-root", type=_folder,
+                    help="folder of the run's images: --html embeds only images under it "
+                    "(default: an eval run's dataset folder)")
     pt.add_argument("--remote-images", action="store_true",
                     help="let the --html page load the data's image URLs (off: nothing remote)")
     pt.set_defaults(func=cmd_trace)
@@ -479,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--out-dir", default=None, metavar="DIR",
                     help="folder for results.jsonl, metrics.json, report.md, stages.png "
                     "(default: runs/eval)")
-    pe.add_argument("--image-root", metavar="DIR",
+    pe.add_argument("--image-root", metavar="DIR", type=_folder,
                     help="folder that image paths are relative to (default: the data file's folder)")
     pe.add_argument("--resume", action="store_true", help="go on from a killed run in --out-dir")
     pe.add_argument("--limit", type=_count, metavar="N",

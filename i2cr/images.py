@@ -16,6 +16,7 @@ import binascii
 import hashlib
 import io
 import ipaddress
+import re
 import socket
 import threading
 from collections import OrderedDict
@@ -336,6 +337,9 @@ def _read_bytes(ref: str, timeout: float, deadline: float = DEFAULT_DEADLINE,
                          f"({e.strerror or type(e).__name__})") from None
 
 
+_ADDRESS = re.compile(r" ?<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
 def decode_image(ref: str, data: bytes) -> LoadedImage:
     try:
         with Image.open(io.BytesIO(data)) as im:
@@ -348,8 +352,11 @@ def decode_image(ref: str, data: bytes) -> LoadedImage:
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        # (PIL names the buffer it read, "<_io.BytesIO object at 0x7f..>": an address that
+        # changes every run, so the reason, and the result file, would not be reproducible)
+        why = _ADDRESS.sub("", str(e))
         raise ImageError("corrupt", f"cannot decode image {_short(ref)} "
-                         f"({type(e).__name__}: {e})") from None
+                         f"({type(e).__name__}: {why})") from None
     return LoadedImage(ref=ref, data=data, image=rgb, sha256=hashlib.sha256(data).hexdigest())
 
 

@@ -461,6 +461,7 @@ def test_images_that_could_not_be_used_are_reported_and_a_failed_download_fails_
             "slow": ("Michael Jordan", "timeout")}
         assert ("2 mention(s) had an image that could not be used (missing 1, timeout 1)"
                 in one_line_error(p))
+        assert "1 image download(s) failed (timeout 1): the exit code is 1" in p.stderr
         p = cli("eval", str(data), str(labels), "--no-progress", "--out-dir", str(tmp_path / "ev"),
                 "--set", "allow_private_urls=true", "--set", "image_timeout=1")
         assert p.returncode == 1, p.stderr[-2000:]
@@ -475,3 +476,38 @@ def test_images_that_could_not_be_used_are_reported_and_a_failed_download_fails_
     p = cli("link", str(gone), "--no-progress")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "1 mention(s) had an image that could not be used (missing 1)" in p.stderr
+
+
+# --- settings and flags a run cannot use are refused up front ---------------------------------
+
+@pytest.mark.parametrize("setting", ["icr_threshold=nan", "nil_threshold=inf", "iav_threshold=-inf",
+                                     "image_timeout=-1", "image_timeout=0"])
+def test_a_setting_no_run_can_use_is_refused(setting):
+    name, value = setting.split("=")
+    with pytest.raises(ValueError, match=name):  # a NaN threshold compared false with everything
+        Context.from_overrides({name: value})
+
+
+def test_a_wrong_image_root_or_resume_without_out_exit_2_before_linking(tmp_path):
+    data = write_json(tmp_path / "data.json", {"good": GOOD})
+    p = cli("link", str(data), "--image-root", str(tmp_path / "nope"), "--no-progress")
+    assert p.returncode == 2 and p.stdout == ""  # was 0, every image 'missing', all linked
+    assert "does not exist" in p.stderr and "Traceback" not in p.stderr
+    p = cli("link", str(data), "--image-root", str(data), "--no-progress")
+    assert p.returncode == 2 and "is not a folder" in p.stderr
+    p = cli("link", str(data), "--resume", "--no-progress")
+    assert p.returncode == 2 and "--resume goes on from an --out file" in one_line_error(p)
+    p = cli("link", str(data), "--set", "icr_threshold=nan", "--no-progress")
+    assert p.returncode == 2 and "must be a finite number" in one_line_error(p)
+
+
+def test_a_corrupt_images_reason_is_the_same_in_every_run(tmp_path):
+    from i2cr.images import ImageError, decode_image
+
+    reasons = set()
+    for _ in range(2):
+        with pytest.raises(ImageError) as e:
+            decode_image("x.png", b"not an image at all")
+        reasons.add(e.value.reason)
+    (reason,) = reasons  # PIL named the buffer by its address: a new reason every run
+    assert "0x" not in reason and "cannot decode image" in reason

@@ -9,6 +9,7 @@ once, into :class:`Resolved` (``Context.resolved``), which the nodes read.
 
 from __future__ import annotations
 
+import math
 import os
 import types
 import typing
@@ -261,6 +262,12 @@ class Context:
             env = os.environ.get(f"I2CR_{f.name.upper()}")
             if env is not None:
                 object.__setattr__(self, f.name, coerce_setting(env, hints[f.name], f.name))
+        for f in fields(self):  # a NaN threshold compares false with everything: refused
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"setting {f.name!r} must be a finite number, not {v}")
+        if self.image_timeout <= 0:
+            raise ValueError(f"image_timeout must be > 0 seconds, not {self.image_timeout}")
         if self.max_reflections < 0:
             raise ValueError("max_reflections must be >= 0")
         if self.iav_mode not in {"auto", "clip", "caption", "off"}:
