@@ -29,8 +29,8 @@ from .embeddings import ModelUnavailable
 from .engine import commands as engine
 from .eval.bench import bench, bench_ray
 from .eval.harness import evaluate
-from .eval.metrics import FAILED_DOWNLOADS
-from .eval.report import failures, image_line, stage_rows
+from .eval.metrics import failed_downloads
+from .eval.report import counted, failures, image_line, stage_rows
 from .eval.runner import RunStats, check_items, read_results, run
 from .graph import Context, compile_graph, graph, resources
 from .graph.events import is_llm_call
@@ -236,11 +236,10 @@ def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: b
     images = getattr(stats, "image_failures", None) or {}
     if image_line(images):
         print(f"i2cr: {image_line(images)}", file=sys.stderr)
-    downloads = {k: v for k, v in images.items() if k in FAILED_DOWNLOADS}  # others: the input's
+    downloads = failed_downloads(images)  # the other kinds are the input's
     if downloads:
-        print(f"i2cr: {sum(downloads.values())} image download(s) failed ("
-              + ", ".join(f"{k} {v}" for k, v in sorted(downloads.items()))
-              + "): the exit code is 1", file=sys.stderr)
+        print(f"i2cr: {sum(downloads.values())} image download(s) failed ({counted(downloads)}): "
+              "the exit code is 1", file=sys.stderr)
     if structured:
         print(f"i2cr: {structured} mention(s) asked for structured answers got "
               "free text (the backend took no JSON schema or answered outside it; see "

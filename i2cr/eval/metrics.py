@@ -62,6 +62,11 @@ def image_failures(recs: Iterable[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(Counter(w for r in recs if (w := image_failure(r)) is not None).items()))
 
 
+def failed_downloads(kinds: dict[str, int]) -> dict[str, int]:
+    """The part of :func:`image_failures`' counts that fails a run: the failed downloads."""
+    return {k: v for k, v in kinds.items() if k in FAILED_DOWNLOADS}
+
+
 def structured_fallback(rec: dict[str, Any]) -> bool:
     """Whether a TES answer asked for with a JSON schema came back as free text (the backend took
     no schema, refused it, or answered outside it): the event's ``structured_error`` says why."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .metrics import FAILED_DOWNLOADS
+from .metrics import failed_downloads
 
 STAGE_LABELS = {"first": "TES first answer", "icr": "after ICR (text answer)",
                 "iav": "after IAV (round 1)", "final": "final"}
@@ -19,13 +19,17 @@ def _num(x: float | None, fmt: str = "{:.2f}") -> str:
     return "—" if x is None else fmt.format(x)
 
 
+def counted(kinds: dict[str, int]) -> str:
+    """``"missing 2, timeout 1"``: counts by kind, in one phrase."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+
+
 def image_line(kinds: dict[str, int]) -> str | None:
     """One line on the images a run could not use (by why), or None when it used them all."""
     if not kinds:
         return None
-    return (f"{sum(kinds.values())} mention(s) had an image that could not be used ("
-            + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
-            + "); they were linked without it (see image_reason)")
+    return (f"{sum(kinds.values())} mention(s) had an image that could not be used "
+            f"({counted(kinds)}); they were linked without it (see image_reason)")
 
 
 def failures(metrics: dict[str, Any]) -> list[str]:
@@ -40,12 +44,10 @@ def failures(metrics: dict[str, Any]) -> list[str]:
         out.append(f"{metrics['llm_failed_mentions']} mention(s) with failed LLM calls "
                    f"({c.get('llm_failed_calls', 0)} calls; {c.get('tes_fallbacks', 0)} TES "
                    "answers from the embedding fallback, not the LLM)")
-    downloads = {k: v for k, v in (metrics.get("image_failures") or {}).items()
-                 if k in FAILED_DOWNLOADS}
+    downloads = failed_downloads(metrics.get("image_failures") or {})
     if downloads:
-        out.append(f"{sum(downloads.values())} mention(s) whose image download failed ("
-                   + ", ".join(f"{k} {v}" for k, v in downloads.items())
-                   + "; linked without it, see image_reason)")
+        out.append(f"{sum(downloads.values())} mention(s) whose image download failed "
+                   f"({counted(downloads)}; linked without it, see image_reason)")
     if metrics.get("structured_fallback_mentions"):
         out.append(f"{metrics['structured_fallback_mentions']} mention(s) asked for structured "
                    "answers got free text (see the tes_answer events' structured_error)")

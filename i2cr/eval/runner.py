@@ -32,7 +32,7 @@ from ..graph.state import Clue
 from ..graph.texts import clue_sequence
 from ..linker import error_record, link_mention
 from ..texts import entity_text, query_for
-from .metrics import image_failures, llm_failed, structured_fallback
+from .metrics import image_failure, llm_failed, structured_fallback
 
 Warn = Callable[[str], None]
 
@@ -206,8 +206,9 @@ class RunStats:
         self.errors += rec.get("error") is not None
         self.llm_failed += llm_failed(rec)
         self.structured_fallbacks += structured_fallback(rec)
-        for why, n in image_failures([rec]).items():
-            self.image_failures[why] = self.image_failures.get(why, 0) + n
+        why = image_failure(rec)
+        if why is not None:
+            self.image_failures[why] = self.image_failures.get(why, 0) + 1
 
     def rates(self) -> dict[str, float | None]:
         return {"linking_mentions_per_s": self.linked / self.link_s if self.link_s else None,
