@@ -407,8 +407,8 @@ def cmd_kb_build(args: argparse.Namespace) -> int:
     meta = build(args.source, args.out, embedder=settings.embedder, encode=emb.raw_encode,
                  dtype=emb.dtype,
                  kind=args.format, batch_size=args.batch_size, progress=not args.no_progress)
-    print(json.dumps({k: meta.get(k) for k in ("entities", "bad", "embedder", "dim", "build_s",
-                                               "size_bytes", "ann")}))
+    print(json.dumps({k: meta.get(k) for k in ("entities", "bad", "repeated", "embedder", "dim",
+                                               "build_s", "size_bytes", "ann")}))
     return 1 if meta.get("bad") else 0
 
 

@@ -89,7 +89,8 @@ def test_bad_lines_are_each_reported_and_counted(tmp_path):
     meta = build(src, tmp_path / "kb", embedder=EMBEDDER, encode=encoder(), progress=False,
                  warn=said.append)
     assert meta["bad"] == 5 and meta["entities"] == 2  # the repeated id is skipped, not bad
-    assert [s.split(": ")[0].rsplit(" ", 1)[-1] for s in said] == ["2", "3", "4", "5", "6"]
+    assert meta["repeated"] == 1 and "repeats line 1's id 'Q41421'" in said[-1]
+    assert [s.split(": ")[0].rsplit(" ", 1)[-1] for s in said] == ["2", "3", "4", "5", "6", "8"]
     assert all(s.startswith(str(src)) and s.endswith("; skipped") and "\n" not in s for s in said)
     assert "malformed JSON" in said[0] and "'id' is missing" in said[1]
     assert "'name' is missing" in said[2] and "'prior'" in said[3] and "'aliases'" in said[4]

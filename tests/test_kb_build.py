@@ -120,8 +120,10 @@ def test_repeated_ids_are_skipped_through_the_registry_across_and_within_batches
     rows = [*entities(range(6)), *entities([2, 2, 6, 0]), *entities([7, 6, 8, 1])]
     src = write_jsonl(tmp_path / "e.jsonl", rows)
     calls: list[str] = []
+    # the source's repeated ids never reach a batch (the source names them): 9 entities, so two
+    # batches of 4 are written before the stop
     meta = build(src, tmp_path / "kb", embedder=EMB, encode=encoder(calls), batch_size=4,
-                 progress=False, stop_after=3)
+                 progress=False, stop_after=2)
     # mid-build, the registry holds exactly the table's ids, stamped with the table's version
     ids, version = registry_rows(tmp_path / "kb")
     have = table_ids(tmp_path / "kb")
@@ -133,6 +135,7 @@ def test_repeated_ids_are_skipped_through_the_registry_across_and_within_batches
     got = table_ids(tmp_path / "kb")
     assert sorted(got) == sorted(f"E{i}" for i in range(9)) and len(got) == len(set(got))
     assert len(calls) == 9  # each entity embedded once
+    assert meta["repeated"] == 5 and meta["skipped_now"] == 8  # the resumed build's, by registry
     assert meta["complete"] and not (tmp_path / "kb" / kb_ids.FILE).exists()
 
 
@@ -316,3 +319,113 @@ def test_a_dataset_source_deduplicates_on_disk(tmp_path, monkeypatch):
     assert len(got) == 2001 and list(scratch.iterdir()) == []
     shared = next(e for e in got if getattr(e, "id", None) == "Q1")
     assert dict(shared.alias_priors) == {f"surface {k}": 0.5 for k in range(10)}
+
+
+# --- hostile use of `i2cr kb build` (a fresh clone's review) -----------------------------------
+
+def test_a_second_build_into_the_same_folder_is_refused_while_one_runs(tmp_path):
+    """Two builds into one folder gave a traceback (each wrote the table and removed the other's
+    registry): the build holds an exclusive lock, and a second one is refused in one line (exit
+    2 from the CLI), leaving the folder as it was."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    src = write_jsonl(tmp_path / "e.jsonl", entities(range(8)))
+    out = tmp_path / "kb"
+    out.mkdir()
+    with open(out / kb_index.LOCK, "a+b") as held:  # the build that runs
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(kb_index.KBError, match=f"KB {out} is being built by another process"):
+            build(src, out, embedder=EMB, encode=encoder(), progress=False)
+        p = subprocess.run([sys.executable, "-m", "i2cr.cli", "kb", "build", str(src), "--out",
+                            str(out), "--no-progress"], capture_output=True, text=True,
+                           timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT),
+                                                 HF_HUB_OFFLINE="1"))
+        assert p.returncode == 2, p.stderr[-2000:]
+        assert "Traceback" not in p.stderr
+        assert p.stderr.strip().splitlines()[-1] == \
+            f"i2cr: KB {out} is being built by another process"
+        assert sorted(x.name for x in out.iterdir()) == [kb_index.LOCK]  # nothing written
+    meta = build(src, out, embedder=EMB, encode=encoder(), progress=False)  # lock released
+    assert meta["complete"] and meta["entities"] == 8
+
+
+def test_repeated_ids_in_a_source_are_named_with_their_lines(tmp_path):
+    """Repeated ids were counted among the 'already there' ones, never named: the first few are
+    named with both lines, the others counted in one more line."""
+    rows = [*entities(range(3)), *entities([1]), *entities([3]), *entities([0, 2, 1, 1])]
+    src = write_jsonl(tmp_path / "e.jsonl", rows)
+    said: list[str] = []
+    meta = build(src, tmp_path / "kb", embedder=EMB, encode=encoder(), progress=False,
+                 warn=said.append)
+    assert meta["entities"] == 4 and meta["repeated"] == 5 and meta["bad"] == 0
+    assert said[:3] == [f"{src} line 4: repeats line 2's id 'E1' (that line is kept); skipped",
+                        f"{src} line 6: repeats line 1's id 'E0' (that line is kept); skipped",
+                        f"{src} line 7: repeats line 3's id 'E2' (that line is kept); skipped"]
+    assert said[3:] == [f"{src}: 5 line(s) repeat an earlier line's id (3 named above); skipped "
+                        "(the first of each is kept)"]
+    rows = {r["id"]: r for r in KB(tmp_path / "kb").table.to_arrow().to_pylist()}
+    assert rows["E1"]["name"] == "Entity number 1"  # the first line's entity
+
+
+def test_an_alias_prior_is_a_probability_and_one_above_1_refuses_its_line(tmp_path):
+    """An alias prior is p(entity | alias) (README, the KB section): 1.5 was taken silently.
+    Its line is refused naming the field, the rest builds; an entity's own prior has no upper
+    bound in the docs (popularity or p(entity | mention)), so 3.0 stays accepted."""
+    rows = [{"id": "A", "name": "Alpha", "aliases": [{"name": "Al", "prior": 1.5}]},
+            {"id": "B", "name": "Beta", "aliases": [{"name": "Be", "prior": 1.0}], "prior": 3.0},
+            {"id": "C", "name": "Gamma", "aliases": ["G", {"name": "Ga", "prior": 0}]}]
+    src = write_jsonl(tmp_path / "e.jsonl", rows)
+    said: list[str] = []
+    meta = build(src, tmp_path / "kb", embedder=EMB, encode=encoder(), progress=False,
+                 warn=said.append)
+    assert meta["bad"] == 1 and meta["entities"] == 2
+    assert said == [f"{src} line 1: 'aliases': the prior of alias 'Al' is p(entity | alias), a "
+                    "probability within 0..1, not 1.5; skipped"]
+    got = {r["id"]: r for r in KB(tmp_path / "kb").table.to_arrow().to_pylist()}
+    assert got["B"]["prior"] == 3.0 and got["B"]["alias_priors"] == [1.0]
+    # a dataset's candidate priors become alias priors as the data gave them (its generator's
+    # scores); the aliases a candidate writes itself are checked as an entity's are
+    data = {"m1": {"mention": "Al", "Candentity": [
+        {"qid": "Q1", "name": "Alpha", "prior": 4.0},
+        {"qid": "Q2", "name": "Beta", "aliases": [{"name": "B", "prior": 2}]}]}}
+    got_ds = list(read_dataset(write_jsonl(tmp_path / "d.json", [json.dumps(data)])))
+    assert [getattr(e, "id", None) for e in got_ds] == ["Q1", None]
+    assert dict(got_ds[0].alias_priors) == {"al": 4.0}
+    assert "record m1 candidate 1: 'aliases': the prior of alias 'B'" in str(got_ds[1])
+
+
+@pytest.mark.parametrize("how", ["every line bad", "error mid-build"])
+def test_a_failed_build_removes_the_folder_it_made_and_only_that(tmp_path, how):
+    """A failed build into a new folder left it behind (with an unfinished kb.json, which a
+    later `--kb` reported as a build that did not finish): the folder it made, parents
+    included, is removed; a folder that was there before the build is kept."""
+    if how == "every line bad":
+        src = write_jsonl(tmp_path / "e.jsonl", ["{not json", {"id": "x"}])
+        encode, error = encoder(), kb_index.KBError
+    else:
+        src = write_jsonl(tmp_path / "e.jsonl", entities(range(12)))
+        done: list[str] = []
+
+        def encode(texts):  # the second batch fails
+            if done:
+                raise RuntimeError("the embedder died")
+            done.extend(texts)
+            return encoder()(texts)
+        error = RuntimeError
+    new = tmp_path / "new" / "kb"
+    with pytest.raises(error):
+        build(src, new, embedder=EMB, encode=encode, batch_size=4, progress=False, warn=None)
+    assert not (tmp_path / "new").exists()
+    there = tmp_path / "there"
+    there.mkdir()
+    (there / "notes.txt").write_text("mine")
+    if how == "error mid-build":
+        done.clear()
+    with pytest.raises(error):
+        build(src, there, embedder=EMB, encode=encode, batch_size=4, progress=False, warn=None)
+    assert (there / "notes.txt").read_text() == "mine"

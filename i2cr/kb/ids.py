@@ -87,6 +87,32 @@ class KeySet:
             Path(str(self.path) + suffix).unlink(missing_ok=True)
 
 
+class FirstSeen:
+    """Where each key was first seen (a source's ids and their lines), in an SQLite file at
+    ``path``: a scratch file, so neither durable nor journalled."""
+
+    def __init__(self, path: str | Path):
+        self.db = sqlite3.connect(Path(path))
+        self.db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY, at INTEGER) "
+                        "WITHOUT ROWID")
+        self._added = 0
+
+    def first(self, key: str, at: int) -> int | None:
+        """Where ``key`` was first seen, or None (and ``at`` is kept) when this is the first."""
+        if self.db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (key, at)).rowcount:
+            self._added += 1
+            if not self._added % 4096:
+                self.db.commit()
+            return None
+        return int(self.db.execute("SELECT at FROM seen WHERE id = ?", (key,)).fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+
 class IdRegistry(KeySet):
     """The set of ids of a KB's table, on disk at ``kb_dir/ids.sqlite``, stamped with the table
     version it copies (see the module's doc)."""

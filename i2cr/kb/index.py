@@ -7,18 +7,22 @@ is an alias generates the entities of that alias, and each gets the alias's prio
 
 A KB folder holds ``kb.json`` (the embedder, the vector size, the build's counts and time, whether
 the build finished) and the LanceDB database ``lance/`` (and, while a build runs, ``ids.sqlite``:
-the ids the table holds, see :mod:`.ids`). The build streams its source in batches (bounded
-memory), skips ids already in the table (so an interrupted build resumes), reports progress on
-stderr and refuses a KB made with another embedder.
+the ids the table holds, see :mod:`.ids`), and ``build.lock``, which a build holds (an exclusive
+``flock``) so that a second build into the same folder is refused while one runs. The build
+streams its source in batches (bounded memory), skips ids already in the table (so an
+interrupted build resumes), reports progress on stderr and refuses a KB made with another
+embedder. A build that fails removes the folder it made (never one that was there before).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,9 +33,11 @@ from ..data import DataError
 from ..names import demonym_forms, fold, mention_forms, title_parts
 from ..texts import entity_text
 from .ids import IdRegistry
-from .source import BadEntity, Entity, alias_key, read_source
+from .source import BadEntity, Entity, Repeated, alias_key, read_source
 
 META = "kb.json"
+LOCK = "build.lock"
+REPEATED_NAMED = 3  # repeated ids named one by one in a build's warnings; the rest are counted
 DB = "lance"
 TABLE = "entities"
 FORMAT = 1
@@ -127,7 +133,11 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
     """Build (or resume building) the KB at ``out`` from ``source``; returns its metadata.
 
     ``encode`` turns entity texts into L2-normalised vectors (the embedder named ``embedder``).
-    Bad source lines are reported through ``warn`` one line each and counted in ``bad``.
+    Bad source lines are reported through ``warn`` one line each and counted in ``bad``; lines
+    that repeat an earlier line's id are skipped and counted in ``repeated``, the first
+    ``REPEATED_NAMED`` of them named through ``warn`` (with both lines). A second build into the
+    same folder while one runs is refused (:func:`build_lock`); a build that fails with an error
+    (not one interrupted: that one resumes) removes the folder it made.
     ``stop_after`` stops after that many batches, leaving the build unfinished (tests use it to
     interrupt a build). ``phase`` is told each phase as it starts: ``ingest``, ``compact``,
     ``fts``, ``labels``, ``ann`` (only with an ANN index), then ``done`` (the benchmark
@@ -146,13 +156,60 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise KBError("names a file, not a folder", source=str(out))
-    existing = (out / META).is_file()
-    meta = read_meta(out) if existing else None
-    if meta and meta["embedder"] != embedder:
+    if (out / META).is_file():  # refused before the source is read
+        _check_embedder(out, read_meta(out), embedder)
+    entities = read_source(source, kind)  # raises on a missing source before anything is made
+    made = out if not out.exists() else None  # the folder this build makes (its parents too)
+    while made is not None and not made.parent.exists():
+        made = made.parent
+    out.mkdir(parents=True, exist_ok=True)
+    with build_lock(out):
+        try:
+            return _build(lancedb, source, out, entities, embedder=embedder, encode=encode,
+                          dtype=dtype, batch_size=batch_size, progress=progress, warn=warn,
+                          ann_min_rows=ann_min_rows, stop_after=stop_after, phase=phase)
+        except Exception:
+            if made is not None:  # a failed build leaves nothing behind in a folder it made
+                shutil.rmtree(made, ignore_errors=True)
+            raise
+        finally:
+            close = getattr(entities, "close", None)
+            if close is not None:  # (a failure before the source was read)
+                close()
+
+
+def _check_embedder(out: Path, meta: dict[str, Any], embedder: str) -> None:
+    if meta["embedder"] != embedder:
         raise KBError(f"was built with embedder {meta['embedder']!r}, not {embedder!r}: build into "
                       "a new folder, or use the same embedder", source=str(out))
-    entities = read_source(source, kind)  # raises on a missing source before anything is made
-    out.mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def build_lock(out: Path) -> Iterator[None]:
+    """Hold the KB folder's build lock (``build.lock``, an exclusive ``flock``, released when
+    the build ends or its process dies), or :class:`KBError` at once when another process holds
+    it: two builds into one folder would each write the table and remove the other's registry."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): builds are not guarded against each other
+        yield
+        return
+    with open(out / LOCK, "a+b") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: another process holds it
+            raise KBError(f"KB {out} is being built by another process") from None
+        yield
+
+
+def _build(lancedb: Any, source: str | Path, out: Path, entities: Iterable[Any], *, embedder: str,
+           encode: Callable[[list[str]], np.ndarray], dtype: str | None, batch_size: int,
+           progress: bool, warn: Callable[[str], None] | None, ann_min_rows: int,
+           stop_after: int | None, phase: Callable[[str], None] | None) -> dict[str, Any]:
+    """:func:`build`'s work, in the folder ``out`` it has made and locked."""
+    meta = read_meta(out) if (out / META).is_file() else None
+    if meta:  # (read again under the lock)
+        _check_embedder(out, meta, embedder)
     db = lancedb.connect(str(out / DB))
     table = db.open_table(TABLE) if TABLE in db.list_tables().tables else None
     if table is not None and not _has_alias_table(table):
@@ -168,7 +225,7 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
     if phase is not None:
         phase("ingest")
     t0, base_s = time.perf_counter(), float(meta.get("build_s") or 0.0)
-    added = skipped = bad = seen = batches = 0
+    added = skipped = bad = seen = batches = repeated = 0
     last_report = 0.0
     registry = IdRegistry(out, table)
 
@@ -209,6 +266,11 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
                 if warn is not None:
                     warn(str(item))
                 continue
+            if isinstance(item, Repeated):  # the first few named, the others counted
+                repeated += 1
+                if warn is not None and repeated <= REPEATED_NAMED:
+                    warn(str(item))
+                continue
             seen += 1
             batch.append(item)
             if len(batch) >= batch_size:
@@ -227,18 +289,22 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
             flush(batch)
     finally:
         close = getattr(entities, "close", None)
-        if close is not None:  # a dataset source's scratch files go now, not at collection
+        if close is not None:  # a source's scratch files go now, not at collection
             close()
         registry.close()
+    if repeated > REPEATED_NAMED and warn is not None:
+        warn(f"{source}: {repeated:,} line(s) repeat an earlier line's id ({REPEATED_NAMED} named "
+             "above); skipped (the first of each is kept)")
     if table is None:
         registry.remove()
         raise KBError(f"no usable entity in the source ({bad} bad line(s))", source=str(source))
     if progress:
-        _say(f"{seen:,} entities read, {added:,} added, {skipped:,} already there, {bad:,} bad; "
-             "indexing ...")
+        _say(f"{seen:,} entities read, {added:,} added, {skipped:,} already there, {bad:,} bad, "
+             f"{repeated:,} repeated ids; indexing ...")
     registry.remove()  # indexing moves the table's version on: a later build rebuilds it
     rows, ann = _index(table, ann_min_rows, phase)
-    meta.update(complete=True, entities=rows, bad=bad, added_now=added, skipped_now=skipped,
+    meta.update(complete=True, entities=rows, bad=bad, repeated=repeated, added_now=added,
+                skipped_now=skipped,
                 ann=ann, alias_entities=table.count_rows("array_length(alias_keys) > 0"),
                 build_s=round(base_s + time.perf_counter() - t0, 3))
     _write_meta(out, meta)

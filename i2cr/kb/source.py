@@ -10,7 +10,8 @@ mentions of the same surface), never the entity's own prior. Only the dataset's 
 candidate lists are read (no label); the keys already given and the alias table are kept on disk
 while it is read (:func:`read_dataset`). Both sources are read as a stream of :class:`Entity`; a bad
 line or candidate is yielded as a :class:`BadEntity` naming where it is and why, so the builder
-can report and count it.
+can report and count it; an entities line whose id an earlier line gave is yielded as a
+:class:`Repeated` naming both lines (the first is kept).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 from ..data import DataError, iter_records
 from ..names import fold, mention_forms, strip_mention
-from .ids import KeySet
+from .ids import FirstSeen, KeySet
 
 _QID = re.compile(r"^Q[1-9][0-9]*$")
 MAX_ALIASES = 50
@@ -65,6 +66,18 @@ class BadEntity:
         return f"{self.where}: {self.reason}; skipped"
 
 
+@dataclass(frozen=True)
+class Repeated:
+    """An entity whose id an earlier line of the same source gave: skipped, the first is kept."""
+    where: str  # "FILE line N"
+    id: str
+    first: int  # the line that gave the id first
+
+    def __str__(self) -> str:
+        return f"{self.where}: repeats line {self.first}'s id {self.id[:80]!r} (that line is " \
+            "kept); skipped"
+
+
 def alias_key(surface: str) -> str:
     """The normalised surface form an alias is stored and looked up under: folded, without a
     possessive or a leading article (the first of :func:`i2cr.names.mention_forms`); '' if none."""
@@ -78,8 +91,19 @@ def _prior(v: Any, what: str) -> float:
     return float(v)
 
 
-def _aliases(raw: Any) -> tuple[list[str], dict[str, float]]:
-    """(alias strings, alias_key -> its largest prior) of an ``aliases`` field."""
+def _alias_prior(v: Any, name: str) -> float:
+    """An alias's prior: p(entity | that surface form), so a probability (0..1)."""
+    p = _prior(v, f"'aliases': the prior of alias {name[:40]!r}")
+    if p > 1:
+        raise ValueError(f"'aliases': the prior of alias {name[:40]!r} is p(entity | alias), a "
+                         f"probability within 0..1, not {v!r}"[:160])
+    return p
+
+
+def _aliases(raw: Any, *, probabilities: bool = True) -> tuple[list[str], dict[str, float]]:
+    """(alias strings, alias_key -> its largest prior) of an ``aliases`` field. An alias's prior
+    is checked to be a probability (0..1) unless ``probabilities`` is off (a dataset's alias
+    table, whose priors are its candidates', as the data gave them)."""
     if isinstance(raw, (str, dict)):
         raw = [raw]
     if not isinstance(raw, list):
@@ -93,7 +117,8 @@ def _aliases(raw: Any) -> tuple[list[str], dict[str, float]]:
                 raise ValueError("an alias object needs a string 'name'")
             if a.get("prior") is not None:
                 key = alias_key(n)
-                p = _prior(a["prior"], f"the prior of alias {n[:40]!r}")
+                p = _alias_prior(a["prior"], n) if probabilities else \
+                    _prior(a["prior"], f"the prior of alias {n[:40]!r}")
                 if key:
                     priors[key] = max(p, priors.get(key, p))
             a = n
@@ -114,8 +139,9 @@ def _text(v: Any, what: str, *, required: bool = False) -> str:
     return v[:MAX_FIELD_CHARS]
 
 
-def parse_entity(rec: Any) -> Entity:
-    """One entity record, validated; ValueError with a one-line reason when it is not usable."""
+def parse_entity(rec: Any, *, alias_probabilities: bool = True) -> Entity:
+    """One entity record, validated; ValueError with a one-line reason when it is not usable.
+    (``alias_probabilities``: see :func:`_aliases`.)"""
     if not isinstance(rec, dict):
         raise ValueError(f"expected an object, got {type(rec).__name__}")
     if "id" not in rec:
@@ -127,7 +153,8 @@ def parse_entity(rec: Any) -> Entity:
         raise ValueError("'name' is missing")
     name = _text(rec["name"], "name", required=True)
     desc = _text(rec.get("desc", rec.get("description")), "desc")
-    alias_names, alias_priors = _aliases(rec.get("aliases") or [])
+    alias_names, alias_priors = _aliases(rec.get("aliases") or [],
+                                         probabilities=alias_probabilities)
     prior = rec.get("prior")
     if prior is not None:
         prior = _prior(prior, "'prior'")
@@ -174,18 +201,29 @@ def source_kind(path: str | Path) -> str:
     return "entities"
 
 
-def read_entities(path: str | Path) -> Iterator[Entity | BadEntity]:
-    """Stream the entities of a JSONL file, one line at a time (bounded memory)."""
+def read_entities(path: str | Path) -> Iterator[Entity | BadEntity | Repeated]:
+    """Stream the entities of a JSONL file, one line at a time (bounded memory: the ids given so
+    far, with their lines, are kept in a scratch SQLite file, removed when the stream ends or is
+    closed)."""
     path = Path(path)
-    for lineno, rec in _jsonl(path):
-        where = f"{path} line {lineno}"
-        if isinstance(rec, ValueError):
-            yield BadEntity(where, str(rec))
-            continue
-        try:
-            yield parse_entity(rec)
-        except ValueError as e:
-            yield BadEntity(where, str(e))
+    scratch = tempfile.TemporaryDirectory(prefix="i2cr-kb-source-")
+    seen = FirstSeen(Path(scratch.name) / "ids.sqlite")
+    try:
+        for lineno, rec in _jsonl(path):
+            where = f"{path} line {lineno}"
+            if isinstance(rec, ValueError):
+                yield BadEntity(where, str(rec))
+                continue
+            try:
+                ent = parse_entity(rec)
+            except ValueError as e:
+                yield BadEntity(where, str(e))
+                continue
+            first = seen.first(ent.id, lineno)
+            yield ent if first is None else Repeated(where, ent.id, first)
+    finally:
+        seen.close()
+        scratch.cleanup()
 
 
 def dataset_key(cand: dict[str, Any]) -> str:
@@ -296,10 +334,12 @@ def read_dataset(path: str | Path) -> Iterator[Entity | BadEntity]:
                     # entity's
                     own = c.get("aliases") or []
                     own = [own] if isinstance(own, (str, dict)) else own
+                    _aliases(own)  # the candidate's own alias priors are probabilities
                     table = [{"name": n, "prior": p} for n, p in aliases.get(key).values()]
                     ent = parse_entity({**{f: v for f, v in c.items() if f != "prior"},
                                         "id": key, "aliases": [*own, *table]
-                                        if isinstance(own, list) else own})
+                                        if isinstance(own, list) else own},
+                                       alias_probabilities=False)
                 except ValueError as e:
                     yield BadEntity(f"{path} record {rid} candidate {i}", str(e))
                     continue
@@ -311,7 +351,8 @@ def read_dataset(path: str | Path) -> Iterator[Entity | BadEntity]:
         scratch.cleanup()
 
 
-def read_source(path: str | Path, kind: str = "auto") -> Iterator[Entity | BadEntity]:
+def read_source(path: str | Path, kind: str = "auto"
+                ) -> Iterator[Entity | BadEntity | Repeated]:
     path = Path(path)
     if not path.is_file():
         raise DataError("is not a file" if path.exists() else "file not found", source=str(path))
