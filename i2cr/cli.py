@@ -17,6 +17,7 @@ import json
 import os
 import sqlite3
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,26 +26,30 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from . import llm
 from .data import DataError, load_labels, load_mentions, shuffle_candidates
-from .embeddings import ModelUnavailable
+from .embeddings import ModelUnavailable, store_folder
 from .engine import commands as engine
+from .envvars import warn_unknown
 from .eval.bench import bench, bench_ray
 from .eval.harness import evaluate
 from .eval.metrics import failed_downloads
 from .eval.report import counted, failures, image_line, stage_rows
-from .eval.runner import RunStats, check_items, read_results, run
+from .eval.runner import RunStats, check_items, read_results, run, warn_stderr
 from .graph import Context, compile_graph, graph, resources
 from .graph.events import is_llm_call
 from .kb import build, open_kb
 from .kb.report import kb_lines
-from .linker import link_mention
+from .linker import is_result, link_mention
 from .llm import BackendError, check_backend
 from .redact import scrub
 from .sft import export
 from .store import mark, problems
 from .trace import printable, render_html, render_mermaid, render_tree
+from .trace_page import NO_ROOT, embeddable_image
 
 
-def _settings(args: argparse.Namespace):
+def _settings(args: argparse.Namespace, *, embeds: bool = True):
+    """The run's settings from --set, --llm and --kb, or exit 2 naming the bad one; ``embeds``:
+    the command embeds texts, so its embedding cache must be a folder it can make."""
     overrides: dict[str, Any] = {}
     for item in args.set or []:
         k, sep, v = item.partition("=")
@@ -57,10 +62,36 @@ def _settings(args: argparse.Namespace):
     if getattr(args, "kb", None):
         overrides["kb"] = args.kb
     try:
-        return Context.from_overrides(overrides)
+        settings = Context.from_overrides(overrides)
+        if embeds:
+            _check_cache_folder(settings.embedding_cache, "embedding_cache")
+        return settings
     except (ValueError, TypeError) as e:  # unusable input, as a bad path is: exit code 2
         print(f"i2cr: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _check_cache_folder(folder: str | None, setting: str) -> None:
+    """ValueError naming the path when a cache folder can neither be found nor made: a path
+    under a file, or where nothing may be written (e.g. /proc/x). That is a bad setting, refused
+    before the run; a cache that exists but is damaged (a file in the folder's place, a broken
+    database) is the run's failure: bypassed, reported and exit code 1 (:mod:`i2cr.store`)."""
+    folder = store_folder(folder)
+    if folder is None:  # switched off
+        return
+    path = Path(folder).expanduser()
+    near = path
+    while not near.exists() and near != near.parent:
+        near = near.parent
+    if not near.is_dir():
+        if near == path:
+            return
+        raise ValueError(f"setting {setting!r}: cannot make the folder {path}: {near} is a file")
+    try:  # made and removed at once: the run makes the folder itself
+        os.rmdir(tempfile.mkdtemp(prefix=".i2cr-probe-", dir=near))
+    except OSError as e:
+        raise ValueError(f"setting {setting!r}: cannot make the folder {path}: nothing can be "
+                         f"written in {near} ({e.strerror or type(e).__name__})") from None
 
 
 def _folder(text: str) -> str:
@@ -308,12 +339,20 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"i2cr: no results file at {path}", file=sys.stderr)
         return 2
-    recs = read_results(path)
+    skipped: list[str] = []
+    recs = read_results(path, warn=skipped.append)
+    if not any(is_result(r) for r in recs):  # e.g. the input file given instead of its results
+        print(f"i2cr: {path} holds no trace records (the results of `i2cr link --out` or of "
+              "`i2cr eval`: one JSON record per line with id, answer and error)", file=sys.stderr)
+        return 2
+    for w in skipped:
+        warn_stderr(w)
     if args.html:
         root = args.image_root or _dataset_folder(path)
-        if root is None:
-            print("i2cr: local images are not embedded: give --image-root (only images under it "
-                  "are)", file=sys.stderr)
+        local = sum(embeddable_image(r.get("image"), None)[1] == NO_ROOT for r in recs)
+        if root is None and local:
+            print(f"i2cr: {local} local image(s) are not embedded: give --image-root (only images "
+                  "under it are)", file=sys.stderr)
         Path(args.html).write_text(render_html(recs, title=f"i2cr run: {path}", image_root=root,
                                                remote_images=args.remote_images), encoding="utf-8")
         print(f"wrote {args.html} ({len(recs)} mentions)", file=sys.stderr)
@@ -415,7 +454,7 @@ def cmd_kb_build(args: argparse.Namespace) -> int:
 def cmd_sft_export(args: argparse.Namespace) -> int:
     if args.prompt_profile:
         args.set = [*(args.set or []), f"prompt_profile={args.prompt_profile}"]
-    settings = _settings(args)
+    settings = _settings(args, embeds=False)
     st = export(args.data, args.labels, args.out, fmt=args.format, settings=settings,
                 seed=args.seed, warn=lambda e: print(f"i2cr: {e}", file=sys.stderr))
     forms = ", ".join(f"{k} {v}" for k, v in sorted(st.forms.items()))
@@ -585,6 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    warn_unknown(os.environ)  # a misspelt I2CR_* variable is named, not silently ignored
     args.cache_mark = mark()  # this run reports the cache failures that happen from here on
     try:
         return args.func(args)

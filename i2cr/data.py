@@ -208,6 +208,23 @@ def _cap_clue(value: Any, name: str, cuts: list[dict[str, Any]]) -> Any:
     return value
 
 
+# the JSONL form's short name of each I2CR field (an error names a field as the record wrote it)
+SHORT_NAMES = {"mention_context": "context", "mention_imgpath": "image",
+               "Candentity": "candidates", "mention_imgdesc_Azure": "clues"}
+
+
+def _field(rec: dict, name: str) -> str:
+    """The name the record gives the I2CR field ``name``: the one it holds (the I2CR name first,
+    as the loaders read it); for a field it lacks, the short name when the record writes the
+    short names and none of the I2CR ones."""
+    short = SHORT_NAMES[name]
+    if name in rec or short in rec:
+        return name if name in rec else short
+    writes_short = any(s in rec for s in SHORT_NAMES.values()) and \
+        not any(n in rec for n in SHORT_NAMES)
+    return short if writes_short else name
+
+
 def _req_str(rec: dict, key: str, *, source: str, rid: str, aliases: tuple[str, ...] = (),
              allow_empty: bool = False) -> str:
     for k in (key, *aliases):
@@ -280,30 +297,30 @@ def parse_record(rec: Any, rid: str, *, source: str, image_root: str | None = No
     if not isinstance(rec, dict):
         raise DataError(f"expected an object, got {type(rec).__name__}", source=source, record=rid)
     mention = _req_str(rec, "mention", source=source, rid=rid)
-    context = _req_str(rec, "mention_context", source=source, rid=rid, aliases=("context",),
-                       allow_empty=True)
+    context = _req_str(rec, _field(rec, "mention_context"), source=source, rid=rid,
+                       aliases=("mention_context", "context"), allow_empty=True)
     image = rec.get("mention_imgpath", rec.get("image"))
     if image is not None and not isinstance(image, str):
         raise DataError("must be a string path or URL", source=source, record=rid,
-                        field="mention_imgpath")
+                        field=_field(rec, "mention_imgpath"))
     if label is None and isinstance(rec.get("label"), str):
         label = rec["label"]
     nil_ok = _flag(rec.get("allow_nil", False), source=source, rid=rid, field="allow_nil") \
         if allow_nil is None else allow_nil
     if label is not None and label.strip().lower() == NIL:
         label, nil_ok = NIL, True
-    key = "Candentity" if "Candentity" in rec else "candidates"
+    key = _field(rec, "Candentity")
     if candidates == "ignored" or (candidates == "optional" and not rec.get(key)):
         cands = []
     elif key not in rec:
-        raise DataError("is missing", source=source, record=rid, field="Candentity")
+        raise DataError("is missing", source=source, record=rid, field=key)
     else:
         cands = parse_candidates(rec[key], source=source, rid=rid, fieldname=key,
                                  allow_empty=nil_ok)
     clues = rec.get("mention_imgdesc_Azure", rec.get("clues"))
     if clues is not None and not isinstance(clues, dict):
         raise DataError("must be an object of clue type -> text", source=source, record=rid,
-                        field="mention_imgdesc_Azure")
+                        field=_field(rec, "mention_imgdesc_Azure"))
     doc = rec.get("document_mentions")
     if doc is not None and (not isinstance(doc, list) or not all(isinstance(x, str) for x in doc)):
         raise DataError("must be a list of strings", source=source, record=rid,

@@ -101,6 +101,12 @@ class VectorStore:
         self._store.set_many((self._key(t), payload(v)) for t, v in items.items())
 
 
+def store_folder(setting: str | None) -> str | None:
+    """The folder of an ``embedding_cache`` setting, or None when it switches the store off
+    (None, '', 'none', 'off')."""
+    return None if not setting or str(setting).lower() in {"none", "off"} else str(setting)
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU runs bfloat16 matrix products natively (AMX or AVX512-BF16)."""
     try:
@@ -147,8 +153,9 @@ class Embedder:
         store_name = name if self.dtype == "float32" else f"{name}@{self.dtype}"
         dim_of = (getattr(self.model, "get_embedding_dimension", None)
                   or getattr(self.model, "get_sentence_embedding_dimension", None))
-        self.store = (VectorStore(store_dir, store_name, dim_of() if dim_of else None)
-                      if store_dir and str(store_dir).lower() not in {"none", "off"} else None)
+        folder = store_folder(store_dir)
+        self.store = VectorStore(folder, store_name, dim_of() if dim_of else None) \
+            if folder else None
         self.from_store = 0  # entity texts read from the persistent store
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # entity texts (they repeat)
         self._cache_size = cache_size

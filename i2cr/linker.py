@@ -66,6 +66,12 @@ def error_record(rid: str, err: BaseException, label: str | None = None) -> dict
     return rec
 
 
+def is_result(rec: Any) -> bool:
+    """Whether ``rec`` is a record :func:`result_record` or :func:`error_record` made (a line of
+    a results file): an id, an answer and an error (None or its text)."""
+    return isinstance(rec, dict) and all(k in rec for k in ("id", "answer", "error"))
+
+
 def link_mention(m: Mention, settings: Context | None = None, *, graph: Any = None,
                  config: dict[str, Any] | None = None,
                  on_event: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:

@@ -44,6 +44,7 @@ import httpx
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from .data import NIL
+from .envvars import LLM_API_KEY, LLM_THREADS
 from .redact import error_text, scrub, scrub_exception
 
 
@@ -97,7 +98,7 @@ class EmbeddedServer:
             raise BackendError(f"GGUF model not found: {self.model_path}")
         # llama-cpp-python defaults to half the cores; a linker waits on it, so use them all
         self.n_ctx, self.startup_timeout = n_ctx, startup_timeout
-        self.n_threads = n_threads or int(os.environ.get("I2CR_LLM_THREADS", 0)) or os.cpu_count() or 1
+        self.n_threads = n_threads or int(os.environ.get(LLM_THREADS, 0)) or os.cpu_count() or 1
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
         self._log: IO[bytes] | None = None
@@ -448,7 +449,7 @@ def load_chat_model(spec: str, *, temperature: float = 0.0, max_tokens: int = 64
             raise BackendError("openai: set OPENAI_API_KEY")
         return chat(model=model, i2cr_structured="json_schema", **common)
     if provider == "openai-compat":
-        key = os.environ.get("I2CR_LLM_API_KEY") or "not-needed"
+        key = os.environ.get(LLM_API_KEY) or "not-needed"
         return chat(model=model, base_url=base_url, api_key=key, i2cr_structured="json_schema",
                     **common)
     server = embedded_server(model or None)
@@ -476,7 +477,7 @@ def load_llamacpp(path: str, *, temperature: float = 0.0, max_tokens: int = 64,
                            "(pip install 'i2cr[community]')") from None
     if importlib.util.find_spec("llama_cpp") is None:
         raise BackendError("llamacpp: needs llama-cpp-python (pip install 'i2cr[community]')")
-    threads = int(os.environ.get("I2CR_LLM_THREADS", 0)) or os.cpu_count() or 1
+    threads = int(os.environ.get(LLM_THREADS, 0)) or os.cpu_count() or 1
     cls = _in_process(_scrubbing(ChatLlamaCpp))
     try:
         chat = cls(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_batch=512,

@@ -75,6 +75,9 @@ def _read_regular(path: Path) -> tuple[bytes | None, str]:
     return data, ""
 
 
+NO_ROOT = "local image not embedded: no image root given (--image-root)"
+
+
 def embeddable_image(ref: str | None, image_root: str | None, *,
                      remote_images: bool = False) -> tuple[str | None, str]:
     """``(src, "")`` for an image the page may show, or ``(None, why not)``."""
@@ -95,7 +98,7 @@ def embeddable_image(ref: str | None, image_root: str | None, *,
             return None, "inline image is not an image"
         return f"data:{mime};base64," + base64.b64encode(data).decode(), ""
     if not image_root:
-        return None, "local image not embedded: no image root given (--image-root)"
+        return None, NO_ROOT
     try:
         root = Path(image_root).resolve(strict=True)
     except (OSError, RuntimeError):

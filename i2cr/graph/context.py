@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from functools import cache, cached_property
 from typing import Any, Literal, cast, get_args, get_origin
 
+from ..envvars import setting_var
 from ..prompts import PROFILES
 from ..tools import registered_tools
 from ..tools.base import plugin_errors
@@ -259,7 +260,7 @@ class Context:
         for f in fields(self):
             if f.metadata.get("env", True) is False or f.name in explicit:
                 continue
-            env = os.environ.get(f"I2CR_{f.name.upper()}")
+            env = os.environ.get(setting_var(f.name))
             if env is not None:
                 object.__setattr__(self, f.name, coerce_setting(env, hints[f.name], f.name))
         for f in fields(self):  # a NaN threshold compares false with everything: refused

@@ -23,6 +23,7 @@ from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any
 
+from ..envvars import API_KEYS, BODY_TIMEOUT_S, MAX_BATCH, MAX_BODY_BYTES
 from ..graph.context import Context, coerce_setting, default_settings, setting_kind, setting_types
 from ..graph.resources import Resources
 from ..images import MAX_DATA_URL_BYTES, ImagePolicy
@@ -95,11 +96,11 @@ class ServerConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServerConfig:
         env = os.environ if env is None else env
-        keys = tuple(k.strip() for k in env.get("I2CR_API_KEYS", "").split(",") if k.strip())
-        return cls(api_keys=keys, max_body_bytes=_int_env(env, "I2CR_MAX_BODY_BYTES",
+        keys = tuple(k.strip() for k in env.get(API_KEYS, "").split(",") if k.strip())
+        return cls(api_keys=keys, max_body_bytes=_int_env(env, MAX_BODY_BYTES,
                                                           DEFAULT_MAX_BODY_BYTES),
-                   max_batch=_int_env(env, "I2CR_MAX_BATCH", DEFAULT_MAX_BATCH),
-                   body_timeout_s=_int_env(env, "I2CR_BODY_TIMEOUT_S", DEFAULT_BODY_TIMEOUT_S))
+                   max_batch=_int_env(env, MAX_BATCH, DEFAULT_MAX_BATCH),
+                   body_timeout_s=_int_env(env, BODY_TIMEOUT_S, DEFAULT_BODY_TIMEOUT_S))
 
     @cached_property
     def settings(self) -> Context:

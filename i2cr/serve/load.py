@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ..envvars import LOAD_API_KEY
+
 MENTION: dict[str, Any] = {
     "mention": "Jordan",
     "context": "Jordan dunks during the 1991 NBA Finals.",
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1 or args.c < 1:
         ap.error("-n and -c must be >= 1")
     try:
-        out = run(args.url, args.n, args.c, os.environ.get("I2CR_API_KEY") or None, args.timeout)
+        out = run(args.url, args.n, args.c, os.environ.get(LOAD_API_KEY) or None, args.timeout)
     except Exception as e:  # noqa: BLE001 - one line, not a traceback
         print(f"i2cr.serve.load: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
