@@ -511,3 +511,120 @@ def test_a_corrupt_images_reason_is_the_same_in_every_run(tmp_path):
         reasons.add(e.value.reason)
     (reason,) = reasons  # PIL named the buffer by its address: a new reason every run
     assert "0x" not in reason and "cannot decode image" in reason
+
+
+# --- a fresh clone's review: low-severity hostile use --------------------------------------------
+
+def test_an_embedding_cache_that_cannot_be_made_is_a_bad_setting(tmp_path):
+    """It was a cache failure at run time (exit 1, after linking): a folder that cannot be made
+    (under a file, or where nothing can be written) is refused up front, one line naming it. A
+    file where the folder should be is still a damaged cache (bypassed, exit 1; see
+    test_hostile_inputs)."""
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    ex = str(EXAMPLES / "mentions.json")
+    for folder, why in ((a_file / "emb", f"{a_file} is a file"),
+                        ("/proc/i2cr-emb", "nothing can be written in /proc")):
+        p = cli("link", ex, "--no-progress", "--set", f"embedding_cache={folder}")
+        assert p.returncode == 2 and p.stdout == "", p.stderr[-2000:]
+        assert p.stderr.splitlines() == [f"i2cr: setting 'embedding_cache': cannot make the folder "
+                                         f"{folder}: {why}" + (" (No such file or directory)"
+                                                               if "proc" in why else "")]
+    from i2cr.cli import _check_cache_folder
+
+    for fine in ("none", None, str(tmp_path / "new" / "emb"), str(a_file)):
+        _check_cache_folder(fine, "embedding_cache")
+    assert not (tmp_path / "new").exists()  # checked, not made: the run makes it
+
+
+def _result(rid: str, image: str | None = None) -> dict:
+    return {"id": rid, "mention": "Jordan", "answer": None, "error": "ValueError: x",
+            "image": image}
+
+
+def test_trace_of_a_file_without_trace_records_exits_2(tmp_path):
+    """`i2cr trace` given the input instead of its results exited 0 (the JSON one after a
+    warning per line): one line saying the file holds no trace records, exit 2."""
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text(json.dumps({"id": "a", **GOOD}) + "\n")
+    for f in (EXAMPLES / "mentions.json", jsonl):
+        for extra in ((), ("--html", str(tmp_path / "p.html"))):
+            p = cli("trace", str(f), *extra)
+            assert p.returncode == 2, (f, extra, p.stderr[-2000:])
+            assert p.stderr.splitlines() == [
+                f"i2cr: {f} holds no trace records (the results of `i2cr link --out` or of "
+                "`i2cr eval`: one JSON record per line with id, answer and error)"]
+            assert not (tmp_path / "p.html").exists()
+    results = tmp_path / "r.jsonl"
+    results.write_text(json.dumps(_result("a")) + "\nnot json\n")
+    p = cli("trace", str(results))
+    assert p.returncode == 0 and "a: no trace (error: ValueError: x)" in p.stdout
+    assert "line 2: not JSON; skipped" in p.stderr  # the skipped lines are still said
+
+
+def test_trace_html_hints_image_root_only_for_local_images(tmp_path):
+    """The --image-root hint was printed for every page, images or none."""
+    page = str(tmp_path / "p.html")
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(_result(f"r{i}", img)) + "\n" for i, img in enumerate(
+        (None, "https://example.org/x.jpg"))))
+    p = cli("trace", str(results), "--html", page)
+    assert p.returncode == 0 and "--image-root" not in p.stderr, p.stderr
+    with results.open("a") as fh:
+        fh.write(json.dumps(_result("r2", str(tmp_path / "x.png"))) + "\n")
+    p = cli("trace", str(results), "--html", page)
+    assert p.returncode == 0
+    assert "i2cr: 1 local image(s) are not embedded: give --image-root" in p.stderr
+    p = cli("trace", str(results), "--html", page, "--image-root", str(tmp_path))
+    assert p.returncode == 0 and "--image-root" not in p.stderr
+
+
+def test_errors_name_a_records_fields_as_it_wrote_them(tmp_path):
+    """A record written with the short names (context, image, candidates, clues) was told about
+    'Candentity' or 'mention_imgpath'."""
+    short = {"id": "s", "mention": "Jordan", "context": "Jordan dunks.",
+             "candidates": JORDAN_CANDIDATES}
+    long = {"mention": "Jordan", "mention_context": "Jordan dunks.",
+            "Candentity": JORDAN_CANDIDATES}
+    cases = [({k: v for k, v in short.items() if k != "candidates"}, "candidates", "is missing"),
+             ({**short, "image": 5}, "image", "string path"),
+             ({**short, "clues": "OCR"}, "clues", "clue type"),
+             ({k: v for k, v in short.items() if k != "context"}, "context", "is missing"),
+             ({k: v for k, v in long.items() if k != "Candentity"}, "Candentity", "is missing"),
+             ({**long, "mention_imgpath": 5}, "mention_imgpath", "string path"),
+             ({k: v for k, v in long.items() if k != "mention_context"}, "mention_context",
+              "is missing")]
+    for rec, field, why in cases:
+        with pytest.raises(DataError) as e:
+            parse_record(rec, "r", source="in.jsonl")
+        assert e.value.field == field and f"field {field!r}: " in str(e.value) and why in \
+            str(e.value), (rec, str(e.value))
+    # through the loader, as a run meets it
+    from i2cr.data import load_mentions
+
+    f = tmp_path / "in.jsonl"
+    f.write_text(json.dumps(cases[0][0]) + "\n")
+    (err,) = load_mentions(f, strict=False)
+    assert str(err) == f"{f}: record 's': field 'candidates': is missing"
+
+
+def test_unknown_i2cr_environment_variables_are_named_once(tmp_path):
+    """A misspelt I2CR_* variable was ignored without a word: one warning line names it (with
+    the name it is closest to); known names are not warned about; the exit code is unchanged."""
+    p = cli("graph", env={"I2CR_ICR_TRESHOLD": "0.3", "I2CR_NOT_A_THING": "1",
+                          "I2CR_MAX_BATCH": "3", "I2CR_LLM_THREADS": "1"})
+    assert p.returncode == 0 and "graph" in p.stdout
+    assert p.stderr.splitlines() == [
+        "i2cr: warning: unknown environment variable(s) I2CR_ICR_TRESHOLD (did you mean "
+        "I2CR_ICR_THRESHOLD?), I2CR_NOT_A_THING: ignored (i2cr reads I2CR_<SETTING> for each "
+        "setting of --set, and a few others named in the README)"]
+    p = cli("graph", env={"I2CR_ICR_THRESHOLD": "0.3", "I2CR_API_KEYS": "k"})
+    assert p.returncode == 0 and p.stderr == ""
+    # every I2CR_* name the code, the scripts and the README mention is a known one
+    from i2cr.envvars import known
+
+    said = set()
+    for f in [*(ROOT / "i2cr").rglob("*.py"), *(ROOT / "scripts").iterdir(), ROOT / "README.md"]:
+        if f.is_file() and f.name != "envvars.py":
+            said |= set(re.findall(r"\bI2CR_[A-Z0-9_]*[A-Z0-9]", f.read_text(errors="replace")))
+    assert said and said <= known(), said - known()
