@@ -42,6 +42,17 @@ def query_for(mention: str, context: str, clues: Sequence[Mapping[str, Any]], se
     return icr_query(mention, cut_context(context, settings), clues, settings.embed_query_prefix)
 
 
+DOCUMENT_QUERY_NAMES = 40  # the document's names put in its query, first seen first
+
+
+def document_query(document: Sequence[str], settings: Any) -> str:
+    """The other names of the mention's document, once each, as one query ('' without any): what
+    the ranker compares with each entity text for the document's topic ('Crimson Tide, Nick
+    Saban' tells the football team from the state)."""
+    names = list(dict.fromkeys(n.strip() for n in document if n and n.strip()))
+    return settings.embed_query_prefix + ", ".join(names[:DOCUMENT_QUERY_NAMES]) if names else ""
+
+
 def context_query(context: str, settings: Any) -> str:
     """The context alone (cut, with the query prefix): what the ranker compares with each entity
     text (topical fit) and with each candidate's occupation."""

@@ -204,12 +204,22 @@ def test_the_graph_and_the_stage_metrics_settle_answers_by_one_rule(fallback):
         assert M.answer_after_vif(r, len(r["rounds"])) == r["answer"], r["id"]
 
 
-def test_prefetch_encodes_every_text_the_graph_asks_for(tmp_path):
+@pytest.mark.parametrize("documents", [False, True])
+def test_prefetch_encodes_every_text_the_graph_asks_for(tmp_path, documents):
     from i2cr.data import load_mentions
     from i2cr.eval.runner import prefetch, run
     from i2cr.graph import Context, resources
 
-    items = load_mentions(EXAMPLES / "mentions.json", EXAMPLES / "labels.json")
+    data = EXAMPLES / "mentions.json"
+    if documents:  # the ranker also compares the document's other names with each entity
+        recs = json.loads(data.read_text())
+        for r in recs.values():
+            r["document_mentions"] = ["Chicago Bulls", "Boat Race", "Helen of Troy"]
+            r["mention_imgpath"] = None if r["mention_imgpath"] is None else \
+                str(EXAMPLES / r["mention_imgpath"])
+        data = tmp_path / "with_documents.json"
+        data.write_text(json.dumps(recs))
+    items = load_mentions(data, EXAMPLES / "labels.json")
     ctx = Context(embedding_cache=str(tmp_path / "store"))
     assert ctx.query_clues == "cumulative"
     emb = resources.embedder(ctx)

@@ -73,8 +73,28 @@ def test_prior_is_a_share_of_the_top_and_neutral_when_absent():
     cands = [{"name": "A", "prior": 0.5}, {"name": "B", "prior": 1.0}, {"name": "C"}]
     F = features("A", "", "", cands, [0.1, 0.1, 0.1])
     assert list(col(F, "prior")) == [0.5, 1.0, 0.0] and list(col(F, "prior_top")) == [0, 1, 0]
+    assert list(col(F, "prior_missing")) == [0.0, 0.0, 1.0]  # C has none while the others have
     F = features("A", "", "", [{"name": "A"}, {"name": "B"}], [0.1, 0.1])
     assert not col(F, "prior").any() and not col(F, "prior_top").any()
+    assert not col(F, "prior_missing").any()  # nobody has one: nothing is missing
+
+
+def test_withheld_copies_recompute_the_share_among_the_candidates_that_keep_a_prior():
+    from i2cr.ranker.fit import withhold_priors
+
+    cands = [{"name": "A", "prior": 1.0}, {"name": "B", "prior": 0.5}, {"name": "C", "prior": 0.25},
+             {"name": "D", "prior": 0.2}]
+    F = features("A", "", "", cands, [0.1] * 4)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        G = withhold_priors(F, rng)
+        if G is None:
+            continue
+        drop = col(G, "prior_missing") == 1
+        kept = [c for c, d in zip(cands, drop, strict=True) if not d]
+        want = features("A", "", "", [c if not d else {"name": c["name"]}
+                                      for c, d in zip(cands, drop, strict=True)], [0.1] * 4)
+        assert kept and np.allclose(G, want)  # the same rows a generator with those gaps gives
 
 
 # --- people features (neutral for other entities) -----------------------------------------------
@@ -181,6 +201,41 @@ def test_a_prior_moves_the_ranking_and_nil_when_nothing_fits(ranker):
     assert r.p_link < fits.p_link and not fits.nil
     he = ranker.rank("he", "he went home after the game.", [], unrelated)
     assert he.p_link == 0.0 and he.nil  # a pronoun: a name lookup cannot have found its referent
+
+
+@pytest.mark.integration
+def test_a_candidate_without_a_prior_is_not_beaten_by_another_ones_prior_alone(ranker):
+    """A KB gives priors to some entities only: the one the mention names exactly, which has
+    none, must not lose to an unrelated entity only because that one has a prior."""
+    ctx = "Tottenham Hotspur beat Arsenal 2-1 at White Hart Lane on Saturday."
+    spurs = {"name": "Tottenham_Hotspur", "desc": "Tottenham Hotspur Football Club is an English "
+             "professional football club based in Tottenham, London."}
+    arsenal = {"name": "Arsenal_F.C.", "desc": "Arsenal Football Club is an English professional "
+               "football club based in Islington, London.", "prior": 0.8}
+    ground = {"name": "White_Hart_Lane", "desc": "White Hart Lane was a football stadium in "
+              "Tottenham, London.", "prior": 0.5}
+    mixed = ranker.rank("Tottenham Hotspur", ctx, [], [arsenal, spurs, ground])
+    assert mixed.model == "prior" and mixed.features[1, FEATURES.index("prior_missing")] == 1
+    assert mixed.candidates[mixed.best]["name"] == "Tottenham_Hotspur"  # was White_Hart_Lane
+    assert not mixed.nil
+
+
+@pytest.mark.integration
+def test_the_documents_other_names_pull_towards_its_topic(ranker):
+    cands = [{"name": "Alabama", "desc": "Alabama is a state in the Southeastern United States."},
+             {"name": "Alabama_Crimson_Tide_football", "desc": "The Alabama Crimson Tide football "
+              "team represents the University of Alabama in college football."}]
+    doc = ["Nick Saban", "Tuscaloosa", "Southeastern Conference", "LSU Tigers", "Heisman Trophy"]
+    ctx = "Alabama won 21-0 on Saturday."
+    without = ranker.rank("Alabama", ctx, [], cands)
+    F = without.features
+    assert not col(F, "document_sim_gap").any()  # no document: the feature is silent
+    assert np.allclose(col(F, "context_sim_gap_alone"), col(F, "context_sim_gap"))
+    withd = ranker.rank("Alabama", ctx, [], cands, document=doc)
+    G = withd.features
+    assert not col(G, "context_sim_gap_alone").any()
+    assert col(G, "document_sim_gap")[1] == 0.0 > col(G, "document_sim_gap")[0]
+    assert withd.probs[1] > without.probs[1]  # the team's share grows with the document
 
 
 def test_document_names_expand_short_mentions():

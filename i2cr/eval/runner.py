@@ -170,7 +170,7 @@ def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
             for i in range(len(seq))]
         if ranker is not None:
             texts.extend(ranker.entity_texts(cands))
-            queries.extend(ranker.queries(m.mention, m.context, rounds))
+            queries.extend(ranker.queries(m.mention, m.context, rounds, m.document))
         else:
             texts.extend(entity_text(c) for c in cands)
             queries.extend(query_for(m.mention, m.context, r, settings) for r in rounds)

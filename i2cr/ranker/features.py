@@ -4,22 +4,27 @@ Groups (see :data:`FEATURES`):
 
 - **embedding**: the ICR embedder's similarity of the round's query (mention + context + clues) with
   the entity text, and its gap to the best candidate; the context alone against the entity text
-  (topical fit, whatever the name), as a gap;
+  (topical fit, whatever the name), as a gap; the document's other names together against the entity
+  text (the document's topic), as a gap, 0 for all without a document; and the context's gap
+  again where there is no document (the context is then all the topic there is: it gets its own
+  weight, so the document's weight does not take from it);
 - **name**: every comparison on title parts (:mod:`.names`): exact match of a mention form with the
   base title (and whether that title is plain: no disambiguator, no qualifier; and that for a
   lower-case mention, a common noun, whose plain title is the general concept), fuzzy ratios,
   the mention's words in the name, as its last words (a surname) or first, an initialism, a
   demonym, the mention in the description, words of the name beyond the mention's, the
   disambiguator or qualifier's words in the context, the name's words in the context and in the
-  clue text;
+  clue text; the context's content words found in the candidate's text (:func:`context_in_desc`);
 - **document**: the fuller names the mention stands for in its document (:func:`.names.expansions`:
   ``Walters`` after ``Barbara Walters``): whether the candidate's name is one (exact), and the
   share of words they have in common (Jaccard), all 0 when there is none; and whether there is one
   (the same for every candidate: the softmax ignores it, the NIL model reads it);
 - **prior**: the candidate generator's or KB's ``prior`` (popularity or p(entity | mention), any
-  scale where higher is likelier) as its share of the mention's top prior, and whether it is the
-  top one; 0 for every candidate when no candidate has a prior, which a softmax over one mention's
-  candidates cannot tell from absent (neutral);
+  non-negative scale where higher is likelier) as its share of the mention's top prior, whether
+  it is the top one, and whether this candidate has none while others have one (its fitted
+  weight stands in for the unknown share: see :func:`prior_columns`); 0 for every candidate when
+  no candidate has a prior, which a softmax over one mention's candidates cannot tell from absent
+  (neutral);
 - **popularity**: the Wikidata QID number's gap to the lowest among the candidates (constant, so
   neutral, without QIDs);
 - **people**: agreement of gender words with a ``Sex:`` field, the context's years against
@@ -42,15 +47,16 @@ from ..names import demonym_forms, expansions, fold, is_acronym_of, mention_form
 
 FEATURES = [
     # embedding
-    "sim", "sim_gap", "context_sim_gap",
+    "sim", "sim_gap", "context_sim_gap", "document_sim_gap", "context_sim_gap_alone",
     # name
     "exact", "exact_plain", "exact_plain_common_noun", "has_disambiguator", "token_set", "partial", "wratio",
     "mention_in_name", "surname_match", "given_name_match", "acronym", "demonym",
     "mention_in_desc", "extra_words", "qualifier_in_context", "name_in_context", "name_in_clue",
+    "context_in_desc",
     # document
     "has_expansion", "expansion_exact", "expansion_jaccard",
     # prior and popularity
-    "prior", "prior_top", "qid_gap",
+    "prior", "prior_top", "prior_missing", "qid_gap",
     # people
     "gender_clue", "gender_context", "gender_words_context", "year_fit", "has_spouse",
     "before_birth", "child_at_year", "in_lifetime", "after_death", "painting_era",
@@ -132,19 +138,55 @@ def prior_of(c: dict[str, Any]) -> float | None:
     return p if math.isfinite(p) and p >= 0 else None
 
 
-def prior_columns(candidates: Sequence[dict[str, Any]]) -> tuple[list[float], list[float]]:
-    """(prior as a share of the mention's top prior, is the top prior): all 0 without priors."""
+def prior_columns(candidates: Sequence[dict[str, Any]]
+                  ) -> tuple[list[float], list[float], list[float]]:
+    """(prior as a share of the mention's top prior, is the top prior, has no prior while others
+    do): all 0 when no candidate has a prior. A candidate without a prior among candidates with
+    one gets share 0 and ``prior_missing`` 1, whose fitted weight stands in for the share it
+    would have had (fitted on mentions whose priors were withheld from candidates at random), so
+    a missing prior is neither a vote against the candidate nor one for it."""
     ps = [prior_of(c) for c in candidates]
     known = [p for p in ps if p is not None]
     top = max(known) if known else 0.0
+    n = len(ps)
     if top <= 0:
-        return [0.0] * len(ps), [0.0] * len(ps)
+        return [0.0] * n, [0.0] * n, [0.0] * n
     return ([0.0 if p is None else p / top for p in ps],
-            [float(p is not None and p >= top) for p in ps])
+            [float(p is not None and p >= top) for p in ps],
+            [float(p is None) for p in ps])
 
 
 def has_prior(candidates: Sequence[dict[str, Any]]) -> bool:
     return any(prior_of(c) is not None for c in candidates)
+
+
+# words that say nothing about which entity is meant (for the context-description overlap)
+_STOP = frozenset("""a about above after again against all also am an and any are as at be been before
+being below between both but by can could did do does doing down during each few for from further had
+has have having he her here hers him his how i if in into is it its just me more most my no nor not now
+of off on once only or other our out over own same she should so some such than that the their them
+then there these they this those through to too under until up very was we were what when where which
+while who whom why will with would you your said says new one two three first last year years""".split())
+
+
+def context_in_desc(mention: str, context: str, candidates: Sequence[dict[str, Any]]) -> list[float]:
+    """How much of the context each candidate's description shares, as a share of the best
+    candidate's (0 for all when none shares any): the context's content words (not the
+    mention's, not stopwords) found in the name and description, each weighted by how few of the
+    mention's candidates have it (a word every candidate has tells them apart no more than none).
+    Lexical, so it catches what a sentence embedding blurs: 'Boat Race' in the context and in one
+    description."""
+    men = set(fold(mention).split())
+    words = {w for w in fold(context).split() if len(w) > 2 and w not in _STOP and w not in men}
+    if not words or not candidates:
+        return [0.0] * len(candidates)
+    bags = [set(fold(f"{c.get('name', '')} {c.get('desc') or ''}").split()) for c in candidates]
+    n = len(bags)
+    score = []
+    for bag in bags:
+        score.append(sum(math.log((n + 1) / (1 + sum(w in b for b in bags))) for w in words & bag))
+    top = max(score)
+    return [s / top if top > 0 else 0.0 for s in score]
 
 
 def _phrase_in(phrase: str, text: str) -> bool:
@@ -154,18 +196,23 @@ def _phrase_in(phrase: str, text: str) -> bool:
 def features(mention: str, context: str, clue_text: str, candidates: Sequence[dict[str, Any]],
              sims: Sequence[float], context_sims: Sequence[float] | None = None,
              occupation_sims: Sequence[float | None] | None = None,
-             document: Sequence[str] = ()) -> np.ndarray:
+             document: Sequence[str] = (),
+             document_sims: Sequence[float] | None = None) -> np.ndarray:
     """One row of :data:`FEATURES` per candidate. ``sims``: the embedder's query-entity
     similarities (query = mention + context + this round's clues); ``context_sims``: the context
-    alone against each entity text; ``occupation_sims``: the context against each candidate's
-    occupation (None where a candidate has none); ``document``: the other mentions of the
-    mention's document, as written."""
+    alone against each entity text; ``document_sims``: the document's other names together
+    against each entity text (:func:`~i2cr.texts.document_query`; None without any);
+    ``occupation_sims``: the context against each candidate's occupation (None where a candidate
+    has none); ``document``: the other mentions of the mention's document, as written."""
     n = len(candidates)
     if not n:
         return np.zeros((0, len(FEATURES)))
     best = max(sims)
     csims = list(context_sims) if context_sims is not None else [0.0] * n
     cbest = max(csims)
+    alone = float(document_sims is None)
+    dsims = list(document_sims) if document_sims is not None else [0.0] * n
+    dbest = max(dsims)
     men = strip_mention(mention)
     forms = set(mention_forms(mention))
     men_f = mention_forms(mention)[0]
@@ -189,7 +236,8 @@ def features(mention: str, context: str, clue_text: str, candidates: Sequence[di
     occ_best = max(occ_known) if occ_known else 0.0
     qgap = qid_gaps(candidates)
     exps = [(e, set(e.split())) for e in expansions(mention, tuple(document))]
-    pshare, ptop = prior_columns(candidates)
+    pshare, ptop, pmiss = prior_columns(candidates)
+    cdesc = context_in_desc(men, context, candidates)
     rows = []
     for i, c in enumerate(candidates):
         o = occ[i]
@@ -219,7 +267,8 @@ def features(mention: str, context: str, clue_text: str, candidates: Sequence[di
             era_paint = float(painting) * (1.0 if by < 1830 else -1.0)
             era_mono = float(mono) * (1.0 if by < 1950 else -1.0)
         rows.append([
-            sims[i], sims[i] - best, csims[i] - cbest,
+            sims[i], sims[i] - best, csims[i] - cbest, dsims[i] - dbest,
+            (csims[i] - cbest) * alone,
             exact, plain, plain * lower,
             float(bool(t.disambiguator)),
             fuzz.token_set_ratio(men_f, disp_f) / 100,
@@ -234,9 +283,9 @@ def features(mention: str, context: str, clue_text: str, candidates: Sequence[di
             min(len(nt - men_t), 5) / 5,
             len(extra_t & ctx_t) / max(len(extra_t), 1),
             len(nt & ctx_t) / max(len(nt), 1),
-            len(nt & clue_t) / max(len(nt), 1),
+            len(nt & clue_t) / max(len(nt), 1), cdesc[i],
             float(bool(exps)), exp_exact, exp_jac,
-            pshare[i], ptop[i], qgap[i],
+            pshare[i], ptop[i], pmiss[i], qgap[i],
             float(g_clue * sex), float(g_ctx * sex), g_words * sex, year_fit,
             float("Spouse:" in desc),
             before, child, alive, dead, era_paint, era_mono,

@@ -22,7 +22,9 @@ from .features import FEATURES
 from .model import FIT_INPUTS, MODELS, NIL_FEATURES, Ranker, link_probability, nil_features, softmax
 
 SIM = FEATURES.index("sim")
-PRIOR_COLUMNS = [FEATURES.index("prior"), FEATURES.index("prior_top")]
+PRIOR_COLUMNS = [FEATURES.index(k) for k in ("prior", "prior_top", "prior_missing")]
+WITHHELD_SHARE = 0.3  # each candidate's chance of losing its prior in a withheld copy
+WITHHELD_WEIGHT = 0.5  # a withheld copy's vote, against its mention's own
 ALPHA_GRID = [0.0, 0.1, 0.2, 0.25, 0.3, 0.35, 0.4]
 NIL_GRID = [round(x, 2) for x in np.arange(0.0, 0.96, 0.05)]
 
@@ -77,7 +79,8 @@ def build_examples(mentions: Sequence[Mention], ranker: Ranker, tool_names: Sequ
         queries: list[str] = []
         for _, m in part:
             ents += ranker.entity_texts([c.to_dict() for c in m.candidates])
-            queries += ranker.queries(m.mention, m.context, [c for _, c in clue_sets(m, tool_names)])
+            queries += ranker.queries(m.mention, m.context, [c for _, c in clue_sets(m, tool_names)],
+                                      m.document)
         ranker.embedder.warm(ents)
         ranker.embedder.warm(queries, query=True)
         for i, m in part:
@@ -127,13 +130,45 @@ def fit_clogit(F: Sequence[np.ndarray], Y: Sequence[np.ndarray], l2: float,
     return w.detach().numpy(), mu, sd
 
 
+def withhold_priors(F: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    """A copy of one round's features with the priors of a random part of the candidates withheld
+    (as a KB or generator that knows the prior of some candidates only gives them), the others'
+    share and top recomputed among themselves; None when there is nothing to withhold."""
+    n = len(F)
+    if n < 2:
+        return None
+    drop = rng.random(n) < WITHHELD_SHARE
+    if not drop.any() or drop.all():
+        return None
+    p, top, miss = PRIOR_COLUMNS
+    G = F.copy()
+    kept = G[~drop, p]
+    best = kept.max()
+    G[:, p] = np.where(drop, 0.0, G[:, p] / best if best > 0 else 0.0)
+    G[:, top] = np.where(drop, 0.0, (G[:, p] >= 1.0 - 1e-9).astype(float) if best > 0 else 0.0)
+    G[:, miss] = drop.astype(float)
+    return G
+
+
 def fit_coef(examples: Sequence[Example], model: str, l2: float) -> np.ndarray:
-    """Raw-feature weights (standardisation folded in: a constant shift does not move a softmax)."""
+    """Raw-feature weights (standardisation folded in: a constant shift does not move a softmax).
+    The ``prior`` model also learns from withheld copies (:func:`withhold_priors`) of each
+    mention's text round, so that ``prior_missing`` has a weight."""
     rounds: dict[int, int] = {}
     for e in examples:
         rounds[e.mention] = rounds.get(e.mention, 0) + 1
-    w, _, sd = fit_clogit([e.X(model) for e in examples], [e.gold for e in examples], l2,
-                          [1.0 / rounds[e.mention] for e in examples])  # one vote per mention
+    Fs = [e.X(model) for e in examples]
+    Ys = [e.gold for e in examples]
+    ws = [1.0 / rounds[e.mention] for e in examples]  # one vote per mention
+    if model == "prior":
+        rng = np.random.default_rng(0)
+        for e in examples:
+            G = withhold_priors(e.F, rng) if e.kind == "text" and e.has_prior else None
+            if G is not None:
+                Fs.append(G)
+                Ys.append(e.gold)
+                ws.append(WITHHELD_WEIGHT)
+    w, _, sd = fit_clogit(Fs, Ys, l2, ws)
     return w / sd
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..texts import context_query, entity_text, query_for
+from ..texts import context_query, document_query, entity_text, query_for
 from .features import FEATURES, features, has_prior, occupation
 
 NIL_FEATURES = ["top_prob", "margin", "top_sim", "top_exact", "top_wratio", "top_token_set",
@@ -189,9 +189,12 @@ class Ranker:
         return texts
 
     def queries(self, mention: str, context: str,
-                clue_sets: Iterable[Sequence[Mapping[str, Any]]]) -> list[str]:
-        """The query texts for every round (one clue set per round) and the context query."""
-        return [context_query(context, self.settings)] + [
+                clue_sets: Iterable[Sequence[Mapping[str, Any]]],
+                document: Sequence[str] = ()) -> list[str]:
+        """The query texts for every round (one clue set per round), the context query and the
+        document's, if it has other names."""
+        doc = document_query(document, self.settings)
+        return [context_query(context, self.settings)] + ([doc] if doc else []) + [
             query_for(mention, context, clues, self.settings) for clues in clue_sets]
 
     # scoring ------------------------------------------------------------------------------------
@@ -214,8 +217,10 @@ class Ranker:
         if known:
             got = dict(zip(known, emb.similarity(cq, known), strict=True))
             osims = [got[o] if o else None for o in occs]
+        dq = document_query(document, self.settings)
+        dsims = emb.similarity(dq, ents) if dq else None
         clue_text = " ".join(str(c.get("text", "")) for c in clues)
-        return features(mention, context, clue_text, cands, sims, csims, osims, document)
+        return features(mention, context, clue_text, cands, sims, csims, osims, document, dsims)
 
     def rank(self, mention: str, context: str, clues: Sequence[Mapping[str, Any]],
              candidates: Sequence[Mapping[str, Any]], document: Sequence[str] = ()) -> Ranking:
