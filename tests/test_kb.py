@@ -298,9 +298,10 @@ def test_a_generated_candidate_gets_the_prior_of_the_alias_the_mention_matched(a
         v = emb.encode([f"{mention}. {context}"], query=True)[0]
         return {c["name"]: c.get("prior") for c in candidates_of(kb.generate(mention, v, 3), 3)}
 
-    # 'U.N.' is an alias: its entities carry the alias's prior, the rest none (not their own)
+    # 'U.N.' is an alias: its entities carry the alias's prior, the rest 0 (the alias table
+    # knows the surface does not mean them; not their own prior, and not missing)
     got = cands("U.N.", "The U.N. Security Council met on Tuesday.")
-    assert got == {"United Nations": 0.9, "UNESCO": 0.1, "Michael Jordan": None}
+    assert got == {"United Nations": 0.9, "UNESCO": 0.1, "Michael Jordan": 0.0}
     # a mention that is no alias: no alias prior; an entity's own prior stays
     got = cands("Jordan", "Jordan scored 40 points.")
     assert got["Michael Jordan"] == 0.7 and got["UNESCO"] == 0.3
@@ -311,7 +312,7 @@ def test_a_generated_candidate_gets_the_prior_of_the_alias_the_mention_matched(a
                                                            iav_mode="off"))
     ev = next(e for e in out["events"] if e["type"] == "kb_candidates")
     assert {g["name"]: g.get("prior") for g in ev["generated"]} == {
-        "United Nations": 0.9, "UNESCO": 0.1, "Michael Jordan": None}
+        "United Nations": 0.9, "UNESCO": 0.1, "Michael Jordan": 0.0}
     assert out["answer"] == "United Nations"
 
 

@@ -455,8 +455,8 @@ class KB:
         (as REL takes its first candidates by p(entity | mention) and the rest by context: RRF
         rewards agreement, so an alias's top entity found by neither search would sink). When
         the mention's surface is an alias of some entities, their ``prior`` is the alias's prior
-        (p(entity | mention)) and the other entries have none; otherwise each keeps the entity's
-        own prior, if it has one."""
+        (p(entity | mention)) and the other entries' is 0 (the alias table knows them not to be
+        meant by that surface); otherwise each keeps the entity's own prior, if it has one."""
         ali, lex, den = self.aliases(mention, n), self.lexical(mention, n), self.dense(vector, n)
         fused: dict[str, dict[str, Any]] = {}
         for rank, r in enumerate(ali, 1):
@@ -483,8 +483,10 @@ class KB:
                 own = e.pop("prior", None)
                 if own is not None:
                     e["entity_prior"] = own
-                if "alias_prior" in e:
-                    e["prior"] = e["alias_prior"]
+                # the surface is not an alias of an entry the searches alone found: by the alias
+                # table its p(entity | mention) is 0 (known, not missing: the ranker's
+                # prior_missing is for a prior nobody knows)
+                e["prior"] = e.get("alias_prior", 0.0)
         return out[: max(k, n)]
 
 
