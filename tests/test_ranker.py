@@ -333,3 +333,40 @@ def test_nil_threshold_is_chosen_on_held_out_nil_gold():
 
     res = evaluate(exs, spec, "no_prior")
     assert res["nil_f1"] > 0.9 and res["accuracy_nil_counted"] > 0.9
+
+
+def test_a_missing_prior_is_fitted_to_stand_between_none_and_the_top():
+    """The prior model learns from copies with priors withheld: a candidate whose prior is not
+    known scores between one known to have the least and one known to have the most, and ranking
+    with some priors withheld does better than reading a missing prior as 0."""
+    import copy
+
+    from i2cr.ranker.fit import Example, fit, withheld_top1
+
+    rng = np.random.default_rng(2)
+    col_i = {k: FEATURES.index(k) for k in ("sim", "sim_gap", "prior", "prior_top")}
+    exs = []
+    for i in range(400):
+        n = 5
+        g = int(rng.integers(n))
+        ranks = rng.permutation(n)
+        if rng.random() < 0.8:  # the generator's top candidate is the gold 80% of the time
+            ranks[ranks == 0], ranks[g] = ranks[g], 0
+        p = 1.0 / (1.0 + ranks)
+        F = np.zeros((n, len(FEATURES)))
+        F[:, col_i["sim"]] = rng.normal(0.3, 0.1, n)
+        F[g, col_i["sim"]] += 0.1
+        F[:, col_i["sim_gap"]] = F[:, col_i["sim"]] - F[:, col_i["sim"]].max()
+        F[:, col_i["prior"]] = p / p.max()
+        F[:, col_i["prior_top"]] = (p >= p.max()).astype(float)
+        gold = np.zeros(n)
+        gold[g] = 1
+        exs.append(Example(i, "a" if i < 200 else "b", "text", F, gold, F[:, 0], allow_nil=False,
+                           is_nil=False, has_prior=True))
+    spec = fit(exs, folds=3)
+    coef = spec["models"]["prior"]["coef"]
+    missing, share = coef[FEATURES.index("prior_missing")], coef[FEATURES.index("prior")]
+    assert 0 < missing < share + coef[FEATURES.index("prior_top")]
+    as_zero = copy.deepcopy(spec)
+    as_zero["models"]["prior"]["coef"][FEATURES.index("prior_missing")] = 0.0
+    assert withheld_top1(exs, spec) > withheld_top1(exs, as_zero)

@@ -42,8 +42,9 @@ def load_sets(pairs: list[str], seed: int) -> tuple[list[Mention], list[str]]:
 def table(lodo: dict[str, Any]) -> str:
     """The leave-one-dataset-out figures as a Markdown table."""
     lines = ["| left out | mentions | top-1, gold a candidate, prior | same, no prior | "
-             "NIL counted, prior | NIL P / R / F1 (prior) | last round (clues), no prior |",
-             "|---|---|---|---|---|---|---|"]
+             "NIL counted, prior | NIL P / R / F1 (prior) | last round (clues), no prior | "
+             "top-1, 30% of priors withheld |",
+             "|---|---|---|---|---|---|---|---|"]
 
     def pct(x: Any) -> str:
         return "—" if x is None else f"{100 * x:.1f}"
@@ -54,7 +55,8 @@ def table(lodo: dict[str, Any]) -> str:
         lines.append(f"| {d} | {n['mentions']} | {pct(p and p['top1_gold_in_candidates'])} | "
                      f"{pct(n['top1_gold_in_candidates'])} | {pct(src['accuracy_nil_counted'])} | "
                      f"{pct(src['nil_precision'])} / {pct(src['nil_recall'])} / "
-                     f"{src['nil_f1']:.2f} | {pct(n['last_round_top1_gold_in_candidates'])} |")
+                     f"{src['nil_f1']:.2f} | {pct(n['last_round_top1_gold_in_candidates'])} | "
+                     f"{pct(p and p.get('top1_priors_withheld'))} |")
     return "\n".join(lines)
 
 
