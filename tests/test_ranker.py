@@ -370,3 +370,26 @@ def test_a_missing_prior_is_fitted_to_stand_between_none_and_the_top():
     as_zero = copy.deepcopy(spec)
     as_zero["models"]["prior"]["coef"][FEATURES.index("prior_missing")] = 0.0
     assert withheld_top1(exs, spec) > withheld_top1(exs, as_zero)
+
+
+def test_a_nil_threshold_that_gains_within_noise_is_not_taken():
+    """NIL is answered only where the held-out gain is clear: a threshold that wins one mention in
+    a thousand ties with answering NIL less."""
+    from i2cr.ranker.fit import NIL_TOLERANCE, Example, choose_nil_threshold
+
+    def examples(nil_count):
+        exs, probs, plinks = [], [], []
+        for i in range(1000):
+            nil = i < nil_count
+            gold = np.array([0.0, 0.0]) if nil else np.array([1.0, 0.0])
+            exs.append(Example(i, "a", "text", np.zeros((2, len(FEATURES))), gold, np.zeros(2),
+                               allow_nil=True, is_nil=nil))
+            probs.append(np.array([0.9, 0.1]))
+            plinks.append(0.42 if nil else 0.9)
+        return exs, probs, plinks
+
+    assert 1 / 1000 < NIL_TOLERANCE < 10 / 1000
+    t, sweep = choose_nil_threshold(*examples(1))
+    assert sweep["0.45"] > sweep["0.0"] and t == 0.0  # +0.1 point: within noise
+    t, _ = choose_nil_threshold(*examples(10))
+    assert t == 0.45  # +1 point: NIL is answered below 0.45
