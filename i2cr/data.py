@@ -16,6 +16,7 @@ import json
 import math
 import random
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -279,9 +280,12 @@ def parse_candidates(raw: Any, *, source: str, rid: str, fieldname: str = "Cande
         qid = c.get("qid")
         prior = c.get("prior")
         if prior is not None:
+            if isinstance(prior, int) and not isinstance(prior, bool) and prior > sys.float_info.max:
+                raise DataError("'prior' is an integer too large for a float", source=source,
+                                record=rid, field=f)
             if isinstance(prior, bool) or not isinstance(prior, (int, float)) or \
                     not math.isfinite(prior) or prior < 0:
-                raise DataError(f"'prior' must be a non-negative number, not {prior!r}",
+                raise DataError(f"'prior' must be a non-negative number, not {repr(prior)[:60]}",
                                 source=source, record=rid, field=f)
             prior = float(prior)
         out.append(Candidate(name=name, desc=desc.strip(), qid=str(qid) if qid else None,
@@ -372,9 +376,9 @@ def with_documents(pairs: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]
     key: str | None = None
 
     def flush() -> Iterator[tuple[str, Any]]:
-        names = [r.get("mention") for _, r in run]
+        names = [r.get("mention") if isinstance(r, dict) else None for _, r in run]
         for i, (rid, rec) in enumerate(run):
-            if "document_mentions" not in rec:
+            if isinstance(rec, dict) and "document_mentions" not in rec:
                 rec = {**rec, "document_mentions": others_in_document(names, i)}
             yield rid, rec
 

@@ -427,3 +427,38 @@ def test_integer_too_long_to_read_is_one_bad_record(tmp_path):
     with pytest.raises(DataError, match="unreadable JSON value") as e:
         load_mentions(whole)
     assert str(whole) in str(e.value) and "\n" not in str(e.value)
+
+
+# --- session 7's ranker inputs: priors, documents, odd names ---------------------------------------
+
+def test_a_prior_too_large_for_a_float_is_one_bad_record(tmp_path):
+    p = tmp_path / "d.jsonl"  # a 400-digit integer: valid JSON, but no float holds it
+    big = {**GOOD, "id": "big", "Candentity": [{"name": "A", "prior": 1}, {"name": "B"}]}
+    text = json.dumps(big).replace('"prior": 1', '"prior": 1' + "0" * 400)
+    p.write_text(text + "\n" + json.dumps(dict(GOOD, id="ok")) + "\n")
+    bad, ok = load_mentions(p, strict=False)
+    assert ok.id == "ok" and isinstance(bad, DataError) and bad.record == "big"
+    assert "too large for a float" in str(bad) and "\n" not in str(bad) and len(str(bad)) < 200
+    from i2cr.kb.source import parse_entity
+    with pytest.raises(ValueError, match="too large for a float"):  # a KB line: skipped and named
+        parse_entity({"id": "a", "name": "A", "prior": 10 ** 400})
+    with pytest.raises(ValueError, match="too large for a float"):
+        parse_entity({"id": "a", "name": "A", "aliases": [{"name": "x", "prior": 10 ** 400}]})
+
+
+def test_a_bad_record_grouped_into_a_document_stays_one_bad_record():
+    good = {"mention": "Jordan", "context": "", "candidates": ["Michael Jordan"]}
+    pairs = [("d::x::1", good), ("d::x::2", [1, 2]), ("d::x::3", dict(good, mention="Bulls"))]
+    out = dict(D.with_documents(iter(pairs)))  # the streaming reader's grouping (the Ray engine)
+    assert out["d::x::2"] == [1, 2]  # left for parse_record to refuse, naming it
+    assert out["d::x::1"]["document_mentions"] == ["Bulls"]
+
+
+def test_document_names_of_any_type_or_length_make_a_bounded_query():
+    from i2cr.texts import DOCUMENT_NAME_CHARS, document_query
+
+    class S:
+        embed_query_prefix = ""
+    q = document_query([1, None, "", "  ", "Chicago Bulls", "x" * 1_000_000, "Chicago Bulls"], S())
+    assert q == "Chicago Bulls, " + "x" * DOCUMENT_NAME_CHARS
+    assert document_query([None, 3], S()) == ""

@@ -393,3 +393,19 @@ def test_a_nil_threshold_that_gains_within_noise_is_not_taken():
     assert sweep["0.45"] > sweep["0.0"] and t == 0.0  # +0.1 point: within noise
     t, _ = choose_nil_threshold(*examples(10))
     assert t == 0.45  # +1 point: NIL is answered below 0.45
+
+
+def test_a_mention_or_name_of_punctuation_only_gets_features_not_an_error():
+    cands = [{"name": "%%%", "desc": "%%%"}, {"name": "_(_)"}, {"name": "Michael Jordan"}]
+    for mention in ("%%%", "_(_)", "%20"):  # each folds to nothing
+        F = features(mention, "Jordan dunks.", "", cands, [0.2, 0.1, 0.3])
+        assert F.shape == (3, len(FEATURES)) and np.isfinite(F).all()
+        assert not col(F, "exact").any() and not col(F, "mention_in_name").any()
+
+
+def test_a_prior_no_float_holds_is_no_prior():
+    from i2cr.ranker.features import prior_columns, prior_of
+
+    assert prior_of({"prior": 10 ** 400}) is None  # a graph input that skipped the loader
+    share, top, missing = prior_columns([{"name": "A", "prior": 10 ** 400}, {"name": "B", "prior": 2}])
+    assert share == [0.0, 1.0] and top == [0.0, 1.0] and missing == [1.0, 0.0]

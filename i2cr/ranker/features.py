@@ -133,7 +133,7 @@ def prior_of(c: dict[str, Any]) -> float | None:
         return None
     try:
         p = float(p)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
         return None
     return p if math.isfinite(p) and p >= 0 else None
 
@@ -215,7 +215,7 @@ def features(mention: str, context: str, clue_text: str, candidates: Sequence[di
     dbest = max(dsims)
     men = strip_mention(mention)
     forms = set(mention_forms(mention))
-    men_f = mention_forms(mention)[0]
+    men_f = next(iter(mention_forms(mention)), "")  # '' for a mention of punctuation only ('%%%')
     demonyms = set(demonym_forms(mention))
     lower = float(men[:1].islower())
     men_w = men_f.split()
