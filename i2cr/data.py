@@ -117,6 +117,8 @@ class Mention:
         self.candidates = cands
         if isinstance(self.clues, dict):
             self.clues = {k: _cap_clue(v, f"clues[{k!r}]", cuts) for k, v in self.clues.items()}
+        # as parse_record caps them, for a Mention made in code (link(..., document=[...]))
+        self.document = [x[:MAX_NAME_CHARS] for x in list(self.document)[:MAX_DOCUMENT_NAMES]]
 
     def image_ref(self) -> str | None:
         """The image as a URL or a resolved local path (None when the sample has no image)."""

@@ -462,3 +462,13 @@ def test_document_names_of_any_type_or_length_make_a_bounded_query():
     q = document_query([1, None, "", "  ", "Chicago Bulls", "x" * 1_000_000, "Chicago Bulls"], S())
     assert q == "Chicago Bulls, " + "x" * DOCUMENT_NAME_CHARS
     assert document_query([None, 3], S()) == ""
+
+
+def test_a_document_given_in_code_is_capped_as_a_loaded_one_and_none_is_no_document():
+    from i2cr import link
+
+    m = jordan(document=[f"Chicago Bulls player {i} " * 100 for i in range(10_000)])
+    assert len(m.document) == D.MAX_DOCUMENT_NAMES
+    assert all(len(x) == D.MAX_NAME_CHARS for x in m.document)
+    res = link("Jordan", "Jordan dunks during the 1991 NBA Finals.", JORDAN_CANDIDATES, document=None)
+    assert res["error"] is None and res["answer"] == "Michael Jordan"
