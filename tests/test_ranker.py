@@ -409,3 +409,30 @@ def test_a_prior_no_float_holds_is_no_prior():
     assert prior_of({"prior": 10 ** 400}) is None  # a graph input that skipped the loader
     share, top, missing = prior_columns([{"name": "A", "prior": 10 ** 400}, {"name": "B", "prior": 2}])
     assert share == [0.0, 1.0] and top == [0.0, 1.0] and missing == [1.0, 0.0]
+
+
+def test_context_in_desc_work_grows_linearly_with_the_candidates(monkeypatch):
+    # a large max_candidates (or kb_top_k) must not make every round quadratic: count the word
+    # lookups (hash calls) instead of timing them
+    import importlib
+
+    feats = importlib.import_module("i2cr.ranker.features")  # the module (the package exports the function)
+    calls = [0]
+
+    class Word(str):
+        def __hash__(self):
+            calls[0] += 1
+            return str.__hash__(self)
+
+    class Text(str):
+        def split(self, *a):  # type: ignore[override]
+            return [Word(w) for w in str.split(self, *a)]
+
+    real_fold = feats.fold
+    monkeypatch.setattr(feats, "fold", lambda s: Text(real_fold(s)))
+    words = [f"topic{i}" for i in range(50)]
+    n = 200
+    cands = [{"name": f"Entity {i}", "desc": " ".join(words)} for i in range(n)]
+    got = feats.context_in_desc("Jordan", " ".join(words), cands)
+    assert got == [0.0] * n  # every candidate has every word: none tells them apart
+    assert calls[0] < 5 * n * len(words)  # per candidate and word, not per pair of candidates

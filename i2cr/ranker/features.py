@@ -182,9 +182,13 @@ def context_in_desc(mention: str, context: str, candidates: Sequence[dict[str, A
         return [0.0] * len(candidates)
     bags = [set(fold(f"{c.get('name', '')} {c.get('desc') or ''}").split()) for c in candidates]
     n = len(bags)
+    df = dict.fromkeys(words, 0)  # how many candidates have each word: once, not per candidate
+    for bag in bags:
+        for w in words & bag:
+            df[w] += 1
     score = []
     for bag in bags:
-        score.append(sum(math.log((n + 1) / (1 + sum(w in b for b in bags))) for w in words & bag))
+        score.append(sum(math.log((n + 1) / (1 + df[w])) for w in words & bag))
     top = max(score)
     return [s / top if top > 0 else 0.0 for s in score]
 
