@@ -19,6 +19,7 @@ import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -350,8 +351,8 @@ def others_in_document(names: list[Any], i: int) -> list[str]:
     """What mention ``i`` of a document sees: the other mentions (not its own name again), in
     order, each and their number capped."""
     own = names[i]
-    return [n[:MAX_NAME_CHARS] for j, n in enumerate(names)
-            if j != i and isinstance(n, str) and n != own][:MAX_DOCUMENT_NAMES]
+    return list(islice((n[:MAX_NAME_CHARS] for j, n in enumerate(names)
+                        if j != i and isinstance(n, str) and n != own), MAX_DOCUMENT_NAMES))
 
 
 def fill_documents(items: list[Mention | DataError], keys: list[str | None]) -> None:
@@ -361,12 +362,15 @@ def fill_documents(items: list[Mention | DataError], keys: list[str | None]) -> 
     for i, k in enumerate(keys):
         if k is not None and isinstance(items[i], Mention):
             groups.setdefault(k, []).append(i)
-    for idx in groups.values():
-        for i in idx:
+    for idx in groups.values():  # linear in a document's records, however many share a doc_id
+        names = [items[j].mention for j in idx]  # type: ignore[union-attr]
+        seen: dict[str, list[str]] = {}  # what a mention sees depends on its name alone
+        for pos, i in enumerate(idx):
             m = items[i]
             if isinstance(m, Mention) and not m.document:
-                names = [items[j].mention for j in idx]  # type: ignore[union-attr]
-                m.document = others_in_document(names, i=idx.index(i))
+                if names[pos] not in seen:
+                    seen[names[pos]] = others_in_document(names, pos)
+                m.document = list(seen[names[pos]])
 
 
 def with_documents(pairs: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
