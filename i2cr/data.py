@@ -328,6 +328,10 @@ def parse_record(rec: Any, rid: str, *, source: str, image_root: str | None = No
     if clues is not None and not isinstance(clues, dict):
         raise DataError("must be an object of clue type -> text", source=source, record=rid,
                         field=_field(rec, "mention_imgdesc_Azure"))
+    doc_id = rec.get("doc_id")  # read by document_key; another type would be ignored silently
+    if doc_id is not None and (isinstance(doc_id, bool) or not isinstance(doc_id, (str, int))):
+        raise DataError(f"must be a string or an integer, not {type(doc_id).__name__}",
+                        source=source, record=rid, field="doc_id")
     doc = rec.get("document_mentions")
     if doc is not None and (not isinstance(doc, list) or not all(isinstance(x, str) for x in doc)):
         raise DataError("must be a list of strings", source=source, record=rid,
