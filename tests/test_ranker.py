@@ -436,3 +436,30 @@ def test_context_in_desc_work_grows_linearly_with_the_candidates(monkeypatch):
     got = feats.context_in_desc("Jordan", " ".join(words), cands)
     assert got == [0.0] * n  # every candidate has every word: none tells them apart
     assert calls[0] < 5 * n * len(words)  # per candidate and word, not per pair of candidates
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda m: m["prior"]["coef"].__setitem__(0, float("nan")), "'coef' must be [0-9]+ finite numbers"),
+    (lambda m: m["no_prior"]["coef"].__setitem__(3, "x"), "'coef' must be [0-9]+ finite numbers"),
+    (lambda m: m["no_prior"]["nil"].__setitem__("coef", [1.0]), "'nil.coef' must be [0-9]+ finite"),
+    (lambda m: m["no_prior"]["nil"]["scale"].__setitem__(0, 0), "'nil.scale' must have no 0"),
+    (lambda m: m["prior"].__setitem__("nil_threshold", "x"), "'nil_threshold' must be a finite"),
+    (lambda m: m["prior"]["nil"]["fit"].__setitem__("coef", [1]), "'nil.fit.coef' must be [0-9]+ finite"),
+    (lambda m: m.__setitem__("no_prior", []), "'no_prior' has the wrong number of weights"),
+])
+def test_a_damaged_weights_file_is_refused_naming_the_part(tmp_path, damage, named):
+    # a hand-edited or damaged file was read as it was: NaN weights ranked every mention at random
+    # with exit code 0, the others made every mention an error with a numpy message
+    spec = json.loads(open(_shipped()).read())
+    damage(spec["models"])
+    p = tmp_path / "w.json"
+    p.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=named) as e:
+        load_weights(str(p))
+    assert str(p) in str(e.value)
+
+
+def _shipped():
+    from importlib.resources import files
+
+    return str(files("i2cr.ranker").joinpath("weights.json"))
