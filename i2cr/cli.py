@@ -65,6 +65,8 @@ def _settings(args: argparse.Namespace, *, embeds: bool = True):
         settings = Context.from_overrides(overrides)
         if embeds:
             _check_cache_folder(settings.embedding_cache, "embedding_cache")
+        if settings.ranker_weights:  # missing or damaged: a bad setting, not an error per mention
+            settings.resources.weights(settings.ranker_weights)
         return settings
     except (ValueError, TypeError) as e:  # unusable input, as a bad path is: exit code 2
         print(f"i2cr: {e}", file=sys.stderr)

@@ -16,8 +16,10 @@ import json
 import math
 import random
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,8 @@ class Mention:
         self.candidates = cands
         if isinstance(self.clues, dict):
             self.clues = {k: _cap_clue(v, f"clues[{k!r}]", cuts) for k, v in self.clues.items()}
+        # as parse_record caps them, for a Mention made in code (link(..., document=[...]))
+        self.document = [x[:MAX_NAME_CHARS] for x in list(self.document)[:MAX_DOCUMENT_NAMES]]
 
     def image_ref(self) -> str | None:
         """The image as a URL or a resolved local path (None when the sample has no image)."""
@@ -279,9 +283,12 @@ def parse_candidates(raw: Any, *, source: str, rid: str, fieldname: str = "Cande
         qid = c.get("qid")
         prior = c.get("prior")
         if prior is not None:
+            if isinstance(prior, int) and not isinstance(prior, bool) and prior > sys.float_info.max:
+                raise DataError("'prior' is an integer too large for a float", source=source,
+                                record=rid, field=f)
             if isinstance(prior, bool) or not isinstance(prior, (int, float)) or \
                     not math.isfinite(prior) or prior < 0:
-                raise DataError(f"'prior' must be a non-negative number, not {prior!r}",
+                raise DataError(f"'prior' must be a non-negative number, not {repr(prior)[:60]}",
                                 source=source, record=rid, field=f)
             prior = float(prior)
         out.append(Candidate(name=name, desc=desc.strip(), qid=str(qid) if qid else None,
@@ -321,6 +328,10 @@ def parse_record(rec: Any, rid: str, *, source: str, image_root: str | None = No
     if clues is not None and not isinstance(clues, dict):
         raise DataError("must be an object of clue type -> text", source=source, record=rid,
                         field=_field(rec, "mention_imgdesc_Azure"))
+    doc_id = rec.get("doc_id")  # read by document_key; another type would be ignored silently
+    if doc_id is not None and (isinstance(doc_id, bool) or not isinstance(doc_id, (str, int))):
+        raise DataError(f"must be a string or an integer, not {type(doc_id).__name__}",
+                        source=source, record=rid, field="doc_id")
     doc = rec.get("document_mentions")
     if doc is not None and (not isinstance(doc, list) or not all(isinstance(x, str) for x in doc)):
         raise DataError("must be a list of strings", source=source, record=rid,
@@ -344,8 +355,8 @@ def others_in_document(names: list[Any], i: int) -> list[str]:
     """What mention ``i`` of a document sees: the other mentions (not its own name again), in
     order, each and their number capped."""
     own = names[i]
-    return [n[:MAX_NAME_CHARS] for j, n in enumerate(names)
-            if j != i and isinstance(n, str) and n != own][:MAX_DOCUMENT_NAMES]
+    return list(islice((n[:MAX_NAME_CHARS] for j, n in enumerate(names)
+                        if j != i and isinstance(n, str) and n != own), MAX_DOCUMENT_NAMES))
 
 
 def fill_documents(items: list[Mention | DataError], keys: list[str | None]) -> None:
@@ -355,12 +366,15 @@ def fill_documents(items: list[Mention | DataError], keys: list[str | None]) -> 
     for i, k in enumerate(keys):
         if k is not None and isinstance(items[i], Mention):
             groups.setdefault(k, []).append(i)
-    for idx in groups.values():
-        for i in idx:
+    for idx in groups.values():  # linear in a document's records, however many share a doc_id
+        names = [items[j].mention for j in idx]  # type: ignore[union-attr]
+        seen: dict[str, list[str]] = {}  # what a mention sees depends on its name alone
+        for pos, i in enumerate(idx):
             m = items[i]
             if isinstance(m, Mention) and not m.document:
-                names = [items[j].mention for j in idx]  # type: ignore[union-attr]
-                m.document = others_in_document(names, i=idx.index(i))
+                if names[pos] not in seen:
+                    seen[names[pos]] = others_in_document(names, pos)
+                m.document = list(seen[names[pos]])
 
 
 def with_documents(pairs: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
@@ -372,9 +386,9 @@ def with_documents(pairs: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]
     key: str | None = None
 
     def flush() -> Iterator[tuple[str, Any]]:
-        names = [r.get("mention") for _, r in run]
+        names = [r.get("mention") if isinstance(r, dict) else None for _, r in run]
         for i, (rid, rec) in enumerate(run):
-            if "document_mentions" not in rec:
+            if isinstance(rec, dict) and "document_mentions" not in rec:
                 rec = {**rec, "document_mentions": others_in_document(names, i)}
             yield rid, rec
 

@@ -129,6 +129,7 @@ def link(mention: str, context: str,
                              allow_empty=allow_nil or bool(settings.kb))
     if not mention or not mention.strip():
         raise DataError("is empty", source="link()", field="mention")
+    document = () if document is None else document  # None: no document, as the default
     if isinstance(document, str) or not all(isinstance(x, str) for x in document):
         raise DataError("must be a list of strings", source="link()", field="document")
     m = Mention(id="0", mention=mention, context=context or "", candidates=cands, image=image,

@@ -628,3 +628,15 @@ def test_unknown_i2cr_environment_variables_are_named_once(tmp_path):
         if f.is_file() and f.name != "envvars.py":
             said |= set(re.findall(r"\bI2CR_[A-Z0-9_]*[A-Z0-9]", f.read_text(errors="replace")))
     assert said and said <= known(), said - known()
+
+
+def test_a_missing_or_damaged_ranker_weights_file_is_a_bad_setting(tmp_path):
+    bad = tmp_path / "w.json"
+    spec = json.loads((ROOT / "i2cr" / "ranker" / "weights.json").read_text())
+    spec["models"]["prior"]["coef"][0] = float("nan")
+    bad.write_text(json.dumps(spec))
+    for path in (bad, tmp_path / "none.json"):
+        p = cli("link", str(EXAMPLES / "mentions.json"), "--set", f"ranker_weights={path}")
+        # was exit 1 with every mention an error (missing) or exit 0 ranked at random (NaN)
+        assert p.returncode == 2 and p.stdout == "", p.stderr[-2000:]
+        assert str(path) in one_line_error(p)

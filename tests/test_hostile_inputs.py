@@ -427,3 +427,83 @@ def test_integer_too_long_to_read_is_one_bad_record(tmp_path):
     with pytest.raises(DataError, match="unreadable JSON value") as e:
         load_mentions(whole)
     assert str(whole) in str(e.value) and "\n" not in str(e.value)
+
+
+# --- session 7's ranker inputs: priors, documents, odd names ---------------------------------------
+
+def test_a_prior_too_large_for_a_float_is_one_bad_record(tmp_path):
+    p = tmp_path / "d.jsonl"  # a 400-digit integer: valid JSON, but no float holds it
+    big = {**GOOD, "id": "big", "Candentity": [{"name": "A", "prior": 1}, {"name": "B"}]}
+    text = json.dumps(big).replace('"prior": 1', '"prior": 1' + "0" * 400)
+    p.write_text(text + "\n" + json.dumps(dict(GOOD, id="ok")) + "\n")
+    bad, ok = load_mentions(p, strict=False)
+    assert ok.id == "ok" and isinstance(bad, DataError) and bad.record == "big"
+    assert "too large for a float" in str(bad) and "\n" not in str(bad) and len(str(bad)) < 200
+    from i2cr.kb.source import parse_entity
+    with pytest.raises(ValueError, match="too large for a float"):  # a KB line: skipped and named
+        parse_entity({"id": "a", "name": "A", "prior": 10 ** 400})
+    with pytest.raises(ValueError, match="too large for a float"):
+        parse_entity({"id": "a", "name": "A", "aliases": [{"name": "x", "prior": 10 ** 400}]})
+
+
+def test_a_bad_record_grouped_into_a_document_stays_one_bad_record():
+    good = {"mention": "Jordan", "context": "", "candidates": ["Michael Jordan"]}
+    pairs = [("d::x::1", good), ("d::x::2", [1, 2]), ("d::x::3", dict(good, mention="Bulls"))]
+    out = dict(D.with_documents(iter(pairs)))  # the streaming reader's grouping (the Ray engine)
+    assert out["d::x::2"] == [1, 2]  # left for parse_record to refuse, naming it
+    assert out["d::x::1"]["document_mentions"] == ["Bulls"]
+
+
+def test_document_names_of_any_type_or_length_make_a_bounded_query():
+    from i2cr.texts import DOCUMENT_NAME_CHARS, document_query
+
+    class S:
+        embed_query_prefix = ""
+    q = document_query([1, None, "", "  ", "Chicago Bulls", "x" * 1_000_000, "Chicago Bulls"], S())
+    assert q == "Chicago Bulls, " + "x" * DOCUMENT_NAME_CHARS
+    assert document_query([None, 3], S()) == ""
+
+
+def test_a_document_given_in_code_is_capped_as_a_loaded_one_and_none_is_no_document():
+    from i2cr import link
+
+    m = jordan(document=[f"Chicago Bulls player {i} " * 100 for i in range(10_000)])
+    assert len(m.document) == D.MAX_DOCUMENT_NAMES
+    assert all(len(x) == D.MAX_NAME_CHARS for x in m.document)
+    res = link("Jordan", "Jordan dunks during the 1991 NBA Finals.", JORDAN_CANDIDATES, document=None)
+    assert res["error"] is None and res["answer"] == "Michael Jordan"
+
+
+def test_many_records_of_one_document_are_grouped_in_linear_work():
+    # 20,000 records sharing a doc_id took 38 s to load (each record rescanned the whole group);
+    # count the name comparisons instead of timing them
+    calls = [0]
+
+    class Name(str):
+        __hash__ = str.__hash__
+
+        def __ne__(self, other):
+            calls[0] += 1
+            return str.__ne__(self, other)
+
+    n = 3000  # the mention itself repeated, one other name
+    items = [jordan(id=f"r{i}", mention=Name("Bulls" if i == 0 else "Jordan")) for i in range(n)]
+    D.fill_documents(items, ["doc"] * n)
+    assert items[0].document == ["Jordan"] * D.MAX_DOCUMENT_NAMES
+    assert all(m.document == ["Bulls"] for m in items[1:])
+    assert items[1].document is not items[2].document  # each its own list
+    assert calls[0] < 10 * n
+
+
+def test_a_doc_id_of_another_type_is_one_bad_record_not_ignored(tmp_path):
+    p = tmp_path / "d.jsonl"
+    rows = [dict(GOOD, id="a", doc_id="D"), dict(GOOD, id="b", doc_id=[1, 2]),
+            dict(GOOD, id="c", doc_id=True), dict(GOOD, id="d", doc_id="D", mention="Bulls"),
+            dict(GOOD, id="e", doc_id=7), dict(GOOD, id="f", doc_id=None)]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a, b, c, d, e, f = load_mentions(p, strict=False)
+    for bad, rid, kind in ((b, "b", "list"), (c, "c", "bool")):
+        assert isinstance(bad, DataError) and bad.record == rid and bad.field == "doc_id"
+        assert f"must be a string or an integer, not {kind}" in str(bad)
+    assert a.document == ["Bulls"] and d.document == ["Jordan"]  # the bad one joins no document
+    assert isinstance(e, Mention) and isinstance(f, Mention)  # an integer, or none at all

@@ -393,3 +393,73 @@ def test_a_nil_threshold_that_gains_within_noise_is_not_taken():
     assert sweep["0.45"] > sweep["0.0"] and t == 0.0  # +0.1 point: within noise
     t, _ = choose_nil_threshold(*examples(10))
     assert t == 0.45  # +1 point: NIL is answered below 0.45
+
+
+def test_a_mention_or_name_of_punctuation_only_gets_features_not_an_error():
+    cands = [{"name": "%%%", "desc": "%%%"}, {"name": "_(_)"}, {"name": "Michael Jordan"}]
+    for mention in ("%%%", "_(_)", "%20"):  # each folds to nothing
+        F = features(mention, "Jordan dunks.", "", cands, [0.2, 0.1, 0.3])
+        assert F.shape == (3, len(FEATURES)) and np.isfinite(F).all()
+        assert not col(F, "exact").any() and not col(F, "mention_in_name").any()
+
+
+def test_a_prior_no_float_holds_is_no_prior():
+    from i2cr.ranker.features import prior_columns, prior_of
+
+    assert prior_of({"prior": 10 ** 400}) is None  # a graph input that skipped the loader
+    share, top, missing = prior_columns([{"name": "A", "prior": 10 ** 400}, {"name": "B", "prior": 2}])
+    assert share == [0.0, 1.0] and top == [0.0, 1.0] and missing == [1.0, 0.0]
+
+
+def test_context_in_desc_work_grows_linearly_with_the_candidates(monkeypatch):
+    # a large max_candidates (or kb_top_k) must not make every round quadratic: count the word
+    # lookups (hash calls) instead of timing them
+    import importlib
+
+    feats = importlib.import_module("i2cr.ranker.features")  # the module (the package exports the function)
+    calls = [0]
+
+    class Word(str):
+        def __hash__(self):
+            calls[0] += 1
+            return str.__hash__(self)
+
+    class Text(str):
+        def split(self, *a):  # type: ignore[override]
+            return [Word(w) for w in str.split(self, *a)]
+
+    real_fold = feats.fold
+    monkeypatch.setattr(feats, "fold", lambda s: Text(real_fold(s)))
+    words = [f"topic{i}" for i in range(50)]
+    n = 200
+    cands = [{"name": f"Entity {i}", "desc": " ".join(words)} for i in range(n)]
+    got = feats.context_in_desc("Jordan", " ".join(words), cands)
+    assert got == [0.0] * n  # every candidate has every word: none tells them apart
+    assert calls[0] < 5 * n * len(words)  # per candidate and word, not per pair of candidates
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda m: m["prior"]["coef"].__setitem__(0, float("nan")), "'coef' must be [0-9]+ finite numbers"),
+    (lambda m: m["no_prior"]["coef"].__setitem__(3, "x"), "'coef' must be [0-9]+ finite numbers"),
+    (lambda m: m["no_prior"]["nil"].__setitem__("coef", [1.0]), "'nil.coef' must be [0-9]+ finite"),
+    (lambda m: m["no_prior"]["nil"]["scale"].__setitem__(0, 0), "'nil.scale' must have no 0"),
+    (lambda m: m["prior"].__setitem__("nil_threshold", "x"), "'nil_threshold' must be a finite"),
+    (lambda m: m["prior"]["nil"]["fit"].__setitem__("coef", [1]), "'nil.fit.coef' must be [0-9]+ finite"),
+    (lambda m: m.__setitem__("no_prior", []), "'no_prior' has the wrong number of weights"),
+])
+def test_a_damaged_weights_file_is_refused_naming_the_part(tmp_path, damage, named):
+    # a hand-edited or damaged file was read as it was: NaN weights ranked every mention at random
+    # with exit code 0, the others made every mention an error with a numpy message
+    spec = json.loads(open(_shipped()).read())
+    damage(spec["models"])
+    p = tmp_path / "w.json"
+    p.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=named) as e:
+        load_weights(str(p))
+    assert str(p) in str(e.value)
+
+
+def _shipped():
+    from importlib.resources import files
+
+    return str(files("i2cr.ranker").joinpath("weights.json"))

@@ -20,6 +20,7 @@ import json
 import math
 import re
 import sqlite3
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -86,6 +87,8 @@ def alias_key(surface: str) -> str:
 
 
 def _prior(v: Any, what: str) -> float:
+    if isinstance(v, int) and not isinstance(v, bool) and v > sys.float_info.max:
+        raise ValueError(f"{what} is an integer too large for a float")
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
         raise ValueError(f"{what} must be a non-negative number, not {v!r}"[:120])
     return float(v)

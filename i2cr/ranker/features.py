@@ -133,7 +133,7 @@ def prior_of(c: dict[str, Any]) -> float | None:
         return None
     try:
         p = float(p)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
         return None
     return p if math.isfinite(p) and p >= 0 else None
 
@@ -182,9 +182,13 @@ def context_in_desc(mention: str, context: str, candidates: Sequence[dict[str, A
         return [0.0] * len(candidates)
     bags = [set(fold(f"{c.get('name', '')} {c.get('desc') or ''}").split()) for c in candidates]
     n = len(bags)
+    df = dict.fromkeys(words, 0)  # how many candidates have each word: once, not per candidate
+    for bag in bags:
+        for w in words & bag:
+            df[w] += 1
     score = []
     for bag in bags:
-        score.append(sum(math.log((n + 1) / (1 + sum(w in b for b in bags))) for w in words & bag))
+        score.append(sum(math.log((n + 1) / (1 + df[w])) for w in words & bag))
     top = max(score)
     return [s / top if top > 0 else 0.0 for s in score]
 
@@ -215,7 +219,7 @@ def features(mention: str, context: str, clue_text: str, candidates: Sequence[di
     dbest = max(dsims)
     men = strip_mention(mention)
     forms = set(mention_forms(mention))
-    men_f = mention_forms(mention)[0]
+    men_f = next(iter(mention_forms(mention)), "")  # '' for a mention of punctuation only ('%%%')
     demonyms = set(demonym_forms(mention))
     lower = float(men[:1].islower())
     men_w = men_f.split()

@@ -136,9 +136,51 @@ def load_weights(path: str | None = None) -> Weights:
         raise ValueError(f"ranker weights {where} were fitted for other features; refit them with "
                          "python -m i2cr.eval.calibrate")
     for m in MODELS:
-        if len(spec["models"][m].get("coef") or []) != len(FEATURES):
+        model = spec["models"][m]
+        if not isinstance(model, dict) or len(model.get("coef") or []) != len(FEATURES):
             raise ValueError(f"ranker weights {where}: model {m!r} has the wrong number of weights")
+        _check_model(model, f"ranker weights {where}: model {m!r}")
+    icr = spec.get("icr_threshold")
+    if icr is not None and (not isinstance(icr, dict) or
+                            (icr.get("value") is not None and not _finite(icr["value"]))):
+        raise ValueError(f"ranker weights {where}: 'icr_threshold' must hold a finite 'value'")
     return Weights(spec, where)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_model(model: Mapping[str, Any], what: str) -> None:
+    """ValueError naming the part of a model that is not the finite numbers of the right number
+    the ranker reads (a hand-edited or damaged file: NaN weights would rank silently at random)."""
+    def vector(v: Any, n: int, name: str) -> None:
+        if not isinstance(v, list) or len(v) != n or not all(map(_finite, v)):
+            raise ValueError(f"{what}: {name!r} must be {n} finite numbers")
+
+    def number(v: Any, name: str) -> None:
+        if not _finite(v):
+            raise ValueError(f"{what}: {name!r} must be a finite number, not {repr(v)[:40]}")
+
+    vector(model["coef"], len(FEATURES), "coef")
+    if "nil_threshold" in model:
+        number(model["nil_threshold"], "nil_threshold")
+    nil = model.get("nil")
+    if not nil:
+        return
+    if not isinstance(nil, dict):
+        raise ValueError(f"{what}: 'nil' must be an object")
+    for k in ("mean", "scale", "coef"):
+        vector(nil.get(k), len(NIL_FEATURES), f"nil.{k}")
+    if not all(nil["scale"]):
+        raise ValueError(f"{what}: 'nil.scale' must have no 0")
+    number(nil.get("intercept"), "nil.intercept")
+    fit = nil.get("fit")
+    if fit:
+        if not isinstance(fit, dict):
+            raise ValueError(f"{what}: 'nil.fit' must be an object")
+        vector(fit.get("coef"), len(FIT_INPUTS), "nil.fit.coef")
+        number(fit.get("intercept"), "nil.fit.intercept")
 
 
 @dataclass(frozen=True)
