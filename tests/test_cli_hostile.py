@@ -481,6 +481,7 @@ def test_images_that_could_not_be_used_are_reported_and_a_failed_download_fails_
 # --- settings and flags a run cannot use are refused up front ---------------------------------
 
 @pytest.mark.parametrize("setting", ["icr_threshold=nan", "nil_threshold=inf", "iav_threshold=-inf",
+                                     "nil_threshold=-1", "nil_threshold=2",
                                      "image_timeout=-1", "image_timeout=0"])
 def test_a_setting_no_run_can_use_is_refused(setting):
     name, value = setting.split("=")

@@ -278,6 +278,9 @@ class Context:
                              f"{self.tes_strategy!r}")
         if not 0.0 <= self.hybrid_threshold <= 1.0:
             raise ValueError(f"hybrid_threshold must be within 0..1, not {self.hybrid_threshold}")
+        if self.nil_threshold is not None and not 0.0 <= self.nil_threshold <= 1.0:
+            # p_link is a probability: below 0 would never answer NIL, above 1 always
+            raise ValueError(f"nil_threshold must be within 0..1, not {self.nil_threshold}")
         if self.hybrid_top_k < 1:
             raise ValueError(f"hybrid_top_k must be >= 1, not {self.hybrid_top_k}")
         if self.prompt_profile not in PROFILES:
