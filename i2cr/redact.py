@@ -19,8 +19,10 @@ import re
 import threading
 from typing import Any
 
+from .envvars import LLM_API_KEY
+
 MASK = "***"
-KNOWN_NAMES = ("I2CR_LLM_API_KEY", "OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "VISION_KEY")
+KNOWN_NAMES = (LLM_API_KEY, "OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "VISION_KEY")
 _SECRET_NAME = re.compile(r"(?:^|_)(?:API_?KEY|KEY|TOKEN|SECRET|PASSWORD|PASSWD)$", re.I)
 MIN_KNOWN = 4   # a configured key of this length or more is masked wherever it appears
 MIN_OTHER = 8   # a *_KEY/*_TOKEN variable's value shorter than this is not taken for a secret

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .data import MAX_NAME_CHARS
 from .names import clean
 
 
@@ -43,14 +44,13 @@ def query_for(mention: str, context: str, clues: Sequence[Mapping[str, Any]], se
 
 
 DOCUMENT_QUERY_NAMES = 40  # the document's names put in its query, first seen first
-DOCUMENT_NAME_CHARS = 300  # each cut to this (data.MAX_NAME_CHARS: a loader has cut them already)
 
 
 def document_query(document: Sequence[str], settings: Any) -> str:
     """The other names of the mention's document, once each, as one query ('' without any): what
     the ranker compares with each entity text for the document's topic ('Crimson Tide, Nick
     Saban' tells the football team from the state)."""
-    names = list(dict.fromkeys(n.strip()[:DOCUMENT_NAME_CHARS] for n in document
+    names = list(dict.fromkeys(n.strip()[:MAX_NAME_CHARS] for n in document
                                if isinstance(n, str) and n.strip()))
     return settings.embed_query_prefix + ", ".join(names[:DOCUMENT_QUERY_NAMES]) if names else ""
 

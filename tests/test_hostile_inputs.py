@@ -455,7 +455,8 @@ def test_a_bad_record_grouped_into_a_document_stays_one_bad_record():
 
 
 def test_document_names_of_any_type_or_length_make_a_bounded_query():
-    from i2cr.texts import DOCUMENT_NAME_CHARS, document_query
+    from i2cr.data import MAX_NAME_CHARS as DOCUMENT_NAME_CHARS
+    from i2cr.texts import document_query
 
     class S:
         embed_query_prefix = ""

@@ -145,7 +145,13 @@ def prior_columns(candidates: Sequence[dict[str, Any]]
     one gets share 0 and ``prior_missing`` 1, whose fitted weight stands in for the share it
     would have had (fitted on mentions whose priors were withheld from candidates at random), so
     a missing prior is neither a vote against the candidate nor one for it."""
-    ps = [prior_of(c) for c in candidates]
+    return prior_share_columns([prior_of(c) for c in candidates])
+
+
+def prior_share_columns(ps: Sequence[float | None]
+                        ) -> tuple[list[float], list[float], list[float]]:
+    """:func:`prior_columns` from the priors themselves (None: unknown), any non-negative scale:
+    the one rule, also for the fit's withheld copies, whose shares are read back as priors."""
     known = [p for p in ps if p is not None]
     top = max(known) if known else 0.0
     n = len(ps)

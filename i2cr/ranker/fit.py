@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..data import Mention
-from .features import FEATURES
+from .features import FEATURES, prior_share_columns
 from .model import FIT_INPUTS, MODELS, NIL_FEATURES, Ranker, link_probability, nil_features, softmax
 
 SIM = FEATURES.index("sim")
@@ -144,13 +144,9 @@ def withhold_priors(F: np.ndarray, rng: np.random.Generator) -> np.ndarray | Non
     drop = rng.random(n) < WITHHELD_SHARE
     if not drop.any() or drop.all():
         return None
-    p, top, miss = PRIOR_COLUMNS
-    G = F.copy()
-    kept = G[~drop, p]
-    best = kept.max()
-    G[:, p] = np.where(drop, 0.0, G[:, p] / best if best > 0 else 0.0)
-    G[:, top] = np.where(drop, 0.0, (G[:, p] >= 1.0 - 1e-9).astype(float) if best > 0 else 0.0)
-    G[:, miss] = drop.astype(float)
+    G = F.copy()  # a share is its prior on the mention's scale, so the rule reads it back as one
+    shares = [None if d else float(v) for v, d in zip(F[:, PRIOR_COLUMNS[0]], drop, strict=True)]
+    G[:, PRIOR_COLUMNS] = np.asarray(prior_share_columns(shares)).T
     return G
 
 
