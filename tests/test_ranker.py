@@ -7,6 +7,7 @@ import pytest
 
 from i2cr.names import clean, demonym_forms, expansions, is_acronym_of, mention_forms, title_parts
 from i2cr.ranker import FEATURES, Ranker, features, load_weights
+from i2cr.ranker.model import link_probability
 
 CANDS = [
     {"qid": "Q76", "name": "Barack Obama",
@@ -201,6 +202,16 @@ def test_a_prior_moves_the_ranking_and_nil_when_nothing_fits(ranker):
     assert r.p_link < fits.p_link and not fits.nil
     he = ranker.rank("he", "he went home after the game.", [], unrelated)
     assert he.p_link == 0.0 and he.nil  # a pronoun: a name lookup cannot have found its referent
+
+
+def test_an_acronym_that_spells_a_pronoun_is_not_one():
+    """'US' is the United States (ACE2004 has it four times, all answered NIL by the pronoun
+    rule before); 'us' and 'He' are pronouns."""
+    probs, F = np.asarray([0.9, 0.1]), np.zeros((2, len(FEATURES)))
+    assert link_probability(None, "US", probs, F) == 1.0
+    assert link_probability(None, "IT", probs, F) == 1.0
+    for pronoun in ("us", "He", " his ", "I"):
+        assert link_probability(None, pronoun, probs, F) == 0.0
 
 
 @pytest.mark.integration

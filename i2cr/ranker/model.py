@@ -44,6 +44,13 @@ PRONOUNS = {"i", "me", "my", "mine", "myself", "you", "your", "yours", "yourself
 MODELS = ("prior", "no_prior")
 
 
+def is_pronoun(mention: str) -> bool:
+    """A personal pronoun as written ('he', 'His', 'I'); not an acronym in capitals that spells
+    one ('US' is the United States, 'IT' information technology)."""
+    m = mention.strip()
+    return m.lower() in PRONOUNS and not (len(m) > 1 and m.isupper())
+
+
 def own_fit(fit: Mapping[str, Any] | None, F: np.ndarray) -> np.ndarray:
     """Each candidate's log-odds of being the referent from its own fit alone (a logistic model
     over :data:`FIT_INPUTS`, fitted over every candidate: unlike the softmax, it knows that a
@@ -80,7 +87,7 @@ def link_probability(nil: Mapping[str, Any] | None, mention: str, probs: np.ndar
                      F: np.ndarray) -> float:
     """``p_link`` from a fitted NIL model (1 without one; 0 without candidates or for a
     pronoun)."""
-    if not len(probs) or mention.strip().lower() in PRONOUNS:
+    if not len(probs) or is_pronoun(mention):
         return 0.0
     if not nil:
         return 1.0
