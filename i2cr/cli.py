@@ -253,7 +253,9 @@ def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: b
         where = f"all {total} mention(s) are" if total is not None else "every mention is"
         print(f"i2cr: nothing left to link: {where} already in {args.out}", file=sys.stderr)
     if n > 1 or args.out or errors or failed:
-        summary = f"i2cr: {n} mention(s) linked, {errors} error(s), {calls / max(n, 1):.2f} LLM calls/mention"
+        # every record produced is counted in stats (errors among them): an error is not linked
+        summary = (f"i2cr: {n - errors} mention(s) linked, {errors} error(s), "
+                   f"{calls / max(n, 1):.2f} LLM calls/mention")
         if labelled:
             summary += f", top-1 {correct / labelled:.1%} on {labelled} labelled (errors count as wrong)"
         if args.out:

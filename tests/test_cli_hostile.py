@@ -90,6 +90,14 @@ def test_eval_scores_malformed_labelled_records_as_wrong_and_exits_non_zero(tmp_
     assert re.search(rf"^final +{100 * acc:.1f}%$", p.stdout, re.M)
 
 
+def test_the_closing_line_counts_an_error_record_as_an_error_not_as_linked(tmp_path):
+    data = write_json(tmp_path / "d.json", {"a": GOOD, "b": GOOD, "c": GOOD,
+                                            "bad": {**GOOD, "Candentity": "Michael Jordan"}})
+    p = cli("link", str(data), "--no-progress")
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert "i2cr: 3 mention(s) linked, 1 error(s), " in p.stderr, p.stderr[-2000:]
+
+
 def test_a_bad_record_keeps_its_gold_label():
     err = check_items([DataError("is missing", record="x", field="mention")], {"x": "A"}, warn=None)
     rec = run_one(err[0], Context())

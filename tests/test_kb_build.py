@@ -429,3 +429,27 @@ def test_a_failed_build_removes_the_folder_it_made_and_only_that(tmp_path, how):
     with pytest.raises(error):
         build(src, there, embedder=EMB, encode=encode, batch_size=4, progress=False, warn=None)
     assert (there / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["the folder", "under a parent it made"])
+def test_a_failed_build_never_removes_a_folder_another_build_made_meanwhile(
+        tmp_path, monkeypatch, nested):
+    """The build decided which folder it made by looking before its mkdir: another build that
+    made the folder in that instant (and filled it) lost it when this build then failed. Now the
+    mkdir itself decides: the other's folder, and a parent this build made that holds it, stay."""
+    src = write_jsonl(tmp_path / "e.jsonl", ["{not json", {"id": "x"}])  # the build fails
+    out = tmp_path / "new" / "kb" if nested else tmp_path / "kb"
+    real_mkdir = Path.mkdir
+    raced: list[Path] = []
+
+    def mkdir(self, *a, **k):
+        if self == out and not raced:  # the other build makes the folder first
+            raced.append(self)
+            real_mkdir(self, parents=True, exist_ok=True)
+            (self / "theirs.txt").write_text("the other build's")
+        return real_mkdir(self, *a, **k)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(kb_index.KBError):
+        build(src, out, embedder=EMB, encode=encoder(), batch_size=4, progress=False, warn=None)
+    assert raced == [out]
+    assert (out / "theirs.txt").read_text() == "the other build's"

@@ -256,26 +256,77 @@ def test_llm_tes_retries_then_falls_back_to_the_closest_by_embedding():
 
 # --- ICR ----------------------------------------------------------------------------------------
 
+Q = "alpha the alpha context"  # the round's query, as TES leaves it in the state
+
+
 def test_icr_accepts_rejects_and_keeps_the_best_try():
     res = FakeResources(sims={"Alpha": 0.3, "Beta": 0.6, "Gamma": 0.2})
     ctx = settings(res, icr_threshold=0.5, max_reflections=1)
-    up = run(icr, prepared(choice="Beta"), ctx)
+    up = run(icr, prepared(choice="Beta", query=Q), ctx)
     assert (up["icr_decision"], up["text_answer"], up["text_icr"]) == ("pass", "Beta", 0.6)
     assert up["rounds"] == [{"round": 1, "answer": "Beta", "icr": 0.6}]
-    up = run(icr, prepared(choice="Alpha"), ctx)
+    up = run(icr, prepared(choice="Alpha", query=Q), ctx)
     assert (up["icr_decision"], up["excluded"], up["reflections"]) == \
         ("reject_and_rechoose", ["Alpha"], 1)
     assert "rounds" not in up
-    st = prepared(choice="Gamma", round=2, reflections=1, excluded=["Alpha"],
+    st = prepared(choice="Gamma", round=2, reflections=1, excluded=["Alpha"], query=Q,
                   tried=[{"name": "Alpha", "icr": 0.3}], rounds=[{"round": 1}])
     up = run(icr, st, ctx)
     assert (up["icr_decision"], up["choice"], up["icr_score"]) == ("exhausted_keep_best", "Alpha", 0.3)
     assert up["rounds"][-1] == {"round": 2, "answer": "Alpha", "icr": 0.3}
     assert "text_answer" not in up  # round 2's answer is not the text answer
     asked = len(res.emb.queries)
-    up = run(icr, prepared(choice="nil"), ctx)
+    up = run(icr, prepared(choice="nil", query=Q), ctx)
     assert (up["icr_decision"], up["text_answer"], up["icr_score"]) == ("nil_not_checked", "nil", None)
     assert len(res.emb.queries) == asked  # NIL has no description to score
+
+
+class RecordingEmbedder:
+    """Every query the embedder is asked about, in order (any similarity: 0.5)."""
+
+    def __init__(self):
+        self.queries: list[str] = []
+
+    def similarity(self, query: str, texts: list[str]) -> list[float]:
+        self.queries.append(query)
+        return [0.5 for _ in texts]
+
+
+class RankerResources(FakeResources):
+    """The real ranker (shipped weights) over a recording embedder."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = RecordingEmbedder()
+
+    def ranker(self, ctx):
+        return Resources.ranker(self, ctx)
+
+
+@pytest.mark.parametrize("strategy", ["retrieval", "hybrid", "llm"])
+def test_icr_scores_the_query_tes_built_and_the_ranker_compared(strategy):
+    """ICR built the round's query again, apart from TES's: now TES keeps the query it built
+    (``query``; the ranker's TES compares that very text) and ICR scores against it, so the
+    settings that shape the query (its prefix, the context's cut, the round's clues) act on both
+    alike."""
+    res = RankerResources()
+    fake = ScriptedChatModel(script=["Answer: Beta"])
+    ctx = settings(res, tes_strategy=strategy, embed_query_prefix="query: ", max_context_chars=9,
+                   clue_mode="cumulative", chat_model=fake)
+    clues = [{"tool": "ocr", "text": "beta!", "ok": True},
+             {"tool": "caption", "text": "a beta ray", "ok": True}]
+    st = prepared(round=3, clues=clues, context="the alpha context, long")
+    up = run(tes, st, ctx)
+    q = up["query"]
+    assert q.startswith("query: ") and "beta!" in q and "a beta ray" in q and "long" not in q
+    if strategy != "llm":
+        assert q in res.emb.queries  # the very text the ranker compared the candidates with
+    res.emb.queries.clear()
+    run(icr, {**st, **up}, ctx)
+    assert res.emb.queries == [q]
+    res.emb.queries.clear()
+    run(icr, {**st, **up, "query": "the query TES built"}, ctx)
+    assert res.emb.queries == ["the query TES built"]  # taken from TES, never built again
 
 
 # --- IAV ----------------------------------------------------------------------------------------

@@ -17,18 +17,19 @@ from .context import Context, settings_of
 from .events import IcrDecision
 from .state import State, Tried
 from .tes import allowed_candidates
-from .texts import chosen_text, round_query
+from .texts import chosen_text
 
 
 def icr_score(state: State, ctx: Context, name: str) -> float:
-    """The cosine of this round's query with the entity text of the candidate ``name``."""
-    return resources.embedder(ctx).similarity(round_query(state, ctx), [chosen_text(state, name)])[0]
+    """The cosine of this round's query, as TES built it (``query``), with the entity text of the
+    candidate ``name``."""
+    return resources.embedder(ctx).similarity(state["query"], [chosen_text(state, name)])[0]
 
 
 def icr(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """The ICR node: score TES's choice against this round's query.
 
-    Reads ``choice``, ``round``, ``candidates``, ``mention``, ``context``, ``clues``, ``tried``,
+    Reads ``choice``, ``round``, ``candidates``, ``query`` (TES's), ``tried``,
     ``reflections``, ``excluded``, ``rounds``; writes ``path``, ``icr_score``,
     ``icr_decision``, ``events`` and either ``tried``, ``excluded`` and
     ``reflections`` (rejected: choose again) or the round's answer (:func:`_accept`: an entry in

@@ -133,6 +133,9 @@ class State(InputState, Prepared, total=False):
     # the last TES answer's raw text, for who watches the state (Studio); no node reads it (the
     # tes_answer events hold every raw answer)
     llm_answer: str | None
+    # the round's query (mention, context, the round's clues: graph.texts.round_query) as the last
+    # TES built it; ICR scores TES's choice against it
+    query: str
     ranked: Ranked  # hybrid TES's last ranking
     icr_decision: str  # pass | reject_and_rechoose | exhausted_keep_best | nil_not_checked
 

@@ -29,7 +29,7 @@ from . import resources
 from .context import Context, Strategy, settings_of
 from .events import Event, LlmError, TesAnswer, TesHybrid, prompt_text, tokens_of
 from .state import CandidateDict, Ranked, State
-from .texts import round_clues, round_query
+from .texts import round_clues, round_inputs, round_query
 
 
 def allowed_candidates(state: State) -> list[CandidateDict]:
@@ -38,17 +38,15 @@ def allowed_candidates(state: State) -> list[CandidateDict]:
     return [c for c in state["candidates"] if c["name"] not in excluded]
 
 
-def rank_by_embedding(state: State, ctx: Context, cands: Sequence[Mapping[str, Any]]) -> list[float]:
-    emb = resources.embedder(ctx)
-    q = round_query(state, ctx)
-    return emb.similarity(q, [entity_text(c) for c in cands])
+def rank_by_embedding(query: str, ctx: Context, cands: Sequence[Mapping[str, Any]]) -> list[float]:
+    """The similarity of the round's ``query`` with each candidate's entity text."""
+    return resources.embedder(ctx).similarity(query, [entity_text(c) for c in cands])
 
 
 def retrieval_ranking(state: State, ctx: Context, cands: Sequence[Mapping[str, Any]]) -> Ranking:
     """The ranker's view of ``cands`` in this round (mention, context, round clues)."""
     doc = state.get("document_mentions")
-    return resources.ranker(ctx).rank(state["mention"], state["context"],
-                                      round_clues(state, ctx.query_clues), cands,
+    return resources.ranker(ctx).rank(*round_inputs(state, ctx), cands,
                                       doc if isinstance(doc, list) else ())
 
 
@@ -58,9 +56,11 @@ def ranked(state: State, cands: Sequence[Mapping[str, Any]], r: Ranking) -> Rank
             "probs": [float(p) for p in r.probs]}
 
 
-def _answered(state: State, choice: str | None, update: dict[str, Any]) -> dict[str, Any]:
-    """A TES answer's update: ``path``, ``choice``, ``first_answer`` when it is the first."""
-    out: dict[str, Any] = {"path": ["tes"], "choice": choice, **update}
+def _answered(state: State, query: str, choice: str | None, update: dict[str, Any]
+              ) -> dict[str, Any]:
+    """A TES answer's update: ``path``, ``choice``, the round's ``query`` (which ICR scores the
+    choice against), ``first_answer`` when it is the first."""
+    out: dict[str, Any] = {"path": ["tes"], "choice": choice, "query": query, **update}
     if state["first_answer"] is None:
         out["first_answer"] = choice
     return out
@@ -85,7 +85,8 @@ def tes_retrieval(state: State, ctx: Context, ranking: Ranking | None = None) ->
 
     Reads ``mention``, ``context``, ``candidates``, ``excluded``, ``round``, ``clues``,
     ``allow_nil``, ``document_mentions``, ``first_answer``; writes ``path``, ``choice``
-    (NIL when nothing is left, or when NIL is allowed and the ranker says so), ``llm_answer``
+    (NIL when nothing is left, or when NIL is allowed and the ranker says so), ``query`` (the
+    round's, :func:`~i2cr.graph.texts.round_query`: the one the ranker compared), ``llm_answer``
     (None), ``first_answer`` (the first time) and a ``tes_answer`` event."""
     cands = allowed_candidates(state)
     ev: TesAnswer = {"type": "tes_answer", "round": state["round"],
@@ -104,7 +105,7 @@ def tes_retrieval(state: State, ctx: Context, ranking: Ranking | None = None) ->
             choice = NIL
             ev["nil_reason"] = f"p_link {r.p_link:.3f} < {r.nil_threshold}"
     ev["mapped"] = choice
-    return _answered(state, choice, {"llm_answer": None, "events": [ev]})
+    return _answered(state, round_query(state, ctx), choice, {"llm_answer": None, "events": [ev]})
 
 
 def tes_hybrid(state: State, ctx: Context) -> dict[str, Any]:
@@ -136,16 +137,19 @@ def tes_llm(state: State, ctx: Context, cands: list[CandidateDict] | None = None
     ``node``: the graph node asking, named in its events.
 
     Reads ``mention``, ``context``, ``candidates``, ``excluded``, ``round``, ``clues``,
-    ``allow_nil``, ``llm_calls``, ``first_answer``; writes ``path``, ``choice``, ``llm_answer``
-    (the last raw answer), ``llm_calls`` (counted up), ``first_answer`` (the first time) and its
-    events (each answer, each error, the fallback taken)."""
+    ``allow_nil``, ``llm_calls``, ``first_answer``; writes ``path``, ``choice``, ``query`` (the
+    round's, :func:`~i2cr.graph.texts.round_query`: the fallback's), ``llm_answer`` (the last raw
+    answer), ``llm_calls`` (counted up), ``first_answer`` (the first time) and its events (each
+    answer, each error, the fallback taken)."""
     cands = allowed_candidates(state) if cands is None else cands
+    query = round_query(state, ctx)
     choice, how, raw, calls, events = ask_llm(state, ctx, cands, node)
     if choice is None:
-        choice, how = fallback_choice(state, ctx, cands, fallback)
+        choice, how = fallback_choice(query, ctx, cands, fallback)
         events.append({"type": "tes_fallback", "choice": choice, "method": how})
-    return _answered(state, choice, {"llm_answer": raw, "llm_calls": state["llm_calls"] + calls,
-                                     "events": events})
+    return _answered(state, query, choice, {"llm_answer": raw,
+                                            "llm_calls": state["llm_calls"] + calls,
+                                            "events": events})
 
 
 def tes_messages(state: State, ctx: Context, cands: list[CandidateDict],
@@ -210,14 +214,14 @@ def ask_llm(state: State, ctx: Context, cands: list[CandidateDict], node: str
     return choice, how, raw, calls, events
 
 
-def fallback_choice(state: State, ctx: Context, cands: list[CandidateDict],
+def fallback_choice(query: str, ctx: Context, cands: list[CandidateDict],
                     fallback: str | None) -> tuple[str, str]:
     """(choice, method) when the LLM named no candidate: ``fallback`` when given, else the
-    candidate closest to this round's query by embedding, else NIL (none left)."""
+    candidate closest to this round's ``query`` by embedding, else NIL (none left)."""
     if fallback is not None:
         return fallback, "ranker_fallback"
     if cands:
-        sims = rank_by_embedding(state, ctx, cands)
+        sims = rank_by_embedding(query, ctx, cands)
         best = max(range(len(cands)), key=lambda i: sims[i])
         return cands[best]["name"], "embedding_fallback"
     return NIL, "no_candidates_left"

@@ -20,19 +20,24 @@ def round_clues(state: Mapping[str, Any], mode: str) -> list[Clue]:
     return clues if mode == "cumulative" else clues[-1:]
 
 
+def round_inputs(state: Mapping[str, Any], settings: Any) -> tuple[str, str, list[Clue]]:
+    """(mention, context, clues) of the current round: what its query is made of
+    (:func:`round_query`) and what TES gives the ranker, which builds the same query from them."""
+    return state["mention"], state["context"], round_clues(state, settings.query_clues)
+
+
 def round_query(state: Mapping[str, Any], settings: Any) -> str:
-    """The query TES's ranking and ICR compare with entity texts in the current round."""
-    return query_for(state["mention"], state["context"],
-                     round_clues(state, settings.query_clues), settings)
+    """The query TES's ranking and ICR compare with entity texts in the current round. TES builds
+    it once per call and keeps it in the state's ``query``; ICR scores its choice against that
+    (never a query of its own)."""
+    return query_for(*round_inputs(state, settings), settings)
 
 
 def chosen_text(state: Mapping[str, Any], name: str) -> str:
     """The entity text of the candidate named ``name`` (TES's choice), which ICR and IAV score.
 
-    ICR and IAV look the choice up by name and ICR rebuilds the round's query (:func:`round_query`)
-    rather than take them from TES: only the ranker's TES builds that query (inside the ranker),
-    the LLM's does not, and both are cheap (a list of at most ``max_candidates``; the embedder
-    encodes each distinct text once per run)."""
+    ICR and IAV look the choice up by name rather than take its text from TES: it is cheap (a list
+    of at most ``max_candidates``; the embedder encodes each distinct text once per run)."""
     cand = next(c for c in state["candidates"] if c["name"] == name)
     return entity_text(cand)
 

@@ -159,10 +159,7 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
     if (out / META).is_file():  # refused before the source is read
         _check_embedder(out, read_meta(out), embedder)
     entities = read_source(source, kind)  # raises on a missing source before anything is made
-    made = out if not out.exists() else None  # the folder this build makes (its parents too)
-    while made is not None and not made.parent.exists():
-        made = made.parent
-    out.mkdir(parents=True, exist_ok=True)
+    made = _make_folder(out)
     with build_lock(out):
         try:
             return _build(lancedb, source, out, entities, embedder=embedder, encode=encode,
@@ -176,6 +173,31 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
             close = getattr(entities, "close", None)
             if close is not None:  # (a failure before the source was read)
                 close()
+
+
+def _make_folder(out: Path) -> Path | None:
+    """Make the folder ``out`` and its missing parents; return the topmost folder this call made
+    (what a failed build removes), or None when ``out`` was there. "Made" is decided by the
+    ``mkdir`` itself (it succeeded: this call made the folder; FileExistsError: another did),
+    never by an earlier look, so a folder another build made in the meantime is never claimed,
+    nor one holding it."""
+    missing = []
+    p = out
+    while not p.exists() and p.parent != p:
+        missing.append(p)
+        p = p.parent
+    made = None
+    for d in reversed(missing):  # top down
+        try:
+            d.mkdir()
+        except FileExistsError:  # another made it: what this call made above holds it
+            made = None
+            continue
+        if made is None:
+            made = d
+    if not out.is_dir():
+        raise KBError("names a file, not a folder", source=str(out))
+    return made
 
 
 def _check_embedder(out: Path, meta: dict[str, Any], embedder: str) -> None:
