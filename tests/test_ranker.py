@@ -214,6 +214,17 @@ def test_an_acronym_that_spells_a_pronoun_is_not_one():
         assert link_probability(None, pronoun, probs, F) == 0.0
 
 
+def test_a_pronoun_is_one_as_the_user_wrote_it_with_punctuation_around_it():
+    """The candidate lookup reads 'He,' and '"he"' as 'he' (names.mention_forms), so the pronoun
+    rule must too (it linked them: only the bare 'he' was NIL); an acronym in capitals stays one
+    with its dots or in full-width letters, and a form of two words or an accented one is none."""
+    probs, F = np.asarray([0.9, 0.1]), np.zeros((2, len(FEATURES)))
+    for pronoun in ("He,", '"he"', "\u201cshe\u201d", "it.", "I.", "(them)", "He's", "\uff48\uff45"):
+        assert link_probability(None, pronoun, probs, F) == 0.0, pronoun
+    for name in ("US.", "U.S.", "u.s.", '"IT"', "\uff35\uff33", "H\u00e9", "he she", "", " "):
+        assert link_probability(None, name, probs, F) == 1.0, name
+
+
 @pytest.mark.integration
 def test_a_candidate_without_a_prior_is_not_beaten_by_another_ones_prior_alone(ranker):
     """A KB gives priors to some entities only: the one the mention names exactly, which has

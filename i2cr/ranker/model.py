@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -27,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..names import strip_mention
 from ..texts import context_query, document_query, entity_text, query_for
 from .features import FEATURES, features, has_prior, occupation
 
@@ -42,13 +45,19 @@ PRONOUNS = {"i", "me", "my", "mine", "myself", "you", "your", "yours", "yourself
             "himself", "she", "her", "hers", "herself", "it", "its", "itself", "we", "us", "our",
             "ours", "ourselves", "they", "them", "their", "theirs", "themselves"}
 MODELS = ("prior", "no_prior")
+_WORD = re.compile(r"[^\W_]+")
 
 
 def is_pronoun(mention: str) -> bool:
-    """A personal pronoun as written ('he', 'His', 'I'); not an acronym in capitals that spells
-    one ('US' is the United States, 'IT' information technology)."""
-    m = mention.strip()
-    return m.lower() in PRONOUNS and not (len(m) > 1 and m.isupper())
+    """A personal pronoun as written ('he', 'His', 'I'), read as the candidate lookup reads the
+    mention (:func:`~i2cr.names.strip_mention`, punctuation around it dropped: 'He,', '"she"');
+    not an acronym in capitals that spells one ('US' is the United States, 'IT' information
+    technology; 'U.S.' is two letters), nor an accented word ('Hé')."""
+    words = _WORD.findall(unicodedata.normalize("NFKC", strip_mention(mention)))
+    if len(words) != 1:
+        return False
+    w = words[0]
+    return w.lower() in PRONOUNS and not (len(w) > 1 and w.isupper())
 
 
 def own_fit(fit: Mapping[str, Any] | None, F: np.ndarray) -> np.ndarray:
