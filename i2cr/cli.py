@@ -253,9 +253,11 @@ def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: b
         where = f"all {total} mention(s) are" if total is not None else "every mention is"
         print(f"i2cr: nothing left to link: {where} already in {args.out}", file=sys.stderr)
     if n > 1 or args.out or errors or failed:
-        # every record produced is counted in stats (errors among them): an error is not linked
-        summary = (f"i2cr: {n - errors} mention(s) linked, {errors} error(s), "
-                   f"{calls / max(n, 1):.2f} LLM calls/mention")
+        # every record produced is counted in stats (errors among them): an error is not linked,
+        # and made no LLM call (its record has none), so the calls are per linked mention
+        linked = n - errors
+        summary = (f"i2cr: {linked} mention(s) linked, {errors} error(s), "
+                   f"{calls / max(linked, 1):.2f} LLM calls/mention")
         if labelled:
             summary += f", top-1 {correct / labelled:.1%} on {labelled} labelled (errors count as wrong)"
         if args.out:
@@ -265,6 +267,11 @@ def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: b
             print(f"i2cr: {extra()}", file=sys.stderr)
         if n > 1 and _speed(stats):
             print(f"i2cr: {_speed(stats)}", file=sys.stderr)
+    earlier = getattr(stats, "errors_before", 0)
+    if earlier:
+        print(f"i2cr: {earlier} error record(s) already in {args.out} (not retried: --resume "
+              "skips every id there; rerun without --resume to link them again): the exit "
+              "code is 1", file=sys.stderr)
     if failed:
         print(f"i2cr: {failed} mention(s) had failed LLM calls; their answers came from the "
               "fallback ranker, not the LLM (see the llm_error events)", file=sys.stderr)
@@ -280,7 +287,8 @@ def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: b
               "free text (the backend took no JSON schema or answered outside it; see "
               "structured_error in the tes_answer events)", file=sys.stderr)
     caches = cache_problems(args)
-    return 0 if errors == 0 and failed == 0 and structured == 0 and not downloads and not caches else 1
+    ok = not (errors or earlier or failed or structured or downloads or caches)
+    return 0 if ok else 1
 
 
 def cache_problems(args: argparse.Namespace) -> list[str]:

@@ -98,6 +98,45 @@ def test_the_closing_line_counts_an_error_record_as_an_error_not_as_linked(tmp_p
     assert "i2cr: 3 mention(s) linked, 1 error(s), " in p.stderr, p.stderr[-2000:]
 
 
+def test_the_closing_lines_llm_calls_per_mention_are_over_the_linked_mentions(tmp_path):
+    """An error record made no LLM call: the calls are shared among the mentions linked (the
+    line says '2 mention(s) linked', so its per-mention figure is over those two, not three)."""
+    srv = FakeOpenAI(lives=1000)
+    try:
+        data = write_json(tmp_path / "d.json", {"a": GOOD, "b": GOOD,
+                                                "bad": {**GOOD, "Candentity": "Michael Jordan"}})
+        out = tmp_path / "r.jsonl"
+        p = cli("link", str(data), "--no-progress", "--out", str(out), "--llm",
+                f"openai-compat:fake@{srv.base_url}", "--set", "llm_timeout=5")
+        assert p.returncode == 1, p.stderr[-2000:]
+        recs = read_results(out)
+        calls = sum(r.get("llm_calls") or 0 for r in recs)
+        assert calls >= 2 and sum(r["error"] is not None for r in recs) == 1
+        assert (f"i2cr: 2 mention(s) linked, 1 error(s), {calls / 2:.2f} LLM calls/mention"
+                in p.stderr), p.stderr[-2000:]
+    finally:
+        srv.die()
+
+
+def test_resume_over_a_results_file_holding_errors_says_so_and_exits_non_zero(tmp_path):
+    """--resume skips every id already in --out, error records too: the run that only skips
+    them must still say the results hold errors, and exit 1 (it said 'nothing left to link'
+    and exited 0, as if every mention had been linked)."""
+    data = write_json(tmp_path / "d.json", {"a": GOOD, "bad": {**GOOD, "Candentity": "x"},
+                                            "c": GOOD})
+    out = tmp_path / "r.jsonl"
+    first = cli("link", str(data), "--no-progress", "--out", str(out), "--limit", "2")
+    assert first.returncode == 1, first.stderr[-2000:]
+    for _ in range(2):  # links 'c', then nothing
+        p = cli("link", str(data), "--no-progress", "--out", str(out), "--resume")
+        assert p.returncode == 1, p.stderr[-2000:]
+        assert f"i2cr: 1 error record(s) already in {out} (not retried" in p.stderr, p.stderr
+    assert len(read_results(out)) == 3
+    good = write_json(tmp_path / "g.json", {"a": GOOD})
+    p = cli("link", str(good), "--no-progress", "--out", str(out), "--resume")
+    assert p.returncode == 0 and "error record" not in p.stderr, p.stderr[-2000:]
+
+
 def test_a_bad_record_keeps_its_gold_label():
     err = check_items([DataError("is missing", record="x", field="mention")], {"x": "A"}, warn=None)
     rec = run_one(err[0], Context())

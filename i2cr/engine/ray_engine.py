@@ -332,10 +332,13 @@ class ParquetWriter:
                 p.unlink()
             parts = []
         self.done: set[str] = set()
+        self.errors_before: set[str] = set()  # ids of the error records already there
         if parts:
             import pyarrow.parquet as pq
 
-            self.done = set(pq.read_table(self.path, columns=["id"]).column("id").to_pylist())
+            t = pq.read_table(self.path, columns=["id", "error"]).to_pydict()
+            self.done = set(t["id"])
+            self.errors_before = {i for i, e in zip(t["id"], t["error"], strict=True) if e is not None}
         self.part = len(parts)
         self.buf: list[dict[str, Any]] = []
 
@@ -433,6 +436,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
     t_start = time.perf_counter()
     writer = open_output(out, resume=resume, warn=warn) if out else None
     resumed: set[str] = writer.done if writer else set()
+    st.errors_before = len(writer.errors_before) if writer else 0  # (of the whole output)
     ids = RunIds()  # the driver's memory stays flat: the ids seen and written are on disk
     ids.add_written(resumed)
     started = start(address, num_cpus=workers, object_store_mb=object_store_mb)

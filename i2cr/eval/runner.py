@@ -87,8 +87,11 @@ class ResultWriter:
     def __init__(self, path: str | Path, *, resume: bool = False, warn: Warn | None = warn_stderr):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.errors_before: set[str] = set()  # ids of the error records already there (resume)
         if resume:
-            self.done = {r["id"] for r in read_results(self.path, repair=True, warn=warn)}
+            recs = read_results(self.path, repair=True, warn=warn)
+            self.done = {r["id"] for r in recs}
+            self.errors_before = {r["id"] for r in recs if r.get("error") is not None}
         else:
             self.done = set()
             self.path.write_text("")
@@ -190,6 +193,7 @@ class RunStats:
     mentions: int = 0  # records to produce in this run (after resume skipped the done ones)
     linked: int = 0  # records produced so far
     errors: int = 0  # error records among them
+    errors_before: int = 0  # error records already in the output (resume skipped, not retried)
     llm_failed: int = 0  # mentions with at least one failed LLM call (answered by a fallback)
     structured_fallbacks: int = 0  # mentions with a TES answer asked structured, read as free text
     image_failures: dict[str, int] = field(default_factory=dict)  # unusable images, by status
@@ -276,6 +280,7 @@ def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | P
     writer = ResultWriter(out, resume=resume, warn=warn) if out else None
     todo = [it for it in items if not writer or _rid(it) not in writer.done]
     st.mentions = len(todo)
+    st.errors_before = sum(_rid(it) in writer.errors_before for it in items) if writer else 0
     if writer and len(todo) < len(items):
         _say(progress, f"resuming: {len(items) - len(todo)} of {len(items)} mention(s) already "
              f"in {out}, {len(todo)} to go")
