@@ -431,6 +431,20 @@ def test_a_failed_build_removes_the_folder_it_made_and_only_that(tmp_path, how):
     assert (there / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("out", ["", "  "])
+def test_an_empty_out_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch, out):
+    """`--out ""` (an unset shell variable) built the KB into the current folder, among the
+    user's files: an empty path names no folder and is refused before anything is written."""
+    src = write_jsonl(tmp_path / "e.jsonl", entities(range(3)))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    with pytest.raises(kb_index.KBError, match="empty"):
+        build(src, out, embedder=EMB, encode=encoder(), batch_size=4, progress=False, warn=None)
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]
+
+
 @pytest.mark.parametrize("nested", [False, True], ids=["the folder", "under a parent it made"])
 def test_a_failed_build_never_removes_a_folder_another_build_made_meanwhile(
         tmp_path, monkeypatch, nested):

@@ -153,6 +153,8 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
     dropped before it, so neither the data nor an index is kept twice on disk (the build must
     be the KB's only user)."""
     lancedb = _lancedb()
+    if not str(out).strip():  # Path('') is the current folder: an unset variable, not a choice
+        raise KBError("the KB folder's path is empty; name the folder to build into")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise KBError("names a file, not a folder", source=str(out))
