@@ -431,6 +431,23 @@ def test_a_failed_build_removes_the_folder_it_made_and_only_that(tmp_path, how):
     assert (there / "notes.txt").read_text() == "mine"
 
 
+def test_a_failed_build_removes_a_folder_it_made_on_the_way_through_dotdot(tmp_path):
+    """`--out new/../kb` makes 'new' (as `mkdir -p` does) on the way to 'kb', beside it, not
+    above it: a failed build removed 'kb' and left 'new' behind; both are removed, and a folder
+    the path passes through that was there ('there/..') is kept with what it holds."""
+    src = write_jsonl(tmp_path / "e.jsonl", ["{not json", {"id": "x"}])  # the build fails
+    there = tmp_path / "there"
+    there.mkdir()
+    (there / "notes.txt").write_text("mine")
+    for out in (tmp_path / "new" / ".." / "kb", tmp_path / "new" / ".." / "there" / ".." / "kb",
+                there / ".." / "new" / ".." / "new2" / "kb"):
+        with pytest.raises(kb_index.KBError):
+            build(src, out, embedder=EMB, encode=encoder(), batch_size=4, progress=False,
+                  warn=None)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["e.jsonl", "there"], out
+        assert (there / "notes.txt").read_text() == "mine"
+
+
 @pytest.mark.parametrize("out", ["", "  "])
 def test_an_empty_out_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch, out):
     """`--out ""` (an unset shell variable) built the KB into the current folder, among the

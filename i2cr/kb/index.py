@@ -168,8 +168,10 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
                           dtype=dtype, batch_size=batch_size, progress=progress, warn=warn,
                           ann_min_rows=ann_min_rows, stop_after=stop_after, phase=phase)
         except Exception:
-            if made is not None:  # a failed build leaves nothing behind in a folder it made
-                shutil.rmtree(made, ignore_errors=True)
+            # a failed build leaves nothing behind in a folder it made (the last made first: its
+            # path may pass through the others, 'new/../kb')
+            for d in reversed(made):
+                shutil.rmtree(d, ignore_errors=True)
             raise
         finally:
             close = getattr(entities, "close", None)
@@ -177,26 +179,31 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
                 close()
 
 
-def _make_folder(out: Path) -> Path | None:
-    """Make the folder ``out`` and its missing parents; return the topmost folder this call made
-    (what a failed build removes), or None when ``out`` was there. "Made" is decided by the
-    ``mkdir`` itself (it succeeded: this call made the folder; FileExistsError: another did),
-    never by an earlier look, so a folder another build made in the meantime is never claimed,
-    nor one holding it."""
+def _make_folder(out: Path) -> list[Path]:
+    """Make the folder ``out`` and its missing parents; return the topmost folders this call made
+    (what a failed build removes): none when ``out`` was there, two for ``new/../kb`` (``new``,
+    made on the way, is beside ``kb``, not above it). "Made" is decided by the ``mkdir`` itself
+    (it succeeded: this call made the folder; FileExistsError: another did), never by an earlier
+    look, so a folder another build made in the meantime is never claimed, nor one holding it."""
     missing = []
     p = out
     while not p.exists() and p.parent != p:
         missing.append(p)
         p = p.parent
-    made = None
+    made: list[Path] = []
+    top: Path | None = None  # the topmost folder made of the run of folders being made
     for d in reversed(missing):  # top down
         try:
             d.mkdir()
-        except FileExistsError:  # another made it: what this call made above holds it
-            made = None
+        except FileExistsError:
+            if d.name == ".." and top is not None:  # out of the folders made: they stay made
+                made.append(top)
+            top = None  # (else another made it: what this call made above holds it)
             continue
-        if made is None:
-            made = d
+        if top is None:
+            top = d
+    if top is not None:
+        made.append(top)
     if not out.is_dir():
         raise KBError("names a file, not a folder", source=str(out))
     return made
