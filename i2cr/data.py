@@ -253,6 +253,17 @@ def _flag(v: Any, *, source: str, rid: str, field: str) -> bool:
                     field=field)
 
 
+def prior_number(v: Any, what: str) -> float:
+    """A prior as the float the ranker reads: a non-negative finite number (an integer too large
+    for a float is refused, not read as infinity); ValueError naming ``what`` otherwise. The one
+    rule for candidates' and KB entries' priors."""
+    if isinstance(v, int) and not isinstance(v, bool) and v > sys.float_info.max:
+        raise ValueError(f"{what} is an integer too large for a float")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"{what} must be a non-negative number, not {repr(v)[:60]}")
+    return float(v)
+
+
 def parse_candidates(raw: Any, *, source: str, rid: str, fieldname: str = "Candentity",
                      allow_empty: bool = False) -> list[Candidate]:
     if not isinstance(raw, list):
@@ -283,14 +294,10 @@ def parse_candidates(raw: Any, *, source: str, rid: str, fieldname: str = "Cande
         qid = c.get("qid")
         prior = c.get("prior")
         if prior is not None:
-            if isinstance(prior, int) and not isinstance(prior, bool) and prior > sys.float_info.max:
-                raise DataError("'prior' is an integer too large for a float", source=source,
-                                record=rid, field=f)
-            if isinstance(prior, bool) or not isinstance(prior, (int, float)) or \
-                    not math.isfinite(prior) or prior < 0:
-                raise DataError(f"'prior' must be a non-negative number, not {repr(prior)[:60]}",
-                                source=source, record=rid, field=f)
-            prior = float(prior)
+            try:
+                prior = prior_number(prior, "'prior'")
+            except ValueError as e:
+                raise DataError(str(e), source=source, record=rid, field=f) from None
         out.append(Candidate(name=name, desc=desc.strip(), qid=str(qid) if qid else None,
                              prior=prior))
     return out
@@ -338,8 +345,7 @@ def parse_record(rec: Any, rid: str, *, source: str, image_root: str | None = No
                         field="document_mentions")
     return Mention(id=rid, mention=mention, context=context, candidates=cands,
                    image=image or None, image_root=image_root, clues=clues, label=label,
-                   allow_nil=nil_ok,
-                   document=[x[:MAX_NAME_CHARS] for x in (doc or [])[:MAX_DOCUMENT_NAMES]])
+                   allow_nil=nil_ok, document=doc or [])  # Mention caps it
 
 
 def document_key(rid: str, rec: Any) -> str | None:

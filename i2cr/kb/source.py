@@ -17,17 +17,15 @@ can report and count it; an entities line whose id an earlier line gave is yield
 from __future__ import annotations
 
 import json
-import math
 import re
 import sqlite3
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import DataError, iter_records
+from ..data import DataError, iter_records, prior_number
 from ..names import fold, mention_forms, strip_mention
 from .ids import FirstSeen, KeySet
 
@@ -86,17 +84,11 @@ def alias_key(surface: str) -> str:
     return forms[0] if forms else ""
 
 
-def _prior(v: Any, what: str) -> float:
-    if isinstance(v, int) and not isinstance(v, bool) and v > sys.float_info.max:
-        raise ValueError(f"{what} is an integer too large for a float")
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        raise ValueError(f"{what} must be a non-negative number, not {v!r}"[:120])
-    return float(v)
 
 
 def _alias_prior(v: Any, name: str) -> float:
     """An alias's prior: p(entity | that surface form), so a probability (0..1)."""
-    p = _prior(v, f"'aliases': the prior of alias {name[:40]!r}")
+    p = prior_number(v, f"'aliases': the prior of alias {name[:40]!r}")
     if p > 1:
         raise ValueError(f"'aliases': the prior of alias {name[:40]!r} is p(entity | alias), a "
                          f"probability within 0..1, not {v!r}"[:160])
@@ -121,7 +113,7 @@ def _aliases(raw: Any, *, probabilities: bool = True) -> tuple[list[str], dict[s
             if a.get("prior") is not None:
                 key = alias_key(n)
                 p = _alias_prior(a["prior"], n) if probabilities else \
-                    _prior(a["prior"], f"the prior of alias {n[:40]!r}")
+                    prior_number(a["prior"], f"the prior of alias {n[:40]!r}")
                 if key:
                     priors[key] = max(p, priors.get(key, p))
             a = n
@@ -160,7 +152,7 @@ def parse_entity(rec: Any, *, alias_probabilities: bool = True) -> Entity:
                                          probabilities=alias_probabilities)
     prior = rec.get("prior")
     if prior is not None:
-        prior = _prior(prior, "'prior'")
+        prior = prior_number(prior, "'prior'")
     image = rec.get("image")
     if image is not None and not isinstance(image, str):
         raise ValueError("'image' must be a string path or URL")
@@ -285,7 +277,7 @@ def alias_table(path: str | Path, table: AliasTable) -> AliasTable:
             if not isinstance(c, dict) or c.get("prior") is None:
                 continue
             try:
-                p = _prior(c["prior"], "'prior'")
+                p = prior_number(c["prior"], "'prior'")
                 key = dataset_key(c)
             except (ValueError, TypeError):
                 continue
@@ -327,7 +319,7 @@ def read_dataset(path: str | Path) -> Iterator[Entity | BadEntity]:
                     if not isinstance(c, dict):
                         raise ValueError(f"expected an object, got {type(c).__name__}")
                     if c.get("prior") is not None:
-                        _prior(c["prior"], "'prior'")
+                        prior_number(c["prior"], "'prior'")
                     key = dataset_key(c)
                     if key == "name:":
                         raise ValueError("has no usable 'name'")
