@@ -253,9 +253,9 @@ def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: b
         where = f"all {total} mention(s) are" if total is not None else "every mention is"
         print(f"i2cr: nothing left to link: {where} already in {args.out}", file=sys.stderr)
     if n > 1 or args.out or errors or failed:
-        # every record produced is counted in stats (errors among them): an error is not linked,
-        # and made no LLM call (its record has none), so the calls are per linked mention
-        linked = n - errors
+        # an error record is not a mention linked (stats.linked: the records produced less the
+        # errors) and made no LLM call (its record has none): the calls are per linked mention
+        linked = stats.linked
         summary = (f"i2cr: {linked} mention(s) linked, {errors} error(s), "
                    f"{calls / max(linked, 1):.2f} LLM calls/mention")
         if labelled:

@@ -421,6 +421,30 @@ def test_speed_after_a_resume_counts_only_the_last_segment(tmp_path):
     assert json.loads((out / "run.json").read_text())["segments"] == 2
 
 
+def test_speed_counts_the_mentions_linked_not_the_error_records(tmp_path):
+    """The speed line ('linking N mentions/s') and the results' ``linked`` counted every record
+    produced, error records among them, as a mention linked: 1 good record and 4 bad ones made
+    '5 linked now'. The rates' numerator is the mentions linked (RunStats.linked)."""
+    from i2cr.eval.harness import evaluate
+    from i2cr.eval.runner import RunStats, run
+
+    data, labels = dataset_with_bad_records(tmp_path)  # 1 good record, 4 bad
+    m = evaluate(data, labels, tmp_path / "ev", settings=Context(), progress=False, warn=None)
+    s = m["speed"]
+    assert m["mentions"] == 5 and m["errors"] == 4
+    assert s["segment"]["linked"] == 1
+    assert s["mentions_per_s"] == pytest.approx(1 / s["segment"]["link_s"], rel=0.01)
+    assert s["run_mentions_per_s"] == pytest.approx(1 / s["segment"]["wall_s"], rel=0.01)
+    last = json.loads((tmp_path / "ev" / "run.json").read_text())["last_segment"]
+    assert (last["produced"], last["errors"], last["linked"]) == (5, 4, 1)
+    bad = check_items([DataError("is missing", record=f"x{i}", field="mention") for i in range(3)],
+                      warn=None)
+    st = RunStats()
+    assert len(list(run(bad, Context(), progress=False, stats=st, warn=None))) == 3
+    assert (st.produced, st.errors, st.linked) == (3, 3, 0)
+    assert not any(st.rates().values())  # 0 (or None: no time measured), not 3 over the time
+
+
 # --- issue 12 items 2, 6 and 7: progress phases, the table, help, packaging ---------------------
 
 def test_link_prints_a_table_with_phases_and_two_throughputs(tmp_path):

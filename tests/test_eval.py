@@ -62,7 +62,7 @@ def test_metrics_match_hand_computed_values():
     assert m["cost"]["tool_calls_per_mention"] == pytest.approx(3 / 5)
     assert m["speed"]["latency_p50_s"] == pytest.approx(2.5)  # of 1, 2, 3, 4
     assert m["speed"]["latency_p95_s"] == pytest.approx(3.85)
-    assert m["speed"]["mentions_per_s"] == pytest.approx(5 / 20)
+    assert m["speed"]["mentions_per_s"] == pytest.approx(4 / 20)  # 5 is an error, not linked
     assert m["iav_gate"]["checked"] == 3 and m["iav_gate"]["pass_rate"] == pytest.approx(1 / 3)
     assert m["vif_changes"] == {"changed": 2, "fixed": 1, "broken": 1}
     assert m["routes"]["iav_passed_round_2"] == 1 and m["routes"]["error"] == 1

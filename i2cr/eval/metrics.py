@@ -17,9 +17,10 @@ record, with its gold label) is a wrong answer at every stage; ``errors`` counts
 ``llm_failed_mentions`` counts the mentions whose answer came from a fallback after a failed LLM
 call.
 
-Speed: with the stats of the run segment that produced the records (``segment``, after a resume
-the last invocation only), ``mentions_per_s`` is the linking phase's throughput and
-``run_mentions_per_s`` that of the whole segment, model loading and embedding included.
+Speed counts the mentions linked (an error record is not one). With the stats of the run segment
+that produced the records (``segment``, after a resume the last invocation only),
+``mentions_per_s`` is the linking phase's throughput and ``run_mentions_per_s`` that of the
+whole segment, model loading and embedding included.
 """
 
 from __future__ import annotations
@@ -163,7 +164,8 @@ def compute(records: Iterable[dict[str, Any]], *, wall_s: float | None = None,
     lat = [float(r["elapsed_s"]) for r in recs if r.get("elapsed_s") is not None]
     m["speed"] = {"latency_p50_s": percentile(lat, 0.5), "latency_p95_s": percentile(lat, 0.95),
                   "wall_s": wall_s,
-                  "mentions_per_s": (len(recs) / wall_s) if wall_s else None}
+                  # mentions linked: an error record is not one
+                  "mentions_per_s": ((len(recs) - m["errors"]) / wall_s) if wall_s else None}
     if segment is not None:  # a RunStats: the invocation that produced the newest records
         seg = segment.as_dict() if hasattr(segment, "as_dict") else dict(segment)
         m["speed"].update(

@@ -191,7 +191,7 @@ class RunStats:
     """What a run did and how long each phase took (filled in by :func:`run` as it goes)."""
 
     mentions: int = 0  # records to produce in this run (after resume skipped the done ones)
-    linked: int = 0  # records produced so far
+    produced: int = 0  # records produced so far, error records included
     errors: int = 0  # error records among them
     errors_before: int = 0  # error records already in the output (resume skipped, not retried)
     llm_failed: int = 0  # mentions with at least one failed LLM call (answered by a fallback)
@@ -206,7 +206,7 @@ class RunStats:
     def count(self, rec: dict[str, Any]) -> None:
         """Count one record produced: errors, failed LLM calls, free-text fallbacks, images that
         could not be used."""
-        self.linked += 1
+        self.produced += 1
         self.errors += rec.get("error") is not None
         self.llm_failed += llm_failed(rec)
         self.structured_fallbacks += structured_fallback(rec)
@@ -214,12 +214,20 @@ class RunStats:
         if why is not None:
             self.image_failures[why] = self.image_failures.get(why, 0) + 1
 
+    @property
+    def linked(self) -> int:
+        """The mentions linked: the records produced less the error records (an error record is
+        not a mention linked). The one place this is counted: the closing line, the speed and
+        the results' ``linked`` all read it."""
+        return self.produced - self.errors
+
     def rates(self) -> dict[str, float | None]:
+        """Mentions linked per second, in the linking phase and over the whole run."""
         return {"linking_mentions_per_s": self.linked / self.link_s if self.link_s else None,
                 "run_mentions_per_s": self.linked / self.wall_s if self.wall_s else None}
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), **self.rates()}
+        return {**asdict(self), "linked": self.linked, **self.rates()}
 
 
 def run_one(item: Mention | DataError, settings: Context,
