@@ -33,7 +33,7 @@ from .eval.bench import bench, bench_ray
 from .eval.harness import evaluate
 from .eval.metrics import failed_downloads
 from .eval.report import counted, failures, image_line, stage_rows
-from .eval.runner import RunStats, check_items, read_results, run, warn_stderr
+from .eval.runner import RunStats, check_items, read_results, run, to_link, warn_stderr
 from .graph import Context, compile_graph, graph, resources
 from .graph.events import is_llm_call
 from .kb import build, open_kb
@@ -207,7 +207,7 @@ def cmd_link(args: argparse.Namespace) -> int:
     records = run(items, settings, out=args.out, resume=args.resume, progress=progress,
                   linker=linker, stats=stats, concurrency=args.concurrency)  # (lazy)
     return report_link(args, records, stats, single=single, total=len(items),
-                       start=lambda: _check_llm(settings, progress))
+                       start=(lambda: _check_llm(settings, progress)) if to_link(items) else None)
 
 
 def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: bool = False,

@@ -137,6 +137,41 @@ def test_resume_over_a_results_file_holding_errors_says_so_and_exits_non_zero(tm
     assert p.returncode == 0 and "error record" not in p.stderr, p.stderr[-2000:]
 
 
+def test_an_all_bad_input_loads_no_model_and_starts_no_llm(tmp_path, monkeypatch, capsys):
+    """Every record an error: nothing is left to link, so neither the embedder nor the LLM
+    backend is built (the embedding phase loaded the embedder for error records only, and the
+    backend check started the LLM); the error lines and the exit code are as before."""
+    from i2cr import cli
+    from i2cr.eval.harness import evaluate
+    from i2cr.graph.resources import Resources
+
+    built: list[str] = []
+
+    def embedder(self, ctx):
+        built.append("embedder")
+        raise AssertionError("the embedder was built for error records only")
+
+    def chat_model(self, ctx):
+        built.append("chat model")
+        raise AssertionError("the LLM was started for error records only")
+
+    monkeypatch.setattr(Resources, "embedder", embedder)
+    monkeypatch.setattr(Resources, "chat_model", chat_model)
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{not json\n{"id": "e"}\n[1, 2]\n')
+    for llm in ([], ["--llm", "embedded"]):
+        assert cli.main(["link", str(data), "--no-progress", *llm]) == 1
+        assert built == []
+        out, err = capsys.readouterr()
+        assert "record 'line 1': malformed JSON" in out and "record 'e': field 'mention': is " \
+            "missing" in out and "record 'line3': expected an object, got list" in out, out
+        assert "i2cr: 0 mention(s) linked, 3 error(s)" in err, err
+    m = evaluate(data, None, tmp_path / "ev", settings=Context(llm="embedded"), progress=False,
+                 warn=None)
+    assert m["mentions"] == 3 and m["errors"] == 3
+    assert built == []
+
+
 def test_a_bad_record_keeps_its_gold_label():
     err = check_items([DataError("is missing", record="x", field="mention")], {"x": "A"}, warn=None)
     rec = run_one(err[0], Context())

@@ -150,6 +150,12 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
     return out
 
 
+def to_link(items: Iterable[Mention | DataError]) -> bool:
+    """Whether any item is a mention to link: a run of error records only (every record bad, or
+    nothing left) builds no model and starts no LLM backend."""
+    return any(isinstance(it, Mention) for it in items)
+
+
 def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
     """Embed, in large batches, the texts the mentions' rounds need: each distinct entity text once,
     and the queries of every round (the ranker's own list when it chooses: its entity and
@@ -159,6 +165,9 @@ def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
     VIF queries are batched even though a third or more of the mentions pass IAV in round 1: the
     graph runs nodes on worker threads, where one-text encodes of these long queries ran about 50%
     slower than in a batch, which cost more than encoding the unused ones."""
+    items = list(items)
+    if not to_link(items):
+        return 0  # error records only: nothing to embed, no embedder to load
     emb = resources.embedder(settings)
     ranker = resources.ranker(settings) if settings.uses_ranker else None
     texts: list[str] = []
@@ -330,7 +339,7 @@ def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | P
         st.link_s = max(0.0, st.wall_s - st.load_s - st.embed_s)
 
     try:
-        if todo and any(isinstance(m, Mention) for m in todo):
+        if to_link(todo):
             t0 = time.perf_counter()
             _say(show, "loading models ...")
             try:
