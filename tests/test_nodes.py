@@ -3,6 +3,8 @@ ranker, a CLIP and visual tools as small classes): what it writes, with no model
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from langchain_core.messages import AIMessage
@@ -24,6 +26,7 @@ from i2cr.graph.tes import tes, tes_algorithm, tes_hybrid, tes_llm, tes_retrieva
 from i2cr.graph.vif import read_tool_calls, vif
 from i2cr.prompts import profile
 from i2cr.ranker.model import Ranking
+from i2cr.texts import icr_query
 from i2cr.tools import VisualTool
 
 NAMES = ["Alpha", "Beta", "Gamma"]
@@ -62,7 +65,7 @@ class FakeRanker:
         s = np.array([self.scores[c["name"]] for c in cands], dtype=float)
         p = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
         return Ranking(cands, s, p, np.zeros((len(cands), 1)), "no_prior", self.p_link,
-                       self.nil_threshold)
+                       self.nil_threshold, icr_query(mention, context, clues))
 
 
 class FakeClip:
@@ -327,6 +330,36 @@ def test_icr_scores_the_query_tes_built_and_the_ranker_compared(strategy):
     res.emb.queries.clear()
     run(icr, {**st, **up, "query": "the query TES built"}, ctx)
     assert res.emb.queries == ["the query TES built"]  # taken from TES, never built again
+
+
+@pytest.mark.parametrize("strategy", ["retrieval", "hybrid", "llm"])
+def test_tes_builds_the_rounds_query_once(strategy, monkeypatch):
+    """TES built the round's query twice when it ranked: the ranker inside its features and TES
+    again (round_query) for the state's ``query``. Now the ranking carries the query it compared
+    (``Ranking.query``) and TES keeps that one; only a TES that does not rank (the LLM's, or none
+    left to rank) builds it, through round_query."""
+    T = importlib.import_module("i2cr.graph.tes")  # (i2cr.graph.tes is also the node's name)
+    built: list[str] = []
+
+    def round_query(state, ctx):
+        built.append(state["mention"])
+        return real(state, ctx)
+
+    real = T.round_query
+    monkeypatch.setattr(T, "round_query", round_query)
+    res = RankerResources()
+    ctx = settings(res, tes_strategy=strategy, embed_query_prefix="query: ", clue_mode="cumulative",
+                   chat_model=ScriptedChatModel(script=["Answer: Beta"]))
+    st = prepared(round=2, clues=[{"tool": "ocr", "text": "beta!", "ok": True}])
+    up = run(tes, st, ctx)
+    assert up["query"] == real(st, ctx)  # the same text as round_query builds
+    if strategy == "llm":
+        assert built == ["alpha"]
+    else:
+        assert built == [] and res.emb.queries.count(up["query"]) == 1  # the ranker's, once
+    built.clear()
+    up = run(tes, {**st, "excluded": list(NAMES)}, ctx)  # none left: no ranking, NIL
+    assert up["choice"] == "nil" and up["query"] == real(st, ctx) and len(built) == 1
 
 
 # --- IAV ----------------------------------------------------------------------------------------

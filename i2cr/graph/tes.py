@@ -86,8 +86,9 @@ def tes_retrieval(state: State, ctx: Context, ranking: Ranking | None = None) ->
     Reads ``mention``, ``context``, ``candidates``, ``excluded``, ``round``, ``clues``,
     ``allow_nil``, ``document_mentions``, ``first_answer``; writes ``path``, ``choice``
     (NIL when nothing is left, or when NIL is allowed and the ranker says so), ``query`` (the
-    round's, :func:`~i2cr.graph.texts.round_query`: the one the ranker compared), ``llm_answer``
-    (None), ``first_answer`` (the first time) and a ``tes_answer`` event."""
+    round's: the one the ranker compared, ``Ranking.query``; with no candidate left,
+    :func:`~i2cr.graph.texts.round_query`), ``llm_answer`` (None), ``first_answer`` (the first
+    time) and a ``tes_answer`` event."""
     cands = allowed_candidates(state)
     ev: TesAnswer = {"type": "tes_answer", "round": state["round"],
                      "strategy": "retrieval", "method": "retrieval",
@@ -95,9 +96,10 @@ def tes_retrieval(state: State, ctx: Context, ranking: Ranking | None = None) ->
     if not cands:
         choice = NIL
         ev["top"] = []
+        query = round_query(state, ctx)
     else:
         r = ranking or retrieval_ranking(state, ctx, cands)
-        choice = cands[r.best]["name"]
+        choice, query = cands[r.best]["name"], r.query
         table = r.table()
         ev.update({"top": table[:3], "scores": table, "model": r.model,
                    "p_link": round(r.p_link, 4), "nil_threshold": r.nil_threshold})
@@ -105,7 +107,7 @@ def tes_retrieval(state: State, ctx: Context, ranking: Ranking | None = None) ->
             choice = NIL
             ev["nil_reason"] = f"p_link {r.p_link:.3f} < {r.nil_threshold}"
     ev["mapped"] = choice
-    return _answered(state, round_query(state, ctx), choice, {"llm_answer": None, "events": [ev]})
+    return _answered(state, query, choice, {"llm_answer": None, "events": [ev]})
 
 
 def tes_hybrid(state: State, ctx: Context) -> dict[str, Any]:

@@ -27,9 +27,10 @@ def round_inputs(state: Mapping[str, Any], settings: Any) -> tuple[str, str, lis
 
 
 def round_query(state: Mapping[str, Any], settings: Any) -> str:
-    """The query TES's ranking and ICR compare with entity texts in the current round. TES builds
-    it once per call and keeps it in the state's ``query``; ICR scores its choice against that
-    (never a query of its own)."""
+    """The query TES's ranking and ICR compare with entity texts in the current round, built by
+    :func:`~i2cr.texts.query_for` as the ranker builds it from :func:`round_inputs`. TES keeps it
+    in the state's ``query`` (the ranker's own, ``Ranking.query``, when it ranked; this one when
+    it did not); ICR scores its choice against that (never a query of its own)."""
     return query_for(*round_inputs(state, settings), settings)
 
 

@@ -210,6 +210,7 @@ class Ranking:
     model: str  # 'prior' or 'no_prior'
     p_link: float  # probability that the best candidate is the referent at all
     nil_threshold: float
+    query: str  # the round's query the candidates' entity texts were compared with (TES keeps it)
 
     @property
     def order(self) -> list[int]:
@@ -258,7 +259,9 @@ class Ranker:
     # scoring ------------------------------------------------------------------------------------
     def features(self, mention: str, context: str, clues: Sequence[Mapping[str, Any]],
                  candidates: Sequence[Mapping[str, Any]], *, strip_prior: bool = False,
-                 document: Sequence[str] = ()) -> np.ndarray:
+                 document: Sequence[str] = (), query: str | None = None) -> np.ndarray:
+        """``query``: the round's query when the caller built it already (:func:`query_for` of
+        the mention, context and clues)."""
         cands = [dict(c) for c in candidates]
         if strip_prior:
             cands = [{k: v for k, v in c.items() if k != "prior"} for c in cands]
@@ -266,7 +269,9 @@ class Ranker:
             return np.zeros((0, len(FEATURES)))
         emb = self.embedder
         ents = [entity_text(c) for c in cands]
-        sims = emb.similarity(query_for(mention, context, clues, self.settings), ents)
+        if query is None:
+            query = query_for(mention, context, clues, self.settings)
+        sims = emb.similarity(query, ents)
         cq = context_query(context, self.settings)
         csims = emb.similarity(cq, ents)
         occs = [occupation(c) for c in cands]
@@ -283,14 +288,16 @@ class Ranker:
     def rank(self, mention: str, context: str, clues: Sequence[Mapping[str, Any]],
              candidates: Sequence[Mapping[str, Any]], document: Sequence[str] = ()) -> Ranking:
         """``document``: the other mentions of the mention's document, as written (see
-        :func:`i2cr.names.expansions`)."""
+        :func:`i2cr.names.expansions`). The ranking carries the round's query it compared
+        (``Ranking.query``), built once."""
         cands = [dict(c) for c in candidates]
         model = "prior" if has_prior(cands) else "no_prior"
-        F = self.features(mention, context, clues, cands, document=document)
-        return self.ranking(mention, cands, F, model)
+        query = query_for(mention, context, clues, self.settings)
+        F = self.features(mention, context, clues, cands, document=document, query=query)
+        return self.ranking(mention, cands, F, model, query)
 
     def ranking(self, mention: str, cands: list[dict[str, Any]], F: np.ndarray,
-                model: str) -> Ranking:
+                model: str, query: str) -> Ranking:
         if self.weights is None:
             raise ValueError("this ranker has no weights: it computes features only")
         scores = F @ self.weights.coef(model) if len(cands) else np.zeros(0)
@@ -299,4 +306,4 @@ class Ranker:
         if threshold is None:
             threshold = self.weights.nil_threshold(model)
         return Ranking(cands, scores, probs, F, model, self.weights.p_link(model, mention, probs, F),
-                       float(threshold))
+                       float(threshold), query)
