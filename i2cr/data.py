@@ -23,6 +23,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from .names import MAX_DOCUMENT_NAMES  # a document's names kept per mention: names owns the cap
+
 NIL = "nil"
 
 
@@ -45,7 +47,6 @@ MAX_MENTION_CHARS = 500
 MAX_CONTEXT_CHARS = 100_000
 MAX_NAME_CHARS = 300
 MAX_DESC_CHARS = 4_000
-MAX_DOCUMENT_NAMES = 500  # other mentions of a document kept per mention
 MAX_CLUE_CHARS = 4_000  # per clue; a list or object clue counts the characters of all its parts
 
 
