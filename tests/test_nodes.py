@@ -332,6 +332,21 @@ def test_icr_scores_the_query_tes_built_and_the_ranker_compared(strategy):
     assert res.emb.queries == ["the query TES built"]  # taken from TES, never built again
 
 
+def test_icr_without_tes_query_is_a_data_error_naming_the_mention():
+    """A state reaching ICR without ``query`` (a checkpoint an older i2cr wrote between TES and
+    ICR, resumed) raised ``KeyError: 'query'``; now one line naming the mention and what to do
+    (no second query builder stands in for TES's). NIL needs no query and still stands."""
+    from i2cr.data import DataError
+
+    res = FakeResources()
+    with pytest.raises(DataError) as e:
+        run(icr, prepared(choice="Beta"), settings(res))
+    msg = str(e.value)
+    assert msg.startswith("record 's1': checkpoint from an older i2cr") and "\n" not in msg
+    assert "afresh" in msg and res.emb.queries == []
+    assert run(icr, prepared(choice="nil"), settings(res))["icr_decision"] == "nil_not_checked"
+
+
 @pytest.mark.parametrize("strategy", ["retrieval", "hybrid", "llm"])
 def test_tes_builds_the_rounds_query_once(strategy, monkeypatch):
     """TES built the round's query twice when it ranked: the ranker inside its features and TES

@@ -183,6 +183,49 @@ def test_cli_trace_views_and_checkpointer(tmp_path):
     assert [h.next for h in reversed(hist)][1:4] == [("prepare",), ("tes",), ("icr",)]
 
 
+def test_a_checkpoint_from_an_older_i2cr_resumed_at_icr_is_one_error_record(monkeypatch):
+    """An older i2cr's TES wrote no ``query``; its checkpoint interrupted between TES and ICR,
+    resumed by this version, made ICR raise ``KeyError: 'query'``. Now that mention's record is
+    one clear error naming it, counted as an error; the other mentions of the run are linked."""
+    import importlib
+
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from i2cr.eval.runner import RunStats, run
+    from i2cr.graph import Context, compile_graph
+
+    saver = InMemorySaver()
+    ctx = Context()
+    stale, fresh = mention(id="stale"), mention(id="fresh")
+    module = importlib.import_module("i2cr.graph.graph")
+    new_tes = module.tes
+
+    def old_tes(state, runtime):  # the TES of an i2cr before 'query'
+        return {k: v for k, v in new_tes(state, runtime).items() if k != "query"}
+
+    monkeypatch.setattr(module, "tes", old_tes)
+    old = compile_graph(checkpointer=saver, interrupt_after=["tes"])
+    monkeypatch.setattr(module, "tes", new_tes)
+    config = {"configurable": {"thread_id": "stale"}}
+    old.invoke(stale.to_input(), config, context=ctx)  # interrupted after TES
+    assert old.get_state(config).next == ("icr",) and "query" not in old.get_state(config).values
+    g = compile_graph(checkpointer=saver)
+
+    def linker(m, settings):  # resume the stale thread; link the others afresh
+        if m.id == "stale":
+            g.invoke(None, config, context=settings)
+        return link_mention(m, settings)
+
+    st = RunStats()
+    recs = {r["id"]: r for r in run([stale, fresh], ctx, progress=False, linker=linker, stats=st,
+                                    warn=None)}
+    err = recs["stale"]["error"]
+    assert err.startswith("DataError: record 'stale': checkpoint from an older i2cr"), err
+    assert "\n" not in err and "KeyError" not in err
+    assert recs["fresh"]["error"] is None and recs["fresh"]["answer"] == "Michael Jordan"
+    assert (st.errors, st.linked) == (1, 1)
+
+
 @pytest.mark.parametrize("case", ["no_image", "corrupt_image", "nil", "exhausted", "iav_pass",
                                   "fallback_tool"])
 def test_trace_of_each_scripted_route(settings, image_file, corrupt_image, case):

@@ -11,7 +11,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from ..data import NIL
+from ..data import NIL, DataError
 from . import resources
 from .context import Context, settings_of
 from .events import IcrDecision
@@ -22,8 +22,15 @@ from .texts import chosen_text
 
 def icr_score(state: State, ctx: Context, name: str) -> float:
     """The cosine of this round's query, as TES built it (``query``), with the entity text of the
-    candidate ``name``."""
-    return resources.embedder(ctx).similarity(state["query"], [chosen_text(state, name)])[0]
+    candidate ``name``. A state without it (a checkpoint an older i2cr wrote between TES and ICR,
+    resumed) is a :class:`DataError` naming the mention: its record is an error, the run goes on
+    (no second query builder stands in for TES's)."""
+    query = state.get("query")
+    if query is None:
+        raise DataError("checkpoint from an older i2cr: the state reaching ICR has no 'query' "
+                        "(TES writes it now); link this mention afresh from its input instead "
+                        "of resuming that checkpoint", record=state.get("sample_id"))
+    return resources.embedder(ctx).similarity(query, [chosen_text(state, name)])[0]
 
 
 def icr(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
