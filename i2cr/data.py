@@ -17,20 +17,31 @@ import math
 import random
 import re
 import sys
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from .names import clean
+
 NIL = "nil"
 
 
+def title_key(name: str) -> str:
+    """The form under which two spellings of one title are equal: case, outer and repeated white
+    space ignored, underscores read as spaces and percent-escapes decoded, as Wikipedia reads a
+    title (``Justin_Bieber`` is ``Justin Bieber``, ``Fran%C3%A7ois_Hollande`` is ``François
+    Hollande``); '' for a title that spells nothing (``_``)."""
+    return unicodedata.normalize("NFC", clean(name)).lower()
+
+
 def same_entity(answer: object, gold: object) -> bool:
-    """Whether an answer names the gold entity: the one rule every figure uses (case and outer
-    white space ignored; no answer is never right)."""
+    """Whether an answer names the gold entity: the one rule every figure uses (the two names'
+    :func:`title_key` are equal; no answer is never right)."""
     return isinstance(answer, str) and isinstance(gold, str) and \
-        answer.strip().lower() == gold.strip().lower()
+        title_key(answer) == title_key(gold)
 
 # Canonical names of the precomputed visual clues, as the dataset spells them.
 CLUE_KEYS = ("OCR text", "Caption", "Dense Captions", "Tags")

@@ -166,3 +166,17 @@ def test_document_mentions_must_be_strings(tmp_path):
                                    "Candentity": [{"name": "A", "desc": ""}]}}))
     with pytest.raises(DataError, match="x.*document_mentions"):
         load_mentions(p)
+
+
+def test_a_gold_label_names_the_same_title_however_it_is_spelled():
+    """Wikipedia titles are spelled with underscores or spaces, percent-escaped or not: a gold
+    label 'Justin Bieber' or 'François_Hollande' names the candidate 'Justin_Bieber' or
+    'Fran%C3%A7ois_Hollande' (every figure scored such right answers as wrong)."""
+    from i2cr.data import same_entity
+
+    assert same_entity("Justin_Bieber", "Justin Bieber")
+    assert same_entity("Fran%C3%A7ois_Hollande", "françois hollande ")
+    assert same_entity("AT%26T", "AT&T") and same_entity("St._Louis,_Missouri", "St. Louis, Missouri")
+    assert not same_entity("Justin_Bieber", "Justin_Bieber_(surname)")
+    assert not same_entity("AT%26T", "AT%26T_Mobility") and not same_entity(None, "nil")
+
