@@ -293,15 +293,16 @@ def parse_candidates(raw: Any, *, source: str, rid: str, fieldname: str = "Cande
             raise DataError(f"expected an object with 'name', got {type(c).__name__}",
                             source=source, record=rid, field=f)
         name = c.get("name")
-        if not isinstance(name, str) or not name.strip():
+        key = title_key(name) if isinstance(name, str) else ""
+        if not key:  # blank, or a title of underscores or escaped blanks ('_', '%20')
             raise DataError("has no usable 'name'", source=source, record=rid, field=f)
         desc = c.get("desc", c.get("description", "")) or ""
         if not isinstance(desc, str):
             raise DataError("'desc' must be a string", source=source, record=rid, field=f)
         name = name.strip()
-        if name.lower() in seen:  # duplicates add nothing and confuse the fuzzy mapping
-            continue
-        seen.add(name.lower())
+        if key in seen:  # duplicates (one title spelled twice too) add nothing and split the
+            continue     # first's probability; they confuse the fuzzy mapping
+        seen.add(key)
         qid = c.get("qid")
         prior = c.get("prior")
         if prior is not None:

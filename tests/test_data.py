@@ -180,3 +180,23 @@ def test_a_gold_label_names_the_same_title_however_it_is_spelled():
     assert not same_entity("Justin_Bieber", "Justin_Bieber_(surname)")
     assert not same_entity("AT%26T", "AT%26T_Mobility") and not same_entity(None, "nil")
 
+
+def test_candidates_spelling_one_title_twice_are_one_candidate(tmp_path):
+    """'Liverpool_F.C.' and 'Liverpool F.C.' (or an escaped and an unescaped title) are one
+    Wikipedia article: the second is dropped as an exact repeat is, not ranked as a rival that
+    splits the first's probability."""
+    p = write(tmp_path, "d.json", {"d": dict(SAMPLE, Candentity=[
+        "Liverpool", "Liverpool_F.C.", "Liverpool F.C.", "Fran%C3%A7ois_Hollande",
+        "François_Hollande", "liverpool_f.c."])})
+    [m] = load_mentions(p)
+    assert [c.name for c in m.candidates] == ["Liverpool", "Liverpool_F.C.", "Fran%C3%A7ois_Hollande"]
+
+
+@pytest.mark.parametrize("name", ["_", "__", "\t_ ", "%20", "%5F", "_%20_"])
+def test_a_candidate_title_that_spells_nothing_is_refused(tmp_path, name):
+    """A title made of underscores or escaped blanks names nothing, as a blank name does: the
+    record is refused in one line naming the candidate (it was ranked as a candidate '')."""
+    p = write(tmp_path, "d.json", {"d": dict(SAMPLE, Candentity=["Jordan", {"name": name}])})
+    [e] = load_mentions(p, strict=False)
+    assert isinstance(e, DataError) and "record 'd'" in str(e) and "Candentity[1]" in str(e)
+    assert "no usable 'name'" in str(e)
