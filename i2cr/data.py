@@ -462,8 +462,9 @@ def _read_text(path: Path) -> str:
 
 
 def _read_json(path: Path) -> Any:
+    text = _read_text(path)  # its DataError names the file already
     try:
-        return _loads(_read_text(path))
+        return _loads(text)
     except ValueError as e:
         raise DataError(str(e), source=str(path)) from None
 

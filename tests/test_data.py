@@ -200,3 +200,14 @@ def test_a_candidate_title_that_spells_nothing_is_refused(tmp_path, name):
     [e] = load_mentions(p, strict=False)
     assert isinstance(e, DataError) and "record 'd'" in str(e) and "Candentity[1]" in str(e)
     assert "no usable 'name'" in str(e)
+
+
+def test_an_unreadable_label_file_is_named_once(tmp_path):
+    """'i2cr: l.json: file not found', not 'i2cr: l.json: l.json: file not found': the reading
+    error, which names the file already, was wrapped in a second one naming it again."""
+    (tmp_path / "bad.json").write_bytes(b'{"a": "\xff"}')
+    for p, why in ((tmp_path / "nope.json", "file not found"), (tmp_path, "is a folder, not a file"),
+                   (tmp_path / "bad.json", "is not UTF-8 text")):
+        with pytest.raises(DataError) as e:
+            load_labels(p)
+        assert str(e.value).startswith(f"{p}: {why}") and str(e.value).count(str(p)) == 1
