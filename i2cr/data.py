@@ -293,7 +293,9 @@ def parse_candidates(raw: Any, *, source: str, rid: str, fieldname: str = "Cande
             raise DataError(f"expected an object with 'name', got {type(c).__name__}",
                             source=source, record=rid, field=f)
         name = c.get("name")
-        key = title_key(name) if isinstance(name, str) else ""
+        if not isinstance(name, str):
+            name = ""
+        key = title_key(name)
         if not key:  # blank, or a title of underscores or escaped blanks ('_', '%20')
             raise DataError("has no usable 'name'", source=source, record=rid, field=f)
         desc = c.get("desc", c.get("description", "")) or ""
