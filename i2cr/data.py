@@ -17,22 +17,31 @@ import math
 import random
 import re
 import sys
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from .names import MAX_DOCUMENT_NAMES  # a document's names kept per mention: names owns the cap
+from .names import MAX_DOCUMENT_NAMES, clean  # names owns the cap on a document's names
 
 NIL = "nil"
 
 
+def title_key(name: str) -> str:
+    """The form under which two spellings of one title are equal: case, outer and repeated white
+    space ignored, underscores read as spaces and percent-escapes decoded, as Wikipedia reads a
+    title (``Justin_Bieber`` is ``Justin Bieber``, ``Fran%C3%A7ois_Hollande`` is ``François
+    Hollande``); '' for a title that spells nothing (``_``)."""
+    return unicodedata.normalize("NFC", clean(name)).lower()
+
+
 def same_entity(answer: object, gold: object) -> bool:
-    """Whether an answer names the gold entity: the one rule every figure uses (case and outer
-    white space ignored; no answer is never right)."""
+    """Whether an answer names the gold entity: the one rule every figure uses (the two names'
+    :func:`title_key` are equal; no answer is never right)."""
     return isinstance(answer, str) and isinstance(gold, str) and \
-        answer.strip().lower() == gold.strip().lower()
+        title_key(answer) == title_key(gold)
 
 # Canonical names of the precomputed visual clues, as the dataset spells them.
 CLUE_KEYS = ("OCR text", "Caption", "Dense Captions", "Tags")
@@ -283,15 +292,18 @@ def parse_candidates(raw: Any, *, source: str, rid: str, fieldname: str = "Cande
             raise DataError(f"expected an object with 'name', got {type(c).__name__}",
                             source=source, record=rid, field=f)
         name = c.get("name")
-        if not isinstance(name, str) or not name.strip():
+        if not isinstance(name, str):
+            name = ""
+        key = title_key(name)
+        if not key:  # blank, or a title of underscores or escaped blanks ('_', '%20')
             raise DataError("has no usable 'name'", source=source, record=rid, field=f)
         desc = c.get("desc", c.get("description", "")) or ""
         if not isinstance(desc, str):
             raise DataError("'desc' must be a string", source=source, record=rid, field=f)
         name = name.strip()
-        if name.lower() in seen:  # duplicates add nothing and confuse the fuzzy mapping
-            continue
-        seen.add(name.lower())
+        if key in seen:  # duplicates (one title spelled twice too) add nothing and split the
+            continue     # first's probability; they confuse the fuzzy mapping
+        seen.add(key)
         qid = c.get("qid")
         prior = c.get("prior")
         if prior is not None:
@@ -451,8 +463,9 @@ def _read_text(path: Path) -> str:
 
 
 def _read_json(path: Path) -> Any:
+    text = _read_text(path)  # its DataError names the file already
     try:
-        return _loads(_read_text(path))
+        return _loads(text)
     except ValueError as e:
         raise DataError(str(e), source=str(path)) from None
 

@@ -166,3 +166,48 @@ def test_document_mentions_must_be_strings(tmp_path):
                                    "Candentity": [{"name": "A", "desc": ""}]}}))
     with pytest.raises(DataError, match="x.*document_mentions"):
         load_mentions(p)
+
+
+def test_a_gold_label_names_the_same_title_however_it_is_spelled():
+    """Wikipedia titles are spelled with underscores or spaces, percent-escaped or not: a gold
+    label 'Justin Bieber' or 'François_Hollande' names the candidate 'Justin_Bieber' or
+    'Fran%C3%A7ois_Hollande' (every figure scored such right answers as wrong)."""
+    from i2cr.data import same_entity
+
+    assert same_entity("Justin_Bieber", "Justin Bieber")
+    assert same_entity("Fran%C3%A7ois_Hollande", "françois hollande ")
+    assert same_entity("AT%26T", "AT&T") and same_entity("St._Louis,_Missouri", "St. Louis, Missouri")
+    assert not same_entity("Justin_Bieber", "Justin_Bieber_(surname)")
+    assert not same_entity("AT%26T", "AT%26T_Mobility") and not same_entity(None, "nil")
+
+
+def test_candidates_spelling_one_title_twice_are_one_candidate(tmp_path):
+    """'Liverpool_F.C.' and 'Liverpool F.C.' (or an escaped and an unescaped title) are one
+    Wikipedia article: the second is dropped as an exact repeat is, not ranked as a rival that
+    splits the first's probability."""
+    p = write(tmp_path, "d.json", {"d": dict(SAMPLE, Candentity=[
+        "Liverpool", "Liverpool_F.C.", "Liverpool F.C.", "Fran%C3%A7ois_Hollande",
+        "François_Hollande", "liverpool_f.c."])})
+    [m] = load_mentions(p)
+    assert [c.name for c in m.candidates] == ["Liverpool", "Liverpool_F.C.", "Fran%C3%A7ois_Hollande"]
+
+
+@pytest.mark.parametrize("name", ["_", "__", "\t_ ", "%20", "%5F", "_%20_"])
+def test_a_candidate_title_that_spells_nothing_is_refused(tmp_path, name):
+    """A title made of underscores or escaped blanks names nothing, as a blank name does: the
+    record is refused in one line naming the candidate (it was ranked as a candidate '')."""
+    p = write(tmp_path, "d.json", {"d": dict(SAMPLE, Candentity=["Jordan", {"name": name}])})
+    [e] = load_mentions(p, strict=False)
+    assert isinstance(e, DataError) and "record 'd'" in str(e) and "Candentity[1]" in str(e)
+    assert "no usable 'name'" in str(e)
+
+
+def test_an_unreadable_label_file_is_named_once(tmp_path):
+    """'i2cr: l.json: file not found', not 'i2cr: l.json: l.json: file not found': the reading
+    error, which names the file already, was wrapped in a second one naming it again."""
+    (tmp_path / "bad.json").write_bytes(b'{"a": "\xff"}')
+    for p, why in ((tmp_path / "nope.json", "file not found"), (tmp_path, "is a folder, not a file"),
+                   (tmp_path / "bad.json", "is not UTF-8 text")):
+        with pytest.raises(DataError) as e:
+            load_labels(p)
+        assert str(e.value).startswith(f"{p}: {why}") and str(e.value).count(str(p)) == 1

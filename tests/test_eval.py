@@ -254,3 +254,23 @@ def test_structured_answers_read_as_free_text_fail_an_eval():
     m = M.compute([ok, fell])
     assert m["structured_fallback_mentions"] == 1
     assert any("structured" in f for f in failures(m))  # eval exits 1 on any failure
+
+
+def test_prefetch_encodes_only_the_candidates_a_run_keeps(tmp_path):
+    """The graph ranks a mention's first ``max_candidates``; prefetching encoded every candidate
+    of the list (a hostile record of 5,000 cost 24 s of encoding, one of a million would not
+    end), now only those, and the run still finds every text it asks for encoded."""
+    from i2cr.data import Candidate, Mention
+    from i2cr.eval.runner import prefetch, run
+    from i2cr.graph import Context, resources
+
+    cands = [Candidate(name=f"Listed entity {i}", desc=f"entity {i} of a long candidate list")
+             for i in range(300)]
+    m = Mention(id="many", mention="Listed entity", context="one entity of a long list",
+                candidates=cands, allow_nil=True)
+    ctx = Context(embedding_cache=str(tmp_path / "store"), max_candidates=5, iav_mode="off")
+    emb = resources.embedder(ctx)
+    assert 5 <= prefetch([m], ctx) < 20  # the 5 kept entities' texts and the queries
+    before = emb.encoded
+    [rec] = run([m], ctx, progress=False)
+    assert rec["error"] is None and emb.encoded == before

@@ -338,3 +338,20 @@ def test_the_alias_tables_likeliest_entities_come_first_even_when_no_search_find
     assert ranked[0]["prior"] == 1.0 and ranked[2]["prior"] == 0.0  # no alias of it: 0, known
     # (the fusion alone would have put the stadium first: both searches rank it above)
     assert max(ranked, key=lambda e: e["rrf"])["name"] == "Yankee Stadium"
+
+
+def test_kb_recall_finds_a_gold_spelled_as_a_title(kb_dir):
+    """The generator's recall takes a gold label 'Michael_Jordan' (a title: underscores,
+    percent-escapes) as the KB's 'Michael Jordan', by the rule ``correct`` uses: it counted
+    that gold as not in the KB and never generated."""
+    from i2cr.kb.report import kb_metrics
+
+    ev = {"type": "kb_candidates", "latency_ms": 1.0, "ranked": ["Michael Jordan", "Jordan"]}
+    recs = [{"id": "1", "gold": "Michael_Jordan", "answer": "Michael Jordan", "correct": True,
+             "events": [ev]},
+            {"id": "2", "gold": "Jordan", "answer": "Jordan", "correct": True, "events": [ev]},
+            {"id": "3", "gold": "Paris%2C_Texas", "answer": "nil", "correct": False,
+             "events": [ev]}]
+    k = kb_metrics(recs, kb_dir)
+    assert k["linkable"] == 3 and k["gold_in_kb"] == 2
+    assert k["recall_in_kb"]["1"] == 0.5 and k["recall_in_kb"]["5"] == 1.0

@@ -175,7 +175,8 @@ def prefetch(items: Iterable[Mention | DataError], settings: Context) -> int:
     for m in items:
         if not isinstance(m, Mention):
             continue
-        cands = [c.to_dict() for c in m.candidates]
+        # the candidates the graph ranks (prepare keeps the first max_candidates), not the list
+        cands = [c.to_dict() for c in m.candidates[: settings.max_candidates]]
         seq = clue_sequence(m.clues, settings.tool_names)
         rounds: list[list[Clue]] = [[]] + [
             seq[: i + 1] if settings.query_clues == "cumulative" else seq[i:i + 1]

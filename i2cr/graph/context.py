@@ -298,6 +298,19 @@ class Context:
             raise ValueError("llm_retries, llm_backoff and llm_backoff_max must be >= 0")
         if self.kb_top_k < 1:
             raise ValueError(f"kb_top_k must be >= 1, not {self.kb_top_k}")
+        for name, low in (("max_candidates", 1), ("prune_k", 1), ("embed_batch_size", 1),
+                          ("llm_max_tokens", 1), ("max_context_chars", 0), ("desc_chars", 0),
+                          ("max_vif_rounds", 0), ("tes_retries", 0), ("vision_retries", 0)):
+            v = getattr(self, name)  # a negative size would cut a list or text from its end
+            if v is not None and v < low:
+                raise ValueError(f"{name} must be >= {low}, not {v}")
+        for name in ("llm_timeout", "vision_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0 seconds, not {getattr(self, name)}")
+        if self.vision_backoff < 0:
+            raise ValueError(f"vision_backoff must be >= 0, not {self.vision_backoff}")
+        if not 0 <= self.tesseract_psm <= 13:
+            raise ValueError(f"tesseract_psm must be within 0..13, not {self.tesseract_psm}")
         self._check_tools()
         if self.resources is None:
             object.__setattr__(self, "resources", new_resources())

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..data import NIL
+from ..data import NIL, title_key
 from .index import dir_size, open_kb
 
 RECALL_AT = (1, 5, 10, 20, 50)
@@ -23,10 +23,12 @@ def _pct(values: list[float], q: float) -> float | None:
 
 def kb_metrics(records: Iterable[dict[str, Any]], kb_dir: str) -> dict[str, Any]:
     kb = open_kb(kb_dir)
-    names = {str(n).lower() for n in kb.table.to_arrow().column("name").to_pylist()}
+    # names compared as ``correct`` compares them (data.same_entity): 'Michael_Jordan' is
+    # 'Michael Jordan'
+    names = {title_key(str(n)) for n in kb.table.to_arrow().column("name").to_pylist()}
     recs = [r for r in records if "gold" in r]
-    linkable = [r for r in recs if str(r["gold"]).lower() != NIL]
-    in_kb = [r for r in linkable if str(r["gold"]).lower() in names]
+    linkable = [r for r in recs if title_key(str(r["gold"])) != NIL]
+    in_kb = [r for r in linkable if title_key(str(r["gold"])) in names]
     hits = {k: 0 for k in RECALL_AT}
     lat: list[float] = []
     for r in linkable:
@@ -34,8 +36,8 @@ def kb_metrics(records: Iterable[dict[str, Any]], kb_dir: str) -> dict[str, Any]
         if ev is None:
             continue
         lat.append(float(ev.get("latency_ms") or 0.0))
-        ranked = [str(n).lower() for n in ev.get("ranked") or []]
-        gold = str(r["gold"]).lower()
+        ranked = [title_key(str(n)) for n in ev.get("ranked") or []]
+        gold = title_key(str(r["gold"]))
         for k in RECALL_AT:
             hits[k] += gold in ranked[:k]
     correct = sum(bool(r.get("correct")) for r in recs)
