@@ -32,7 +32,7 @@ from .envvars import warn_unknown
 from .eval.bench import bench, bench_ray
 from .eval.harness import evaluate
 from .eval.metrics import failed_downloads
-from .eval.report import counted, failures, image_line, stage_rows
+from .eval.report import candidates_line, counted, failures, image_line, stage_rows
 from .eval.runner import RunStats, check_items, read_results, run, to_link, warn_stderr
 from .graph import Context, compile_graph, graph, resources
 from .graph.events import is_llm_call
@@ -278,6 +278,9 @@ def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: b
     images = getattr(stats, "image_failures", None) or {}
     if image_line(images):
         print(f"i2cr: {image_line(images)}", file=sys.stderr)
+    cut = candidates_line(getattr(stats, "candidate_cuts", None) or {})
+    if cut:  # the input's, as a field cut to its cap: reported, not a failure
+        print(f"i2cr: {cut}", file=sys.stderr)
     downloads = failed_downloads(images)  # the other kinds are the input's
     if downloads:
         print(f"i2cr: {sum(downloads.values())} image download(s) failed ({counted(downloads)}): "
@@ -431,6 +434,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bad = failures(m)
     if image_line(m.get("image_failures") or {}):
         print(f"i2cr: {image_line(m['image_failures'])}", file=sys.stderr)
+    if candidates_line(m.get("candidate_cuts") or {}):
+        print(f"i2cr: {candidates_line(m['candidate_cuts'])}", file=sys.stderr)
     if "kb" in m:
         print("\n".join(kb_lines(m["kb"])))
     for b in bad:

@@ -21,6 +21,14 @@ from .redact import error_text
 from .trace import traced_invoke
 
 
+def candidate_cuts(events: list[Any]) -> list[dict[str, Any]]:
+    """The ``truncated`` entry of a candidate list cut to ``max_candidates`` (from prepare's
+    ``candidates_truncated`` event, under its names: ``from`` candidates, the first ``to``
+    ranked), or none when every candidate was ranked."""
+    return [{"field": "candidates", "from": e["from"], "to": e["to"]} for e in events
+            if isinstance(e, dict) and e.get("type") == "candidates_truncated"]
+
+
 def result_record(m: Mention, out: dict[str, Any], elapsed: float) -> dict[str, Any]:
     """The JSON result of one mention: answer, NIL flag, path through the graph and scores."""
     rec: dict[str, Any] = {
@@ -51,8 +59,10 @@ def result_record(m: Mention, out: dict[str, Any], elapsed: float) -> dict[str, 
     }
     if out.get("image_reason"):
         rec["image_reason"] = out.get("image_reason")
-    if m.truncations:  # fields cut to their caps when the mention was loaded
-        rec["truncated"] = list(m.truncations)
+    cuts = list(m.truncations)  # fields cut to their caps when the mention was loaded
+    cuts += candidate_cuts(rec["events"])  # and the candidate list cut to max_candidates
+    if cuts:
+        rec["truncated"] = cuts
     if m.label is not None:
         rec["gold"] = m.label
         rec["correct"] = same_entity(rec["answer"], m.label)

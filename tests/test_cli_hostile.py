@@ -747,3 +747,28 @@ def test_a_missing_or_damaged_ranker_weights_file_is_a_bad_setting(tmp_path):
         # was exit 1 with every mention an error (missing) or exit 0 ranked at random (NaN)
         assert p.returncode == 2 and p.stdout == "", p.stderr[-2000:]
         assert str(path) in one_line_error(p)
+
+
+# --- candidates over max_candidates: the cut is in the record's truncated and counted ----------
+
+def test_candidates_cut_to_max_candidates_are_listed_in_truncated_and_counted(tmp_path):
+    few = {**GOOD, "Candentity": JORDAN_CANDIDATES[:3]}  # within max_candidates=3
+    data = write_json(tmp_path / "data.json", {"many": GOOD, "few": few})  # many: 4 candidates
+    labels = write_json(tmp_path / "labels.json", {"many": "Michael Jordan", "few": "Michael Jordan"})
+    line = "i2cr: 1 mention(s) had more than max_candidates=3 candidates: only the first 3 were ranked"
+    p = cli("link", str(data), "--no-progress", "--json", "--set", "max_candidates=3")
+    assert p.returncode == 0, p.stderr[-2000:]  # not an error: the input's, reported
+    recs = {r["id"]: r for r in map(json.loads, p.stdout.splitlines())}
+    assert recs["many"]["truncated"] == [{"field": "candidates", "from": 4, "to": 3}]
+    assert "truncated" not in recs["few"]
+    assert [x for x in p.stderr.splitlines() if "max_candidates" in x] == [line + " (see truncated)"]
+    p = cli("eval", str(data), str(labels), "--no-progress", "--out-dir", str(tmp_path / "ev"),
+            "--set", "max_candidates=3")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert [x for x in p.stderr.splitlines() if "max_candidates" in x] == [line + " (see truncated)"]
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["candidate_cuts"] == {"3": 1}
+    assert "1 mention(s) had more than max_candidates=3" in (tmp_path / "ev" / "report.md").read_text()
+    p = cli("link", str(write_json(tmp_path / "few.json", {"few": few})), "--no-progress", "--json",
+            "--set", "max_candidates=3")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "truncated" not in json.loads(p.stdout) and "max_candidates" not in p.stderr

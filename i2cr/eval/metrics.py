@@ -53,6 +53,22 @@ def image_failure(rec: dict[str, Any]) -> str | None:
     return None if status in (None, "ok", "absent") else str(status)
 
 
+def candidate_cut(rec: dict[str, Any]) -> int | None:
+    """The ``max_candidates`` a record's candidate list was cut to (its ``truncated`` entry for
+    ``candidates``: the candidates after the first ``to`` were not ranked), or None when every
+    candidate was."""
+    for t in rec.get("truncated") or []:
+        if isinstance(t, dict) and t.get("field") == "candidates":
+            return int(t["to"])
+    return None
+
+
+def candidate_cuts(recs: Iterable[dict[str, Any]]) -> dict[int, int]:
+    """The records whose candidate list was cut, counted by the ``max_candidates`` it was cut to
+    (:func:`candidate_cut`)."""
+    return dict(sorted(Counter(c for r in recs if (c := candidate_cut(r)) is not None).items()))
+
+
 # a failed download fails the run (exit 1); an image missing from disk, corrupt, unsupported or
 # refused by the policy is the input's, reported with the rest but not a failure of the run
 FAILED_DOWNLOADS = ("timeout", "unreachable")
@@ -104,7 +120,8 @@ def compute(records: Iterable[dict[str, Any]], *, wall_s: float | None = None,
                          "llm_failed_mentions": sum(1 for r in recs if llm_failed(r)),
                          "structured_fallback_mentions": sum(1 for r in recs
                                                              if structured_fallback(r)),
-                         "image_failures": image_failures(recs)}
+                         "image_failures": image_failures(recs),
+                         "candidate_cuts": candidate_cuts(recs)}
 
     def acc(get) -> float | None:
         if not n:

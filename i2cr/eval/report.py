@@ -32,6 +32,22 @@ def image_line(kinds: dict[str, int]) -> str | None:
             f"({counted(kinds)}); they were linked without it (see image_reason)")
 
 
+def candidates_line(cuts: dict[Any, int]) -> str | None:
+    """One line on the mentions whose candidate list was cut to ``max_candidates`` (counts by
+    the cap, as :func:`~.metrics.candidate_cuts` gives them), or None when none was."""
+    if not cuts:
+        return None
+    caps = sorted((int(k), v) for k, v in cuts.items())
+    n = sum(v for _, v in caps)
+    if len(caps) == 1:
+        cap = caps[0][0]
+        return (f"{n} mention(s) had more than max_candidates={cap} candidates: only the first "
+                f"{cap} were ranked (see truncated)")
+    return (f"{n} mention(s) had more than max_candidates candidates ("
+            f"{', '.join(f'{v} cut to {k}' for k, v in caps)}): only the first max_candidates "
+            "were ranked (see truncated)")
+
+
 def failures(metrics: dict[str, Any]) -> list[str]:
     """What went wrong in a run, one phrase each (empty when nothing did): error records, which
     count as wrong answers, and mentions answered by a fallback after a failed LLM call."""
@@ -95,6 +111,9 @@ def markdown(metrics: dict[str, Any], info: dict[str, Any]) -> str:
     bad = failures(metrics)
     if bad:
         lines += [f"**{'; '.join(bad)}.**", ""]
+    cut = candidates_line(metrics.get("candidate_cuts") or {})
+    if cut:
+        lines += [f"{cut[0].upper()}{cut[1:]}.", ""]
     lines += [f"- command: `{info.get('command', '')}`",
               f"- mentions: {metrics['mentions']} ({metrics['labelled']} labelled, "
               f"{metrics['errors']} errors)",
