@@ -355,3 +355,27 @@ def test_kb_recall_finds_a_gold_spelled_as_a_title(kb_dir):
     k = kb_metrics(recs, kb_dir)
     assert k["linkable"] == 3 and k["gold_in_kb"] == 2
     assert k["recall_in_kb"]["1"] == 0.5 and k["recall_in_kb"]["5"] == 1.0
+
+
+def test_a_title_is_accepted_or_refused_alike_by_a_kb_build_and_a_candidate_list(tmp_path):
+    from i2cr.data import DataError, parse_candidates
+
+    # '!!!' (a band) spells a title; '_' and '%20' spell none: the candidate lists' rule
+    ok, refused = "!!!", ["_", "%20"]
+    assert [c.name for c in parse_candidates([ok], source="s", rid="r")] == [ok]
+    for name in refused:
+        with pytest.raises(DataError, match="no usable 'name'"):
+            parse_candidates([ok, name], source="s", rid="r")
+    ents = write_jsonl(tmp_path / "e.jsonl", [{"id": f"E{i}", "name": n, "desc": "a band"}
+                                              for i, n in enumerate([ok, *refused])])
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps({"m": {"mention": "!!!", "mention_context": "",
+                                      "Candentity": [{"name": n, "desc": "a band"}
+                                                     for n in [ok, *refused]]}}))
+    for src in (ents, data):
+        said: list[str] = []
+        meta = build(src, tmp_path / f"kb-{src.stem}", embedder=EMBEDDER, encode=encoder(),
+                     progress=False, warn=said.append)
+        assert meta["entities"] == 1 and meta["bad"] == 2, (src, said)
+        assert KB(tmp_path / f"kb-{src.stem}").table.to_arrow().column("name").to_pylist() == [ok]
+        assert all("has no usable 'name'; skipped" in s for s in said), said

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import DataError, iter_records, prior_number
+from ..data import DataError, iter_records, prior_number, title_key
 from ..names import fold, mention_forms, strip_mention
 from .ids import FirstSeen, KeySet
 
@@ -147,6 +147,8 @@ def parse_entity(rec: Any, *, alias_probabilities: bool = True) -> Entity:
     if "name" not in rec:
         raise ValueError("'name' is missing")
     name = _text(rec["name"], "name", required=True)
+    if not title_key(name):  # the candidate lists' rule (data.parse_candidates): '_', '%20'
+        raise ValueError("has no usable 'name'")
     desc = _text(rec.get("desc", rec.get("description")), "desc")
     alias_names, alias_priors = _aliases(rec.get("aliases") or [],
                                          probabilities=alias_probabilities)
@@ -222,11 +224,14 @@ def read_entities(path: str | Path) -> Iterator[Entity | BadEntity | Repeated]:
 
 
 def dataset_key(cand: dict[str, Any]) -> str:
-    """A candidate's identity in a KB made from candidate lists: its QID, else its folded name."""
+    """A candidate's identity in a KB made from candidate lists: its QID, else its folded name
+    (its title key for a title that folds to nothing, '!!!'); ``name:`` alone for a name that
+    spells no title (``_``: :func:`i2cr.data.title_key` is '')."""
     qid = cand.get("qid")
     if qid:
         return str(qid)
-    return "name:" + fold(str(cand.get("name") or ""))
+    name = str(cand.get("name") or "")
+    return "name:" + (fold(name) or title_key(name))
 
 
 def _candidates(rec: Any) -> list[Any] | None:
