@@ -73,7 +73,8 @@ class DataError(ValueError):
             where.append(f"record {record!r}")
         if field:
             where.append(f"field {field!r}")
-        super().__init__(f"{': '.join(where)}: {message}" if where else message)
+        self.where, self.reason = ": ".join(where), message  # the message is "where: reason"
+        super().__init__(f"{self.where}: {message}" if where else message)
 
 
 @dataclass(frozen=True)

@@ -379,3 +379,15 @@ def test_a_title_is_accepted_or_refused_alike_by_a_kb_build_and_a_candidate_list
         assert meta["entities"] == 1 and meta["bad"] == 2, (src, said)
         assert KB(tmp_path / f"kb-{src.stem}").table.to_arrow().column("name").to_pylist() == [ok]
         assert all("has no usable 'name'; skipped" in s for s in said), said
+
+
+def test_a_bad_line_of_a_dataset_source_is_named_once(tmp_path):
+    good = json.dumps({"id": "a", "mention": "x", "mention_context": "", "candidates": ["One"]})
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(f'{good}\n{{"id": 1 2}}\n\xff\n'.encode("latin-1"))
+    bad = [str(g) for g in read_dataset(p) if not hasattr(g, "name")]
+    # was: "d.jsonl record line2: record 'line 2': malformed JSON ..."
+    assert bad == [f"{p}: record 'line 2': malformed JSON at column 10: Expecting ',' delimiter; "
+                   "skipped",
+                   f"{p}: record 'line 3': is not UTF-8 text (invalid start byte at byte 0 of the "
+                   "line); skipped"]

@@ -57,7 +57,7 @@ class Entity:
 
 @dataclass(frozen=True)
 class BadEntity:
-    where: str  # "FILE line N" or "FILE record R candidate I"
+    where: str  # "FILE line N", "FILE record R candidate I" or a DataError's "FILE: record 'R'"
     reason: str
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -307,8 +307,8 @@ def read_dataset(path: str | Path) -> Iterator[Entity | BadEntity]:
     try:
         alias_table(path, aliases)  # a first pass: an entity's aliases come from every mention
         for rid, rec in iter_records(path):
-            if isinstance(rec, DataError):
-                yield BadEntity(f"{path} record {rid}", str(rec).split(": ", 1)[-1])
+            if isinstance(rec, DataError):  # it names its file and record itself
+                yield BadEntity(rec.where or f"{path} record {rid}", rec.reason)
                 continue
             if not isinstance(rec, dict):
                 yield BadEntity(f"{path} record {rid}", "expected an object")
