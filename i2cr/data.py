@@ -573,7 +573,7 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
                                             "the line)", source=str(path), record=bad[1])
                     continue
                 try:
-                    rec = _loads(line)
+                    rec = _loads(line.rstrip("\r\n"))  # one line: its JSON errors are at line 1
                 except ValueError as e:
                     yield bad[0], DataError(str(e).replace(" at line 1,", " at"),
                                             source=str(path), record=bad[1])

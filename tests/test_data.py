@@ -78,6 +78,13 @@ def test_bad_jsonl_line_loses_only_that_line(tmp_path):
     assert ok.id == "ok" and isinstance(bad, DataError) and "line 2" in str(bad)
 
 
+def test_a_bad_jsonl_line_names_only_its_own_line(tmp_path):
+    # an error at the end of the line was placed on the JSON's 'line 2' (after the line's newline)
+    p = write(tmp_path, "d.jsonl", json.dumps(dict(SAMPLE, id="ok")) + "\n[1, 2\n")
+    _, bad = load_mentions(p, strict=False)
+    assert str(bad) == f"{p}: record 'line 2': malformed JSON at column 6: Expecting ',' delimiter"
+
+
 def test_candidate_priors_are_kept_and_checked(tmp_path):
     p = tmp_path / "m.jsonl"
     good = {"id": "a", "mention": "Paris", "context": "", "candidates": [
