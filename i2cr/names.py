@@ -31,9 +31,11 @@ from urllib.parse import unquote
 
 _SPACES = re.compile(r"\s+")
 _DISAMBIG = re.compile(r"^(.*\S)\s*\(([^()]+)\)\s*$")
-_POSSESSIVE = re.compile(r"(?:['\u2019]s|s['\u2019])$", re.I)
+# a possessive ending: 's, or the apostrophe alone after an s (Texas' keeps its s)
+_POSSESSIVE = re.compile(r"(?:['\u2019]s|(?<=s)['\u2019])$", re.I)
 _ARTICLE = re.compile(r"^(the|a|an)\s+", re.I)
 _WORD = re.compile(r"[^\W_]+")
+_SIGNS = ("@", "#")
 # words an initialism usually skips ("United Nations Educational, Scientific and Cultural ...")
 _MINOR = {"of", "the", "and", "for", "de", "du", "des", "la", "le", "in", "on", "at", "to", "&",
           "a", "an", "y", "e", "del", "der", "von", "van"}
@@ -52,7 +54,9 @@ def fold(text: str) -> str:
     """Lower case, accents removed, punctuation to spaces: the form exact comparisons use."""
     t = unicodedata.normalize("NFKD", clean(text))
     t = "".join(ch for ch in t if not unicodedata.combining(ch)).lower()
-    return " ".join(_WORD.findall(t))
+    words = " ".join(_WORD.findall(t))
+    # a handle or a hashtag keeps its sign: '@Bieber' (an account) is not the name 'Bieber'
+    return t[0] + words if t[:1] in _SIGNS and _WORD.match(t, 1) else words
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,9 @@ def title_parts(name: str) -> Title:
     base, qual = head, ""
     if ", " in head:
         b, q = head.split(", ", 1)
-        if b.strip() and q.strip():
+        # a qualifier names a place ('St. Louis, Missouri'); a list with '&' is the name itself
+        # ('Earth, Wind & Fire', 'Crosby, Stills, Nash & Young')
+        if b.strip() and q.strip() and "&" not in q:
             base, qual = b.strip(), q.strip()
     return Title(full=full, base=base, qualifier=qual, disambiguator=disamb)
 
@@ -125,9 +131,10 @@ def singular(folded: str) -> str:
 @lru_cache(maxsize=65536)
 def mention_forms(mention: str) -> tuple[str, ...]:
     """Folded surface forms the mention may stand for: itself (cleaned, without possessive or
-    article) and its singular (``newspapers`` -> ``newspaper``)."""
+    article; the first form), its singular (``newspapers`` -> ``newspaper``), and itself as
+    written, for a name whose article or ``'s`` is its own (``The Times``, ``McDonald's``)."""
     f = fold(strip_mention(mention))
-    return tuple(dict.fromkeys(x for x in (f, singular(f)) if x))
+    return tuple(dict.fromkeys(x for x in (f, singular(f), fold(mention)) if x))
 
 
 @lru_cache(maxsize=65536)
@@ -137,11 +144,12 @@ def demonym_forms(mention: str) -> tuple[str, ...]:
     f = fold(strip_mention(mention))
     place = demonyms().get(f)
     if place is None and f.endswith("s"):
-        place = demonyms().get(f[:-1])  # "Russians"
+        f = f[:-1]  # "Russians"
+        place = demonyms().get(f)
     if not place:
         return ()
-    f = f.rstrip("s")
-    return (fold(place), f + "s", f + " people")
+    # the people: 'russians', 'russian people'; 'swiss' is its own plural
+    return (fold(place), f if f.endswith("s") else f + "s", f + " people")
 
 
 def initials(name: str, *, skip_minor: bool) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data import Mention
+from ..data import Mention, same_entity
 from .features import FEATURES, prior_share_columns
 from .model import FIT_INPUTS, MODELS, NIL_FEATURES, Ranker, link_probability, nil_features, softmax
 
@@ -28,7 +28,9 @@ WITHHELD_WEIGHT = 0.5  # a withheld copy's vote, against its mention's own
 ALPHA_GRID = [0.0, 0.1, 0.2, 0.25, 0.3, 0.35, 0.4]
 # NIL thresholds whose held-out accuracy is this close to the best count as ties, and ties go to the
 # lowest (NIL answered least): the accuracy curve is flat near its top, and what counts as NIL
-# differs by dataset, so a NIL answer the fit does not clearly need costs on data it has not seen
+# differs by dataset, so a NIL answer the fit does not clearly need costs on data it has not seen.
+# The accuracy compared is the curve smoothed over each grid value and its two neighbours: on the
+# flat top, a few mentions' wiggle at one grid value moved the raw curve's choice by 0.15
 NIL_TOLERANCE = 0.0025
 NIL_GRID = [round(x, 2) for x in np.arange(0.0, 0.96, 0.05)]
 
@@ -89,7 +91,7 @@ def build_examples(mentions: Sequence[Mention], ranker: Ranker, tool_names: Sequ
         ranker.embedder.warm(queries, query=True)
         for i, m in part:
             cands = [c.to_dict() for c in m.candidates]
-            gold = np.asarray([int(c["name"].lower() == (m.label or "").lower()) for c in cands])
+            gold = np.asarray([int(same_entity(c["name"], m.label)) for c in cands])
             prior = any(c.get("prior") is not None for c in cands)
             for kind, clues in clue_sets(m, tool_names):
                 F = ranker.features(m.mention, m.context, clues, cands, document=m.document)
@@ -250,19 +252,24 @@ def outcome(e: Example, probs: np.ndarray, plink: float, threshold: float) -> tu
 
 def choose_nil_threshold(examples: Sequence[Example], probs: Sequence[np.ndarray],
                          plinks: Sequence[float]) -> tuple[float, dict[str, float]]:
-    """The lowest grid value whose accuracy (NIL counted, over the samples that allow NIL) is
-    within :data:`NIL_TOLERANCE` of the best (NIL is answered less). 0 when no sample allows
-    NIL."""
+    """The lowest grid value whose accuracy (NIL counted, over the samples that allow NIL;
+    smoothed, :func:`smooth`) is within :data:`NIL_TOLERANCE` of the best (NIL is answered
+    less), and the raw accuracy at each grid value. 0 when no sample allows NIL."""
     idx = [i for i, e in enumerate(examples) if e.kind == "text" and e.allow_nil]
     if not idx or not any(examples[i].is_nil for i in idx):
         return 0.0, {}
-    sweep = {}
-    for t in NIL_GRID:
-        sweep[str(t)] = round(float(np.mean([outcome(examples[i], probs[i], plinks[i], t)[1]
-                                             for i in idx])), 4)
-    top = max(sweep.values())
-    best = min(t for t in NIL_GRID if sweep[str(t)] >= top - NIL_TOLERANCE)
-    return float(best), sweep
+    acc = [float(np.mean([outcome(examples[i], probs[i], plinks[i], t)[1] for i in idx]))
+           for t in NIL_GRID]
+    smoothed = smooth(acc)
+    top = max(smoothed)
+    best = min(t for t, a in zip(NIL_GRID, smoothed, strict=True) if a >= top - NIL_TOLERANCE)
+    return float(best), {str(t): round(a, 4) for t, a in zip(NIL_GRID, acc, strict=True)}
+
+
+def smooth(values: Sequence[float]) -> list[float]:
+    """Each value averaged with its two neighbours (the end values count their own twice)."""
+    v = np.pad(np.asarray(values, dtype=np.float64), 1, mode="edge")
+    return [float(x) for x in (v[:-2] + v[1:-1] + v[2:]) / 3]
 
 
 def icr_replay(scores: np.ndarray, sims: np.ndarray, gold: np.ndarray, alpha: float,
