@@ -52,7 +52,8 @@ def map_answer(text: str, names: Sequence[str], *, allow_nil: bool = False,
             return Match(n, "exact", 100.0)
     m = re.fullmatch(r"\(?#?(\d{1,3})[).]?(?:\s.*)?", ans)
     if m and 1 <= int(m.group(1)) <= len(names):
-        rest = ans[m.end(1):].strip(" ).")
+        # the number's ')' or '.' go, not the name's own closing ')' ('2. Iron Man (film)')
+        rest = ans[m.end(1):].lstrip(" ).").rstrip(" .")
         n = names[int(m.group(1)) - 1]
         named = [x for x, k in zip(names, keys, strict=True) if rest and k == title_key(rest)]
         if named:  # a number with a name: the name decides ('3. Ed Rendell' when 3 is another)

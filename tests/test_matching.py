@@ -46,3 +46,13 @@ def test_names_compared_as_titles():
     assert (m.name, m.method) == ("Paris_(mythology)", "contained")
     m = map_answer("Answer: François Hollande", ["François Mitterrand", "Fran%C3%A7ois_Hollande"])
     assert (m.name, m.method) == ("Fran%C3%A7ois_Hollande", "exact")
+
+
+def test_number_with_a_disambiguated_name():
+    # the name after a number decides, its closing ')' kept: '2. Iron Man (film)' is not
+    # candidate 2 when candidate 3 is 'Iron Man (film)'
+    names = ["Iron Man", "Iron Man 2", "Iron Man (film)"]
+    m = map_answer("Answer: 2. Iron Man (film)", names)
+    assert (m.name, m.method) == ("Iron Man (film)", "exact")
+    assert map_answer("Answer: (2) Iron Man 2.", names).name == "Iron Man 2"
+    assert map_answer("Answer: 3.", names).name == "Iron Man (film)"
