@@ -409,3 +409,15 @@ def test_a_dataset_source_merges_a_title_spelled_twice_not_two_titles(tmp_path):
         ("Oklahoma", "US state"), ("Oklahoma!", "musical"), ("Justin Bieber", "singer"),
         ("!!!", "band")]
     assert len({e.id for e in ents}) == 4
+
+
+def test_generated_candidates_are_unique_as_titles():
+    # two KB entities whose names are one title ('Michael_Jordan', 'michael  jordan') give the
+    # graph one candidate, as a candidate list's repeats do (data.parse_candidates)
+    from i2cr.kb.index import candidates_of
+
+    ranked = [{"id": "1", "name": "Michael Jordan", "desc": "basketball player"},
+              {"id": "2", "name": "Michael_Jordan", "desc": "the same, from another source"},
+              {"id": "3", "name": "michael  jordan", "desc": "again"},
+              {"id": "4", "name": "Michael B. Jordan", "desc": "actor"}]
+    assert [c["name"] for c in candidates_of(ranked, 2)] == ["Michael Jordan", "Michael B. Jordan"]
