@@ -29,12 +29,18 @@ from .names import MAX_DOCUMENT_NAMES, clean  # names owns the cap on a document
 NIL = "nil"
 
 
+# what a title may hold but never spells: the direction marks MediaWiki strips from a title
+# (a label pasted from a right-to-left page ends in one) and control characters
+_UNSPELLED = re.compile("[\u200e\u200f\u202a-\u202e\x00-\x1f\x7f]")
+
+
 def title_key(name: str) -> str:
     """The form under which two spellings of one title are equal: case, outer and repeated white
-    space ignored, underscores read as spaces and percent-escapes decoded, as Wikipedia reads a
-    title (``Justin_Bieber`` is ``Justin Bieber``, ``Fran%C3%A7ois_Hollande`` is ``François
-    Hollande``); '' for a title that spells nothing (``_``)."""
-    return unicodedata.normalize("NFC", clean(name)).lower()
+    space ignored, underscores read as spaces and percent-escapes decoded, direction marks and
+    control characters dropped, as Wikipedia reads a title (``Justin_Bieber`` is ``Justin
+    Bieber``, ``Fran%C3%A7ois_Hollande`` is ``François Hollande``); '' for a title that spells
+    nothing (``_``, ``%E2%80%8E``)."""
+    return " ".join(_UNSPELLED.sub("", unicodedata.normalize("NFC", clean(name))).split()).lower()
 
 
 def same_entity(answer: object, gold: object) -> bool:

@@ -188,6 +188,17 @@ def test_a_gold_label_names_the_same_title_however_it_is_spelled():
     assert not same_entity("AT%26T", "AT%26T_Mobility") and not same_entity(None, "nil")
 
 
+def test_a_label_pasted_with_a_direction_mark_names_its_title():
+    """A label copied from a right-to-left page carries an invisible direction mark (U+200E,
+    U+200F), which MediaWiki strips from a title: 'Tel Aviv\u200e' is the candidate 'Tel Aviv'
+    (it was scored wrong); a name of marks or control characters alone spells nothing."""
+    from i2cr.data import same_entity, title_key
+
+    assert same_entity("Tel Aviv\u200e", "Tel_Aviv") and same_entity("\u200fTel %E2%80%8EAviv", "tel aviv")
+    assert not same_entity("Tel Aviv\u200e", "Tel Aviv-Yafo")
+    assert title_key("\u200e") == title_key("%E2%80%8F") == title_key("%00") == ""
+
+
 def test_candidates_spelling_one_title_twice_are_one_candidate(tmp_path):
     """'Liverpool_F.C.' and 'Liverpool F.C.' (or an escaped and an unescaped title) are one
     Wikipedia article: the second is dropped as an exact repeat is, not ranked as a rival that
@@ -199,7 +210,7 @@ def test_candidates_spelling_one_title_twice_are_one_candidate(tmp_path):
     assert [c.name for c in m.candidates] == ["Liverpool", "Liverpool_F.C.", "Fran%C3%A7ois_Hollande"]
 
 
-@pytest.mark.parametrize("name", ["_", "__", "\t_ ", "%20", "%5F", "_%20_"])
+@pytest.mark.parametrize("name", ["_", "__", "\t_ ", "%20", "%5F", "_%20_", "\u200e", "%00"])
 def test_a_candidate_title_that_spells_nothing_is_refused(tmp_path, name):
     """A title made of underscores or escaped blanks names nothing, as a blank name does: the
     record is refused in one line naming the candidate (it was ranked as a candidate '')."""

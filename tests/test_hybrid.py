@@ -255,3 +255,21 @@ def test_curve_script_refuses_bad_settings(tmp_path, capsys):
     rc = hybrid.main([str(tmp_path / "d.json"), str(tmp_path / "l.json"), "--thresholds", "2",
                       "--out", str(tmp_path / "c.json")])
     assert rc == 2 and "hybrid_threshold" in capsys.readouterr().err
+
+
+def test_oracle_knows_its_gold_spelled_as_another_title():
+    # a label spelled as a title ('Michael_Jordan') names the candidate 'Michael Jordan', as
+    # the results' correct says: an oracle of accuracy 1 answers it, one of accuracy 0 never
+    m = _mention(label="michael_jordan")
+    build = profile("i2cr").build
+    cands = [c.to_dict() for c in m.candidates]
+    right = profile("i2cr").answer("Michael Jordan")
+
+    def ask(oracle, n=40):
+        chat = oracle.chat_model()
+        with oracle.serving(m):
+            return [chat.invoke(build(mention="Jordan", context="c", candidates=cands)).content
+                    for _ in range(n)]
+
+    assert set(ask(Oracle(1.0))) == {right}
+    assert right not in ask(Oracle(0.0))

@@ -554,3 +554,24 @@ def test_a_body_that_stalls_midway_is_cut_off_with_408_and_links_nothing():
                                              "more_body": False}], then_wait=False)
     assert sent[0]["status"] == 200 and waited == ["http.disconnect"]
     assert sent[-1]["body"] == b"done"
+
+
+def test_health_counts_a_mention_that_failed_in_the_graph_as_an_error_not_linked(monkeypatch):
+    # an error record is not a mention linked (RunStats.linked's rule): a mention whose graph
+    # run failed is counted once, among the errors
+    from i2cr.eval import runner
+    from i2cr.serve import app as served_app
+    from i2cr.serve.config import ServerConfig
+
+    def linker(m, settings):
+        if m.id == "boom":
+            raise RuntimeError("the graph failed")
+        return {"id": m.id, "answer": "Michael Jordan", "error": None}
+
+    monkeypatch.setattr(served_app, "run_one", lambda it, s: runner.run_one(it, s, linker))
+    served = served_app.Served(ServerConfig(base=Context(clue_cache="none")))
+    out, status = served.link({"mentions": [{**MENTION, "id": "ok"}, {**MENTION, "id": "boom"},
+                                            {"id": "bad", "mention": "x"}]})
+    assert status == 200 and out["errors"] == 2
+    assert "the graph failed" in out["results"][1]["error"]
+    assert {k: served.health()[k] for k in ("linked", "errors")} == {"linked": 1, "errors": 2}

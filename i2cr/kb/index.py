@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data import DataError
+from ..data import DataError, title_key
 from ..names import demonym_forms, fold, mention_forms, title_parts
 from ..texts import entity_text
 from .ids import IdRegistry
@@ -558,8 +558,11 @@ def candidates_of(ranked: Iterable[dict[str, Any]], k: int) -> list[dict[str, An
     for e in ranked:
         if len(out) >= k:
             break
-        if e["name"].lower() in seen:  # names must be unique among a mention's candidates
+        # names must be unique among a mention's candidates, as titles (data.parse_candidates'
+        # rule: 'Michael_Jordan' repeats 'Michael Jordan', and would split its probability)
+        key = title_key(e["name"])
+        if key in seen:
             continue
-        seen.add(e["name"].lower())
+        seen.add(key)
         out.append({f: e[f] for f in keep if f in e})
     return out

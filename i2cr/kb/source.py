@@ -4,7 +4,7 @@ An entity line is ``{"id", "name", "aliases"?, "desc"?, "prior"?, "image"?, "qid
 a string, or ``{"name": "U.N.", "prior": 0.4}``: a surface form with its own prior p(entity |
 alias), an alias table's entry (REL, BLINK and ReFinED carry one from anchor statistics). A
 dataset (I2CR/MELBench JSON or JSONL of mentions) gives the union of its candidate lists,
-deduplicated by QID, else by folded name; a candidate's prior is p(entity | that mention), so it
+deduplicated by QID, else by name as a title; a candidate's prior is p(entity | that mention), so it
 becomes the prior of the alias the mention's surface is (the largest one over the dataset's
 mentions of the same surface), never the entity's own prior. Only the dataset's mentions and
 candidate lists are read (no label); the keys already given and the alias table are kept on disk
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import DataError, iter_records, prior_number, title_key
-from ..names import fold, mention_forms, strip_mention
+from ..names import mention_forms, strip_mention
 from .ids import FirstSeen, KeySet
 
 _QID = re.compile(r"^Q[1-9][0-9]*$")
@@ -224,14 +224,14 @@ def read_entities(path: str | Path) -> Iterator[Entity | BadEntity | Repeated]:
 
 
 def dataset_key(cand: dict[str, Any]) -> str:
-    """A candidate's identity in a KB made from candidate lists: its QID, else its folded name
-    (its title key for a title that folds to nothing, '!!!'); ``name:`` alone for a name that
-    spells no title (``_``: :func:`i2cr.data.title_key` is '')."""
+    """A candidate's identity in a KB made from candidate lists: its QID, else its name as a
+    title (:func:`i2cr.data.title_key`, the rule that merges a candidate list's repeats:
+    ``Justin_Bieber`` is ``Justin Bieber``, while ``Oklahoma!`` is not ``Oklahoma``, which its
+    folded name would make it); ``name:`` alone for a name that spells no title (``_``)."""
     qid = cand.get("qid")
     if qid:
         return str(qid)
-    name = str(cand.get("name") or "")
-    return "name:" + (fold(name) or title_key(name))
+    return "name:" + title_key(str(cand.get("name") or ""))
 
 
 def _candidates(rec: Any) -> list[Any] | None:
@@ -293,7 +293,7 @@ def alias_table(path: str | Path, table: AliasTable) -> AliasTable:
 
 
 def read_dataset(path: str | Path) -> Iterator[Entity | BadEntity]:
-    """The deduplicated union of a dataset's candidate lists (by QID, else by folded name), each
+    """The deduplicated union of a dataset's candidate lists (by QID, else by name as a title), each
     entity with the dataset's mentions of it as aliases, their priors from :func:`alias_table`.
 
     The keys already given and the alias table are kept in SQLite files in a temporary folder

@@ -200,7 +200,9 @@ class Served:
             recs.append(rec)
         errors = sum(r.get("error") is not None for r in recs)
         with self._lock:
-            self.linked += sum(isinstance(it, Mention) for it in items)
+            # an error record is not a mention linked (RunStats.linked's rule): a mention that
+            # failed inside the graph is counted once, among the errors
+            self.linked += len(recs) - errors
             self.errors += errors
         if single:
             return recs[0], 200
