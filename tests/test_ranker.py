@@ -72,6 +72,20 @@ def test_names_as_written_keep_what_is_their_own():
         assert list(col(F, "exact")) == [float(i == right) for i in range(len(cands))], mention
 
 
+def test_a_handles_sign_counts_in_names_only_wherever_it_stands_in_a_text():
+    """'@Bieber' the handle is not the name 'Bieber'; in a context or description '@' is
+    punctuation wherever it stands (the sign rule had applied to a whole text's first word only,
+    so a context's features changed with the handle's position)."""
+    cands = [{"name": "Justin_Bieber", "desc": "A Canadian singer."},
+             {"name": "@Bieber", "desc": "A Twitter account."}]
+    rows = [features("Bieber", ctx, "", cands, [0.3, 0.3])
+            for ctx in ("@Bieber thanks his fans", "Today @Bieber thanks his fans")]
+    for k in ("name_in_context", "context_in_desc", "exact", "mention_in_name"):
+        assert list(col(rows[0], k)) == list(col(rows[1], k)), k
+    assert list(col(rows[0], "exact")) == [0.0, 0.0]
+    assert list(col(features("@Bieber", "", "", cands, [0.3, 0.3]), "exact")) == [0.0, 1.0]
+
+
 def test_name_features_on_wikipedia_titles():
     cands = [{"name": "@Bieber", "desc": "A Twitter account."},
              {"name": "Justin_Bieber", "desc": "Justin Bieber is a Canadian singer."},

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..data import DataError, title_key
-from ..names import demonym_forms, fold, mention_forms, title_parts
+from ..names import demonym_forms, fold, lookup_forms, title_parts
 from ..texts import entity_text
 from .ids import IdRegistry
 from .source import BadEntity, Entity, Repeated, alias_key, read_source
@@ -445,7 +445,7 @@ class KB:
     _COLS = ["id", "name", "desc", "qid", "prior"]
 
     def lexical(self, mention: str, n: int = POOL) -> list[dict[str, Any]]:
-        words = " ".join(dict.fromkeys(" ".join((*mention_forms(mention),
+        words = " ".join(dict.fromkeys(" ".join((*lookup_forms(mention),
                                                  *demonym_forms(mention))).split()))
         if not words:
             return []

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import DataError, iter_records, prior_number, title_key
-from ..names import mention_forms, strip_mention
+from ..names import lookup_forms, strip_mention
 from .ids import FirstSeen, KeySet
 
 _QID = re.compile(r"^Q[1-9][0-9]*$")
@@ -79,8 +79,8 @@ class Repeated:
 
 def alias_key(surface: str) -> str:
     """The normalised surface form an alias is stored and looked up under: folded, without a
-    possessive or a leading article (the first of :func:`i2cr.names.mention_forms`); '' if none."""
-    forms = mention_forms(surface)
+    possessive or a leading article (the first of :func:`i2cr.names.lookup_forms`); '' if none."""
+    forms = lookup_forms(surface)
     return forms[0] if forms else ""
 
 

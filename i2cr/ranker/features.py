@@ -43,7 +43,16 @@ from typing import Any
 import numpy as np
 from rapidfuzz import fuzz
 
-from ..names import demonym_forms, expansions, fold, is_acronym_of, mention_forms, strip_mention, title_parts
+from ..names import (
+    demonym_forms,
+    expansions,
+    fold,
+    is_acronym_of,
+    mention_forms,
+    name_fold,
+    strip_mention,
+    title_parts,
+)
 
 FEATURES = [
     # embedding
@@ -253,7 +262,7 @@ def features(mention: str, context: str, clue_text: str, candidates: Sequence[di
         o = occ[i]
         t = title_parts(c["name"])
         desc = c.get("desc") or ""
-        base_f, disp_f, full_f = fold(t.base), fold(t.display), fold(t.full)
+        base_f, disp_f, full_f = name_fold(t.base), name_fold(t.display), name_fold(t.full)
         name_w = disp_f.split()
         nt = set(name_w)
         exact = float(bool(forms & {base_f, disp_f, full_f}))
