@@ -109,7 +109,7 @@ def test_values_are_read_as_their_annotated_type(monkeypatch):
     ("max_context_chars", -5), ("desc_chars", -1), ("embed_batch_size", 0),
     ("max_vif_rounds", -1), ("llm_max_tokens", 0), ("tes_retries", -1), ("vision_retries", -1),
     ("llm_timeout", 0.0), ("vision_timeout", -1.0), ("vision_backoff", -0.5),
-    ("tesseract_psm", 99)])
+    ("tesseract_psm", 99), ("llm_temperature", -0.5), ("llm_temperature", 2.5)])
 def test_counts_and_sizes_out_of_range_are_refused(name, value):
     """A count or size a run cannot use is refused up front, naming the setting: they were
     taken, and silently cut lists from the end (max_candidates=-1 dropped each mention's last
@@ -124,5 +124,5 @@ def test_counts_and_sizes_out_of_range_are_refused(name, value):
 def test_counts_and_sizes_at_their_limits_are_taken():
     c = Context(max_candidates=1, prune_k=1, max_context_chars=0, desc_chars=0,
                 embed_batch_size=1, max_vif_rounds=0, tes_retries=0, vision_retries=0,
-                vision_backoff=0.0, tesseract_psm=13)
+                vision_backoff=0.0, tesseract_psm=13, llm_temperature=2.0)
     assert c.max_candidates == 1 and c.max_vif_rounds == 0 and c.vif_cap == 0

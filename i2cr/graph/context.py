@@ -307,6 +307,8 @@ class Context:
         for name in ("llm_timeout", "vision_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, not {getattr(self, name)}")
+        if not 0 <= self.llm_temperature <= 2:  # the range the chat APIs take; else every call fails
+            raise ValueError(f"llm_temperature must be within 0..2, not {self.llm_temperature}")
         if self.vision_backoff < 0:
             raise ValueError(f"vision_backoff must be >= 0, not {self.vision_backoff}")
         if not 0 <= self.tesseract_psm <= 13:
