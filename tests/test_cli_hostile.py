@@ -220,6 +220,19 @@ def test_eval_with_a_null_label_scores_the_others_and_counts_it_as_wrong(tmp_pat
     assert "1 error record(s) (1 labelled, each scored as a wrong answer)" in p.stderr
 
 
+def test_fitting_leaves_a_record_with_a_null_label_out_and_says_so(tmp_path, capsys):
+    from i2cr.eval.calibrate import load_sets
+
+    data = write_json(tmp_path / "d.json", {"good": GOOD, "nulled": GOOD})
+    labels = write_json(tmp_path / "l.json", {"good": "Michael Jordan", "nulled": None})
+    mentions, datasets = load_sets([str(data), str(labels)], 0)
+    assert [m.id for m in mentions] == ["good"] and datasets == ["d"]
+    err = capsys.readouterr().err
+    line = _one_line_about(err, "nulled", labels)
+    assert line.startswith("calibrate: warning: ") and line.endswith("left out of the fit")
+    assert "calibrate: 1 record(s) with an unusable gold label left out of the fit" in err
+
+
 # --- issue 11 item 7: the LLM backend is checked before the first mention ------------------------
 
 def test_backend_check_fails_fast_for_a_bogus_spec_a_missing_key_and_an_unreachable_server(
