@@ -539,18 +539,57 @@ def _salvage(path: Path, text: str) -> Iterator[tuple[str, Any]]:
         yield key, rec
 
 
-def load_labels(path: str | Path) -> dict[str, str]:
+class LabelError(DataError):
+    """A record whose gold label is unusable (not a string, or blank). The record is labelled but
+    has no gold to compare with: it becomes an error record, scored as a wrong answer."""
+
+
+class Labels(dict[str, str]):
+    """The gold labels of a labels file, ``id -> gold name`` or :data:`NIL`, and in ``errors``
+    each record whose label is unusable, as the :class:`LabelError` that record becomes."""
+
+    def __init__(self, *args: Any, errors: dict[str, LabelError] | None = None, **kw: Any):
+        super().__init__(*args, **kw)
+        self.errors: dict[str, LabelError] = dict(errors or {})
+
+
+def _kind(v: Any) -> str:
+    """A JSON value's kind, as the file wrote it."""
+    if v is None or isinstance(v, bool):
+        return json.dumps(v)
+    if isinstance(v, (int, float)):
+        return f"a number ({repr(v)[:40]})"
+    return "a list" if isinstance(v, list) else "an object" if isinstance(v, dict) else \
+        type(v).__name__
+
+
+def read_labels(raw: dict[Any, Any], source: str) -> Labels:
+    """``raw`` (id -> gold) as :class:`Labels`: each string label kept (``nil`` in any case read
+    as :data:`NIL`); each other value (null, a number, a list, an object, a blank string) an error
+    of its record alone. Null is not read as NIL: the file must say ``"nil"``."""
+    out = Labels()
+    for k, v in raw.items():
+        k = str(k)
+        if not isinstance(v, str):
+            why = f'gold label must be a string (a candidate name, or "nil" for NIL), not {_kind(v)}'
+        elif not v.strip():
+            why = 'gold label is blank (write a candidate name, or "nil" for NIL)'
+        else:
+            out[k] = NIL if v.strip().lower() == NIL else v
+            continue
+        out.errors[k] = LabelError(why, source=source, record=k)
+    return out
+
+
+def load_labels(path: str | Path) -> Labels:
+    """The labels file at ``path``, a JSON object ``id -> gold name or "nil"``. A file that cannot
+    be read or is not such an object raises :class:`DataError`; a record whose label is unusable
+    is in the result's ``errors`` (see :func:`read_labels`) and the others are read."""
     path = Path(path)
     raw = _read_json(path)
     if not isinstance(raw, dict):
         raise DataError("expected an object of id -> gold name", source=str(path))
-    out = {}
-    for k, v in raw.items():
-        if not isinstance(v, str):
-            raise DataError("gold label must be a string (a candidate name or 'nil')",
-                            source=str(path), record=k)
-        out[str(k)] = NIL if v.strip().lower() == NIL else v
-    return out
+    return read_labels(raw, str(path))
 
 
 def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
@@ -615,7 +654,9 @@ def load_mentions(path: str | Path, labels: str | Path | dict[str, str] | None =
     """Load every mention of a file. With ``strict`` the first bad record raises; otherwise bad
     records come back as :class:`DataError` items in place, so a run can record and skip them.
     ``candidates`` as for :func:`parse_record`."""
-    gold = load_labels(labels) if isinstance(labels, (str, Path)) else (labels or {})
+    gold = load_labels(labels) if isinstance(labels, (str, Path)) else labels or {}
+    if not isinstance(gold, Labels):  # a dict given in code: its values checked as a file's
+        gold = read_labels(gold, "labels")
     if image_root is None:
         image_root = str(Path(path).parent)
     out: list[Mention | DataError] = []
@@ -635,7 +676,11 @@ def to_item(rid: str, rec: Any, *, source: str, gold: dict[str, str], image_root
             allow_nil: bool | None = None, candidates: str = "required") -> Mention | DataError:
     """One ``(id, raw record)`` of :func:`iter_records` as a :class:`Mention`, or the
     :class:`DataError` saying why it is not one (the rule :func:`load_mentions` applies to each
-    record, for readers that stream records one by one)."""
+    record, for readers that stream records one by one). A record whose label in ``gold`` is
+    unusable is that :class:`LabelError`."""
+    bad = gold.errors.get(rid) if isinstance(gold, Labels) else None
+    if bad is not None:  # a fresh error per record (a run sets its fields)
+        return LabelError(bad.reason, source=bad.source, record=rid)
     try:
         if isinstance(rec, DataError):
             raise rec

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from .data import Candidate, DataError, Mention, parse_candidates, same_entity
+from .data import Candidate, DataError, LabelError, Mention, parse_candidates, same_entity
 from .graph import Context, graph as default_graph
 from .kb import open_kb
 from .llm import check_backend
@@ -71,7 +71,7 @@ def result_record(m: Mention, out: dict[str, Any], elapsed: float) -> dict[str, 
 
 def error_record(rid: str, err: BaseException, label: str | None = None) -> dict[str, Any]:
     rec: dict[str, Any] = {"id": rid, "answer": None, "error": error_text(err)}
-    if label is not None:
+    if label is not None or isinstance(err, LabelError):  # a bad gold label: gold null, wrong
         rec["gold"], rec["correct"] = label, False
     return rec
 

@@ -178,6 +178,61 @@ def test_a_bad_record_keeps_its_gold_label():
     assert rec["id"] == "x" and rec["gold"] == "A" and rec["correct"] is False
 
 
+# --- an unusable gold label is an error of its record only --------------------------------------
+
+def _one_line_about(stderr: str, rid: str, labels: Path) -> str:
+    lines = [x for x in stderr.splitlines() if f"record {rid!r}" in x]
+    assert len(lines) == 1, stderr[-2000:]
+    assert str(labels) in lines[0] and "not null" in lines[0] and '"nil" for NIL' in lines[0]
+    return lines[0]
+
+
+def test_link_with_a_null_label_links_the_others_and_exits_1(tmp_path):
+    """One null label stopped the whole run (exit 2, nothing linked): now its record alone is
+    an error record (gold null, wrong), named on one stderr line; the other is linked, scored."""
+    data = write_json(tmp_path / "d.json", {"good": GOOD, "nulled": GOOD})
+    labels = write_json(tmp_path / "l.json", {"good": "Michael Jordan", "nulled": None})
+    p = cli("link", str(data), "--labels", str(labels), "--no-progress", "--json")
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    recs = {r["id"]: r for r in map(json.loads, p.stdout.splitlines())}
+    assert recs["good"]["error"] is None and recs["good"]["gold"] == "Michael Jordan"
+    assert recs["good"]["correct"] == (recs["good"]["answer"] == "Michael Jordan")
+    bad = recs["nulled"]
+    assert bad["answer"] is None and bad["gold"] is None and bad["correct"] is False
+    assert f"{labels}: record 'nulled'" in bad["error"]
+    _one_line_about(p.stderr, "nulled", labels)
+    assert "i2cr: 1 mention(s) linked, 1 error(s)" in p.stderr and "on 2 labelled" in p.stderr
+
+
+def test_eval_with_a_null_label_scores_the_others_and_counts_it_as_wrong(tmp_path):
+    data = write_json(tmp_path / "d.json", {"good": GOOD, "nulled": GOOD})
+    labels = write_json(tmp_path / "l.json", {"good": "Michael Jordan", "nulled": None})
+    out = tmp_path / "ev"
+    p = cli("eval", str(data), str(labels), "--out-dir", str(out), "--no-progress")
+    assert p.returncode == 1, p.stderr[-2000:]
+    _one_line_about(p.stderr, "nulled", labels)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["mentions"] == 2 and m["labelled"] == 2 and m["errors"] == 1
+    good = {r["id"]: r for r in read_results(out / "results.jsonl")}["good"]
+    assert good["error"] is None and "correct" in good
+    assert m["accuracy"]["final"] == pytest.approx((1 if good["correct"] else 0) / 2)
+    assert "1 error record(s) (1 labelled, each scored as a wrong answer)" in p.stderr
+
+
+def test_fitting_leaves_a_record_with_a_null_label_out_and_says_so(tmp_path, capsys):
+    from i2cr.eval.calibrate import load_sets
+
+    data = write_json(tmp_path / "d.json", {"good": GOOD, "nulled": GOOD})
+    labels = write_json(tmp_path / "l.json", {"good": "Michael Jordan", "nulled": None})
+    mentions, datasets = load_sets([str(data), str(labels)], 0)
+    assert [m.id for m in mentions] == ["good"] and datasets == ["d"]
+    err = capsys.readouterr().err
+    line = _one_line_about(err, "nulled", labels)
+    assert line.startswith("calibrate: warning: ") and line.endswith("left out of the fit")
+    assert "calibrate: 1 record(s) with an unusable gold label left out of the fit" in err
+
+
 # --- issue 11 item 7: the LLM backend is checked before the first mention ------------------------
 
 def test_backend_check_fails_fast_for_a_bogus_spec_a_missing_key_and_an_unreachable_server(

@@ -116,9 +116,35 @@ def test_non_utf8_file_is_a_clear_error(tmp_path):
 
 
 def test_labels_must_be_strings(tmp_path):
-    p = write(tmp_path, "l.json", {"a": 3})
-    with pytest.raises(DataError, match="record 'a'"):
-        load_labels(p)
+    """A label that is not a string, or is blank, is an error of its record alone: the other
+    labels are read (it stopped the whole file). Null is not guessed to mean NIL."""
+    bad = {"n": None, "i": 3, "l": ["x"], "o": {"name": "x"}, "b": "  ", "t": True}
+    p = write(tmp_path, "l.json", {"a": "Michael Jordan", "z": "NIL", **bad})
+    gold = load_labels(p)
+    assert dict(gold) == {"a": "Michael Jordan", "z": "nil"}
+    assert set(gold.errors) == set(bad)
+    for rid, err in gold.errors.items():
+        assert isinstance(err, DataError) and str(err).startswith(f"{p}: record {rid!r}: ")
+        assert '"nil" for NIL' in str(err) and "\n" not in str(err)
+    assert "not null" in str(gold.errors["n"]) and "a number (3)" in str(gold.errors["i"])
+    assert "is blank" in str(gold.errors["b"])
+    for whole in ([1, 2], "not json {"):  # a file that is not an object stays a file error
+        with pytest.raises(DataError, match=str(p)):
+            load_labels(write(tmp_path, "l.json", whole))
+
+
+def test_a_bad_label_makes_its_record_an_error_and_the_others_load(tmp_path):
+    from i2cr.data import LabelError
+
+    p = write(tmp_path, "d.json", {"a": SAMPLE, "b": SAMPLE})
+    lab = write(tmp_path, "l.json", {"a": "Michael Jordan", "b": None, "absent": None})
+    a, b = load_mentions(p, lab, strict=False)
+    assert a.label == "Michael Jordan"
+    assert isinstance(b, LabelError) and b.record == "b" and str(b).startswith(f"{lab}: ")
+    with pytest.raises(LabelError, match="record 'b'"):
+        load_mentions(p, lab)  # strict: the first bad record raises, as a bad record does
+    a, b = load_mentions(p, {"a": "Jordan", "b": 7}, strict=False)  # labels given in code
+    assert a.label == "Jordan" and isinstance(b, LabelError) and "a number (7)" in str(b)
 
 
 def test_shipped_examples_load():

@@ -19,23 +19,31 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..data import Mention, load_mentions, shuffle_candidates
+from ..data import LabelError, Mention, load_mentions, shuffle_candidates
 from ..graph import Context
 from ..graph.resources import embedder
 from ..ranker import Ranker
 from ..ranker.fit import build_examples, dataset_of, fit, leave_one_dataset_out, pooled
 
 
-def load_sets(pairs: list[str], seed: int) -> tuple[list[Mention], list[str]]:
+def load_sets(pairs: list[str], seed: int, prog: str = "calibrate") -> tuple[list[Mention], list[str]]:
     if len(pairs) % 2:
-        raise SystemExit("calibrate: give DATA LABELS in pairs")
+        raise SystemExit(f"{prog}: give DATA LABELS in pairs")
     mentions: list[Mention] = []
     datasets: list[str] = []
+    bad = 0
     for data, labels in zip(pairs[::2], pairs[1::2], strict=True):
-        got = [m for m in shuffle_candidates(load_mentions(data, labels, strict=False), seed)
-               if isinstance(m, Mention)]
+        items = load_mentions(data, labels, strict=False)
+        for it in items:  # a record whose gold label is unusable is left out of the fit
+            if isinstance(it, LabelError):
+                bad += 1
+                print(f"{prog}: warning: {it}; left out of the fit", file=sys.stderr)
+        got = [m for m in shuffle_candidates(items, seed) if isinstance(m, Mention)]
         mentions += got
         datasets += [dataset_of(m, Path(data).stem) for m in got]
+    if bad:
+        print(f"{prog}: {bad} record(s) with an unusable gold label left out of the fit",
+              file=sys.stderr)
     return mentions, datasets
 
 

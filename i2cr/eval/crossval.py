@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = dict(kv.split("=", 1) for kv in args.set)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    mentions, datasets = load_sets(args.pairs, args.seed)
+    mentions, datasets = load_sets(args.pairs, args.seed, "crossval")
     if args.strip_prior:
         from dataclasses import replace
 

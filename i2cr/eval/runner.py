@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..data import DataError, Mention
+from ..data import DataError, LabelError, Mention
 from ..embeddings import ModelUnavailable
 from ..graph import Context, resources
 from ..graph.iav import caption_text
@@ -107,6 +107,9 @@ class ResultWriter:
         self.fh.close()
 
 
+MAX_LABEL_LINES = 20  # records with an unusable gold label named one line each; then a count
+
+
 def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] | None = None,
                 *, warn: Warn | None = warn_stderr) -> list[Mention | DataError]:
     """Make every input record count once, under its own id.
@@ -116,14 +119,20 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
     - A repeated id: the first record with it is linked; each later one becomes an error record
       ``<id>#dup<k>`` ("duplicate id"), scored as a wrong answer when the id is labelled.
     - A null or empty id (read as ``'None'`` or ``''``) is reported.
+    - A record whose gold label is unusable (a :class:`LabelError`) is reported, one line each
+      (after the first ``MAX_LABEL_LINES``, a count): it is an error record, scored as wrong.
     """
     labels = labels or {}
     out: list[Mention | DataError] = []
     seen: dict[str, int] = {}
     dups: list[str] = []
-    nulls = 0
+    nulls = bad_labels = 0
     for i, it in enumerate(items, 1):
         rid = _rid(it)
+        if isinstance(it, LabelError) and warn is not None:
+            bad_labels += 1
+            if bad_labels <= MAX_LABEL_LINES:
+                warn(f"{it}; the record is not linked: an error record, scored as a wrong answer")
         if rid in ("None", "", "null"):
             nulls += 1
         if rid in seen:
@@ -144,6 +153,9 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
         warn(f"{len(dups)} record(s) repeat an id already used ({shown}"
              f"{', ...' if len(set(dups)) > 5 else ''}): the first is linked, each repeat becomes "
              "an error record '<id>#dup<k>' and counts as a wrong answer")
+    if warn is not None and bad_labels > MAX_LABEL_LINES:
+        warn(f"{bad_labels - MAX_LABEL_LINES} more record(s) have an unusable gold label (each an "
+             f"error record, scored as a wrong answer; {bad_labels} in all)")
     if warn is not None and nulls:
         warn(f"{nulls} record(s) have a null or empty id; they are linked under the id 'None' "
              "(repeats of it count as duplicates)")
