@@ -337,7 +337,10 @@ def parse_record(rec: Any, rid: str, *, source: str, image_root: str | None = No
     if image is not None and not isinstance(image, str):
         raise DataError("must be a string path or URL", source=source, record=rid,
                         field=_field(rec, "mention_imgpath"))
-    if label is None and isinstance(rec.get("label"), str):
+    if label is None and rec.get("label") is not None:  # a record's own label (null: none)
+        why = label_problem(rec["label"])
+        if why is not None:
+            raise LabelError(why, source=source, record=rid, field="label")
         label = rec["label"]
     nil_ok = _flag(rec.get("allow_nil", False), source=source, rid=rid, field="allow_nil") \
         if allow_nil is None else allow_nil
@@ -570,15 +573,22 @@ def read_labels(raw: dict[Any, Any], source: str) -> Labels:
     out = Labels()
     for k, v in raw.items():
         k = str(k)
-        if not isinstance(v, str):
-            why = f'gold label must be a string (a candidate name, or "nil" for NIL), not {_kind(v)}'
-        elif not v.strip():
-            why = 'gold label is blank (write a candidate name, or "nil" for NIL)'
-        else:
+        why = label_problem(v)
+        if why is None:
             out[k] = NIL if v.strip().lower() == NIL else v
-            continue
-        out.errors[k] = LabelError(why, source=source, record=k)
+        else:
+            out.errors[k] = LabelError(why, source=source, record=k)
     return out
+
+
+def label_problem(v: Any) -> str | None:
+    """Why a gold label cannot be used (None when it can): the one rule for a labels file's
+    values and a record's own ``label``."""
+    if not isinstance(v, str):
+        return f'gold label must be a string (a candidate name, or "nil" for NIL), not {_kind(v)}'
+    if not v.strip():
+        return 'gold label is blank (write a candidate name, or "nil" for NIL)'
+    return None
 
 
 def load_labels(path: str | Path) -> Labels:

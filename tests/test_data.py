@@ -147,6 +147,20 @@ def test_a_bad_label_makes_its_record_an_error_and_the_others_load(tmp_path):
     assert a.label == "Jordan" and isinstance(b, LabelError) and "a number (7)" in str(b)
 
 
+def test_a_records_own_label_that_is_not_a_name_makes_it_an_error_null_is_none(tmp_path):
+    """A record's own ``label`` follows the labels file's rule: a number or a blank is an error
+    of that record (it was read as no label, silently); null is no label."""
+    from i2cr.data import LabelError
+
+    p = write(tmp_path, "d.json", {"a": {**SAMPLE, "label": "Michael Jordan"},
+                                   "b": {**SAMPLE, "label": 3}, "c": {**SAMPLE, "label": None},
+                                   "d": {**SAMPLE, "label": "  "}})
+    a, b, c, d = load_mentions(p, strict=False)
+    assert a.label == "Michael Jordan" and c.label is None
+    assert isinstance(b, LabelError) and "field 'label'" in str(b) and "a number (3)" in str(b)
+    assert isinstance(d, LabelError) and "blank" in str(d)
+
+
 def test_shipped_examples_load():
     ms = load_mentions(EXAMPLES / "mentions.json", EXAMPLES / "labels.json")
     assert len(ms) == 4 and all(m.label for m in ms)
