@@ -230,7 +230,23 @@ def test_fitting_leaves_a_record_with_a_null_label_out_and_says_so(tmp_path, cap
     err = capsys.readouterr().err
     line = _one_line_about(err, "nulled", labels)
     assert line.startswith("calibrate: warning: ") and line.endswith("left out of the fit")
-    assert "calibrate: 1 record(s) with an unusable gold label left out of the fit" in err
+    assert "calibrate: 1 bad record(s) (data or gold label) left out of the fit" in err
+
+
+def test_fitting_names_a_record_whose_data_is_bad_and_counts_it(tmp_path, capsys):
+    """A record whose data is bad is left out of the fit as a bad label is, named on stderr and
+    counted (it was dropped silently)."""
+    from i2cr.eval.calibrate import load_sets
+
+    data = write_json(tmp_path / "d.json", {"good": GOOD, "broken": {**GOOD, "mention": 5}})
+    labels = write_json(tmp_path / "l.json", {"good": "Michael Jordan", "broken": "Michael Jordan"})
+    mentions, _ = load_sets([str(data), str(labels)], 0, "crossval")
+    assert [m.id for m in mentions] == ["good"]
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if "record 'broken'" in x]
+    assert len(lines) == 1 and lines[0].startswith(f"crossval: warning: {data}: ")
+    assert "field 'mention'" in lines[0] and lines[0].endswith("left out of the fit")
+    assert "crossval: 1 bad record(s) (data or gold label) left out of the fit" in err
 
 
 # --- issue 11 item 7: the LLM backend is checked before the first mention ------------------------

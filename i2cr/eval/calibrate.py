@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..data import LabelError, Mention, load_mentions, shuffle_candidates
+from ..data import DataError, Mention, load_mentions, shuffle_candidates
 from ..graph import Context
 from ..graph.resources import embedder
 from ..ranker import Ranker
@@ -34,17 +34,21 @@ def load_sets(pairs: list[str], seed: int, prog: str = "calibrate") -> tuple[lis
     bad = 0
     for data, labels in zip(pairs[::2], pairs[1::2], strict=True):
         items = load_mentions(data, labels, strict=False)
-        for it in items:  # a record whose gold label is unusable is left out of the fit
-            if isinstance(it, LabelError):
+        for it in items:  # a bad record (its data or its gold label) is left out of the fit
+            if isinstance(it, DataError):
                 bad += 1
-                print(f"{prog}: warning: {it}; left out of the fit", file=sys.stderr)
+                if bad <= MAX_BAD_LINES:
+                    print(f"{prog}: warning: {it}; left out of the fit", file=sys.stderr)
         got = [m for m in shuffle_candidates(items, seed) if isinstance(m, Mention)]
         mentions += got
         datasets += [dataset_of(m, Path(data).stem) for m in got]
     if bad:
-        print(f"{prog}: {bad} record(s) with an unusable gold label left out of the fit",
+        print(f"{prog}: {bad} bad record(s) (data or gold label) left out of the fit",
               file=sys.stderr)
     return mentions, datasets
+
+
+MAX_BAD_LINES = 20  # bad records named one line each; then only the count
 
 
 def table(lodo: dict[str, Any]) -> str:
