@@ -8,7 +8,8 @@ say before any matching or embedding:
   (``Missouri``) and a trailing parenthesised disambiguator (``Ultimate Marvel character``), after
   undoing underscores and percent-escapes;
 - :func:`mention_forms` gives the surface forms a mention may stand for: the mention itself without
-  a possessive or a leading article, and its singular; :func:`demonym_forms`, for a demonym or
+  a possessive or a leading article, and its singular (:func:`lookup_forms`, what a search by
+  words looks for), and the mention as written (``The Times``); :func:`demonym_forms`, for a demonym or
   adjectival form (``Chinese``, ``South African``), the place and the people it names, from the
   shipped table ``demonyms.tsv``;
 - :func:`is_acronym_of` tells whether a mention (``UN``, ``U.N.``, ``OLPC``) is the initialism of a
