@@ -434,8 +434,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bad = failures(m)
     if image_line(m.get("image_failures") or {}):
         print(f"i2cr: {image_line(m['image_failures'])}", file=sys.stderr)
-    if candidates_line(m.get("candidate_cuts") or {}):
-        print(f"i2cr: {candidates_line(m['candidate_cuts'])}", file=sys.stderr)
+    cut = candidates_line(m.get("candidate_cuts") or {})
+    if cut:
+        print(f"i2cr: {cut}", file=sys.stderr)
     if "kb" in m:
         print("\n".join(kb_lines(m["kb"])))
     for b in bad:

@@ -21,7 +21,7 @@ from .redact import error_text
 from .trace import traced_invoke
 
 
-def candidate_cuts(events: list[Any]) -> list[dict[str, Any]]:
+def truncated_candidates(events: list[Any]) -> list[dict[str, Any]]:
     """The ``truncated`` entry of a candidate list cut to ``max_candidates`` (from prepare's
     ``candidates_truncated`` event, under its names: ``from`` candidates, the first ``to``
     ranked), or none when every candidate was ranked."""
@@ -60,7 +60,7 @@ def result_record(m: Mention, out: dict[str, Any], elapsed: float) -> dict[str, 
     if out.get("image_reason"):
         rec["image_reason"] = out.get("image_reason")
     cuts = list(m.truncations)  # fields cut to their caps when the mention was loaded
-    cuts += candidate_cuts(rec["events"])  # and the candidate list cut to max_candidates
+    cuts += truncated_candidates(rec["events"])  # and the candidate list cut to max_candidates
     if cuts:
         rec["truncated"] = cuts
     if m.label is not None:

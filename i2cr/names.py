@@ -145,6 +145,7 @@ def lookup_forms(mention: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(x for x in (f, singular(f)) if x))
 
 
+@lru_cache(maxsize=65536)
 def mention_forms(mention: str) -> tuple[str, ...]:
     """The forms a mention is compared with titles in: :func:`lookup_forms`, and the mention as
     written, for a name whose article or ``'s`` is its own (``The Times``, ``McDonald's``; a

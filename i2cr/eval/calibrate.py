@@ -24,6 +24,7 @@ from ..graph import Context
 from ..graph.resources import embedder
 from ..ranker import Ranker
 from ..ranker.fit import build_examples, dataset_of, fit, leave_one_dataset_out, pooled
+from .runner import MAX_NAMED
 
 
 def load_sets(pairs: list[str], seed: int, prog: str = "calibrate") -> tuple[list[Mention], list[str]]:
@@ -37,7 +38,7 @@ def load_sets(pairs: list[str], seed: int, prog: str = "calibrate") -> tuple[lis
         for it in items:  # a bad record (its data or its gold label) is left out of the fit
             if isinstance(it, DataError):
                 bad += 1
-                if bad <= MAX_BAD_LINES:
+                if bad <= MAX_NAMED:
                     print(f"{prog}: warning: {it}; left out of the fit", file=sys.stderr)
         got = [m for m in shuffle_candidates(items, seed) if isinstance(m, Mention)]
         mentions += got
@@ -46,9 +47,6 @@ def load_sets(pairs: list[str], seed: int, prog: str = "calibrate") -> tuple[lis
         print(f"{prog}: {bad} bad record(s) (data or gold label) left out of the fit",
               file=sys.stderr)
     return mentions, datasets
-
-
-MAX_BAD_LINES = 20  # bad records named one line each; then only the count
 
 
 def table(lodo: dict[str, Any]) -> str:

@@ -53,6 +53,12 @@ def image_failure(rec: dict[str, Any]) -> str | None:
     return None if status in (None, "ok", "absent") else str(status)
 
 
+def linked_count(produced: int, errors: int) -> int:
+    """The mentions linked among the records produced: an error record is not one (the one rule
+    for the closing line, the speed, the results' ``linked`` and the server's ``/health``)."""
+    return produced - errors
+
+
 def candidate_cut(rec: dict[str, Any]) -> int | None:
     """The ``max_candidates`` a record's candidate list was cut to (its ``truncated`` entry for
     ``candidates``: the candidates after the first ``to`` were not ranked), or None when every
@@ -181,8 +187,8 @@ def compute(records: Iterable[dict[str, Any]], *, wall_s: float | None = None,
     lat = [float(r["elapsed_s"]) for r in recs if r.get("elapsed_s") is not None]
     m["speed"] = {"latency_p50_s": percentile(lat, 0.5), "latency_p95_s": percentile(lat, 0.95),
                   "wall_s": wall_s,
-                  # mentions linked: an error record is not one
-                  "mentions_per_s": ((len(recs) - m["errors"]) / wall_s) if wall_s else None}
+                  "mentions_per_s": (linked_count(len(recs), m["errors"]) / wall_s) if wall_s
+                  else None}
     if segment is not None:  # a RunStats: the invocation that produced the newest records
         seg = segment.as_dict() if hasattr(segment, "as_dict") else dict(segment)
         m["speed"].update(

@@ -32,7 +32,7 @@ from ..graph.state import Clue
 from ..graph.texts import clue_sequence
 from ..linker import error_record, link_mention
 from ..texts import entity_text, query_for
-from .metrics import candidate_cut, image_failure, llm_failed, structured_fallback
+from .metrics import candidate_cut, image_failure, linked_count, llm_failed, structured_fallback
 
 Warn = Callable[[str], None]
 
@@ -107,7 +107,7 @@ class ResultWriter:
         self.fh.close()
 
 
-MAX_LABEL_LINES = 20  # records with an unusable gold label named one line each; then a count
+MAX_NAMED = 20  # bad records (an unusable gold label; fitting's) named one line each; then a count
 
 
 def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] | None = None,
@@ -120,7 +120,7 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
       ``<id>#dup<k>`` ("duplicate id"), scored as a wrong answer when the id is labelled.
     - A null or empty id (read as ``'None'`` or ``''``) is reported.
     - A record whose gold label is unusable (a :class:`LabelError`) is reported, one line each
-      (after the first ``MAX_LABEL_LINES``, a count): it is an error record, scored as wrong.
+      (after the first ``MAX_NAMED``, a count): it is an error record, scored as wrong.
     """
     labels = labels or {}
     out: list[Mention | DataError] = []
@@ -131,7 +131,7 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
         rid = _rid(it)
         if isinstance(it, LabelError) and warn is not None:
             bad_labels += 1
-            if bad_labels <= MAX_LABEL_LINES:
+            if bad_labels <= MAX_NAMED:
                 warn(f"{it}; the record is not linked: an error record, scored as a wrong answer")
         if rid in ("None", "", "null"):
             nulls += 1
@@ -153,8 +153,8 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
         warn(f"{len(dups)} record(s) repeat an id already used ({shown}"
              f"{', ...' if len(set(dups)) > 5 else ''}): the first is linked, each repeat becomes "
              "an error record '<id>#dup<k>' and counts as a wrong answer")
-    if warn is not None and bad_labels > MAX_LABEL_LINES:
-        warn(f"{bad_labels - MAX_LABEL_LINES} more record(s) have an unusable gold label (each an "
+    if warn is not None and bad_labels > MAX_NAMED:
+        warn(f"{bad_labels - MAX_NAMED} more record(s) have an unusable gold label (each an "
              f"error record, scored as a wrong answer; {bad_labels} in all)")
     if warn is not None and nulls:
         warn(f"{nulls} record(s) have a null or empty id; they are linked under the id 'None' "
@@ -242,10 +242,9 @@ class RunStats:
 
     @property
     def linked(self) -> int:
-        """The mentions linked: the records produced less the error records (an error record is
-        not a mention linked). The one place this is counted: the closing line, the speed and
-        the results' ``linked`` all read it."""
-        return self.produced - self.errors
+        """The mentions linked: the records produced less the error records
+        (:func:`~.metrics.linked_count`)."""
+        return linked_count(self.produced, self.errors)
 
     def rates(self) -> dict[str, float | None]:
         """Mentions linked per second, in the linking phase and over the whole run."""

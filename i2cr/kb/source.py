@@ -84,8 +84,6 @@ def alias_key(surface: str) -> str:
     return forms[0] if forms else ""
 
 
-
-
 def _alias_prior(v: Any, name: str) -> float:
     """An alias's prior: p(entity | that surface form), so a probability (0..1)."""
     p = prior_number(v, f"'aliases': the prior of alias {name[:40]!r}")

@@ -233,8 +233,9 @@ def features(mention: str, context: str, clue_text: str, candidates: Sequence[di
     dsims = list(document_sims) if document_sims is not None else [0.0] * n
     dbest = max(dsims)
     men = strip_mention(mention)
-    forms = set(mention_forms(mention))
-    men_f = next(iter(mention_forms(mention)), "")  # '' for a mention of punctuation only ('%%%')
+    all_forms = mention_forms(mention)
+    forms = set(all_forms)
+    men_f = all_forms[0] if all_forms else ""  # '' for a mention of punctuation only ('%%%')
     demonyms = set(demonym_forms(mention))
     lower = float(men[:1].islower())
     men_w = men_f.split()

@@ -41,6 +41,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from i2cr.data import DataError, Mention
+from i2cr.eval.metrics import linked_count
 from i2cr.eval.runner import check_items, run_one
 from i2cr.images import using_policy
 from i2cr.linker import result_record
@@ -200,9 +201,9 @@ class Served:
             recs.append(rec)
         errors = sum(r.get("error") is not None for r in recs)
         with self._lock:
-            # an error record is not a mention linked (RunStats.linked's rule): a mention that
+            # an error record is not a mention linked (metrics.linked_count): a mention that
             # failed inside the graph is counted once, among the errors
-            self.linked += len(recs) - errors
+            self.linked += linked_count(len(recs), errors)
             self.errors += errors
         if single:
             return recs[0], 200
