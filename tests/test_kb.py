@@ -383,6 +383,21 @@ def test_kb_recall_finds_a_gold_spelled_as_a_title(kb_dir):
     assert k["recall_in_kb"]["1"] == 0.5 and k["recall_in_kb"]["5"] == 1.0
 
 
+def test_a_record_whose_gold_label_was_unusable_is_wrong_but_names_no_linkable_entity(kb_dir):
+    """An error record for an unusable gold label (gold null, correct false) counts in top-1 as
+    wrong, but is not a linkable mention missing from the KB (its gold 'None' was counted as
+    one, lowering the generator's recall over all linkable)."""
+    from i2cr.kb.report import kb_metrics
+
+    ev = {"type": "kb_candidates", "latency_ms": 1.0, "ranked": ["Michael Jordan", "Jordan"]}
+    recs = [{"id": "1", "gold": "Michael Jordan", "answer": "Michael Jordan", "correct": True,
+             "events": [ev]},
+            {"id": "2", "answer": None, "error": "LabelError: ...", "gold": None, "correct": False}]
+    k = kb_metrics(recs, kb_dir)
+    assert k["labelled"] == 2 and k["top1"] == 0.5
+    assert k["linkable"] == 1 and k["gold_in_kb"] == 1 and k["recall_all"]["1"] == 1.0
+
+
 def test_a_title_is_accepted_or_refused_alike_by_a_kb_build_and_a_candidate_list(tmp_path):
     from i2cr.data import DataError, parse_candidates
 

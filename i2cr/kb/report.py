@@ -27,8 +27,9 @@ def kb_metrics(records: Iterable[dict[str, Any]], kb_dir: str) -> dict[str, Any]
     # 'Michael Jordan'
     names = {title_key(str(n)) for n in kb.table.to_arrow().column("name").to_pylist()}
     recs = [r for r in records if "gold" in r]
-    linkable = [r for r in recs if title_key(str(r["gold"])) != NIL]
-    in_kb = [r for r in linkable if title_key(str(r["gold"])) in names]
+    # a record whose gold label was unusable (gold null: an error record) names no entity
+    linkable = [r for r in recs if isinstance(r["gold"], str) and title_key(r["gold"]) != NIL]
+    in_kb = [r for r in linkable if title_key(r["gold"]) in names]
     hits = {k: 0 for k in RECALL_AT}
     lat: list[float] = []
     for r in linkable:
@@ -37,7 +38,7 @@ def kb_metrics(records: Iterable[dict[str, Any]], kb_dir: str) -> dict[str, Any]
             continue
         lat.append(float(ev.get("latency_ms") or 0.0))
         ranked = [title_key(str(n)) for n in ev.get("ranked") or []]
-        gold = title_key(str(r["gold"]))
+        gold = title_key(r["gold"])
         for k in RECALL_AT:
             hits[k] += gold in ranked[:k]
     correct = sum(bool(r.get("correct")) for r in recs)
