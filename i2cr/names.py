@@ -18,7 +18,11 @@ say before any matching or embedding:
   after ``Barbara Walters``, ``UN`` after ``United Nations``): the document's other mentions that
   contain the mention's words, or whose initials it is. A news text
   names a person in full once and by surname after that; so do entity linkers (REL, AIDA expand
-  mentions this way before looking them up).
+  mentions this way before looking them up);
+- :func:`unlisted_fuller_name` tells when a one-word mention's fuller name in its document
+  (``Walters`` after ``Barbara Walters``) is none of the candidates: the referent is then not among
+  them. Given names compare through their short forms (``Bob`` is ``Robert``: the shipped table
+  ``nicknames.tsv``).
 """
 
 from __future__ import annotations
@@ -222,3 +226,84 @@ def _expansions(mention: str, document: tuple[str, ...]) -> tuple[str, ...]:
         if (len(f) > len(words) and _contains(f, words)) or is_acronym_of(m, n):
             out[" ".join(f)] = None
     return tuple(out)
+
+
+# words before a surname that are a title, not a given name ("President Bush" is George W. Bush)
+_TITLES = {"mr", "mrs", "ms", "miss", "dr", "prof", "professor", "sir", "dame", "lord", "lady",
+           "president", "vice", "prime", "minister", "premier", "chancellor", "senator", "sen",
+           "governor", "gov", "mayor", "rep", "representative", "congressman", "congresswoman",
+           "secretary", "judge", "justice", "general", "gen", "colonel", "col", "captain", "capt",
+           "lieutenant", "lt", "sergeant", "sgt", "admiral", "adm", "commander", "coach", "king",
+           "queen", "prince", "princess", "pope", "saint", "st", "father", "rev", "reverend",
+           "bishop", "cardinal", "rabbi", "sheikh", "ayatollah", "chairman", "director", "officer",
+           "agent", "detective", "inspector", "chief", "former", "late", "young", "old"}
+
+
+@lru_cache(maxsize=1)
+def nicknames() -> dict[str, frozenset[str]]:
+    """Folded given name -> every folded form of it (itself, its formal name, its short forms), from
+    the shipped ``nicknames.tsv`` (a short form of several names, 'Kate', gets them all)."""
+    groups: dict[str, set[str]] = {}
+    text = files("i2cr").joinpath("nicknames.tsv").read_text(encoding="utf-8")
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        formal, _, short = line.partition("\t")
+        forms = {fold(formal)} | {fold(x) for x in short.split()}
+        for f in forms:
+            groups.setdefault(f, set()).update(forms)
+    return {k: frozenset(v) for k, v in groups.items()}
+
+
+def same_given_name(a: str, b: str) -> bool:
+    """Whether two folded given names can name one person: equal, one the other's initial
+    ('t' for 'thomas'), or forms of one name (``Bob`` and ``Robert``: :func:`nicknames`)."""
+    if a == b or (len(a) == 1 and b[:1] == a) or (len(b) == 1 and a[:1] == b):
+        return True
+    return b in nicknames().get(a, ())
+
+
+def unlisted_fuller_name(mention: str, candidate_names: list[str] | tuple[str, ...],
+                         document: tuple[str, ...] | list[str] = ()) -> str | None:
+    """The fuller name a one-word mention stands for in its document when no candidate is it,
+    else None: the referent is then not among the candidates (NIL, where that is allowed).
+
+    It applies to a mention written as one capitalised word, not an acronym (``Walters``,
+    ``O'Donnell``), when the document names it with one or two capitalised words before it
+    (``Barbara Walters``, ``Richard Norton Smith``; a title such as ``President`` is not a given
+    name), and when no candidate's title (its base, without a disambiguator or qualifier) contains
+    that fuller name, or ends with the mention after the same given name (``Bob Nardelli`` is
+    ``Robert Nardelli``, ``Thomas Eliot`` is ``T. S. Eliot``: :func:`same_given_name`). With several
+    fuller names it applies only when none is a candidate. It does not apply when a candidate's
+    plain title is the mention itself (``California`` beside ``Central California``: the mention
+    may be that entity)."""
+    m = strip_mention(mention)
+    if len(m.split()) != 1 or not m[:1].isupper() or m.isupper():
+        return None
+    sur = fold(m).split()
+    if not sur:
+        return None
+    k = len(sur)
+    fuller: dict[str, list[str]] = {}
+    for name in list(document)[:MAX_DOCUMENT_NAMES]:
+        if not isinstance(name, str):
+            continue
+        n = strip_mention(name)
+        f = fold(n).split()
+        given = f[:-k]
+        if (f[-k:] != sur or not 1 <= len(given) <= 2 or given[0] in _TITLES
+                or not all(w[:1].isupper() for w in n.split())):
+            continue
+        fuller[" ".join(f)] = f
+    if not fuller:
+        return None
+    for c in candidate_names:
+        t = title_parts(str(c))
+        base = name_fold(t.base).split()
+        if base == sur and not t.disambiguator and not t.qualifier:
+            return None
+        for f in fuller.values():
+            if _contains(base, f) or (len(base) > k and base[-k:] == sur
+                                      and same_given_name(base[0], f[0])):
+                return None
+    return next(iter(fuller))

@@ -132,3 +132,37 @@ def test_fine_tuning_finds_the_gold_by_the_rule_correct_uses():
     assert same_entity("Alpha", m.label)
     exs = examples_for(m, settings())
     assert exs and exs[0].form == "round1" and "Alpha" in exs[0].answer
+
+
+def test_a_fuller_name_in_the_document_that_no_candidate_is_says_the_referent_is_not_listed():
+    """names.unlisted_fuller_name: 'Walters' after 'Barbara Walters' with only other Walterses as
+    candidates is NIL's rule (model.nil_rule); a candidate that is the fuller name, under an
+    initial, a middle name or a short given name, or that contains it, and a plain title equal to
+    the mention, are each enough to leave the ranker to decide; a title is no given name."""
+    from i2cr.names import unlisted_fuller_name as unlisted
+
+    walters = ["Mark Walters", "Walters, Oklahoma", "Bucky Walters"]
+    assert unlisted("Walters", walters, ["Barbara Walters", "ABC"]) == "barbara walters"
+    assert unlisted("Walters'", walters, ["Barbara Walters"]) == "barbara walters"
+    assert unlisted("O'Donnell", ["Chris O'Donnell"], ["Rosie O'Donnell"]) == "rosie o donnell"
+    assert unlisted("Smith", ["Will Smith"], ["Richard Norton Smith"]) == "richard norton smith"
+    listed = [
+        ("Walters", walters + ["Barbara Walters (journalist)"], ["Barbara Walters"]),
+        ("Walters", ["Barbara_Walters"], ["Barbara Walters"]),
+        ("Schumer", ["Amy Schumer", "Chuck Schumer"], ["Charles Schumer"]),
+        ("Nardelli", ["Robert Nardelli"], ["Bob Nardelli"]),
+        ("Eliot", ["George Eliot", "T. S. Eliot"], ["Thomas Eliot"]),
+        ("Bush", ["George W. Bush"], ["George Bush"]),
+        ("Bush", ["George W. Bush", "Laura Bush"], ["President Bush"]),  # a title
+        ("Tide", ["Alabama Crimson Tide", "Tide (brand)"], ["Crimson Tide"]),
+        ("California", ["California", "Central Valley"], ["Central California"]),  # plain title
+        ("Walters", walters + ["Rod Walters"], ["Barbara Walters", "Rod Walters"]),  # one listed
+        ("Walters", walters, ["Walters"]),  # no fuller name
+        ("Walters", walters, ["Barbara Ann Walters Jr"]),  # too long to be a given name + surname
+        ("walters", walters, ["Barbara Walters"]),  # lower case: a common noun
+        ("UN", ["UN (band)"], ["United Nations", "Oil UN"]),  # an acronym
+        ("Las Vegas", ["Las Vegas Strip"], ["North Las Vegas"]),  # one word only
+        ("Walters", walters, ["barbara Walters"]),  # not a name as written
+    ]
+    for mention, names, document in listed:
+        assert unlisted(mention, names, document) is None, (mention, names, document)

@@ -7,7 +7,7 @@ import pytest
 
 from i2cr.names import clean, demonym_forms, expansions, is_acronym_of, mention_forms, title_parts
 from i2cr.ranker import FEATURES, Ranker, features, load_weights
-from i2cr.ranker.model import link_probability
+from i2cr.ranker.model import link_probability, nil_rule
 
 CANDS = [
     {"qid": "Q76", "name": "Barack Obama",
@@ -245,22 +245,26 @@ def test_a_prior_moves_the_ranking_and_nil_when_nothing_fits(ranker):
 def test_an_acronym_that_spells_a_pronoun_is_not_one():
     """'US' is the United States (ACE2004 has it four times, all answered NIL by the pronoun
     rule before); 'us' and 'He' are pronouns."""
-    probs, F = np.asarray([0.9, 0.1]), np.zeros((2, len(FEATURES)))
-    assert link_probability(None, "US", probs, F) == 1.0
-    assert link_probability(None, "IT", probs, F) == 1.0
+    for name in ("US", "IT"):
+        assert _p_link(name) == 1.0
     for pronoun in ("us", "He", " his ", "I"):
-        assert link_probability(None, pronoun, probs, F) == 0.0
+        assert _p_link(pronoun) == 0.0
+
+
+def _p_link(mention: str, names: tuple[str, ...] = (), document: tuple[str, ...] = ()) -> float:
+    """p_link without a NIL model (1) unless a rule applies to the mention."""
+    probs, F = np.asarray([0.9, 0.1]), np.zeros((2, len(FEATURES)))
+    return link_probability(None, mention, probs, F, nil_rule(mention, names, document))
 
 
 def test_a_pronoun_is_one_as_the_user_wrote_it_with_punctuation_around_it():
     """The candidate lookup reads 'He,' and '"he"' as 'he' (names.mention_forms), so the pronoun
     rule must too (it linked them: only the bare 'he' was NIL); an acronym in capitals stays one
     with its dots or in full-width letters, and a form of two words or an accented one is none."""
-    probs, F = np.asarray([0.9, 0.1]), np.zeros((2, len(FEATURES)))
     for pronoun in ("He,", '"he"', "\u201cshe\u201d", "it.", "I.", "(them)", "He's", "\uff48\uff45"):
-        assert link_probability(None, pronoun, probs, F) == 0.0, pronoun
+        assert _p_link(pronoun) == 0.0, pronoun
     for name in ("US.", "U.S.", "u.s.", '"IT"', "\uff35\uff33", "H\u00e9", "he she", "", " "):
-        assert link_probability(None, name, probs, F) == 1.0, name
+        assert _p_link(name) == 1.0, name
 
 
 @pytest.mark.integration
@@ -563,3 +567,4 @@ def test_fitting_finds_a_gold_label_spelled_as_another_form_of_the_title():
                             Candidate(name="Bieber_(surname)", desc="A surname.")])
     ex = build_examples([m], Ranker(Flat(), None, _Settings()), [], ["a"])
     assert [list(e.gold) for e in ex] == [[1, 0]] and not ex[0].is_nil
+

@@ -105,7 +105,7 @@ def tes_retrieval(state: State, ctx: Context, ranking: Ranking | None = None) ->
                    "p_link": round(r.p_link, 4), "nil_threshold": r.nil_threshold})
         if state.get("allow_nil") and r.nil:
             choice = NIL
-            ev["nil_reason"] = f"p_link {r.p_link:.3f} < {r.nil_threshold}"
+            ev["nil_reason"] = r.nil_rule or f"p_link {r.p_link:.3f} < {r.nil_threshold}"
     ev["mapped"] = choice
     return _answered(state, query, choice, {"llm_answer": None, "events": [ev]})
 

@@ -19,7 +19,16 @@ import numpy as np
 
 from ..data import Mention, same_entity
 from .features import FEATURES, prior_share_columns
-from .model import FIT_INPUTS, MODELS, NIL_FEATURES, Ranker, link_probability, nil_features, softmax
+from .model import (
+    FIT_INPUTS,
+    MODELS,
+    NIL_FEATURES,
+    Ranker,
+    link_probability,
+    nil_features,
+    nil_rule,
+    softmax,
+)
 
 SIM = FEATURES.index("sim")
 PRIOR_COLUMNS = [FEATURES.index(k) for k in ("prior", "prior_top", "prior_missing")]
@@ -52,6 +61,7 @@ class Example:
     is_nil: bool  # the gold is not among the candidates
     has_prior: bool = False
     text: str = ""  # the mention as written
+    nil_rule: str | None = None  # why p_link is 0 whatever the weights (model.nil_rule), or None
 
     def X(self, model: str) -> np.ndarray:
         if model == "prior":
@@ -93,10 +103,12 @@ def build_examples(mentions: Sequence[Mention], ranker: Ranker, tool_names: Sequ
             cands = [c.to_dict() for c in m.candidates]
             gold = np.asarray([int(same_entity(c["name"], m.label)) for c in cands])
             prior = any(c.get("prior") is not None for c in cands)
+            rule = nil_rule(m.mention, [c["name"] for c in cands], m.document)
             for kind, clues in clue_sets(m, tool_names):
                 F = ranker.features(m.mention, m.context, clues, cands, document=m.document)
                 out.append(Example(i, datasets[i], kind, F, gold, F[:, SIM].copy(), m.allow_nil,
-                                   is_nil=not gold.any(), has_prior=prior, text=m.mention))
+                                   is_nil=not gold.any(), has_prior=prior, text=m.mention,
+                                   nil_rule=rule))
     return out
 
 
@@ -296,7 +308,7 @@ def fit_model(examples: Sequence[Example], model: str, l2: float, folds: int) ->
     own = fit_own(examples, model)
     X, y = nil_rows(examples, held, model, own)
     nil = fit_nil(X, y, own)
-    plinks = [link_probability(nil, e.text, p, e.X(model)) if e.kind == "text" else 1.0
+    plinks = [link_probability(nil, e.text, p, e.X(model), e.nil_rule) if e.kind == "text" else 1.0
               for e, p in zip(examples, held, strict=True)]
     threshold, sweep = choose_nil_threshold(examples, held, plinks)
     text = [i for i, e in enumerate(examples) if e.kind == "text" and not e.is_nil]
@@ -342,7 +354,7 @@ def evaluate(examples: Sequence[Example], spec: dict[str, Any], model: str) -> d
     for e in text:
         X = e.X(model)
         probs = softmax(X @ coef)
-        said_nil, correct = outcome(e, probs, link_probability(nil, e.text, probs, X), t)
+        said_nil, correct = outcome(e, probs, link_probability(nil, e.text, probs, X, e.nil_rule), t)
         ok_all += correct
         if not e.is_nil:
             ok_in += bool(e.gold[int(np.argmax(probs))])

@@ -12,6 +12,10 @@ ranking alone). Each model has
   allows NIL, NIL is answered when ``p_link`` is below ``nil_threshold`` (chosen by
   cross-validation on the NIL gold of the fitting data).
 
+Two rules, not fitted weights, set ``p_link`` to 0 (:func:`nil_rule`, which names the reason): a
+personal pronoun, and a mention whose fuller name in its document is none of the candidates
+(``Walters`` after ``Barbara Walters``: :func:`~i2cr.names.unlisted_fuller_name`).
+
 TES, pruning, prefetching and calibration all go through :class:`Ranker`.
 """
 
@@ -29,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..names import strip_mention
+from ..names import strip_mention, unlisted_fuller_name
 from ..texts import context_query, document_query, entity_text, query_for
 from .features import FEATURES, features, has_prior, occupation
 
@@ -92,11 +96,25 @@ def nil_features(mention: str, probs: np.ndarray, F: np.ndarray,
     ], dtype=np.float64)
 
 
+def nil_rule(mention: str, candidate_names: Sequence[str], document: Sequence[str] = ()
+             ) -> str | None:
+    """Why the referent cannot be among the candidates, whatever the weights say, or None: a
+    personal pronoun (a name lookup cannot have found its referent: that is coreference), or a
+    fuller name the document gives the mention that no candidate is
+    (:func:`~i2cr.names.unlisted_fuller_name`)."""
+    if is_pronoun(mention):
+        return "a personal pronoun"
+    fuller = unlisted_fuller_name(mention, tuple(candidate_names), tuple(document))
+    if fuller is not None:
+        return f"the document names it {fuller!r}, which no candidate is"
+    return None
+
+
 def link_probability(nil: Mapping[str, Any] | None, mention: str, probs: np.ndarray,
-                     F: np.ndarray) -> float:
-    """``p_link`` from a fitted NIL model (1 without one; 0 without candidates or for a
-    pronoun)."""
-    if not len(probs) or is_pronoun(mention):
+                     F: np.ndarray, rule: str | None) -> float:
+    """``p_link`` from a fitted NIL model (1 without one; 0 without candidates or where a
+    :func:`nil_rule` applies: ``rule``, its reason)."""
+    if not len(probs) or rule:
         return 0.0
     if not nil:
         return 1.0
@@ -126,8 +144,9 @@ class Weights:
     def coef(self, model: str) -> np.ndarray:
         return np.asarray(self.spec["models"][model]["coef"], dtype=np.float64)
 
-    def p_link(self, model: str, mention: str, probs: np.ndarray, F: np.ndarray) -> float:
-        return link_probability(self.spec["models"][model].get("nil"), mention, probs, F)
+    def p_link(self, model: str, mention: str, probs: np.ndarray, F: np.ndarray,
+               rule: str | None) -> float:
+        return link_probability(self.spec["models"][model].get("nil"), mention, probs, F, rule)
 
     def nil_threshold(self, model: str) -> float:
         return float(self.spec["models"][model].get("nil_threshold", 0.0))
@@ -211,6 +230,7 @@ class Ranking:
     p_link: float  # probability that the best candidate is the referent at all
     nil_threshold: float
     query: str  # the round's query the candidates' entity texts were compared with (TES keeps it)
+    nil_rule: str | None = None  # why p_link is 0 whatever the weights (:func:`nil_rule`), or None
 
     @property
     def order(self) -> list[int]:
@@ -294,10 +314,11 @@ class Ranker:
         model = "prior" if has_prior(cands) else "no_prior"
         query = query_for(mention, context, clues, self.settings)
         F = self.features(mention, context, clues, cands, document=document, query=query)
-        return self.ranking(mention, cands, F, model, query)
+        rule = nil_rule(mention, [str(c.get("name", "")) for c in cands], document)
+        return self.ranking(mention, cands, F, model, query, rule)
 
     def ranking(self, mention: str, cands: list[dict[str, Any]], F: np.ndarray,
-                model: str, query: str) -> Ranking:
+                model: str, query: str, rule: str | None = None) -> Ranking:
         if self.weights is None:
             raise ValueError("this ranker has no weights: it computes features only")
         scores = F @ self.weights.coef(model) if len(cands) else np.zeros(0)
@@ -305,5 +326,6 @@ class Ranker:
         threshold = getattr(self.settings, "nil_threshold", None)
         if threshold is None:
             threshold = self.weights.nil_threshold(model)
-        return Ranking(cands, scores, probs, F, model, self.weights.p_link(model, mention, probs, F),
-                       float(threshold), query)
+        return Ranking(cands, scores, probs, F, model,
+                       self.weights.p_link(model, mention, probs, F, rule), float(threshold), query,
+                       rule)
