@@ -277,6 +277,13 @@ def unlisted_fuller_name(mention: str, candidate_names: list[str] | tuple[str, .
     fuller names it applies only when none is a candidate. It does not apply when a candidate's
     plain title is the mention itself (``California`` beside ``Central California``: the mention
     may be that entity)."""
+    return _unlisted_fuller_name(mention, tuple(str(c) for c in candidate_names),
+                                 tuple(x for x in document if isinstance(x, str)))
+
+
+@lru_cache(maxsize=8192)  # a pure function the ranker asks again every round
+def _unlisted_fuller_name(mention: str, candidate_names: tuple[str, ...],
+                          document: tuple[str, ...]) -> str | None:
     m = strip_mention(mention)
     if len(m.split()) != 1 or not m[:1].isupper() or m.isupper():
         return None
@@ -285,9 +292,7 @@ def unlisted_fuller_name(mention: str, candidate_names: list[str] | tuple[str, .
         return None
     k = len(sur)
     fuller: dict[str, list[str]] = {}
-    for name in list(document)[:MAX_DOCUMENT_NAMES]:
-        if not isinstance(name, str):
-            continue
+    for name in document[:MAX_DOCUMENT_NAMES]:
         n = strip_mention(name)
         f = fold(n).split()
         given = f[:-k]
@@ -298,7 +303,7 @@ def unlisted_fuller_name(mention: str, candidate_names: list[str] | tuple[str, .
     if not fuller:
         return None
     for c in candidate_names:
-        t = title_parts(str(c))
+        t = title_parts(c)
         base = name_fold(t.base).split()
         if base == sur and not t.disambiguator and not t.qualifier:
             return None
