@@ -269,3 +269,15 @@ def test_an_unreadable_label_file_is_named_once(tmp_path):
         with pytest.raises(DataError) as e:
             load_labels(p)
         assert str(e.value).startswith(f"{p}: {why}") and str(e.value).count(str(p)) == 1
+
+
+def test_labels_whose_every_label_is_unusable_still_make_their_records_errors(tmp_path):
+    # the CLI, eval and sft export pass load_labels' Labels: with no usable label it is an
+    # empty dict, read as 'no labels', and its errors were dropped (the records were linked
+    # as unlabelled, silently; the Ray engine, which keeps them, made them error records)
+    from i2cr.data import LabelError
+
+    p = write(tmp_path, "d.json", {"a": SAMPLE, "b": SAMPLE})
+    gold = load_labels(write(tmp_path, "l.json", {"b": None}))
+    a, b = load_mentions(p, gold, strict=False)
+    assert a.label is None and isinstance(b, LabelError) and "not null" in str(b)
