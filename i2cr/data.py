@@ -588,6 +588,9 @@ def label_problem(v: Any) -> str | None:
         return f'gold label must be a string (a candidate name, or "nil" for NIL), not {_kind(v)}'
     if not v.strip():
         return 'gold label is blank (write a candidate name, or "nil" for NIL)'
+    if not title_key(v):  # the candidates' rule (parse_candidates): no answer could equal it
+        return (f"gold label {v[:40]!r} spells no title (only underscores, escaped blanks or "
+                'marks; write a candidate name, or "nil" for NIL)')
     return None
 
 
