@@ -588,6 +588,9 @@ def label_problem(v: Any) -> str | None:
         return f'gold label must be a string (a candidate name, or "nil" for NIL), not {_kind(v)}'
     if not v.strip():
         return 'gold label is blank (write a candidate name, or "nil" for NIL)'
+    if not title_key(v):  # the candidates' rule (parse_candidates): no answer could equal it
+        return (f"gold label {v[:40]!r} spells no title (only underscores, escaped blanks or "
+                'marks; write a candidate name, or "nil" for NIL)')
     return None
 
 
@@ -664,7 +667,9 @@ def load_mentions(path: str | Path, labels: str | Path | dict[str, str] | None =
     """Load every mention of a file. With ``strict`` the first bad record raises; otherwise bad
     records come back as :class:`DataError` items in place, so a run can record and skip them.
     ``candidates`` as for :func:`parse_record`."""
-    gold = load_labels(labels) if isinstance(labels, (str, Path)) else labels or {}
+    # (not ``labels or {}``: Labels whose every label is unusable is empty, its errors in .errors)
+    gold = load_labels(labels) if isinstance(labels, (str, Path)) else \
+        labels if labels is not None else {}
     if not isinstance(gold, Labels):  # a dict given in code: its values checked as a file's
         gold = read_labels(gold, "labels")
     if image_root is None:

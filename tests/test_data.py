@@ -269,3 +269,30 @@ def test_an_unreadable_label_file_is_named_once(tmp_path):
         with pytest.raises(DataError) as e:
             load_labels(p)
         assert str(e.value).startswith(f"{p}: {why}") and str(e.value).count(str(p)) == 1
+
+
+def test_labels_whose_every_label_is_unusable_still_make_their_records_errors(tmp_path):
+    # the CLI, eval and sft export pass load_labels' Labels: with no usable label it is an
+    # empty dict, read as 'no labels', and its errors were dropped (the records were linked
+    # as unlabelled, silently; the Ray engine, which keeps them, made them error records)
+    from i2cr.data import LabelError
+
+    p = write(tmp_path, "d.json", {"a": SAMPLE, "b": SAMPLE})
+    gold = load_labels(write(tmp_path, "l.json", {"b": None}))
+    a, b = load_mentions(p, gold, strict=False)
+    assert a.label is None and isinstance(b, LabelError) and "not null" in str(b)
+
+
+def test_a_gold_label_that_spells_no_title_is_an_error_of_its_record(tmp_path):
+    # '_', '%20' or a direction mark is a title of nothing (data.title_key ''), refused as a
+    # candidate's name: as a gold no answer could equal it (it was scored as a wrong answer,
+    # unnamed, and counted by KB recall as a mention whose entity the KB lacks)
+    from i2cr.data import LabelError
+
+    p = write(tmp_path, "d.json", {k: {**SAMPLE, "label": v} for k, v in
+                                   (("a", "_"), ("b", "%20"), ("c", "\u200e"), ("d", "Air_Jordan"))})
+    *bad, d = load_mentions(p, strict=False)
+    assert [type(b) for b in bad] == [LabelError] * 3 and d.label == "Air_Jordan"
+    assert "record 'a': field 'label': gold label '_' spells no title" in str(bad[0])
+    gold = load_labels(write(tmp_path, "l.json", {"x": "%20", "y": "nil"}))
+    assert set(gold.errors) == {"x"} and gold == {"y": "nil"}

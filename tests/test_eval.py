@@ -274,3 +274,13 @@ def test_prefetch_encodes_only_the_candidates_a_run_keeps(tmp_path):
     before = emb.encoded
     [rec] = run([m], ctx, progress=False)
     assert rec["error"] is None and emb.encoded == before
+
+
+def test_an_eval_with_no_record_labelled_fails_saying_so():
+    # a labels file of other ids scored nothing: the accuracy was '—' and the exit code 0
+    from i2cr.eval.report import failures
+
+    rec = {"id": "a", "answer": "X", "text_answer": "X", "first_answer": "X", "error": None}
+    assert failures(M.compute([rec, {**rec, "id": "b", "gold": "X"}])) == []
+    assert failures(M.compute([rec])) == ["none of the 1 record(s) has a gold label (does the "
+                                          "labels file name the dataset's ids?): nothing was scored"]

@@ -462,3 +462,46 @@ def test_generated_candidates_are_unique_as_titles():
               {"id": "3", "name": "michael  jordan", "desc": "again"},
               {"id": "4", "name": "Michael B. Jordan", "desc": "actor"}]
     assert [c["name"] for c in candidates_of(ranked, 2)] == ["Michael Jordan", "Michael B. Jordan"]
+
+
+def test_a_resumed_dataset_build_made_by_the_folded_name_rule_equals_a_fresh_one(tmp_path,
+                                                                               monkeypatch):
+    # an earlier i2cr keyed a dataset's candidates without a QID by their folded name
+    # ('name:oklahoma' for 'Oklahoma!'); resumed by this one, whose key is the title
+    # (data.title_key), that build held a second copy of 'Oklahoma!', 'St. Louis' and 'François
+    # Hollande' under their new keys, and lost 'Oklahoma', whose key the old row had taken
+    import i2cr.kb.source as source
+    from i2cr.data import title_key
+    from i2cr.names import fold
+
+    data = {"a": {"mention": "Oklahoma", "mention_context": "", "Candentity": [
+                {"name": "Oklahoma!", "desc": "musical"}, {"name": "St. Louis", "desc": "city"},
+                {"name": "Fran%C3%A7ois_Hollande", "desc": "president"},
+                {"name": "Oklahoma", "desc": "US state"}]},
+            "b": {"mention": "Hollande", "mention_context": "", "Candentity": [
+                {"name": "François Hollande", "desc": "president"}, {"name": "justin_bieber"},
+                {"qid": "Q1", "name": "One"}, {"name": "Justin Bieber", "desc": "again"}]}}
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps(data))
+
+    def rows(kb):
+        t = KB(kb).table.to_arrow().to_pydict()
+        return sorted(zip(t["id"], t["name"], t["desc"], t["aliases"], t["alias_keys"],
+                          strict=True))
+
+    build(p, tmp_path / "fresh", embedder=EMBEDDER, encode=encoder(), progress=False)
+    with monkeypatch.context() as m:  # the earlier rule, stopped after its first batch
+        m.setattr(source, "dataset_key", lambda c: c.get("qid") or "name:" + (
+            fold(str(c.get("name") or "")) or title_key(str(c.get("name") or ""))))
+        build(p, tmp_path / "kb", embedder=EMBEDDER, encode=encoder(), batch_size=3,
+              progress=False, stop_after=1)
+    said: list[str] = []
+    meta = build(p, tmp_path / "kb", embedder=EMBEDDER, encode=encoder(), progress=False,
+                 warn=said.append)
+    assert rows(tmp_path / "kb") == rows(tmp_path / "fresh")
+    assert [r[1] for r in rows(tmp_path / "kb")] == [
+        "One", "Fran%C3%A7ois_Hollande", "justin_bieber", "Oklahoma", "Oklahoma!", "St. Louis"]
+    assert meta["entities"] == 6
+    assert said == [f"{tmp_path / 'kb'}: 3 entities without a QID were keyed by an earlier i2cr's "
+                    "rule (their folded name): removed, and made again from the source under their "
+                    "title"]

@@ -223,6 +223,31 @@ class TestLocalRay:
         assert all(r["path"][0] == "retrieve" for r in got)  # candidates from the KB
         assert "2 batch(es)" in err
 
+    def test_a_bad_gold_label_is_named_on_stderr_as_the_local_engine_names_it(self, tmp_path,
+                                                                              capsys):
+        from i2cr.cli import main
+
+        good = _records(1)[:2]  # two mentions with their own (good) labels
+        data = write_jsonl(tmp_path / "m.jsonl", [
+            good[0], {**good[1], "id": "num", "label": 7}, {**good[1], "id": "blank", "label": " "},
+            {**{k: v for k, v in good[1].items() if k != "label"}, "id": "nolabel"}])
+        labels = tmp_path / "labels.json"  # a labels file's null: unusable too
+        labels.write_text(json.dumps({"nolabel": None, good[0]["id"]: good[0]["label"]}))
+        args = [str(data), "--labels", str(labels), "--no-progress", "--set", "iav_mode=off"]
+
+        def bad_lines(engine: list[str], out: str) -> list[str]:
+            capsys.readouterr()
+            rc = main(["link", *args, *engine, "--out", str(tmp_path / out)])
+            err = capsys.readouterr().err
+            assert rc == 1, err[-3000:]  # an error record: the exit code says so
+            return [x for x in err.splitlines() if "gold label" in x]
+
+        local = bad_lines([], "one.jsonl")
+        ray = bad_lines(["--engine", "ray", "--workers", "1", "--batch-size", "2"], "ray.jsonl")
+        assert len(local) == 3 and ray == local  # one line per record, the same words
+        for rid in ("num", "blank", "nolabel"):
+            assert sum(f"record {rid!r}" in x for x in ray) == 1, ray
+
     def test_the_drivers_memory_does_not_grow_with_the_ids(self, tmp_path):
         import tracemalloc
 

@@ -48,8 +48,17 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .. import llm
-from ..data import DataError, Mention, load_labels, shuffle_candidates, to_item, with_documents
-from ..eval.runner import ResultWriter, RunStats, Warn, prefetch, read_results, run_one, warn_stderr
+from ..data import DataError, LabelError, Mention, load_labels, shuffle_candidates, to_item, with_documents
+from ..eval.runner import (
+    BadLabels,
+    ResultWriter,
+    RunStats,
+    Warn,
+    prefetch,
+    read_results,
+    run_one,
+    warn_stderr,
+)
 from ..graph import Context, resources
 from ..graph.resources import Resources
 from ..linker import error_record, link_mention
@@ -204,7 +213,8 @@ class LinkActor:
         return out
 
     def __call__(self, batch: Any) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"idx": [], "id": [], "label": [], "rec": [], "node": []}
+        out: dict[str, list[Any]] = {"idx": [], "id": [], "label": [], "bad_label": [],
+                                     "rec": [], "node": []}
         for b in batch.to_pylist():  # one batch of records per row
             rows = [{"rid": rid, "raw": raw, "err": err}
                     for rid, raw, err in zip(b["rid"], b["raw"], b["err"], strict=True)]
@@ -212,6 +222,9 @@ class LinkActor:
             out["idx"].append(b["idx"])
             out["id"].append([_rid(it) for it in items])
             out["label"].append([it.label for it in items])
+            # a record whose gold label is unusable: its error's text, for the driver to name it
+            out["bad_label"].append([str(it) if isinstance(it, LabelError) else None
+                                     for it in items])
             out["rec"].append(recs)
             out["node"].append(self.node)
         return out
@@ -442,6 +455,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
     started = start(address, num_cpus=workers, object_store_mb=object_store_mb)
     servers: list[Any] = []
     bar = None
+    bad_labels = BadLabels(warn)  # each named as the local engine names it (check_items)
     try:
         import ray
         import ray.data
@@ -476,8 +490,11 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
             if st.batches == 1:
                 st.first_s, st.first_rows = time.perf_counter() - t_start, len(b["idx"])
             st.nodes[b["node"]] = st.nodes.get(b["node"], 0) + 1
-            for idx, rid, label, text in zip(b["idx"], b["id"], b["label"], b["rec"],
-                                             strict=True):
+            for idx, rid, label, bad, text in zip(b["idx"], b["id"], b["label"], b["bad_label"],
+                                                  b["rec"], strict=True):
+                if bad is not None:
+                    with tqdm.external_write_mode(file=sys.stderr):  # (above the bar)
+                        bad_labels.name(bad)
                 st.null_ids += rid in ("None", "", "null")
                 k = ids.see(rid)
                 if k > 1:  # the rule of check_items: the first is linked
@@ -516,6 +533,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
     if warn is not None and st.duplicates:
         warn(f"{st.duplicates} record(s) repeat an id already used: the first is linked, each "
              "repeat becomes an error record '<id>#dup<k>' and counts as a wrong answer")
+    bad_labels.end()
     if warn is not None and st.null_ids:
         warn(f"{st.null_ids} record(s) have a null or empty id; they are linked under the id "
              "'None' (repeats of it count as duplicates)")

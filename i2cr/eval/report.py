@@ -49,9 +49,13 @@ def candidates_line(cuts: dict[Any, int]) -> str | None:
 
 
 def failures(metrics: dict[str, Any]) -> list[str]:
-    """What went wrong in a run, one phrase each (empty when nothing did): error records, which
-    count as wrong answers, and mentions answered by a fallback after a failed LLM call."""
+    """What went wrong in a run, one phrase each (empty when nothing did): no record labelled,
+    error records, which count as wrong answers, and mentions answered by a fallback after a
+    failed LLM call."""
     out = []
+    if metrics.get("mentions") and not metrics.get("labelled"):  # (a labels file of other ids)
+        out.append(f"none of the {metrics['mentions']} record(s) has a gold label (does the "
+                   "labels file name the dataset's ids?): nothing was scored")
     if metrics.get("errors"):
         out.append(f"{metrics['errors']} error record(s) "
                    f"({metrics.get('labelled_errors', 0)} labelled, each scored as a wrong answer)")

@@ -110,6 +110,26 @@ class ResultWriter:
 MAX_NAMED = 20  # bad records (an unusable gold label; fitting's) named one line each; then a count
 
 
+class BadLabels:
+    """Names each record whose gold label is unusable (a :class:`LabelError`, or its text), one
+    line each through ``warn``, the first ``MAX_NAMED``; :meth:`end` then counts the rest. The
+    one owner of these lines, for both engines (the Ray driver gets the error's text from its
+    workers)."""
+
+    def __init__(self, warn: Warn | None):
+        self.warn, self.count = warn, 0
+
+    def name(self, err: LabelError | str) -> None:
+        self.count += 1
+        if self.warn is not None and self.count <= MAX_NAMED:
+            self.warn(f"{err}; the record is not linked: an error record, scored as a wrong answer")
+
+    def end(self) -> None:
+        if self.warn is not None and self.count > MAX_NAMED:
+            self.warn(f"{self.count - MAX_NAMED} more record(s) have an unusable gold label (each "
+                      f"an error record, scored as a wrong answer; {self.count} in all)")
+
+
 def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] | None = None,
                 *, warn: Warn | None = warn_stderr) -> list[Mention | DataError]:
     """Make every input record count once, under its own id.
@@ -126,13 +146,12 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
     out: list[Mention | DataError] = []
     seen: dict[str, int] = {}
     dups: list[str] = []
-    nulls = bad_labels = 0
+    nulls = 0
+    bad_labels = BadLabels(warn)
     for i, it in enumerate(items, 1):
         rid = _rid(it)
-        if isinstance(it, LabelError) and warn is not None:
-            bad_labels += 1
-            if bad_labels <= MAX_NAMED:
-                warn(f"{it}; the record is not linked: an error record, scored as a wrong answer")
+        if isinstance(it, LabelError):
+            bad_labels.name(it)
         if rid in ("None", "", "null"):
             nulls += 1
         if rid in seen:
@@ -153,9 +172,7 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
         warn(f"{len(dups)} record(s) repeat an id already used ({shown}"
              f"{', ...' if len(set(dups)) > 5 else ''}): the first is linked, each repeat becomes "
              "an error record '<id>#dup<k>' and counts as a wrong answer")
-    if warn is not None and bad_labels > MAX_NAMED:
-        warn(f"{bad_labels - MAX_NAMED} more record(s) have an unusable gold label (each an "
-             f"error record, scored as a wrong answer; {bad_labels} in all)")
+    bad_labels.end()
     if warn is not None and nulls:
         warn(f"{nulls} record(s) have a null or empty id; they are linked under the id 'None' "
              "(repeats of it count as duplicates)")

@@ -33,7 +33,7 @@ from ..data import DataError, title_key
 from ..names import demonym_forms, fold, lookup_forms, title_parts
 from ..texts import entity_text
 from .ids import IdRegistry
-from .source import BadEntity, Entity, Repeated, alias_key, read_source
+from .source import BadEntity, Entity, Repeated, alias_key, dataset_key, read_source, source_kind
 
 META = "kb.json"
 LOCK = "build.lock"
@@ -139,7 +139,9 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
     same folder while one runs is refused (:func:`build_lock`); a build that fails with an error
     (not one interrupted: that one resumes) removes the folder it made.
     ``stop_after`` stops after that many batches, leaving the build unfinished (tests use it to
-    interrupt a build). ``phase`` is told each phase as it starts: ``ingest``, ``compact``,
+    interrupt a build). A dataset build that resumes one an earlier i2cr began first makes again
+    the rows that build keyed by another rule (:func:`drop_stale_dataset_rows`), so that it ends
+    as a fresh build would. ``phase`` is told each phase as it starts: ``ingest``, ``compact``,
     ``fts``, ``labels``, ``ann`` (only with an ANN index), then ``done`` (the benchmark
     measures each).
 
@@ -161,12 +163,13 @@ def build(source: str | Path, out: str | Path, *, embedder: str,
     if (out / META).is_file():  # refused before the source is read
         _check_embedder(out, read_meta(out), embedder)
     entities = read_source(source, kind)  # raises on a missing source before anything is made
+    dataset = (source_kind(source) if kind == "auto" else kind) == "dataset"
     made = _make_folder(out)
     with build_lock(out):
         try:
-            return _build(lancedb, source, out, entities, embedder=embedder, encode=encode,
-                          dtype=dtype, batch_size=batch_size, progress=progress, warn=warn,
-                          ann_min_rows=ann_min_rows, stop_after=stop_after, phase=phase)
+            return _build(lancedb, source, out, entities, dataset=dataset, embedder=embedder,
+                          encode=encode, dtype=dtype, batch_size=batch_size, progress=progress,
+                          warn=warn, ann_min_rows=ann_min_rows, stop_after=stop_after, phase=phase)
         except Exception:
             # a failed build leaves nothing behind in a folder it made (the last made first: its
             # path may pass through the others, 'new/../kb')
@@ -233,9 +236,9 @@ def build_lock(out: Path) -> Iterator[None]:
         yield
 
 
-def _build(lancedb: Any, source: str | Path, out: Path, entities: Iterable[Any], *, embedder: str,
-           encode: Callable[[list[str]], np.ndarray], dtype: str | None, batch_size: int,
-           progress: bool, warn: Callable[[str], None] | None, ann_min_rows: int,
+def _build(lancedb: Any, source: str | Path, out: Path, entities: Iterable[Any], *, dataset: bool,
+           embedder: str, encode: Callable[[list[str]], np.ndarray], dtype: str | None,
+           batch_size: int, progress: bool, warn: Callable[[str], None] | None, ann_min_rows: int,
            stop_after: int | None, phase: Callable[[str], None] | None) -> dict[str, Any]:
     """:func:`build`'s work, in the folder ``out`` it has made and locked."""
     meta = read_meta(out) if (out / META).is_file() else None
@@ -253,6 +256,13 @@ def _build(lancedb: Any, source: str | Path, out: Path, entities: Iterable[Any],
     if dtype is not None:  # the precision the vectors were computed in (float32 / bfloat16)
         meta.setdefault("dtype", dtype)
     _write_meta(out, meta)
+    if table is not None and dataset:  # (the KB marked unfinished first; before the registry,
+        # which copies the ids left)
+        stale = drop_stale_dataset_rows(table)
+        if stale and warn is not None:
+            warn(f"{out}: {stale:,} entities without a QID were keyed by an earlier i2cr's rule "
+                 "(their folded name): removed, and made again from the source under their "
+                 "title")
     if phase is not None:
         phase("ingest")
     t0, base_s = time.perf_counter(), float(meta.get("build_s") or 0.0)
@@ -347,6 +357,24 @@ def _build(lancedb: Any, source: str | Path, out: Path, entities: Iterable[Any],
         _say(f"done: {rows:,} entities in {out} ({meta['size_bytes'] / 2 ** 20:.1f} MB, "
              f"{meta['build_s']:.1f}s, {bad} bad line(s) skipped)")
     return meta
+
+
+def drop_stale_dataset_rows(table: Any) -> int:
+    """Delete the rows an earlier i2cr's dataset build keyed by another rule, and return how
+    many: no QID, and an id ``name:...`` that is not the :func:`~.source.dataset_key` of the row's
+    name (it keyed a candidate without a QID by its folded name, so 'Oklahoma!' was
+    'name:oklahoma'). Kept, a resumed dataset build would add each again under its key (a second
+    copy) and skip the entity whose key the old row took ('Oklahoma'), so a resumed build would
+    not be the fresh one; deleted, the build makes them again from the source."""
+    where = "qid IS NULL AND id LIKE 'name:%'"
+    stale: list[str] = []
+    for batch in table.search().where(where).select(["id", "name"]).limit(None).to_batches(65_536):
+        ids, names = (batch.column(batch.schema.get_field_index(c)).to_pylist()
+                      for c in ("id", "name"))
+        stale += [i for i, n in zip(ids, names, strict=True) if i != dataset_key({"name": n})]
+    for k in range(0, len(stale), 500):
+        table.delete(f"id IN ({_sql_list(stale[k:k + 500])})")
+    return len(stale)
 
 
 def arrow_batch(ents: Sequence[Entity], vecs: np.ndarray, schema):
