@@ -283,13 +283,13 @@ def nicknames() -> dict[str, frozenset[str]]:
 
 def same_given_name(a: str, b: str) -> bool:
     """Whether two folded given names can name one person: equal, one the other's initial
-    ('t' for 'thomas'), forms of one name or sharing one (``Bob`` and ``Robert``, ``Stephen`` and
-    ``Steven``, whose ``Steve`` is each's: :func:`nicknames`), or spellings of one (five letters
-    or more, one letter apart: ``Jonathon`` and ``Jonathan``, ``Phillip`` and ``Philip``)."""
+    ('t' for 'thomas'), forms of one name (``Bob`` and ``Robert``, ``Steven`` and ``Stephen``:
+    :func:`nicknames`; two names that share a short form are not one: ``Albert`` and ``Alfred``, both
+    ``Al``), or spellings of one (five letters or more, one letter apart: ``Jonathon`` and
+    ``Jonathan``, ``Phillip`` and ``Philip``)."""
     if a == b or (len(a) == 1 and b[:1] == a) or (len(b) == 1 and a[:1] == b):
         return True
-    forms = nicknames()
-    if forms.get(a, frozenset()) & forms.get(b, frozenset()):
+    if b in nicknames().get(a, ()):
         return True
     return min(len(a), len(b)) >= 5 and Levenshtein.distance(a, b, score_cutoff=1) <= 1
 

@@ -251,9 +251,11 @@ def test_candidates_that_do_not_bear_the_mentions_name_say_nothing_of_it():
 
 
 def test_spelling_variants_of_a_given_name_are_one_name():
-    """'Stephen' and 'Steven' share the short form 'Steve'; 'Jonathon', 'Phillip', 'Katharine',
-    'Sergei' are one letter from 'Jonathan', 'Philip', 'Katherine', 'Sergey': a text that spells
-    the candidate's given name so names the candidate (the rule answered NIL)."""
+    """'Stephen' and 'Steven', 'Mohammed' and 'Muhammad' are spellings of one name (nicknames.tsv);
+    'Jonathon', 'Phillip', 'Katharine', 'Sergei' are one letter from 'Jonathan', 'Philip',
+    'Katherine', 'Sergey': a text that spells the candidate's given name so names the candidate
+    (the rule answered NIL). Names that only share a short form ('Al': Albert, Alfred) are not
+    one."""
     from i2cr.names import same_given_name, unlisted_fuller_name as unlisted
 
     for doc, cand in [("Stephen Spielberg", "Steven Spielberg"), ("Jonathon Walters", "Jonathan Walters"),
@@ -261,8 +263,11 @@ def test_spelling_variants_of_a_given_name_are_one_name():
                       ("Sergei Brin", "Sergey Brin"), ("Kathryn Bigelow", "Kathy Bigelow")]:
         sur = doc.split()[-1]
         assert unlisted(sur, [cand, f"{sur}, Texas"], [doc]) is None, doc
-    for a, b in [("mark", "mary"), ("dan", "don"), ("barbara", "mark"), ("john", "jon")]:
-        assert not same_given_name(a, b), (a, b)
+    for a, b in [("mark", "mary"), ("dan", "don"), ("barbara", "mark"), ("john", "jon"),
+                 ("albert", "alfred"), ("harold", "henry"), ("catherine", "kathleen")]:
+        assert not same_given_name(a, b), (a, b)  # the last three share a short form, no more
+    assert unlisted("Walters", ["Albert Walters"], ["Alfred Walters"]) == "alfred walters"
+    assert unlisted("Sadr", ["Muhammad Sadr"], ["Mohammed Sadr"]) is None
 
 
 def test_a_quoted_or_bracketed_name_is_read_as_the_name():
