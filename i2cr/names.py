@@ -250,12 +250,18 @@ _TITLES = {"mr", "mrs", "ms", "miss", "dr", "prof", "professor", "sir", "dame", 
            "major", "maj", "corporal", "cpl", "private", "pvt", "sister", "brother", "archbishop",
            "imam", "emir", "sultan", "emperor", "empress", "duke", "duchess", "count", "countess",
            "baron", "baroness", "earl", "chairwoman", "spokesman", "spokeswoman", "anchor"}
+# titles that name anybody of the surname politely; any other ("President Bush") names one whom the
+# document may mean by the surname alone, beside a fuller name ("Laura Bush")
+_COURTESY = {"mr", "mrs", "ms", "miss", "dr"}
 # words before a last word that make another place of it, not a given name ("New England" is not
-# England, "North Carolina" not Carolina, "Latin America" not America)
+# England, "North Carolina" not Carolina, "Latin America" not America, "Santa Barbara" not a
+# Barbara, "San Diego" not a Diego)
 _PLACE_WORDS = {"new", "north", "south", "east", "west", "northern", "southern", "eastern",
                 "western", "northeast", "northwest", "southeast", "southwest", "northeastern",
                 "northwestern", "southeastern", "southwestern", "central", "upper", "lower",
-                "greater", "latin", "middle"}
+                "greater", "great", "little", "latin", "middle", "san", "santa", "santo", "sao",
+                "los", "las", "el", "la", "le", "les", "sainte", "ste", "fort", "port", "puerto",
+                "porto", "costa", "saudi", "sri", "equatorial"}
 # the longest name the rule reads (a given name or two, a surname, a suffix): longer text in a
 # mention or a document is no such name, and is not folded word by word on every round
 _NAME_CHARS = 100
@@ -310,20 +316,21 @@ def unlisted_fuller_name(mention: str, candidate_names: list[str] | tuple[str, .
 
     It applies to a mention written as one capitalised word, not an acronym (``Walters``,
     ``O'Donnell``; quotes or brackets around it do not count), when the document names it with one
-    or two capitalised words before it (``Barbara Walters``, ``Richard Norton Smith``; a suffix
-    such as ``Jr.`` after it is no part of it, and a title such as ``President`` or ``Attorney
-    General`` is not a given name, nor a word such as ``New`` or ``North`` that makes another
-    place of it: ``New England``), when some candidate bears the mention's name (the rule's ground:
-    they are other bearers of it; candidates in another script or found by other means say
+    or two capitalised words before it (``Barbara Walters``, ``Richard Norton Smith``; a suffix such
+    as ``Jr.`` after it is no part of it, and a title such as ``President`` or ``Attorney General``
+    is not a given name, nor a word such as ``New``, ``North`` or ``San`` that makes another place
+    of it: ``New England``, ``San Diego``), when some candidate bears the mention's name (the rule's
+    ground: they are other bearers of it; candidates in another script or found by other means say
     nothing), and when no candidate is that fuller name: none whose title (its base, without a
     disambiguator, qualifier or suffix) contains it or is contained in it (``Ross Perot`` for ``H.
     Ross Perot``), or ends with the mention after one of its given names (``Bob Nardelli`` is
     ``Robert Nardelli``, ``Thomas Eliot`` is ``T. S. Eliot``: :func:`same_given_name`), or is
-    written family name first (``Walters, Barbara``). With several fuller names it applies only
-    when none is a candidate. It does not apply when a candidate's plain title is the mention
-    itself (``California`` beside ``Central California``: the mention may be that entity), nor when
-    the document names a candidate called by the mention (``Washington, D.C.``, ``Washington
-    state``)."""
+    written family name first (``Walters, Barbara``). With several fuller names it applies only when
+    none is a candidate. It does not apply when a candidate's plain title is the mention itself
+    (``California`` beside ``Central California``: the mention may be that entity), nor when the
+    document names a candidate that bears the mention's name (``Washington, D.C.``, ``Kingdom of
+    Jordan``) or names a bearer by a title other than a courtesy one (``President Bush`` beside
+    ``Laura Bush``)."""
     return _unlisted_fuller_name(mention, tuple(str(c) for c in candidate_names),
                                  tuple(x for x in document if isinstance(x, str)))
 
@@ -349,8 +356,11 @@ def _unlisted_fuller_name(mention: str, candidate_names: tuple[str, ...],
         written.add(fold(n))
         f = _unsuffixed(fold(n).split())
         given = f[:-k]
-        if (f[-k:] != sur or not 1 <= len(given) <= 2
-                or any(w in _TITLES or w in _PLACE_WORDS for w in given)
+        if f[-k:] != sur or not given:
+            continue
+        if any(w in _TITLES and w not in _COURTESY for w in given):
+            return None  # 'President Bush': a bearer the document names otherwise than in full
+        if (len(given) > 2 or any(w in _TITLES or w in _PLACE_WORDS for w in given)
                 or not all(w[:1].isupper() for w in n.split())):
             continue
         fuller[" ".join(f)] = f
@@ -360,12 +370,13 @@ def _unlisted_fuller_name(mention: str, candidate_names: tuple[str, ...],
     for c in candidate_names:
         t = title_parts(c)
         base = _unsuffixed(name_fold(t.base).split())
-        borne = borne or _contains(fold(t.full).split(), sur)
+        bears = _contains(fold(t.full).split(), sur)
+        borne = borne or bears
+        if bears and written & {fold(t.full), fold(t.display), fold(f"{t.base} {t.disambiguator}")}:
+            return None  # the document names this one too ('Washington, D.C.', 'Kingdom of Jordan')
         if base == sur:
             if not t.disambiguator and not t.qualifier:
                 return None  # the plain title: the mention may be that entity
-            if written & {fold(t.display), fold(f"{t.base} {t.disambiguator}")}:
-                return None  # the document names this one too ('Washington, D.C.')
             qual = fold(t.qualifier).split()  # 'Walters, Barbara': family name first
             if qual[:1] and len(qual[0]) > 1 and any(same_given_name(qual[0], f[0])
                                                      for f in fuller.values()):

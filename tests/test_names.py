@@ -329,3 +329,33 @@ def test_the_caches_keyed_by_a_document_hold_a_bounded_amount_of_text():
     for _ in range(2):
         expansions("Walters", doc), unlisted("Walters", ["Mark Walters"], doc)
     assert _expansions.cache_info().hits > hits[0] and _unlisted_fuller_name.cache_info().hits > hits[1]
+
+
+def test_a_document_naming_a_bearer_otherwise_than_in_full_leaves_the_surname_open():
+    """'Bush' in a document naming 'Laura Bush' and 'President Bush' may be George W. Bush, a
+    candidate; 'Jordan' beside 'Vernon Jordan' and 'Kingdom of Jordan' may be the kingdom, a
+    candidate the document names (the rule skipped the titled form and the longer title, and
+    answered NIL). A courtesy title ('Ms. Walters') names the same person as the fuller name."""
+    from i2cr.names import unlisted_fuller_name as unlisted
+
+    bushes = ["George W. Bush", "Bush (band)"]
+    assert unlisted("Bush", bushes, ["Laura Bush"]) == "laura bush"
+    assert unlisted("Bush", bushes, ["Laura Bush", "President Bush"]) is None
+    assert unlisted("Bush", bushes, ["Laura Bush", "Former President George W. Bush"]) is None
+    assert unlisted("Jordan", ["Michael Jordan", "Kingdom of Jordan"],
+                    ["Vernon Jordan", "Kingdom of Jordan"]) is None
+    assert unlisted("Walters", ["Mark Walters"], ["Barbara Walters", "Ms. Walters"]) == "barbara walters"
+
+
+def test_spanish_and_portuguese_place_names_are_no_given_name_and_surname():
+    """'Barbara' after 'Santa Barbara', 'Diego' after 'San Diego', 'Paulo' after 'São Paulo' are
+    people's given names, not short forms of the places (the rule answered NIL beside 'Barbara
+    Bush', 'Diego Maradona')."""
+    from i2cr.names import unlisted_fuller_name as unlisted
+
+    for mention, names, doc in [("Barbara", ["Barbara Bush", "Barbara (film)"], "Santa Barbara"),
+                                ("Diego", ["Diego Maradona", "Diego (name)"], "San Diego"),
+                                ("Paulo", ["Paulo Coelho"], "S\u00e3o Paulo"),
+                                ("Salvador", ["Salvador Dal\u00ed", "Salvador, Bahia"], "El Salvador"),
+                                ("Rico", ["Rico (singer)"], "Puerto Rico")]:
+        assert unlisted(mention, names, [doc]) is None, doc
