@@ -354,14 +354,18 @@ def _unlisted_fuller_name(mention: str, candidate_names: tuple[str, ...],
             continue
         n = _bare(name)
         written.add(fold(n))
-        f = _unsuffixed(fold(n).split())
-        given = f[:-k]
-        if f[-k:] != sur or not given:
+        words = n.split()
+        if len(words) > 2 and fold(words[-1]) in _SUFFIXES:
+            words = words[:-1]
+        # the surname a word of its own: 'Austria-Hungary' names no Hungary, 'Mercedes-Benz' no Benz
+        if len(words) < 2 or fold(words[-1]).split() != sur:
             continue
+        f = fold(" ".join(words)).split()
+        given = f[:-k]
         if any(w in _TITLES and w not in _COURTESY for w in given):
             return None  # 'President Bush': a bearer the document names otherwise than in full
         if (len(given) > 2 or any(w in _TITLES or w in _PLACE_WORDS for w in given)
-                or not all(w[:1].isupper() for w in n.split())):
+                or not all(w[:1].isupper() for w in words)):
             continue
         fuller[" ".join(f)] = f
     if not fuller:

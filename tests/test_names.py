@@ -359,3 +359,20 @@ def test_spanish_and_portuguese_place_names_are_no_given_name_and_surname():
                                 ("Salvador", ["Salvador Dal\u00ed", "Salvador, Bahia"], "El Salvador"),
                                 ("Rico", ["Rico (singer)"], "Puerto Rico")]:
         assert unlisted(mention, names, [doc]) is None, doc
+
+
+def test_a_hyphenated_compound_is_no_given_name_and_surname():
+    """'Hungary' after 'Austria-Hungary', 'Bissau' after 'Guinea-Bissau', 'Benz' after
+    'Mercedes-Benz', 'Jones' after 'Catherine Zeta-Jones': the mention is a part of one word, not
+    a surname of its own (the rule answered NIL beside the places and people of that name).
+    A hyphenated given name or surname of its own still counts."""
+    from i2cr.names import unlisted_fuller_name as unlisted
+
+    for mention, names, doc in [("Hungary", ["Kingdom of Hungary", "Hungary national football team"],
+                                 "Austria-Hungary"),
+                                ("Bissau", ["Bissau (region)", "Bissau Airport"], "Guinea-Bissau"),
+                                ("Benz", ["Karl Benz", "Benz (surname)"], "Mercedes-Benz"),
+                                ("Jones", ["Tom Jones", "Jones, Oklahoma"], "Catherine Zeta-Jones")]:
+        assert unlisted(mention, names, [doc]) is None, doc
+    assert unlisted("Sartre", ["Sartre (film)"], ["Jean-Paul Sartre"]) == "jean paul sartre"
+    assert unlisted("Zeta-Jones", ["Zeta-Jones (film)"], ["Catherine Zeta-Jones"]) == "catherine zeta jones"
