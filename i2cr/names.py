@@ -385,10 +385,17 @@ def _unlisted_fuller_name(mention: str, candidate_names: tuple[str, ...],
             if qual[:1] and len(qual[0]) > 1 and any(same_given_name(qual[0], f[0])
                                                      for f in fuller.values()):
                 return None
-        for f in fuller.values():
-            # the candidate contains the fuller name, or is it with fewer words ('Ross Perot' for
-            # 'H. Ross Perot') or under another form of a given name ('Robert' for 'Bob')
-            if _contains(base, f) or (len(base) > k and base[-k:] == sur and (
-                    _contains(f, base) or any(same_given_name(base[0], g) for g in f[:-k]))):
-                return None
+        if any(_names_it(base, f, k) for f in fuller.values()):
+            return None
     return next(iter(fuller)) if borne else None
+
+
+def _names_it(base: list[str], fuller: list[str], k: int) -> bool:
+    """Whether a candidate's folded base is the folded ``fuller`` name (its last ``k`` words the
+    surname): it contains it, is it in another order ('Xi Jinping' for 'Jinping Xi'), with fewer
+    words ('Ross Perot' for 'H. Ross Perot') or under another form of a given name ('Robert' for
+    'Bob')."""
+    if _contains(base, fuller) or sorted(base) == sorted(fuller):
+        return True
+    return len(base) > k and base[-k:] == fuller[-k:] and (
+        _contains(fuller, base) or any(same_given_name(base[0], g) for g in fuller[:-k]))

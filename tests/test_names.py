@@ -230,12 +230,16 @@ def test_a_place_named_with_a_direction_or_new_is_no_fuller_name_of_its_last_wor
 
 def test_a_candidate_titled_family_name_first_is_the_fuller_name():
     """A knowledge base that writes 'Walters, Barbara' lists Barbara Walters (the rule read
-    'Barbara' as a place qualifier, like 'Walters, Oklahoma', and answered NIL)."""
+    'Barbara' as a place qualifier, like 'Walters, Oklahoma', and answered NIL); 'Xi Jinping' is
+    the 'Jinping Xi' of a text in Western order."""
     from i2cr.names import unlisted_fuller_name as unlisted
 
     assert unlisted("Walters", ["Walters, Barbara", "Walters, Mark"], ["Barbara Walters"]) is None
     assert unlisted("Walters", ["Walters, Oklahoma", "Walters, Mark"],
                     ["Barbara Walters"]) == "barbara walters"
+    # a title in family-name-first order, without a comma, as Chinese and Hungarian names are
+    assert unlisted("Xi", ["Xi Jinping", "Xi River"], ["Jinping Xi"]) is None
+    assert unlisted("Orb\u00e1n", ["Orb\u00e1n Viktor"], ["Viktor Orb\u00e1n"]) is None
 
 
 def test_candidates_that_do_not_bear_the_mentions_name_say_nothing_of_it():
