@@ -34,6 +34,8 @@ from functools import lru_cache
 from importlib.resources import files
 from urllib.parse import unquote
 
+from rapidfuzz.distance import Levenshtein
+
 _SPACES = re.compile(r"\s+")
 _DISAMBIG = re.compile(r"^(.*\S)\s*\(([^()]+)\)\s*$")
 # a possessive ending: 's, or the apostrophe alone after an s (Texas' keeps its s)
@@ -211,7 +213,13 @@ def expansions(mention: str, document: tuple[str, ...] | list[str] = ()) -> tupl
     return _expansions(mention, tuple(x for x in document if isinstance(x, str)))
 
 
-@lru_cache(maxsize=8192)  # a pure function the ranker asks again every round
+# the ranker asks the two functions below again every round of a mention; each call's key holds its
+# document (up to MAX_DOCUMENT_NAMES names), so a cache of many would hold a served API's documents
+# by the gigabyte (8192 of them: 1.2 GB of text at 300 characters a name)
+DOCUMENT_CACHE = 512
+
+
+@lru_cache(maxsize=DOCUMENT_CACHE)
 def _expansions(mention: str, document: tuple[str, ...]) -> tuple[str, ...]:
     m = strip_mention(mention)
     if not m[:1].isupper():
@@ -228,7 +236,8 @@ def _expansions(mention: str, document: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
-# words before a surname that are a title, not a given name ("President Bush" is George W. Bush)
+# words before a surname that are a title, not a given name ("President Bush" is George W. Bush,
+# "Attorney General Ashcroft" John Ashcroft), wherever they stand before it
 _TITLES = {"mr", "mrs", "ms", "miss", "dr", "prof", "professor", "sir", "dame", "lord", "lady",
            "president", "vice", "prime", "minister", "premier", "chancellor", "senator", "sen",
            "governor", "gov", "mayor", "rep", "representative", "congressman", "congresswoman",
@@ -236,7 +245,30 @@ _TITLES = {"mr", "mrs", "ms", "miss", "dr", "prof", "professor", "sir", "dame", 
            "lieutenant", "lt", "sergeant", "sgt", "admiral", "adm", "commander", "coach", "king",
            "queen", "prince", "princess", "pope", "saint", "st", "father", "rev", "reverend",
            "bishop", "cardinal", "rabbi", "sheikh", "ayatollah", "chairman", "director", "officer",
-           "agent", "detective", "inspector", "chief", "former", "late", "young", "old"}
+           "agent", "detective", "inspector", "chief", "former", "late", "young", "old",
+           "attorney", "ambassador", "speaker", "sheriff", "commissioner", "deputy", "marshal",
+           "major", "maj", "corporal", "cpl", "private", "pvt", "sister", "brother", "archbishop",
+           "imam", "emir", "sultan", "emperor", "empress", "duke", "duchess", "count", "countess",
+           "baron", "baroness", "earl", "chairwoman", "spokesman", "spokeswoman", "anchor"}
+# titles that name anybody of the surname politely; any other ("President Bush") names one whom the
+# document may mean by the surname alone, beside a fuller name ("Laura Bush")
+_COURTESY = {"mr", "mrs", "ms", "miss", "dr"}
+# words before a last word that make another place of it, not a given name ("New England" is not
+# England, "North Carolina" not Carolina, "Latin America" not America, "Santa Barbara" not a
+# Barbara, "San Diego" not a Diego)
+_PLACE_WORDS = {"new", "north", "south", "east", "west", "northern", "southern", "eastern",
+                "western", "northeast", "northwest", "southeast", "southwest", "northeastern",
+                "northwestern", "southeastern", "southwestern", "central", "upper", "lower",
+                "greater", "great", "little", "latin", "middle", "san", "santa", "santo", "sao",
+                "los", "las", "el", "la", "le", "les", "sainte", "ste", "fort", "port", "puerto",
+                "porto", "costa", "saudi", "sri", "equatorial"}
+# the longest name the rule reads (a given name or two, a surname, a suffix): longer text in a
+# mention or a document is no such name, and is not folded word by word on every round
+_NAME_CHARS = 100
+# the generation after a name ("Robert Downey Jr."), no part of the surname
+_SUFFIXES = {"jr", "sr", "junior", "senior", "ii", "iii", "iv"}
+# punctuation around a name as written ('"Walters"', "(Barbara Walters)", "Walters,")
+_AROUND = re.compile(r"^[^\w'\u2019]+|[^\w'\u2019.]+$|(?<=\w\w)\.$")
 
 
 @lru_cache(maxsize=1)
@@ -257,10 +289,24 @@ def nicknames() -> dict[str, frozenset[str]]:
 
 def same_given_name(a: str, b: str) -> bool:
     """Whether two folded given names can name one person: equal, one the other's initial
-    ('t' for 'thomas'), or forms of one name (``Bob`` and ``Robert``: :func:`nicknames`)."""
+    ('t' for 'thomas'), forms of one name (``Bob`` and ``Robert``, ``Steven`` and ``Stephen``:
+    :func:`nicknames`; two names that share a short form are not one: ``Albert`` and ``Alfred``, both
+    ``Al``), or spellings of one (five letters or more, one letter apart: ``Jonathon`` and
+    ``Jonathan``, ``Phillip`` and ``Philip``)."""
     if a == b or (len(a) == 1 and b[:1] == a) or (len(b) == 1 and a[:1] == b):
         return True
-    return b in nicknames().get(a, ())
+    if b in nicknames().get(a, ()):
+        return True
+    return min(len(a), len(b)) >= 5 and Levenshtein.distance(a, b, score_cutoff=1) <= 1
+
+
+def _bare(name: str) -> str:
+    """A name as written, without the punctuation around it, a possessive or a leading article."""
+    return strip_mention(_AROUND.sub("", clean(name)))
+
+
+def _unsuffixed(words: list[str]) -> list[str]:
+    return words[:-1] if len(words) > 1 and words[-1] in _SUFFIXES else words
 
 
 def unlisted_fuller_name(mention: str, candidate_names: list[str] | tuple[str, ...],
@@ -269,22 +315,32 @@ def unlisted_fuller_name(mention: str, candidate_names: list[str] | tuple[str, .
     else None: the referent is then not among the candidates (NIL, where that is allowed).
 
     It applies to a mention written as one capitalised word, not an acronym (``Walters``,
-    ``O'Donnell``), when the document names it with one or two capitalised words before it
-    (``Barbara Walters``, ``Richard Norton Smith``; a title such as ``President`` is not a given
-    name), and when no candidate's title (its base, without a disambiguator or qualifier) contains
-    that fuller name, or ends with the mention after the same given name (``Bob Nardelli`` is
-    ``Robert Nardelli``, ``Thomas Eliot`` is ``T. S. Eliot``: :func:`same_given_name`). With several
-    fuller names it applies only when none is a candidate. It does not apply when a candidate's
-    plain title is the mention itself (``California`` beside ``Central California``: the mention
-    may be that entity)."""
+    ``O'Donnell``; quotes or brackets around it do not count), when the document names it with one
+    or two capitalised words before it (``Barbara Walters``, ``Richard Norton Smith``; a suffix such
+    as ``Jr.`` after it is no part of it, and a title such as ``President`` or ``Attorney General``
+    is not a given name, nor a word such as ``New``, ``North`` or ``San`` that makes another place
+    of it: ``New England``, ``San Diego``), when some candidate bears the mention's name (the rule's
+    ground: they are other bearers of it; candidates in another script or found by other means say
+    nothing), and when no candidate is that fuller name: none whose title (its base, without a
+    disambiguator, qualifier or suffix) contains it or is contained in it (``Ross Perot`` for ``H.
+    Ross Perot``), or ends with the mention after one of its given names (``Bob Nardelli`` is
+    ``Robert Nardelli``, ``Thomas Eliot`` is ``T. S. Eliot``: :func:`same_given_name`), or is
+    written family name first (``Walters, Barbara``). With several fuller names it applies only when
+    none is a candidate. It does not apply when a candidate's plain title is the mention itself
+    (``California`` beside ``Central California``: the mention may be that entity), nor when the
+    document names a candidate that bears the mention's name (``Washington, D.C.``, ``Kingdom of
+    Jordan``) or names a bearer by a title other than a courtesy one (``President Bush`` beside
+    ``Laura Bush``)."""
     return _unlisted_fuller_name(mention, tuple(str(c) for c in candidate_names),
                                  tuple(x for x in document if isinstance(x, str)))
 
 
-@lru_cache(maxsize=8192)  # a pure function the ranker asks again every round
+@lru_cache(maxsize=DOCUMENT_CACHE)
 def _unlisted_fuller_name(mention: str, candidate_names: tuple[str, ...],
                           document: tuple[str, ...]) -> str | None:
-    m = strip_mention(mention)
+    if len(mention) > _NAME_CHARS:
+        return None
+    m = _bare(mention)
     if len(m.split()) != 1 or not m[:1].isupper() or m.isupper():
         return None
     sur = fold(m).split()
@@ -292,23 +348,54 @@ def _unlisted_fuller_name(mention: str, candidate_names: tuple[str, ...],
         return None
     k = len(sur)
     fuller: dict[str, list[str]] = {}
+    written: set[str] = set()  # the document's names, folded
     for name in document[:MAX_DOCUMENT_NAMES]:
-        n = strip_mention(name)
-        f = fold(n).split()
+        if len(name) > _NAME_CHARS:
+            continue
+        n = _bare(name)
+        written.add(fold(n))
+        words = n.split()
+        if len(words) > 2 and fold(words[-1]) in _SUFFIXES:
+            words = words[:-1]
+        # the surname a word of its own: 'Austria-Hungary' names no Hungary, 'Mercedes-Benz' no Benz
+        if len(words) < 2 or fold(words[-1]).split() != sur:
+            continue
+        f = fold(" ".join(words)).split()
         given = f[:-k]
-        if (f[-k:] != sur or not 1 <= len(given) <= 2 or given[0] in _TITLES
-                or not all(w[:1].isupper() for w in n.split())):
+        if any(w in _TITLES and w not in _COURTESY for w in given):
+            return None  # 'President Bush': a bearer the document names otherwise than in full
+        if (len(given) > 2 or any(w in _TITLES or w in _PLACE_WORDS for w in given)
+                or not all(w[:1].isupper() for w in words)):
             continue
         fuller[" ".join(f)] = f
     if not fuller:
         return None
+    borne = False  # some candidate bears the mention's name
     for c in candidate_names:
         t = title_parts(c)
-        base = name_fold(t.base).split()
-        if base == sur and not t.disambiguator and not t.qualifier:
-            return None
-        for f in fuller.values():
-            if _contains(base, f) or (len(base) > k and base[-k:] == sur
-                                      and same_given_name(base[0], f[0])):
+        base = _unsuffixed(name_fold(t.base).split())
+        bears = _contains(fold(t.full).split(), sur)
+        borne = borne or bears
+        if bears and written & {fold(t.full), fold(t.display), fold(f"{t.base} {t.disambiguator}")}:
+            return None  # the document names this one too ('Washington, D.C.', 'Kingdom of Jordan')
+        if base == sur:
+            if not t.disambiguator and not t.qualifier:
+                return None  # the plain title: the mention may be that entity
+            qual = fold(t.qualifier).split()  # 'Walters, Barbara': family name first
+            if qual[:1] and len(qual[0]) > 1 and any(same_given_name(qual[0], f[0])
+                                                     for f in fuller.values()):
                 return None
-    return next(iter(fuller))
+        if any(_names_it(base, f, k) for f in fuller.values()):
+            return None
+    return next(iter(fuller)) if borne else None
+
+
+def _names_it(base: list[str], fuller: list[str], k: int) -> bool:
+    """Whether a candidate's folded base is the folded ``fuller`` name (its last ``k`` words the
+    surname): it contains it, is it in another order ('Xi Jinping' for 'Jinping Xi'), with fewer
+    words ('Ross Perot' for 'H. Ross Perot') or under another form of a given name ('Robert' for
+    'Bob')."""
+    if _contains(base, fuller) or sorted(base) == sorted(fuller):
+        return True
+    return len(base) > k and base[-k:] == fuller[-k:] and (
+        _contains(fuller, base) or any(same_given_name(base[0], g) for g in fuller[:-k]))

@@ -158,7 +158,7 @@ def test_a_fuller_name_in_the_document_that_no_candidate_is_says_the_referent_is
         ("California", ["California", "Central Valley"], ["Central California"]),  # plain title
         ("Walters", walters + ["Rod Walters"], ["Barbara Walters", "Rod Walters"]),  # one listed
         ("Walters", walters, ["Walters"]),  # no fuller name
-        ("Walters", walters, ["Barbara Ann Walters Jr"]),  # too long to be a given name + surname
+        ("Walters", walters, ["Mary Barbara Ann Walters"]),  # too long to be a given name + surname
         ("walters", walters, ["Barbara Walters"]),  # lower case: a common noun
         ("UN", ["UN (band)"], ["United Nations", "Oil UN"]),  # an acronym
         ("Las Vegas", ["Las Vegas Strip"], ["North Las Vegas"]),  # one word only
@@ -166,3 +166,217 @@ def test_a_fuller_name_in_the_document_that_no_candidate_is_says_the_referent_is
     ]
     for mention, names, document in listed:
         assert unlisted(mention, names, document) is None, (mention, names, document)
+
+
+def test_a_fuller_name_rule_reads_a_suffix_as_no_part_of_the_surname():
+    """'Downey' after 'Robert Downey' is the candidate 'Robert Downey Jr.' (the rule answered NIL:
+    the title ends in 'Jr.', not in the surname), and 'King' after 'Martin Luther King Jr.' is
+    Martin Luther King, none of the other Kings listed (the rule did not apply)."""
+    from i2cr.names import unlisted_fuller_name as unlisted
+
+    assert unlisted("Downey", ["Robert Downey Jr.", "Downey, California"], ["Robert Downey"]) is None
+    assert unlisted("Gore", ["Albert Gore Jr.", "Gore, Oklahoma"], ["Al Gore"]) is None
+    assert unlisted("Griffey", ["Ken Griffey Sr.", "Ken Griffey"], ["Ken Griffey III"]) is None
+    kings = ["B. B. King", "Stephen King", "King (chess)"]
+    assert unlisted("King", kings, ["Martin Luther King Jr."]) == "martin luther king"
+    assert unlisted("King", kings, ["Martin Luther King, Jr."]) == "martin luther king"
+    assert unlisted("King", kings + ["Martin Luther King Jr."], ["Martin Luther King"]) is None
+
+
+def test_a_title_anywhere_before_a_surname_is_no_given_name():
+    """'Attorney General Ashcroft' is John Ashcroft: 'General' is a title as 'President' is,
+    second word or first (the rule read 'Attorney General' as a given name and answered NIL)."""
+    from i2cr.names import unlisted_fuller_name as unlisted
+
+    ashcrofts = ["John Ashcroft", "Ashcroft, British Columbia"]
+    for doc in ("Attorney General Ashcroft", "Defense Secretary Rumsfeld", "Ambassador Ashcroft",
+                "Sheriff Ashcroft", "Speaker Ashcroft"):
+        names = ashcrofts + ["Donald Rumsfeld"]
+        assert unlisted(doc.split()[-1], names, [doc]) is None, doc
+
+
+def test_a_candidate_whose_name_the_documents_fuller_name_contains_is_that_name():
+    """A word before the candidate's name in the document ('Anchorwoman Barbara Walters',
+    'H. Ross Perot', 'Richard Norton Smith' for 'Norton Smith') leaves the candidate listed (the
+    rule compared only the first given words and answered NIL)."""
+    from i2cr.names import unlisted_fuller_name as unlisted
+
+    cases = [("Walters", ["Barbara Walters", "Mark Walters"], ["Anchorwoman Barbara Walters"]),
+             ("Perot", ["Ross Perot", "Perot Systems"], ["H. Ross Perot"]),
+             ("Fitzgerald", ["F. Scott Fitzgerald", "Ella Fitzgerald"], ["Scott Fitzgerald"]),
+             ("Smith", ["Norton Smith", "Will Smith"], ["Richard Norton Smith"])]
+    for mention, names, doc in cases:
+        assert unlisted(mention, names, doc) is None, (mention, doc)
+    assert unlisted("Walters", ["Mark Walters"], ["Anchorwoman Barbara Walters"]) is not None
+    assert unlisted("Johnson", ["Lyndon B. Johnson"], ["Boris Johnson"]) == "boris johnson"
+
+
+def test_a_place_named_with_a_direction_or_new_is_no_fuller_name_of_its_last_word():
+    """'England' after 'New England', 'Carolina' after 'North Carolina', 'America' after 'Latin
+    America' name other places: the mention is not their short form (the rule answered NIL when
+    the plain place was not among the candidates)."""
+    from i2cr.names import unlisted_fuller_name as unlisted
+
+    cases = [("England", ["England national football team", "Kingdom of England"], ["New England"]),
+             ("Carolina", ["Carolina Panthers", "Carolina Hurricanes"], ["North Carolina"]),
+             ("America", ["United States", "Americas", "America (band)"], ["Latin America"]),
+             ("Mexico", ["Mexico national football team", "Mexico City"], ["New Mexico"]),
+             ("Korea", ["Korean Peninsula", "Korea (band)"], ["South Korea"]),
+             ("Germany", ["Nazi Germany", "Germany national football team"], ["East Germany"]),
+             ("Ireland", ["Republic of Ireland", "Ireland (band)"], ["Northern Ireland"])]
+    for mention, names, doc in cases:
+        assert unlisted(mention, names, doc) is None, (mention, doc)
+
+
+def test_a_candidate_titled_family_name_first_is_the_fuller_name():
+    """A knowledge base that writes 'Walters, Barbara' lists Barbara Walters (the rule read
+    'Barbara' as a place qualifier, like 'Walters, Oklahoma', and answered NIL); 'Xi Jinping' is
+    the 'Jinping Xi' of a text in Western order."""
+    from i2cr.names import unlisted_fuller_name as unlisted
+
+    assert unlisted("Walters", ["Walters, Barbara", "Walters, Mark"], ["Barbara Walters"]) is None
+    assert unlisted("Walters", ["Walters, Oklahoma", "Walters, Mark"],
+                    ["Barbara Walters"]) == "barbara walters"
+    # a title in family-name-first order, without a comma, as Chinese and Hungarian names are
+    assert unlisted("Xi", ["Xi Jinping", "Xi River"], ["Jinping Xi"]) is None
+    assert unlisted("Orb\u00e1n", ["Orb\u00e1n Viktor"], ["Viktor Orb\u00e1n"]) is None
+
+
+def test_candidates_that_do_not_bear_the_mentions_name_say_nothing_of_it():
+    """The rule's ground is that the candidates are other bearers of the name; a candidate list
+    in another script ('Путин' after 'Владимир Путин', candidates in Latin letters) or found by
+    other means bears none, and the fuller name cannot be compared with them (the rule answered
+    NIL beside 'Vladimir Putin')."""
+    from i2cr.names import unlisted_fuller_name as unlisted
+
+    assert unlisted("Путин", ["Vladimir Putin", "Putin (film)"], ["Владимир Путин"]) is None
+    assert unlisted("Bolt", ["Lightning (sprinter)"], ["Usain Bolt"]) is None
+    assert unlisted("Путин", ["Путин (фильм)"], ["Владимир Путин"]) == "владимир путин"
+
+
+def test_spelling_variants_of_a_given_name_are_one_name():
+    """'Stephen' and 'Steven', 'Mohammed' and 'Muhammad' are spellings of one name (nicknames.tsv);
+    'Jonathon', 'Phillip', 'Katharine', 'Sergei' are one letter from 'Jonathan', 'Philip',
+    'Katherine', 'Sergey': a text that spells the candidate's given name so names the candidate
+    (the rule answered NIL). Names that only share a short form ('Al': Albert, Alfred) are not
+    one."""
+    from i2cr.names import same_given_name, unlisted_fuller_name as unlisted
+
+    for doc, cand in [("Stephen Spielberg", "Steven Spielberg"), ("Jonathon Walters", "Jonathan Walters"),
+                      ("Phillip Morris", "Philip Morris"), ("Katharine Hepburn", "Katherine Hepburn"),
+                      ("Sergei Brin", "Sergey Brin"), ("Kathryn Bigelow", "Kathy Bigelow")]:
+        sur = doc.split()[-1]
+        assert unlisted(sur, [cand, f"{sur}, Texas"], [doc]) is None, doc
+    for a, b in [("mark", "mary"), ("dan", "don"), ("barbara", "mark"), ("john", "jon"),
+                 ("albert", "alfred"), ("harold", "henry"), ("catherine", "kathleen")]:
+        assert not same_given_name(a, b), (a, b)  # the last three share a short form, no more
+    assert unlisted("Walters", ["Albert Walters"], ["Alfred Walters"]) == "alfred walters"
+    assert unlisted("Sadr", ["Muhammad Sadr"], ["Mohammed Sadr"]) is None
+
+
+def test_a_quoted_or_bracketed_name_is_read_as_the_name():
+    """'"Walters"' and '(Barbara Walters)' are the name inside (the candidate lookup reads them
+    so, names.mention_forms); the rule read the quote as a first letter that is no capital."""
+    from i2cr.names import unlisted_fuller_name as unlisted
+
+    walters = ["Mark Walters", "Walters, Oklahoma"]
+    for mention, doc in [('"Walters"', "Barbara Walters"), ("Walters", '"Barbara Walters"'),
+                         ("\u201cWalters\u201d", "(Barbara Walters)"), ("(Walters)", "Barbara Walters,")]:
+        assert unlisted(mention, walters, [doc]) == "barbara walters", (mention, doc)
+
+
+def test_a_document_that_names_a_candidate_called_by_the_mention_leaves_it_open():
+    """'Washington' in a document naming both 'Denzel Washington' and 'Washington, D.C.' may be
+    the city, a candidate: the document gives the mention two readings (the rule answered NIL,
+    the city's title having a qualifier)."""
+    from i2cr.names import unlisted_fuller_name as unlisted
+
+    names = ["George Washington", "Washington, D.C.", "Washington (state)"]
+    assert unlisted("Washington", names, ["Denzel Washington", "Washington, D.C."]) is None
+    assert unlisted("Washington", names, ["Denzel Washington", "Washington state"]) is None
+    assert unlisted("Washington", names, ["Denzel Washington"]) == "denzel washington"
+
+
+def test_the_fuller_name_rule_reads_names_not_texts_of_any_length():
+    """A mention or a document entry longer than a name (10,000 characters) is no name: the rule
+    neither applies to it nor quotes it back in the trace (it named a 10,008-character 'fuller
+    name' in the NIL reason), and a hostile document of them costs no more than a short one."""
+    from i2cr.names import unlisted_fuller_name as unlisted
+
+    long = "W" + "a" * 9_999
+    assert unlisted(long, ["Mark Walters"], ["Barbara " + long]) is None
+    assert unlisted("Walters", ["Mark Walters"], ["Barbara " + "x" * 10_000 + " Walters"]) is None
+    noise = [f"Name{i} " + "y" * 5_000 for i in range(600)] + [None, 7, ["Barbara Walters"]]
+    assert unlisted("Walters", ["Mark Walters"], noise + ["Barbara Walters"]) is None  # capped
+    assert unlisted("Walters", ["Mark Walters"], ["Barbara Walters"] + noise) == "barbara walters"
+
+
+def test_the_caches_keyed_by_a_document_hold_a_bounded_amount_of_text():
+    """names._expansions and names._unlisted_fuller_name are cached on their document: a served
+    API's distinct documents, each up to MAX_DOCUMENT_NAMES names of MAX_NAME_CHARS, stay held
+    until evicted (8192 of them held 1.2 GB of text); and they still answer from the cache when the
+    ranker asks again in the next round."""
+    from i2cr.data import MAX_NAME_CHARS
+    from i2cr.names import (
+        MAX_DOCUMENT_NAMES,
+        _expansions,
+        _unlisted_fuller_name,
+        expansions,
+        unlisted_fuller_name as unlisted,
+    )
+
+    for cached in (_expansions, _unlisted_fuller_name):
+        size = cached.cache_info().maxsize
+        assert size and size * MAX_DOCUMENT_NAMES * MAX_NAME_CHARS <= 100_000_000, cached
+    doc = ["Barbara Walters", "Mark Twain"]
+    hits = (_expansions.cache_info().hits, _unlisted_fuller_name.cache_info().hits)
+    for _ in range(2):
+        expansions("Walters", doc), unlisted("Walters", ["Mark Walters"], doc)
+    assert _expansions.cache_info().hits > hits[0] and _unlisted_fuller_name.cache_info().hits > hits[1]
+
+
+def test_a_document_naming_a_bearer_otherwise_than_in_full_leaves_the_surname_open():
+    """'Bush' in a document naming 'Laura Bush' and 'President Bush' may be George W. Bush, a
+    candidate; 'Jordan' beside 'Vernon Jordan' and 'Kingdom of Jordan' may be the kingdom, a
+    candidate the document names (the rule skipped the titled form and the longer title, and
+    answered NIL). A courtesy title ('Ms. Walters') names the same person as the fuller name."""
+    from i2cr.names import unlisted_fuller_name as unlisted
+
+    bushes = ["George W. Bush", "Bush (band)"]
+    assert unlisted("Bush", bushes, ["Laura Bush"]) == "laura bush"
+    assert unlisted("Bush", bushes, ["Laura Bush", "President Bush"]) is None
+    assert unlisted("Bush", bushes, ["Laura Bush", "Former President George W. Bush"]) is None
+    assert unlisted("Jordan", ["Michael Jordan", "Kingdom of Jordan"],
+                    ["Vernon Jordan", "Kingdom of Jordan"]) is None
+    assert unlisted("Walters", ["Mark Walters"], ["Barbara Walters", "Ms. Walters"]) == "barbara walters"
+
+
+def test_spanish_and_portuguese_place_names_are_no_given_name_and_surname():
+    """'Barbara' after 'Santa Barbara', 'Diego' after 'San Diego', 'Paulo' after 'São Paulo' are
+    people's given names, not short forms of the places (the rule answered NIL beside 'Barbara
+    Bush', 'Diego Maradona')."""
+    from i2cr.names import unlisted_fuller_name as unlisted
+
+    for mention, names, doc in [("Barbara", ["Barbara Bush", "Barbara (film)"], "Santa Barbara"),
+                                ("Diego", ["Diego Maradona", "Diego (name)"], "San Diego"),
+                                ("Paulo", ["Paulo Coelho"], "S\u00e3o Paulo"),
+                                ("Salvador", ["Salvador Dal\u00ed", "Salvador, Bahia"], "El Salvador"),
+                                ("Rico", ["Rico (singer)"], "Puerto Rico")]:
+        assert unlisted(mention, names, [doc]) is None, doc
+
+
+def test_a_hyphenated_compound_is_no_given_name_and_surname():
+    """'Hungary' after 'Austria-Hungary', 'Bissau' after 'Guinea-Bissau', 'Benz' after
+    'Mercedes-Benz', 'Jones' after 'Catherine Zeta-Jones': the mention is a part of one word, not
+    a surname of its own (the rule answered NIL beside the places and people of that name).
+    A hyphenated given name or surname of its own still counts."""
+    from i2cr.names import unlisted_fuller_name as unlisted
+
+    for mention, names, doc in [("Hungary", ["Kingdom of Hungary", "Hungary national football team"],
+                                 "Austria-Hungary"),
+                                ("Bissau", ["Bissau (region)", "Bissau Airport"], "Guinea-Bissau"),
+                                ("Benz", ["Karl Benz", "Benz (surname)"], "Mercedes-Benz"),
+                                ("Jones", ["Tom Jones", "Jones, Oklahoma"], "Catherine Zeta-Jones")]:
+        assert unlisted(mention, names, [doc]) is None, doc
+    assert unlisted("Sartre", ["Sartre (film)"], ["Jean-Paul Sartre"]) == "jean paul sartre"
+    assert unlisted("Zeta-Jones", ["Zeta-Jones (film)"], ["Catherine Zeta-Jones"]) == "catherine zeta jones"

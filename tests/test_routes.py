@@ -341,3 +341,27 @@ def test_a_surname_whose_fuller_name_in_its_document_is_no_candidate_is_nil(jord
         assert out["answer"] == "Michael Jordan", named
     out = run(jordan(document_mentions=["Vernon Jordan"], **{**doc, "allow_nil": False}), ctx)
     assert out["answer"] in {c["name"] for c in people}
+
+
+def test_the_hybrids_llm_review_does_not_overrule_a_nil_by_rule(jordan):
+    """Hybrid TES: the ranker's NIL by the fuller-name rule stands without the LLM (the review
+    asked it, the ranker being unsure among the Jordans, and the LLM, which does not see the
+    document's 'Vernon Jordan', linked Michael Jordan); a NIL by p_link below the threshold is
+    still the LLM's to review, as before."""
+    from fakes import ScriptedChatModel
+
+    from i2cr.graph import Context
+
+    people = [c for c in jordan()["candidates"] if c["name"] != "Jordan"]
+    doc = dict(candidates=people, context="Jordan said the talks would go on.", allow_nil=True)
+    fake = ScriptedChatModel(script=["Answer: Michael Jordan"] * 2)
+    ctx = Context(chat_model=fake, tes_strategy="hybrid", clue_cache="none", hybrid_threshold=0.999,
+                  nil_threshold=1.0)  # the review asks whenever it may; every p_link is below 1
+    out = run(jordan(document_mentions=["Vernon Jordan", "Clinton"], **doc), ctx)
+    rev = [e for e in events(out, "tes_hybrid") if e["node"] == "review"]
+    assert out["answer"] == "nil" and fake.calls == [] and out["llm_calls"] == 0
+    assert rev[0]["path"] == "ranker" and "vernon jordan" in rev[0]["reason"]
+    out = run(jordan(document_mentions=["Clinton"], **doc), ctx)
+    tes = events(out, "tes_answer")[0]
+    assert tes["mapped"] == "nil" and tes["nil_reason"].startswith("p_link")
+    assert out["answer"] == "Michael Jordan" and len(fake.calls) == 1

@@ -575,3 +575,23 @@ def test_health_counts_a_mention_that_failed_in_the_graph_as_an_error_not_linked
     assert status == 200 and out["errors"] == 2
     assert "the graph failed" in out["results"][1]["error"]
     assert {k: served.health()[k] for k in ("linked", "errors")} == {"linked": 1, "errors": 2}
+
+
+def test_a_link_batch_gives_mentions_of_one_document_each_other_as_i2cr_link_does():
+    """Records of a /link batch that share a doc_id see each other's mentions, as the same records
+    in a file do (data.fill_documents): 'Jordan' after 'Vernon Jordan' is NIL by the fuller-name
+    rule in both (the batch linked it to a Jordan listed); a record's own document_mentions stand."""
+    people = [c for c in JORDAN_CANDIDATES if c["name"] != "Jordan"]
+    rec = dict(candidates=people, allow_nil=True, doc_id="d")
+    said = {**rec, "mention": "Jordan", "context": "Jordan said the talks would go on."}
+    batch = {"mentions": [{**rec, "id": "v", "mention": "Vernon Jordan", "context": "Vernon Jordan spoke."},
+                          {**said, "id": "j"},
+                          {**said, "id": "o", "document_mentions": ["Michael Jordan"]}],
+             "trace": True}
+    with _app_client() as client:
+        r = client.post("/link", json=batch)
+    assert r.status_code == 200, r.text
+    _, j, o = r.json()["results"]
+    (ev,) = [e for e in j["events"] if e["type"] == "tes_answer"]
+    assert j["answer"] == "nil" and "vernon jordan" in ev["nil_reason"]
+    assert o["answer"] == "Michael Jordan"

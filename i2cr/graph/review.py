@@ -12,7 +12,9 @@ there is no second call to re-choose with. The node's ``tes_hybrid`` event recor
 decided, the probability, and both answers. The LLM's answer is recorded in the standing round's
 entry of ``rounds`` (beside the ranker's), so the one rule over the rounds
 (:func:`i2cr.graph.final.settle`) gives it, in the graph and in evaluation alike. The ranking TES
-made of that round is reused when it is the one the review needs.
+made of that round is reused when it is the one the review needs. A NIL the ranker answered by
+rule (:func:`i2cr.ranker.model.nil_rule`: a pronoun, or a mention the document names more fully
+when no candidate is that name) stands: the LLM does not see the document the rule read.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from ..data import NIL
+from ..ranker.model import nil_rule
 from .context import Context, settings_of
 from .events import TesHybrid
 from .final import Standing, standing
@@ -50,6 +54,11 @@ def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     cands = allowed_candidates(view)
     if not cands:
         return {**update, "events": [{**ev, "path": "ranker", "reason": "no candidate left"}]}
+    if held == NIL and view.get("allow_nil"):
+        doc = view.get("document_mentions")
+        rule = nil_rule(view["mention"], [c["name"] for c in cands], doc if isinstance(doc, list) else ())
+        if rule:
+            return {**update, "events": [{**ev, "path": "ranker", "answer": held, "reason": rule}]}
     order, probs = review_ranking(view, ctx, cands)
     p = probs[order[0]]
     ev["p"] = round(p, 4)

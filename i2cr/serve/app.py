@@ -40,7 +40,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from i2cr.data import DataError, Mention
+from i2cr.data import DataError, Mention, document_key, fill_documents
 from i2cr.eval.metrics import linked_count
 from i2cr.eval.runner import check_items, run_one
 from i2cr.images import using_policy
@@ -182,6 +182,9 @@ class Served:
                     items.append(mention_from(raw, str(i), kb=kb))
                 except DataError as e:
                     items.append(e)
+            # mentions of one document see each other, as in a file (i2cr link)
+            fill_documents(items, [None if isinstance(it, DataError) else document_key(it.id, raw)
+                                   for it, raw in zip(items, raws, strict=True)])
             items = check_items(items, warn=None)
             single = False
         else:
