@@ -428,7 +428,7 @@ def document_runs(entries: Iterable[tuple[str | None, Any, T]]
         held.clear()
 
     for k, name, item in entries:
-        name = name if isinstance(name, str) else None
+        name = name[:MAX_NAME_CHARS] if isinstance(name, str) else None  # (views share them)
         if k is None or k != key:
             yield from release()
             if key is not None and len(ended) < MAX_DOCUMENTS_REMEMBERED:

@@ -254,7 +254,8 @@ class TestLocalRay:
         from i2cr.engine.ray_engine import Job, run_ray
         from i2cr.graph import Context
 
-        recs = [{**r, "doc_id": doc} for r, doc in zip(_records(1)[:4], ["d1", "d2", "d1", "d1"])]
+        docs = ["d1", "d2", "d1", "d1"]
+        recs = [{**r, "doc_id": d} for r, d in zip(_records(1)[:4], docs, strict=True)]
         data = _write(tmp_path / "m.jsonl", recs)
         local: list[str] = []
         load_mentions(data, strict=False, warn=local.append)
