@@ -191,7 +191,7 @@ def cmd_link(args: argparse.Namespace) -> int:
     gold = load_labels(args.labels) if args.labels else {}
     items = load_mentions(args.file, gold, image_root=args.image_root, strict=False,
                           allow_nil=True if args.allow_nil else None,
-                          candidates="optional" if settings.kb else "required")
+                          candidates="optional" if settings.kb else "required", warn=warn_stderr)
     if not items:
         print(f"i2cr: no mentions to link in {args.file}", file=sys.stderr)
         return 2

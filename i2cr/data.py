@@ -18,15 +18,16 @@ import random
 import re
 import sys
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .names import MAX_DOCUMENT_NAMES, clean  # names owns the cap on a document's names
 
 NIL = "nil"
+T = TypeVar("T")
 
 
 # what a title may hold but never spells: the direction marks MediaWiki strips from a title
@@ -388,51 +389,109 @@ def others_in_document(names: list[Any], i: int) -> list[str]:
                         if j != i and isinstance(n, str) and n != own), MAX_DOCUMENT_NAMES))
 
 
-def fill_documents(items: list[Mention | DataError], keys: list[str | None]) -> None:
-    """Give each mention without ``document_mentions`` of its own the other mentions of its
-    document (by :func:`document_key`), in file order, capped."""
-    groups: dict[str, list[int]] = {}
-    for i, k in enumerate(keys):
-        if k is not None and isinstance(items[i], Mention):
-            groups.setdefault(k, []).append(i)
-    for idx in groups.values():  # linear in a document's records, however many share a doc_id
-        names = [items[j].mention for j in idx]  # type: ignore[union-attr]
-        seen: dict[str, list[str]] = {}  # what a mention sees depends on its name alone
-        for pos, i in enumerate(idx):
-            m = items[i]
-            if isinstance(m, Mention) and not m.document:
-                if names[pos] not in seen:
-                    seen[names[pos]] = others_in_document(names, pos)
-                m.document = list(seen[names[pos]])
+# the keys of the documents whose run ended, remembered (as hashes) to tell a file not grouped by
+# document; past this many documents no more are remembered (memory stays bounded)
+MAX_DOCUMENTS_REMEMBERED = 1_000_000
 
 
-def with_documents(pairs: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
-    """For readers that stream: the ``(id, raw record)`` pairs of :func:`iter_records`, each
-    record of a document run (consecutive records with one :func:`document_key`, at most
-    :data:`MAX_DOCUMENT_NAMES` of them) given the others' mentions as ``document_mentions`` (unless
-    it has its own), as :func:`fill_documents` gives them; memory is bounded by one run."""
-    run: list[tuple[str, Any]] = []
+def document_runs(entries: Iterable[tuple[str | None, Any, T]]
+                  ) -> Iterator[tuple[T, list[str] | None, bool]]:
+    """The one rule of documents, for every reader (:func:`load_mentions`, the Ray engine, the
+    served batch): ``(key, name, item)`` entries in input order (``key`` by
+    :func:`document_key`, ``name`` the record's mention as written) come back in that order as
+    ``(item, names it sees, scattered)``.
+
+    - A document is a run of consecutive records with one key (what a stream can tell in bounded
+      memory; a record without a key ends a run and is in no document: it sees None).
+    - A record sees the mentions of its run's first :data:`MAX_DOCUMENT_NAMES` records, in order,
+      other than its own name (so a run longer than that is still one document: its later
+      records see its first ones). At most that many records are held.
+    - ``scattered``: the record's key had a run before, ended by other records (the input is not
+      grouped by document): its run is a document of its own. See :func:`scattered_message`."""
+    ended: set[int] = set()
     key: str | None = None
+    window: list[str | None] = []  # the names of the run's first MAX_DOCUMENT_NAMES records
+    held: list[tuple[str | None, T]] = []  # records waiting for the window to fill
+    views: dict[str | None, list[str]] = {}
+    scattered = False
 
-    def flush() -> Iterator[tuple[str, Any]]:
-        names = [r.get("mention") if isinstance(r, dict) else None for _, r in run]
-        for i, (rid, rec) in enumerate(run):
-            if isinstance(rec, dict) and "document_mentions" not in rec:
-                rec = {**rec, "document_mentions": others_in_document(names, i)}
-            yield rid, rec
+    def view(name: str | None) -> list[str]:
+        if name not in views:
+            if len(views) >= MAX_DOCUMENT_NAMES:
+                views.clear()
+            views[name] = others_in_document([name, *window], 0)
+        return list(views[name])  # each record its own list
 
-    for rid, rec in pairs:
-        k = None if isinstance(rec, DataError) else document_key(rid, rec)
-        if run and (k != key or len(run) >= MAX_DOCUMENT_NAMES):
-            yield from flush()
-            run = []
+    def release() -> Iterator[tuple[T, list[str] | None, bool]]:
+        for name, item in held:
+            yield item, view(name), scattered
+        held.clear()
+
+    for k, name, item in entries:
+        name = name[:MAX_NAME_CHARS] if isinstance(name, str) else None  # (views share them)
+        if k is None or k != key:
+            yield from release()
+            if key is not None and len(ended) < MAX_DOCUMENTS_REMEMBERED:
+                ended.add(hash(key))
+            key, window, scattered = k, [], k is not None and hash(k) in ended
+            views.clear()
         if k is None:
-            yield rid, rec
-            continue
-        key = k
-        run.append((rid, rec))
-    if run:
-        yield from flush()
+            yield item, None, False
+        elif len(window) < MAX_DOCUMENT_NAMES:
+            window.append(name)
+            held.append((name, item))
+            if len(window) == MAX_DOCUMENT_NAMES:
+                yield from release()
+        else:
+            yield item, view(name), scattered
+    yield from release()
+
+
+def scattered_message(n: int) -> str:
+    """The warning for ``n`` records whose document's run came before other records."""
+    return (f"{n} record(s) continue a document (a doc_id, or an id corpus::document::n) after "
+            "other records came between: the input is not grouped by document, and each such "
+            "run of records is linked as a document of its own (it does not see the document's "
+            "earlier mentions); keep a document's records together")
+
+
+def _takes_document(document: Any) -> bool:
+    """Whether a record is given its document's mentions: unless it gives its own."""
+    return document is None or (isinstance(document, list) and not document)
+
+
+def fill_documents(items: list[Mention | DataError], keys: list[str | None]) -> int:
+    """:func:`document_runs` over mentions held in a list (``keys[i]`` is item ``i``'s
+    :func:`document_key`): each mention without ``document_mentions`` of its own is given what it
+    sees. A DataError is in its run but names nothing. Returns the records scattered."""
+    entries = ((k, it.mention if isinstance(it, Mention) else None, it)
+               for it, k in zip(items, keys, strict=True))
+    n = 0
+    for it, seen, scattered in document_runs(entries):
+        n += scattered
+        if isinstance(it, Mention) and seen is not None and _takes_document(it.document):
+            it.document = seen
+    return n
+
+
+def documents_of(pairs: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any, bool]]:
+    """For readers that stream: the ``(id, raw record)`` pairs of :func:`iter_records` in order,
+    each record of a document given what it sees (:func:`document_runs`) as ``document_mentions``
+    unless it gives its own, with whether it is scattered; memory is bounded by one window."""
+    entries = ((None if isinstance(rec, DataError) else document_key(rid, rec),
+                rec.get("mention") if isinstance(rec, dict) else None, (rid, rec))
+               for rid, rec in pairs)
+    for (rid, rec), seen, scattered in document_runs(entries):
+        if isinstance(rec, dict) and seen is not None and \
+                _takes_document(rec.get("document_mentions")):
+            rec = {**rec, "document_mentions": seen}
+        yield rid, rec, scattered
+
+
+def with_documents(pairs: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    """:func:`documents_of` without the scattered flags."""
+    for rid, rec, _ in documents_of(pairs):
+        yield rid, rec
 
 
 def open_error(path: Path, e: OSError) -> DataError:
@@ -663,10 +722,13 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
 
 def load_mentions(path: str | Path, labels: str | Path | dict[str, str] | None = None, *,
                   image_root: str | None = None, allow_nil: bool | None = None,
-                  strict: bool = True, candidates: str = "required") -> list[Mention | DataError]:
+                  strict: bool = True, candidates: str = "required",
+                  warn: Callable[[str], None] | None = None) -> list[Mention | DataError]:
     """Load every mention of a file. With ``strict`` the first bad record raises; otherwise bad
     records come back as :class:`DataError` items in place, so a run can record and skip them.
-    ``candidates`` as for :func:`parse_record`."""
+    ``candidates`` as for :func:`parse_record`. A document's records see each other by
+    :func:`documents_of` (the Ray engine's reader too); ``warn`` is told when the file is not
+    grouped by document (:func:`scattered_message`)."""
     # (not ``labels or {}``: Labels whose every label is unusable is empty, its errors in .errors)
     gold = load_labels(labels) if isinstance(labels, (str, Path)) else \
         labels if labels is not None else {}
@@ -675,15 +737,16 @@ def load_mentions(path: str | Path, labels: str | Path | dict[str, str] | None =
     if image_root is None:
         image_root = str(Path(path).parent)
     out: list[Mention | DataError] = []
-    keys: list[str | None] = []
-    for rid, rec in iter_records(path):
-        keys.append(None if isinstance(rec, DataError) else document_key(rid, rec))
+    scattered = 0
+    for rid, rec, apart in documents_of(iter_records(path)):
+        scattered += apart
         item = to_item(rid, rec, source=str(path), gold=gold, image_root=image_root,
                        allow_nil=allow_nil, candidates=candidates)
         if strict and isinstance(item, DataError):
             raise item
         out.append(item)
-    fill_documents(out, keys)
+    if warn is not None and scattered:
+        warn(scattered_message(scattered))
     return out
 
 

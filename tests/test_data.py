@@ -205,6 +205,75 @@ def test_mentions_of_one_document_see_each_other(tmp_path):
     assert streamed == got
 
 
+def _documents_both_ways(path):
+    """Each record's document as the local loader gives it and as the streaming reader (the Ray
+    engine's) does."""
+    from i2cr.data import iter_records, to_item, with_documents
+
+    local = {m.id: m.document for m in load_mentions(path, strict=False)}
+    streamed = {rid: to_item(rid, rec, source="s", gold={}, image_root=None).document
+                for rid, rec in with_documents(iter_records(path))}
+    return local, streamed
+
+
+def _warnings_both_ways(path):
+    """What the local loader warns and what the streaming reader's flags make the Ray driver say."""
+    from i2cr.data import documents_of, iter_records, scattered_message
+
+    said: list[str] = []
+    load_mentions(path, strict=False, warn=said.append)
+    apart = sum(scattered for _, _, scattered in documents_of(iter_records(path)))
+    return said, [scattered_message(apart)] if apart else []
+
+
+def _doc_record(rid, doc, mention):
+    return {"id": rid, "doc_id": doc, "mention": mention, "context": "",
+            "candidates": [mention]}
+
+
+def test_a_file_not_grouped_by_document_reads_alike_in_every_reader_and_says_so(tmp_path):
+    # d1, d2, d1: the third record's document ended when d2 began; the local loader grouped the
+    # whole file (it saw 'Barbara Walters'), the Ray engine's reader did not
+    p = tmp_path / "m.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in [
+        _doc_record("a", "d1", "Barbara Walters"), _doc_record("b", "d2", "Kim Jones"),
+        _doc_record("c", "d1", "Walters"), _doc_record("d", "d1", "ABC")]))
+    local, streamed = _documents_both_ways(p)
+    assert local == streamed == {"a": [], "b": [], "c": ["ABC"], "d": ["Walters"]}
+    said, streamed_said = _warnings_both_ways(p)
+    assert said == streamed_said and len(said) == 1
+    assert said[0].startswith("2 record(s) continue a document") and "keep a document's records " \
+        "together" in said[0]
+
+
+def test_a_document_longer_than_the_cap_reads_alike_in_every_reader(tmp_path):
+    # 600 records of one document: the Ray engine's reader cut it into runs of 500 and 100 (the
+    # last records lost the first's names); locally each saw the first 500 others. Now each sees
+    # the names of the document's first MAX_DOCUMENT_NAMES records, everywhere
+    from i2cr.data import MAX_DOCUMENT_NAMES
+
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps({f"news::d1::{i}": {"mention": f"Name {i}", "mention_context": "",
+                                                "Candentity": [f"Name {i}"]} for i in range(600)}))
+    local, streamed = _documents_both_ways(p)
+    assert local == streamed
+    first = [f"Name {i}" for i in range(MAX_DOCUMENT_NAMES)]
+    assert local["news::d1::0"] == first[1:] and local["news::d1::599"] == first
+    assert _warnings_both_ways(p) == ([], [])
+
+
+def test_i2cr_link_warns_once_when_a_file_is_not_grouped_by_document(tmp_path, capsys):
+    from i2cr.cli import main
+
+    p = tmp_path / "m.jsonl"  # records without candidates: error records, no model is loaded
+    p.write_text("".join(json.dumps({"id": rid, "mention": rid, "context": ""}) + "\n"
+                         for rid in ("news::d1::0", "news::d2::0", "news::d1::1")))
+    assert main(["link", str(p), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    warned = [x for x in err.splitlines() if "continue a document" in x]
+    assert len(warned) == 1 and warned[0].startswith("i2cr: warning: 1 record(s) continue"), err
+
+
 def test_document_mentions_must_be_strings(tmp_path):
     from i2cr.data import load_mentions
 

@@ -490,7 +490,8 @@ def test_many_records_of_one_document_are_grouped_in_linear_work():
     n = 3000  # the mention itself repeated, one other name
     items = [jordan(id=f"r{i}", mention=Name("Bulls" if i == 0 else "Jordan")) for i in range(n)]
     D.fill_documents(items, ["doc"] * n)
-    assert items[0].document == ["Jordan"] * D.MAX_DOCUMENT_NAMES
+    # each sees the document's first MAX_DOCUMENT_NAMES records (data.document_runs)
+    assert items[0].document == ["Jordan"] * (D.MAX_DOCUMENT_NAMES - 1)
     assert all(m.document == ["Bulls"] for m in items[1:])
     assert items[1].document is not items[2].document  # each its own list
     assert calls[0] < 10 * n
@@ -498,11 +499,12 @@ def test_many_records_of_one_document_are_grouped_in_linear_work():
 
 def test_a_doc_id_of_another_type_is_one_bad_record_not_ignored(tmp_path):
     p = tmp_path / "d.jsonl"
-    rows = [dict(GOOD, id="a", doc_id="D"), dict(GOOD, id="b", doc_id=[1, 2]),
-            dict(GOOD, id="c", doc_id=True), dict(GOOD, id="d", doc_id="D", mention="Bulls"),
+    # (a document is a run of consecutive records: data.document_runs)
+    rows = [dict(GOOD, id="a", doc_id="D"), dict(GOOD, id="d", doc_id="D", mention="Bulls"),
+            dict(GOOD, id="b", doc_id=[1, 2]), dict(GOOD, id="c", doc_id=True),
             dict(GOOD, id="e", doc_id=7), dict(GOOD, id="f", doc_id=None)]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    a, b, c, d, e, f = load_mentions(p, strict=False)
+    a, d, b, c, e, f = load_mentions(p, strict=False)
     for bad, rid, kind in ((b, "b", "list"), (c, "c", "bool")):
         assert isinstance(bad, DataError) and bad.record == rid and bad.field == "doc_id"
         assert f"must be a string or an integer, not {kind}" in str(bad)

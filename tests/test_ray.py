@@ -248,6 +248,23 @@ class TestLocalRay:
         for rid in ("num", "blank", "nolabel"):
             assert sum(f"record {rid!r}" in x for x in ray) == 1, ray
 
+    def test_a_file_not_grouped_by_document_is_warned_of_as_the_local_engine_does(self,
+                                                                                 tmp_path):
+        from i2cr.data import load_mentions
+        from i2cr.engine.ray_engine import Job, run_ray
+        from i2cr.graph import Context
+
+        docs = ["d1", "d2", "d1", "d1"]
+        recs = [{**r, "doc_id": d} for r, d in zip(_records(1)[:4], docs, strict=True)]
+        data = _write(tmp_path / "m.jsonl", recs)
+        local: list[str] = []
+        load_mentions(data, strict=False, warn=local.append)
+        ray: list[str] = []
+        got = list(run_ray(Job(path=str(data), settings=Context(), dry_run=True), workers=1,
+                           batch_size=2, progress=False, warn=ray.append))
+        assert len(got) == 4 and ray == local and len(local) == 1
+        assert local[0].startswith("2 record(s) continue a document")
+
     def test_the_drivers_memory_does_not_grow_with_the_ids(self, tmp_path):
         import tracemalloc
 

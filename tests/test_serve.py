@@ -579,7 +579,7 @@ def test_health_counts_a_mention_that_failed_in_the_graph_as_an_error_not_linked
 
 def test_a_link_batch_gives_mentions_of_one_document_each_other_as_i2cr_link_does():
     """Records of a /link batch that share a doc_id see each other's mentions, as the same records
-    in a file do (data.fill_documents): 'Jordan' after 'Vernon Jordan' is NIL by the fuller-name
+    in a file do (data.documents_of): 'Jordan' after 'Vernon Jordan' is NIL by the fuller-name
     rule in both (the batch linked it to a Jordan listed); a record's own document_mentions stand."""
     people = [c for c in JORDAN_CANDIDATES if c["name"] != "Jordan"]
     rec = dict(candidates=people, allow_nil=True, doc_id="d")
@@ -595,3 +595,19 @@ def test_a_link_batch_gives_mentions_of_one_document_each_other_as_i2cr_link_doe
     (ev,) = [e for e in j["events"] if e["type"] == "tes_answer"]
     assert j["answer"] == "nil" and "vernon jordan" in ev["nil_reason"]
     assert o["answer"] == "Michael Jordan"
+
+
+def test_a_link_batch_not_grouped_by_document_says_so_as_i2cr_link_warns():
+    """A batch whose document's records are not together: each run of them is a document of its
+    own, as in a file, and the answer carries the warning i2cr link prints."""
+    from i2cr.data import scattered_message
+
+    # no candidates: error records, so no model is loaded
+    batch = {"mentions": [{"id": rid, "mention": "Walters", "context": "", "doc_id": doc}
+                          for rid, doc in (("a", "d1"), ("b", "d2"), ("c", "d1"), ("d", "d1"))]}
+    with _app_client() as client:
+        r = client.post("/link", json=batch)
+        grouped = client.post("/link", json={"mentions": batch["mentions"][:2]})
+    assert r.status_code == 200, r.text
+    assert r.json()["errors"] == 4 and r.json()["warnings"] == [scattered_message(2)]
+    assert "warnings" not in grouped.json()

@@ -48,7 +48,16 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .. import llm
-from ..data import DataError, LabelError, Mention, load_labels, shuffle_candidates, to_item, with_documents
+from ..data import (
+    DataError,
+    LabelError,
+    Mention,
+    documents_of,
+    load_labels,
+    scattered_message,
+    shuffle_candidates,
+    to_item,
+)
 from ..eval.runner import (
     BadLabels,
     ResultWriter,
@@ -115,14 +124,16 @@ class RayStats(RunStats):
 
 def _read_blocks(path: str, limit: int | None, rows: int) -> Iterator[Any]:
     """One block per batch of ``rows`` records, as one row of lists: ``idx`` (positions in the
-    input), ``rid`` (ids), ``raw`` (each record's JSON text, or None) and ``err`` (its load error
-    pickled, or None). A batch is one row so that Ray Data, which merges small blocks and gives
-    an actor a whole block, hands out one batch per actor call."""
+    input), ``rid`` (ids), ``raw`` (each record's JSON text, or None), ``err`` (its load error
+    pickled, or None) and ``apart`` (whether it is scattered from its document, by
+    :func:`i2cr.data.documents_of`). A batch is one row so that Ray Data, which merges small
+    blocks and gives an actor a whole block, hands out one batch per actor call."""
     import pyarrow as pa
 
-    cols: dict[str, list] = {"idx": [], "rid": [], "raw": [], "err": []}
+    cols: dict[str, list] = {"idx": [], "rid": [], "raw": [], "err": [], "apart": []}
     types = {"idx": pa.list_(pa.int64()), "rid": pa.list_(pa.string()),
-             "raw": pa.list_(pa.large_string()), "err": pa.list_(pa.binary())}
+             "raw": pa.list_(pa.large_string()), "err": pa.list_(pa.binary()),
+             "apart": pa.list_(pa.bool_())}
 
     def block() -> Any:
         t = pa.table({k: pa.array([v], types[k]) for k, v in cols.items()})
@@ -130,11 +141,12 @@ def _read_blocks(path: str, limit: int | None, rows: int) -> Iterator[Any]:
             cols[k] = []
         return t
 
-    for i, (rid, rec) in enumerate(with_documents(iter_stream(path))):
+    for i, (rid, rec, apart) in enumerate(documents_of(iter_stream(path))):
         if limit is not None and i >= limit:
             break
         cols["idx"].append(i)
         cols["rid"].append(rid)
+        cols["apart"].append(apart)
         if isinstance(rec, DataError):
             cols["raw"].append(None)
             cols["err"].append(pickle.dumps(rec))
@@ -214,7 +226,7 @@ class LinkActor:
 
     def __call__(self, batch: Any) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"idx": [], "id": [], "label": [], "bad_label": [],
-                                     "rec": [], "node": []}
+                                     "rec": [], "node": [], "apart": []}
         for b in batch.to_pylist():  # one batch of records per row
             rows = [{"rid": rid, "raw": raw, "err": err}
                     for rid, raw, err in zip(b["rid"], b["raw"], b["err"], strict=True)]
@@ -227,6 +239,7 @@ class LinkActor:
                                      for it in items])
             out["rec"].append(recs)
             out["node"].append(self.node)
+            out["apart"].append(sum(b["apart"]))  # records scattered from their document
         return out
 
     def link_batch(self, rows: list[dict[str, Any]]) -> tuple[list[Mention | DataError],
@@ -456,6 +469,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
     servers: list[Any] = []
     bar = None
     bad_labels = BadLabels(warn)  # each named as the local engine names it (check_items)
+    scattered = 0  # records not with their document (data.documents_of; load_mentions warns too)
     try:
         import ray
         import ray.data
@@ -490,6 +504,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
             if st.batches == 1:
                 st.first_s, st.first_rows = time.perf_counter() - t_start, len(b["idx"])
             st.nodes[b["node"]] = st.nodes.get(b["node"], 0) + 1
+            scattered += b["apart"]
             for idx, rid, label, bad, text in zip(b["idx"], b["id"], b["label"], b["bad_label"],
                                                   b["rec"], strict=True):
                 if bad is not None:
@@ -534,6 +549,8 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
         warn(f"{st.duplicates} record(s) repeat an id already used: the first is linked, each "
              "repeat becomes an error record '<id>#dup<k>' and counts as a wrong answer")
     bad_labels.end()
+    if warn is not None and scattered:
+        warn(scattered_message(scattered))
     if warn is not None and st.null_ids:
         warn(f"{st.null_ids} record(s) have a null or empty id; they are linked under the id "
              "'None' (repeats of it count as duplicates)")

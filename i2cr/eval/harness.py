@@ -71,7 +71,7 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
         open_kb(settings.kb, settings.embedder)
     items: list[Mention | DataError] = [] if engine else load_mentions(
         data, gold, image_root=image_root, strict=False,
-        candidates="ignored" if settings.kb else "required")
+        candidates="ignored" if settings.kb else "required", warn=warn)
     if not items and not engine:
         raise DataError("no mentions to evaluate in the file", source=str(data))
     if not keep_order:

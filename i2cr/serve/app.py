@@ -40,14 +40,14 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from i2cr.data import DataError, Mention, document_key, fill_documents
+from i2cr.data import DataError, Mention, documents_of, scattered_message
 from i2cr.eval.metrics import linked_count
 from i2cr.eval.runner import check_items, run_one
 from i2cr.images import using_policy
 from i2cr.linker import result_record
 from i2cr.redact import error_text
 from i2cr.serve.config import DEFAULT_BODY_TIMEOUT_S, BadRequest, ServerConfig
-from i2cr.serve.inputs import mention_from
+from i2cr.serve.inputs import mention_from, record_id
 from i2cr.serve.keys import UNAUTHORIZED, verify
 from i2cr.serve.playground import page
 from i2cr.trace import TraceBuilder
@@ -169,6 +169,7 @@ class Served:
         settings = self.config.run_settings(body.get("settings"))
         keep_trace = bool(body.get("trace"))
         kb = bool(settings.kb)
+        scattered = 0  # batch records not with their document (data.documents_of)
         if "mentions" in body:
             raws = body["mentions"]
             if not isinstance(raws, list) or not raws:
@@ -177,14 +178,14 @@ class Served:
                 raise BadRequest(f"a batch holds at most {self.config.max_batch} mentions "
                                  f"(I2CR_MAX_BATCH), not {len(raws)}", 413)
             items: list[Mention | DataError] = []
-            for i, raw in enumerate(raws):
+            # mentions of one document see each other, by the rule of a file (i2cr link)
+            for rid, raw, apart in documents_of((record_id(r, str(i)), r)
+                                                for i, r in enumerate(raws)):
+                scattered += apart
                 try:
-                    items.append(mention_from(raw, str(i), kb=kb))
+                    items.append(mention_from(raw, rid, kb=kb))
                 except DataError as e:
                     items.append(e)
-            # mentions of one document see each other, as in a file (i2cr link)
-            fill_documents(items, [None if isinstance(it, DataError) else document_key(it.id, raw)
-                                   for it, raw in zip(items, raws, strict=True)])
             items = check_items(items, warn=None)
             single = False
         else:
@@ -210,7 +211,10 @@ class Served:
             self.errors += errors
         if single:
             return recs[0], 200
-        return {"results": recs, "mentions": len(recs), "errors": errors}, 200
+        out = {"results": recs, "mentions": len(recs), "errors": errors}
+        if scattered:  # what i2cr link warns of
+            out["warnings"] = [scattered_message(scattered)]
+        return out, 200
 
     def trace_card(self, body: Any) -> dict[str, Any]:
         """The result record and trace card of a streamed run (runs in a worker thread)."""

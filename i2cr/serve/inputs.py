@@ -39,12 +39,16 @@ def check_graph_input(raw: Any, rid: str) -> None:
                             record=rid, field=f"candidates[{i}]")
 
 
+def record_id(raw: Any, rid: str) -> str:
+    """The id of a request's record: its own ``id`` (cut to 200 characters), else ``rid``."""
+    return str(raw["id"])[:200] if isinstance(raw, dict) and raw.get("id") is not None else rid
+
+
 def mention_from(raw: Any, rid: str, *, kb: bool, check_image: bool = True) -> Mention:
     """``raw`` as a :class:`Mention`, or :class:`DataError` naming the record and field."""
     if isinstance(raw, dict) and "precomputed_clues" in raw and "clues" not in raw:
         raw = {**raw, "clues": raw["precomputed_clues"]}
-    if isinstance(raw, dict) and raw.get("id") is not None:
-        rid = str(raw["id"])[:200]
+    rid = record_id(raw, rid)
     m = parse_record(raw, rid, source="request", candidates="optional" if kb else "required")
     if check_image and m.image:
         try:
