@@ -105,18 +105,18 @@ def title_parts(name: str) -> Title:
     return Title(full=full, base=base, qualifier=qual, disambiguator=disamb)
 
 
+def _table(name: str) -> list[tuple[str, str]]:
+    """The rows of a shipped two-column table (``demonyms.tsv``, ``nicknames.tsv``): its lines
+    split at the first tab, blank lines and ``#`` comments left out."""
+    text = files("i2cr").joinpath(name).read_text(encoding="utf-8")
+    return [(a, b) for a, _, b in (line.partition("\t") for line in text.splitlines()
+                                   if line.strip() and not line.startswith("#"))]
+
+
 @lru_cache(maxsize=1)
 def demonyms() -> dict[str, str]:
     """Folded demonym or adjectival form -> place title (from the shipped ``demonyms.tsv``)."""
-    out: dict[str, str] = {}
-    text = files("i2cr").joinpath("demonyms.tsv").read_text(encoding="utf-8")
-    for line in text.splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        form, _, place = line.partition("\t")
-        if place.strip():
-            out[fold(form)] = place.strip()
-    return out
+    return {fold(form): place.strip() for form, place in _table("demonyms.tsv") if place.strip()}
 
 
 def strip_mention(mention: str) -> str:
@@ -276,11 +276,7 @@ def nicknames() -> dict[str, frozenset[str]]:
     """Folded given name -> every folded form of it (itself, its formal name, its short forms), from
     the shipped ``nicknames.tsv`` (a short form of several names, 'Kate', gets them all)."""
     groups: dict[str, set[str]] = {}
-    text = files("i2cr").joinpath("nicknames.tsv").read_text(encoding="utf-8")
-    for line in text.splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        formal, _, short = line.partition("\t")
+    for formal, short in _table("nicknames.tsv"):
         forms = {fold(formal)} | {fold(x) for x in short.split()}
         for f in forms:
             groups.setdefault(f, set()).update(forms)
