@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
@@ -305,8 +306,8 @@ def _unsuffixed(words: list[str]) -> list[str]:
     return words[:-1] if len(words) > 1 and words[-1] in _SUFFIXES else words
 
 
-def unlisted_fuller_name(mention: str, candidate_names: list[str] | tuple[str, ...],
-                         document: tuple[str, ...] | list[str] = ()) -> str | None:
+def unlisted_fuller_name(mention: str, candidate_names: Sequence[str],
+                         document: Sequence[str] = ()) -> str | None:
     """The fuller name a one-word mention stands for in its document when no candidate is it,
     else None: the referent is then not among the candidates (NIL, where that is allowed).
 

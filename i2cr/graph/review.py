@@ -31,6 +31,7 @@ from .events import TesHybrid
 from .final import Standing, standing
 from .state import CandidateDict, State
 from .tes import allowed_candidates, retrieval_ranking, tes_llm
+from .texts import document_of
 
 
 def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -55,8 +56,7 @@ def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     if not cands:
         return {**update, "events": [{**ev, "path": "ranker", "reason": "no candidate left"}]}
     if held == NIL and view.get("allow_nil"):
-        doc = view.get("document_mentions")
-        rule = nil_rule(view["mention"], [c["name"] for c in cands], doc if isinstance(doc, list) else ())
+        rule = nil_rule(view["mention"], [c["name"] for c in cands], document_of(view))
         if rule:
             return {**update, "events": [{**ev, "path": "ranker", "answer": held, "reason": rule}]}
     order, probs = review_ranking(view, ctx, cands)

@@ -29,7 +29,7 @@ from . import resources
 from .context import Context, Strategy, settings_of
 from .events import Event, LlmError, TesAnswer, TesHybrid, prompt_text, tokens_of
 from .state import CandidateDict, Ranked, State
-from .texts import round_clues, round_inputs, round_query
+from .texts import document_of, round_clues, round_inputs, round_query
 
 
 def allowed_candidates(state: State) -> list[CandidateDict]:
@@ -45,9 +45,7 @@ def rank_by_embedding(query: str, ctx: Context, cands: Sequence[Mapping[str, Any
 
 def retrieval_ranking(state: State, ctx: Context, cands: Sequence[Mapping[str, Any]]) -> Ranking:
     """The ranker's view of ``cands`` in this round (mention, context, round clues)."""
-    doc = state.get("document_mentions")
-    return resources.ranker(ctx).rank(*round_inputs(state, ctx), cands,
-                                      doc if isinstance(doc, list) else ())
+    return resources.ranker(ctx).rank(*round_inputs(state, ctx), cands, document_of(state))
 
 
 def ranked(state: State, cands: Sequence[Mapping[str, Any]], r: Ranking) -> Ranked:

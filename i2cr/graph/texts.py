@@ -26,6 +26,13 @@ def round_inputs(state: Mapping[str, Any], settings: Any) -> tuple[str, str, lis
     return state["mention"], state["context"], round_clues(state, settings.query_clues)
 
 
+def document_of(state: Mapping[str, Any]) -> list[str]:
+    """The other mentions of the state's document, as the ranker and its NIL rule read them
+    ([] without any)."""
+    doc = state.get("document_mentions")
+    return doc if isinstance(doc, list) else []
+
+
 def round_query(state: Mapping[str, Any], settings: Any) -> str:
     """The query TES's ranking and ICR compare with entity texts in the current round, built by
     :func:`~i2cr.texts.query_for` as the ranker builds it from :func:`round_inputs`. TES keeps it

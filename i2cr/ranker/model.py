@@ -104,7 +104,7 @@ def nil_rule(mention: str, candidate_names: Sequence[str], document: Sequence[st
     (:func:`~i2cr.names.unlisted_fuller_name`)."""
     if is_pronoun(mention):
         return "a personal pronoun"
-    fuller = unlisted_fuller_name(mention, tuple(candidate_names), tuple(document))
+    fuller = unlisted_fuller_name(mention, candidate_names, document)
     if fuller is not None:
         return f"the document names it {fuller!r}, which no candidate is"
     return None
