@@ -460,22 +460,9 @@ def _takes_document(document: Any) -> bool:
     return document is None or (isinstance(document, list) and not document)
 
 
-def fill_documents(items: list[Mention | DataError], keys: list[str | None]) -> int:
-    """:func:`document_runs` over mentions held in a list (``keys[i]`` is item ``i``'s
-    :func:`document_key`): each mention without ``document_mentions`` of its own is given what it
-    sees. A DataError is in its run but names nothing. Returns the records scattered."""
-    entries = ((k, it.mention if isinstance(it, Mention) else None, it)
-               for it, k in zip(items, keys, strict=True))
-    n = 0
-    for it, seen, scattered in document_runs(entries):
-        n += scattered
-        if isinstance(it, Mention) and seen is not None and _takes_document(it.document):
-            it.document = seen
-    return n
-
-
 def documents_of(pairs: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any, bool]]:
-    """For readers that stream: the ``(id, raw record)`` pairs of :func:`iter_records` in order,
+    """Every reader's documents (:func:`load_mentions`, the Ray engine's, the served batch's):
+    the ``(id, raw record)`` pairs of :func:`iter_records` in order,
     each record of a document given what it sees (:func:`document_runs`) as ``document_mentions``
     unless it gives its own, with whether it is scattered; memory is bounded by one window."""
     entries = ((None if isinstance(rec, DataError) else document_key(rid, rec),
@@ -486,12 +473,6 @@ def documents_of(pairs: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any, b
                 _takes_document(rec.get("document_mentions")):
             rec = {**rec, "document_mentions": seen}
         yield rid, rec, scattered
-
-
-def with_documents(pairs: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
-    """:func:`documents_of` without the scattered flags."""
-    for rid, rec, _ in documents_of(pairs):
-        yield rid, rec
 
 
 def open_error(path: Path, e: OSError) -> DataError:

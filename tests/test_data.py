@@ -198,21 +198,21 @@ def test_mentions_of_one_document_see_each_other(tmp_path):
     m = [m for m in load_mentions(p) if m.id == "news::d1::1"][0]
     assert m.to_input()["document_mentions"] == ["Barbara Walters"]
     # a streaming reader (the Ray engine's) gives the same names, one document run at a time
-    from i2cr.data import iter_records, to_item, with_documents
+    from i2cr.data import documents_of, iter_records, to_item
 
     streamed = {rid: to_item(rid, rec, source="s", gold={}, image_root=None).document
-                for rid, rec in with_documents(iter_records(p))}
+                for rid, rec, _ in documents_of(iter_records(p))}
     assert streamed == got
 
 
 def _documents_both_ways(path):
     """Each record's document as the local loader gives it and as the streaming reader (the Ray
     engine's) does."""
-    from i2cr.data import iter_records, to_item, with_documents
+    from i2cr.data import documents_of, iter_records, to_item
 
     local = {m.id: m.document for m in load_mentions(path, strict=False)}
     streamed = {rid: to_item(rid, rec, source="s", gold={}, image_root=None).document
-                for rid, rec in with_documents(iter_records(path))}
+                for rid, rec, _ in documents_of(iter_records(path))}
     return local, streamed
 
 
