@@ -59,10 +59,10 @@ from ..data import (
     to_item,
 )
 from ..eval.runner import (
-    BadLabels,
     ResultWriter,
     RunStats,
     Warn,
+    bad_labels,
     prefetch,
     read_results,
     run_one,
@@ -468,7 +468,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
     started = start(address, num_cpus=workers, object_store_mb=object_store_mb)
     servers: list[Any] = []
     bar = None
-    bad_labels = BadLabels(warn)  # each named as the local engine names it (check_items)
+    labels_bad = bad_labels(warn)  # each named as the local engine names it (check_items)
     scattered = 0  # records not with their document (data.documents_of; load_mentions warns too)
     try:
         import ray
@@ -509,7 +509,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                                                   b["rec"], strict=True):
                 if bad is not None:
                     with tqdm.external_write_mode(file=sys.stderr):  # (above the bar)
-                        bad_labels.name(bad)
+                        labels_bad.name(bad)
                 st.null_ids += rid in ("None", "", "null")
                 k = ids.see(rid)
                 if k > 1:  # the rule of check_items: the first is linked
@@ -548,7 +548,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
     if warn is not None and st.duplicates:
         warn(f"{st.duplicates} record(s) repeat an id already used: the first is linked, each "
              "repeat becomes an error record '<id>#dup<k>' and counts as a wrong answer")
-    bad_labels.end()
+    labels_bad.end()
     if warn is not None and scattered:
         warn(scattered_message(scattered))
     if warn is not None and st.null_ids:

@@ -24,7 +24,7 @@ from ..graph import Context
 from ..graph.resources import embedder
 from ..ranker import Ranker
 from ..ranker.fit import build_examples, dataset_of, fit, leave_one_dataset_out, pooled
-from .runner import MAX_NAMED
+from .runner import Named
 
 
 def load_sets(pairs: list[str], seed: int, prog: str = "calibrate") -> tuple[list[Mention], list[str]]:
@@ -32,20 +32,18 @@ def load_sets(pairs: list[str], seed: int, prog: str = "calibrate") -> tuple[lis
         raise SystemExit(f"{prog}: give DATA LABELS in pairs")
     mentions: list[Mention] = []
     datasets: list[str] = []
-    bad = 0
+    bad = Named(lambda s: print(s, file=sys.stderr),
+                lambda it: f"{prog}: warning: {it}; left out of the fit",
+                lambda n: f"{prog}: {n} bad record(s) (data or gold label) left out of the fit")
     for data, labels in zip(pairs[::2], pairs[1::2], strict=True):
         items = load_mentions(data, labels, strict=False)
         for it in items:  # a bad record (its data or its gold label) is left out of the fit
             if isinstance(it, DataError):
-                bad += 1
-                if bad <= MAX_NAMED:
-                    print(f"{prog}: warning: {it}; left out of the fit", file=sys.stderr)
+                bad.name(it)
         got = [m for m in shuffle_candidates(items, seed) if isinstance(m, Mention)]
         mentions += got
         datasets += [dataset_of(m, Path(data).stem) for m in got]
-    if bad:
-        print(f"{prog}: {bad} bad record(s) (data or gold label) left out of the fit",
-              file=sys.stderr)
+    bad.end()
     return mentions, datasets
 
 

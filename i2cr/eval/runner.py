@@ -110,24 +110,36 @@ class ResultWriter:
 MAX_NAMED = 20  # bad records (an unusable gold label; fitting's) named one line each; then a count
 
 
-class BadLabels:
-    """Names each record whose gold label is unusable (a :class:`LabelError`, or its text), one
-    line each through ``warn``, the first ``MAX_NAMED``; :meth:`end` then counts the rest. The
-    one owner of these lines, for both engines (the Ray driver gets the error's text from its
-    workers)."""
+class Named:
+    """Bad records named one line each through ``warn`` (``line`` of each), the first
+    :data:`MAX_NAMED`; :meth:`end` then says ``total`` of how many there were, when it says
+    anything. The one rule for such lines: the engines' unusable gold labels
+    (:func:`bad_labels`), the records fitting leaves out."""
 
-    def __init__(self, warn: Warn | None):
-        self.warn, self.count = warn, 0
+    def __init__(self, warn: Warn | None, line: Callable[[Any], str],
+                 total: Callable[[int], str | None]):
+        self.warn, self.line, self.total, self.count = warn, line, total, 0
 
-    def name(self, err: LabelError | str) -> None:
+    def name(self, item: Any) -> None:
         self.count += 1
         if self.warn is not None and self.count <= MAX_NAMED:
-            self.warn(f"{err}; the record is not linked: an error record, scored as a wrong answer")
+            self.warn(self.line(item))
 
     def end(self) -> None:
-        if self.warn is not None and self.count > MAX_NAMED:
-            self.warn(f"{self.count - MAX_NAMED} more record(s) have an unusable gold label (each "
-                      f"an error record, scored as a wrong answer; {self.count} in all)")
+        said = self.total(self.count) if self.count else None
+        if self.warn is not None and said:
+            self.warn(said)
+
+
+def bad_labels(warn: Warn | None) -> Named:
+    """Each record whose gold label is unusable (a :class:`LabelError`, or its text), named in
+    both engines' words (the Ray driver gets the error's text from its workers), then the count
+    of those not named."""
+    return Named(warn, lambda err: f"{err}; the record is not linked: an error record, scored as "
+                                   "a wrong answer",
+                 lambda n: f"{n - MAX_NAMED} more record(s) have an unusable gold label (each an "
+                           f"error record, scored as a wrong answer; {n} in all)"
+                 if n > MAX_NAMED else None)
 
 
 def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] | None = None,
@@ -147,11 +159,11 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
     seen: dict[str, int] = {}
     dups: list[str] = []
     nulls = 0
-    bad_labels = BadLabels(warn)
+    labels_bad = bad_labels(warn)
     for i, it in enumerate(items, 1):
         rid = _rid(it)
         if isinstance(it, LabelError):
-            bad_labels.name(it)
+            labels_bad.name(it)
         if rid in ("None", "", "null"):
             nulls += 1
         if rid in seen:
@@ -172,7 +184,7 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
         warn(f"{len(dups)} record(s) repeat an id already used ({shown}"
              f"{', ...' if len(set(dups)) > 5 else ''}): the first is linked, each repeat becomes "
              "an error record '<id>#dup<k>' and counts as a wrong answer")
-    bad_labels.end()
+    labels_bad.end()
     if warn is not None and nulls:
         warn(f"{nulls} record(s) have a null or empty id; they are linked under the id 'None' "
              "(repeats of it count as duplicates)")
