@@ -221,9 +221,11 @@ def _fetch(ref: str, timeout: float, deadline: float, pol: ImagePolicy | None = 
     pol = pol or policy()
     cap = pol.max_bytes
     check_url(ref, pol)
+    # ``timeout`` bounds the connect only: a server that connects and then stalls is the
+    # deadline's (its 'timeout'), and a shorter per-read timeout would call it 'unreachable' first
+    limits = httpx.Timeout(deadline + 1.0, connect=max(min(timeout, deadline), 0.001))
     with _Deadline(deadline, check_peer=not pol.allow_private_urls) as dl, \
-            httpx.Client(timeout=max(min(timeout, deadline), 0.001), follow_redirects=False,
-                         trust_env=not pol.strict) as client:
+            httpx.Client(timeout=limits, follow_redirects=False, trust_env=not pol.strict) as client:
         try:
             url = ref
             for _hop in range(MAX_REDIRECTS + 1):

@@ -80,6 +80,25 @@ def test_trickling_image_url_stops_at_its_deadline_and_says_so(head, trickle):
     assert unusable and unusable[0]["kind"] == "timeout"
 
 
+def test_a_silent_image_url_is_a_timeout_at_its_deadline_not_a_read_error_before_it():
+    """A server that accepts and never answers: at the default image_timeout (20 s) httpx's
+    per-read timeout (15 s) fired first, and the README's 'timeout' came out as 'unreachable'
+    (ReadTimeout) after 15 s. Only the deadline decides a stalled download now."""
+    import socket
+
+    from i2cr.images import ImageError, ImageLoader
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    try:
+        with pytest.raises(ImageError) as e:  # the defaults' proportions, scaled down
+            ImageLoader(timeout=0.3, deadline=1.0).load(f"http://127.0.0.1:{srv.getsockname()[1]}/x.png")
+    finally:
+        srv.close()
+    assert e.value.kind == "timeout" and "within 1 s" in str(e.value)
+
+
 def test_image_url_over_the_size_cap_is_refused_from_its_header():
     from i2cr.images import MAX_IMAGE_BYTES
 
