@@ -681,7 +681,11 @@ def check_backend(settings: Any, *, timeout: float = 8.0) -> None:
         raise BackendError(f"LLM backend {label!r} cannot be set up: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
     if provider not in ("azure", "llamacpp"):  # llamacpp: loading the model was the check
-        base = str(getattr(model, "openai_api_base", None) or "https://api.openai.com/v1")
+        # the server the client itself will call: its base_url (OPENAI_BASE_URL is read by the
+        # OpenAI client, not by langchain's openai_api_base)
+        client = getattr(model, "root_client", None)
+        base = str(getattr(model, "openai_api_base", None) or getattr(client, "base_url", None)
+                   or "https://api.openai.com/v1")
         secret: Any = getattr(model, "openai_api_key", None)  # whatever this chat model holds
         api_key = secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret
         url = base.rstrip("/") + "/models"

@@ -171,6 +171,36 @@ def test_a_backend_that_passed_its_check_is_checked_again_by_the_next_run():
         check_backend(Context(llm=spec))  # the next run asks again, and the server is gone
 
 
+def test_the_openai_backend_check_asks_the_server_openai_base_url_names(monkeypatch):
+    """``openai:<model>`` with ``OPENAI_BASE_URL`` (the llm module says it is honoured, and the
+    OpenAI client uses it): the start-up check asked https://api.openai.com/v1/models instead,
+    so a run against a working proxy was refused (and, online, the key went to OpenAI)."""
+    asked: list[str] = []
+
+    class Models(BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"data": []}')
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Models)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{srv.server_address[1]}/v1")
+    monkeypatch.delenv("OPENAI_API_BASE", raising=False)
+    try:
+        check_backend(Context(llm="openai:gpt-4o"))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert asked == ["/v1/models"]
+
+
 # --- issue 13 item 1: a server process holds one Resources --------------------------------------
 
 def test_two_api_runs_in_one_server_process_share_one_resources(monkeypatch):
