@@ -35,6 +35,7 @@ from .eval.metrics import failed_downloads
 from .eval.report import candidates_line, counted, failures, image_line, stage_rows
 from .eval.runner import RunStats, check_items, read_results, run, to_link, warn_stderr
 from .graph import Context, compile_graph, graph, resources
+from .graph.context import server_only_settings
 from .graph.events import is_llm_call
 from .kb import build, open_kb
 from .kb.report import kb_lines
@@ -63,6 +64,10 @@ def _settings(args: argparse.Namespace, *, embeds: bool = True):
         overrides["kb"] = args.kb
     try:
         settings = Context.from_overrides(overrides)
+        for k in sorted(server_only_settings() & set(overrides)):  # taken, and not used here
+            print(f"i2cr: warning: --set {k}: a setting of the served linker only (i2cr.serve); "
+                  "this command fetches any image URL and reads any local path, and ignores it",
+                  file=sys.stderr)
         if embeds:
             _check_cache_folder(settings.embedding_cache, "embedding_cache")
         if settings.ranker_weights:  # missing or damaged: a bad setting, not an error per mention

@@ -655,6 +655,18 @@ def test_images_that_could_not_be_used_are_reported_and_a_failed_download_fails_
     assert "1 mention(s) had an image that could not be used (missing 1)" in p.stderr
 
 
+def test_a_served_linker_setting_given_to_the_cli_is_said_to_do_nothing_there(tmp_path):
+    """``--set allow_private_urls=false`` was taken by `i2cr link` and did nothing (the CLI
+    fetches any URL): a user who set it to keep the run off their network was not told."""
+    data = write_json(tmp_path / "data.json", {"good": GOOD})
+    p = cli("link", str(data), "--no-progress", "--set", "allow_private_urls=false")
+    assert p.returncode == 0, p.stderr[-2000:]
+    said = [ln for ln in p.stderr.splitlines() if "allow_private_urls" in ln]
+    assert len(said) == 1 and "served linker only" in said[0] and "ignores it" in said[0]
+    p = cli("link", str(data), "--no-progress", "--set", "image_timeout=5")
+    assert p.returncode == 0 and "served linker only" not in p.stderr
+
+
 # --- settings and flags a run cannot use are refused up front ---------------------------------
 
 @pytest.mark.parametrize("setting", ["icr_threshold=nan", "nil_threshold=inf", "iav_threshold=-inf",

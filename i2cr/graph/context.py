@@ -420,6 +420,12 @@ class Context:
         return cls(**kwargs)
 
 
+def server_only_settings() -> frozenset[str]:
+    """The settings only the served linker reads (``metadata["server"]``): a run of the CLI or of
+    ``link()`` takes them and does nothing with them."""
+    return _SERVER_ONLY
+
+
 def setting_types() -> dict[str, Any]:
     """Each setting's annotation (resolved from the class's string annotations)."""
     return _HINTS
@@ -461,6 +467,7 @@ def coerce_setting(value: str, hint: Any, name: str) -> Any:
 
 
 _HINTS: dict[str, Any] = {f.name: typing.get_type_hints(Context)[f.name] for f in fields(Context)}
+_SERVER_ONLY = frozenset(f.name for f in fields(Context) if f.metadata.get("server"))
 def new_resources() -> Resources:
     """The resources of a new run: a new, empty :class:`Resources` (the models load on first use).
     (The test suite replaces this to load its models once per session.)"""
