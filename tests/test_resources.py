@@ -146,9 +146,13 @@ def test_each_run_has_its_own_azure_client_shared_by_its_tools(monkeypatch):
     assert Backends(second).vision() is not client  # nothing it analysed reaches the next run
 
 
-def test_a_backend_that_passed_its_check_is_checked_again_by_the_next_run():
+def _models_server(asked: list[str] | None = None) -> ThreadingHTTPServer:
+    """A local server answering ``GET /models`` as an OpenAI-compatible one does (each path
+    asked kept in ``asked``); the caller shuts it down."""
     class Models(BaseHTTPRequestHandler):
         def do_GET(self):
+            if asked is not None:
+                asked.append(self.path)
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -159,6 +163,11 @@ def test_a_backend_that_passed_its_check_is_checked_again_by_the_next_run():
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Models)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_a_backend_that_passed_its_check_is_checked_again_by_the_next_run():
+    srv = _models_server()
     spec = f"openai-compat:m@http://127.0.0.1:{srv.server_address[1]}/v1"
     first = Context(llm=spec)
     try:
@@ -176,20 +185,7 @@ def test_the_openai_backend_check_asks_the_server_openai_base_url_names(monkeypa
     OpenAI client uses it): the start-up check asked https://api.openai.com/v1/models instead,
     so a run against a working proxy was refused (and, online, the key went to OpenAI)."""
     asked: list[str] = []
-
-    class Models(BaseHTTPRequestHandler):
-        def do_GET(self):
-            asked.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(b'{"data": []}')
-
-        def log_message(self, *args):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Models)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = _models_server(asked)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{srv.server_address[1]}/v1")
     monkeypatch.delenv("OPENAI_API_BASE", raising=False)
