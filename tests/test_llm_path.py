@@ -125,6 +125,41 @@ def test_the_answer_schema():
         Context(tes_answer="json")
 
 
+# --- the NIL rules -----------------------------------------------------------------------------------
+
+def walters(rid, mention="Walters", allow_nil=True):
+    """"Walters" after "Barbara Walters", with only other Walters listed (or a pronoun)."""
+    cands = [Candidate("Mark Walters", "American football player"),
+             Candidate("Bucky Walters", "American baseball pitcher")]
+    return Mention(id=rid, mention=mention, context=f"{mention} interviewed the president.",
+                   candidates=cands, allow_nil=allow_nil,
+                   document=["Barbara Walters", "the president", "Walters"])
+
+
+def test_llm_strategy_answers_nil_by_the_rankers_rule_without_an_llm_call():
+    """Where NIL is allowed and the ranker's NIL rule applies (a pronoun, a fuller name in the
+    document that no candidate is), tes_strategy=llm answers NIL with the rule's reason, as the
+    ranker does, and asks the LLM nothing; where NIL is not allowed the LLM is asked as before."""
+    mentions = [walters("w"), walters("he", mention="He"), walters("w_no_nil", allow_nil=False),
+                jordan(allow_nil=True, rid="j_nil")]
+    with FakeOpenAI() as srv:
+        recs = {r["id"]: r for r in run(mentions, ctx_for(srv, tes_strategy="llm"), progress=False)}
+        asked = [prompt_names(b) for b in srv.bodies]
+    ranker = {r["id"]: r for r in run(mentions[:2], Context(tes_strategy="retrieval", iav_mode="off"),
+                                      progress=False)}
+    for rid, reason in (("w", "the document names it 'barbara walters', which no candidate is"),
+                        ("he", "a personal pronoun")):
+        rec, (ev,) = recs[rid], tes_events(recs[rid])
+        assert rec["answer"] == rec["first_answer"] == "nil" and rec["llm_calls"] == 0
+        assert (ev["mapped"], ev["method"], ev["nil_reason"]) == ("nil", "nil_rule", reason)
+        assert tes_events(ranker[rid])[0]["nil_reason"] == reason  # the same rule, the same reason
+    # the LLM was asked about the other two only, once each
+    assert srv.calls == 2 and len(asked) == 2
+    assert recs["w_no_nil"]["llm_calls"] == recs["j_nil"]["llm_calls"] == 1
+    assert recs["w_no_nil"]["answer"] == "Mark Walters" and recs["j_nil"]["answer"] == "Michael Jordan"
+    assert "nil_reason" not in tes_events(recs["w_no_nil"])[0]
+
+
 # --- calls in flight, retries ----------------------------------------------------------------------
 
 def test_concurrency_never_exceeds_n_calls_in_flight():

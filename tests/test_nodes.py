@@ -22,7 +22,7 @@ from i2cr.graph.prepare import available_tools, choose_iav_mode, first_round, pr
 from i2cr.graph.resources import Resources
 from i2cr.graph.review import review
 from i2cr.graph.state import Prepared
-from i2cr.graph.tes import tes, tes_algorithm, tes_hybrid, tes_llm, tes_retrieval
+from i2cr.graph.tes import tes, tes_algorithm, tes_hybrid, tes_llm, tes_llm_strategy, tes_retrieval
 from i2cr.graph.vif import read_tool_calls, vif
 from i2cr.prompts import profile
 from i2cr.ranker.model import Ranking
@@ -205,7 +205,7 @@ def test_available_tools_are_those_that_can_run_for_the_mention():
 
 def test_each_strategy_has_its_tes():
     assert [tes_algorithm(s) for s in ("retrieval", "hybrid", "llm")] == [tes_retrieval,
-                                                                          tes_hybrid, tes_llm]
+                                                                          tes_hybrid, tes_llm_strategy]
     res = FakeResources(scores={"Alpha": 0.0, "Beta": 1.0, "Gamma": 3.0})
     up = run(tes, prepared(excluded=["Gamma"]), settings(res, tes_strategy="retrieval"))
     assert (up["choice"], up["first_answer"], up["llm_answer"]) == ("Beta", "Beta", None)

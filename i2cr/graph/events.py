@@ -100,8 +100,9 @@ class KbCandidates(TypedDict):
 
 class TesAnswer(TypedDict):
     """One answer of TES: the ranker's (``strategy: retrieval``, with its scores), or the LLM's
-    (one call: ``attempt``, ``raw`` reply, ``latency_s``, ``tokens``, ``prompt``), and the
-    candidate it maps to (``mapped``, ``method``)."""
+    (one call: ``attempt``, ``raw`` reply, ``latency_s``, ``tokens``, ``prompt``), or the NIL
+    rule's in place of an LLM call (``strategy: llm``, ``method: nil_rule``, ``nil_reason``), and
+    the candidate it maps to (``mapped``, ``method``)."""
 
     type: Literal["tes_answer"]
     round: int

@@ -25,13 +25,11 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from ..data import NIL
-from ..ranker.model import nil_rule
 from .context import Context, settings_of
 from .events import TesHybrid
 from .final import Standing, standing
 from .state import CandidateDict, State
-from .tes import allowed_candidates, retrieval_ranking, tes_llm
-from .texts import document_of
+from .tes import allowed_candidates, retrieval_ranking, rule_nil, tes_llm
 
 
 def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -55,10 +53,8 @@ def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     cands = allowed_candidates(view)
     if not cands:
         return {**update, "events": [{**ev, "path": "ranker", "reason": "no candidate left"}]}
-    if held == NIL and view.get("allow_nil"):
-        rule = nil_rule(view["mention"], [c["name"] for c in cands], document_of(view))
-        if rule:
-            return {**update, "events": [{**ev, "path": "ranker", "answer": held, "reason": rule}]}
+    if held == NIL and (rule := rule_nil(view, cands)):
+        return {**update, "events": [{**ev, "path": "ranker", "answer": held, "reason": rule}]}
     order, probs = review_ranking(view, ctx, cands)
     p = probs[order[0]]
     ev["p"] = round(p, 4)

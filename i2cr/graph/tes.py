@@ -7,7 +7,8 @@ recorded. The prompt's layout is the ``prompt_profile``'s (:mod:`i2cr.prompts.pr
 
 ``tes_strategy``: ``llm`` asks the LLM every time, ``retrieval`` the ranker, ``hybrid`` the ranker
 every time and the LLM once at the end, among the ranker's top-k, when the ranker is unsure of the
-answer that stands (:mod:`i2cr.graph.review`).
+answer that stands (:mod:`i2cr.graph.review`). Where the mention allows NIL, every strategy answers
+NIL by the ranker's rule (:func:`rule_nil`) without asking the LLM.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..llm import LLMCallFailed, ask_tes
 from ..matching import map_answer
 from ..prompts import profile
 from ..ranker import Ranking
+from ..ranker.model import nil_rule
 from ..redact import error_text
 from ..texts import entity_text
 from . import resources
@@ -36,6 +38,16 @@ def allowed_candidates(state: State) -> list[CandidateDict]:
     """The candidates TES may offer: every candidate ICR has not rejected in this round."""
     excluded = set(state["excluded"])
     return [c for c in state["candidates"] if c["name"] not in excluded]
+
+
+def rule_nil(state: Mapping[str, Any], cands: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why ``cands`` cannot hold the referent by the ranker's rule
+    (:func:`i2cr.ranker.model.nil_rule`: a pronoun, or a fuller name in the document that no
+    candidate is), where the mention allows NIL; None where it does not, or the rule does not
+    apply."""
+    if not state.get("allow_nil") or not cands:
+        return None
+    return nil_rule(state["mention"], [str(c["name"]) for c in cands], document_of(state))
 
 
 def rank_by_embedding(query: str, ctx: Context, cands: Sequence[Mapping[str, Any]]) -> list[float]:
@@ -75,7 +87,7 @@ def tes(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 def tes_algorithm(strategy: Strategy) -> Callable[[State, Context], dict[str, Any]]:
     """The TES of a strategy: the ranker's (``retrieval``), the ranker's recording its ranking for
     the review (``hybrid``), or the LLM's (``llm``)."""
-    return {"retrieval": tes_retrieval, "hybrid": tes_hybrid, "llm": tes_llm}[strategy]
+    return {"retrieval": tes_retrieval, "hybrid": tes_hybrid, "llm": tes_llm_strategy}[strategy]
 
 
 def tes_retrieval(state: State, ctx: Context, ranking: Ranking | None = None) -> dict[str, Any]:
@@ -128,6 +140,21 @@ def tes_hybrid(state: State, ctx: Context) -> dict[str, Any]:
     update["events"] = [ev, *update["events"]]
     update["ranked"] = ranked(state, cands, r)
     return update
+
+
+def tes_llm_strategy(state: State, ctx: Context) -> dict[str, Any]:
+    """TES of ``tes_strategy=llm``: NIL with the rule's reason (``nil_reason``) and no LLM call
+    where the mention allows NIL and the ranker's rule says the candidates cannot hold its
+    referent (:func:`rule_nil`, as the ranker answers it in the other strategies), else the LLM's
+    choice (:func:`tes_llm`)."""
+    cands = allowed_candidates(state)
+    rule = rule_nil(state, cands)
+    if rule is None:
+        return tes_llm(state, ctx, cands)
+    ev: TesAnswer = {"type": "tes_answer", "round": state["round"], "strategy": "llm",
+                     "method": "nil_rule", "offered": [c["name"] for c in cands],
+                     "mapped": NIL, "nil_reason": rule}
+    return _answered(state, round_query(state, ctx), NIL, {"llm_answer": None, "events": [ev]})
 
 
 def tes_llm(state: State, ctx: Context, cands: list[CandidateDict] | None = None,
