@@ -18,7 +18,7 @@ import random
 import re
 import sys
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
@@ -136,8 +136,9 @@ class Mention:
         self.candidates = cands
         if isinstance(self.clues, dict):
             self.clues = {k: _cap_clue(v, f"clues[{k!r}]", cuts) for k, v in self.clues.items()}
-        # as parse_record caps them, for a Mention made in code (link(..., document=[...]))
-        self.document = [x[:MAX_NAME_CHARS] for x in list(self.document)[:MAX_DOCUMENT_NAMES]]
+        # checked and capped as parse_record and link() check them, for a Mention made in code
+        doc = document_names(self.document, source="Mention", record=str(self.id), field="document")
+        self.document = [x[:MAX_NAME_CHARS] for x in doc[:MAX_DOCUMENT_NAMES]]
 
     def image_ref(self) -> str | None:
         """The image as a URL or a resolved local path (None when the sample has no image)."""
@@ -162,6 +163,20 @@ class Mention:
             "allow_nil": self.allow_nil,
             "document_mentions": list(self.document),
         }
+
+
+def document_names(document: Any, *, source: str | None = None, record: str | None = None,
+                   field: str = "document_mentions") -> list[str]:
+    """A mention's document (the other mentions of it, as written) as a list: None is none; a
+    sequence of strings is it; anything else, a lone string included (which would be read as its
+    characters), is refused with a :class:`DataError` naming ``field``. The one check of a
+    document, for records (``document_mentions``), :func:`i2cr.linker.link` and :class:`Mention`."""
+    if document is None:
+        return []
+    if isinstance(document, (str, bytes)) or not isinstance(document, Sequence) \
+            or not all(isinstance(x, str) for x in document):
+        raise DataError("must be a list of strings", source=source, record=record, field=field)
+    return list(document)
 
 
 def _cut(text: Any, cap: int, name: str, cuts: list[dict[str, Any]]) -> Any:
@@ -363,13 +378,10 @@ def parse_record(rec: Any, rid: str, *, source: str, image_root: str | None = No
     if doc_id is not None and (isinstance(doc_id, bool) or not isinstance(doc_id, (str, int))):
         raise DataError(f"must be a string or an integer, not {type(doc_id).__name__}",
                         source=source, record=rid, field="doc_id")
-    doc = rec.get("document_mentions")
-    if doc is not None and (not isinstance(doc, list) or not all(isinstance(x, str) for x in doc)):
-        raise DataError("must be a list of strings", source=source, record=rid,
-                        field="document_mentions")
+    doc = document_names(rec.get("document_mentions"), source=source, record=rid)
     return Mention(id=rid, mention=mention, context=context, candidates=cands,
                    image=image or None, image_root=image_root, clues=clues, label=label,
-                   allow_nil=nil_ok, document=doc or [])  # Mention caps it
+                   allow_nil=nil_ok, document=doc)  # Mention caps it
 
 
 def document_key(rid: str, rec: Any) -> str | None:

@@ -13,7 +13,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from .data import Candidate, DataError, LabelError, Mention, parse_candidates, same_entity
+from .data import (
+    Candidate,
+    DataError,
+    LabelError,
+    Mention,
+    document_names,
+    parse_candidates,
+    same_entity,
+)
 from .graph import Context, graph as default_graph
 from .kb import open_kb
 from .llm import check_backend
@@ -139,9 +147,7 @@ def link(mention: str, context: str,
                              allow_empty=allow_nil or bool(settings.kb))
     if not mention or not mention.strip():
         raise DataError("is empty", source="link()", field="mention")
-    document = () if document is None else document  # None: no document, as the default
-    if isinstance(document, str) or not all(isinstance(x, str) for x in document):
-        raise DataError("must be a list of strings", source="link()", field="document")
+    doc = document_names(document, source="link()", field="document")  # None: no document
     m = Mention(id="0", mention=mention, context=context or "", candidates=cands, image=image,
-                clues=clues, allow_nil=allow_nil, document=list(document))
+                clues=clues, allow_nil=allow_nil, document=doc)
     return link_mention(m, settings)

@@ -494,6 +494,20 @@ def test_a_document_given_in_code_is_capped_as_a_loaded_one_and_none_is_no_docum
     assert res["error"] is None and res["answer"] == "Michael Jordan"
 
 
+@pytest.mark.parametrize("doc", ["Chicago Bulls", [5], ["Bulls", None], 5, {"Bulls": 1}])
+def test_a_document_not_a_list_of_strings_is_refused_in_code_as_in_files(doc):
+    """A Mention made in code refuses a document that is no list of strings, in link()'s words and
+    naming the field and record (a string was read as its characters, [5] failed deep inside)."""
+    from i2cr import link
+
+    with pytest.raises(DataError, match=r"^Mention: record 'j': field 'document': must be a list "
+                                        r"of strings$"):
+        jordan(document=doc)
+    with pytest.raises(DataError, match=r"^link\(\): field 'document': must be a list of strings$"):
+        link("Jordan", "Jordan dunks.", JORDAN_CANDIDATES, document=doc)
+    assert jordan(document=("Chicago Bulls", "Pippen")).document == ["Chicago Bulls", "Pippen"]
+
+
 def test_many_records_of_one_document_are_grouped_in_linear_work(monkeypatch):
     # 20,000 records sharing a doc_id took 38 s to load (each record rescanned the whole group);
     # count the names scanned instead of timing them (a count on the names themselves would not
