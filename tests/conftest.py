@@ -43,6 +43,15 @@ def tiny_clip_config(tmp_path_factory) -> str:
     return str(p)
 
 
+@pytest.fixture(scope="session")
+def image_reading(tiny_clip_config) -> dict:
+    """Settings under which a step reads the mention's image (IAV with the tiny CLIP): a run loads
+    an image only then (i2cr.graph.prepare.reads_image), so tests of how an image loads or fails
+    need them."""
+    return dict(iav_mode="clip", clip_model="i2cr-tiny-clip", clip_pretrained="",
+                clip_model_config=tiny_clip_config)
+
+
 def render_text_image(path: Path, text: str, size=(520, 140)) -> Path:
     im = Image.new("RGB", size, (255, 255, 255))
     d = ImageDraw.Draw(im)

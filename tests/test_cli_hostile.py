@@ -618,7 +618,13 @@ def test_packaging_builds_with_its_license_field():
 
 # --- an image that cannot be used is counted and reported; a failed download fails the run ------
 
-def test_images_that_could_not_be_used_are_reported_and_a_failed_download_fails_the_run(tmp_path):
+def reads_images(settings: dict) -> list[str]:
+    """``--set`` flags of settings under which IAV reads the images (conftest's image_reading)."""
+    return [x for k, v in settings.items() for x in ("--set", f"{k}={v}")]
+
+
+def test_images_that_could_not_be_used_are_reported_and_a_failed_download_fails_the_run(
+        tmp_path, image_reading):
     # a server that accepts and never answers: the download times out (image_timeout)
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
@@ -630,7 +636,7 @@ def test_images_that_could_not_be_used_are_reported_and_a_failed_download_fails_
     labels = write_json(tmp_path / "labels.json", {k: "Michael Jordan" for k in ("good", "gone", "slow")})
     try:
         p = cli("link", str(data), "--no-progress", "--json", "--set", "allow_private_urls=true",
-                "--set", "image_timeout=1")
+                "--set", "image_timeout=1", *reads_images(image_reading))
         assert p.returncode == 1, p.stderr[-2000:]  # was 0: the failed download went unreported
         recs = {r["id"]: r for r in map(json.loads, p.stdout.splitlines())}
         assert {k: (r["answer"], r["image_status"]) for k, r in recs.items()} == {
@@ -640,7 +646,8 @@ def test_images_that_could_not_be_used_are_reported_and_a_failed_download_fails_
                 in one_line_error(p))
         assert "1 image download(s) failed (timeout 1): the exit code is 1" in p.stderr
         p = cli("eval", str(data), str(labels), "--no-progress", "--out-dir", str(tmp_path / "ev"),
-                "--set", "allow_private_urls=true", "--set", "image_timeout=1")
+                "--set", "allow_private_urls=true", "--set", "image_timeout=1",
+                *reads_images(image_reading))
         assert p.returncode == 1, p.stderr[-2000:]
         assert "1 mention(s) whose image download failed (timeout 1" in one_line_error(p)
         metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
@@ -650,9 +657,36 @@ def test_images_that_could_not_be_used_are_reported_and_a_failed_download_fails_
     # an image missing from disk is the input's: reported, but the run did what it could
     gone = write_json(tmp_path / "gone.json", {"good": GOOD, "gone": {
         **GOOD, "mention_imgpath": str(tmp_path / "nope.jpg")}})
-    p = cli("link", str(gone), "--no-progress")
+    p = cli("link", str(gone), "--no-progress", *reads_images(image_reading))
     assert p.returncode == 0, p.stderr[-2000:]
     assert "1 mention(s) had an image that could not be used (missing 1)" in p.stderr
+
+
+def test_an_image_no_step_reads_is_not_fetched_and_does_not_fail_the_run(tmp_path):
+    """With IAV off nothing reads a mention's image (VIF runs only after IAV): an unreachable URL
+    and a missing file are not loaded at all, so they neither fail the run (the URL made the exit
+    code 1) nor are reported as images that could not be used; each record says why."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0)
+    url = f"http://127.0.0.1:{srv.getsockname()[1]}/x.png"
+    data = write_json(tmp_path / "data.json", {
+        "url": {**GOOD, "mention_imgpath": url},
+        "gone": {**GOOD, "mention_imgpath": str(tmp_path / "nope.jpg")}})
+    try:
+        p = cli("link", str(data), "--no-progress", "--json", "--set", "iav_mode=off",
+                "--set", "image_timeout=1")
+        with pytest.raises(BlockingIOError):
+            srv.accept()  # no connection was ever made to the image server
+    finally:
+        srv.close()
+    assert p.returncode == 0, p.stderr[-2000:]
+    recs = {r["id"]: r for r in map(json.loads, p.stdout.splitlines())}
+    assert {k: (r["answer"], r["image_status"], r["image_reason"]) for k, r in recs.items()} == {
+        k: ("Michael Jordan", "unused", "not loaded: no step of this run reads it (IAV switched off)")
+        for k in ("url", "gone")}
+    assert "could not be used" not in p.stderr and "download" not in p.stderr
 
 
 def test_a_served_linker_setting_given_to_the_cli_is_said_to_do_nothing_there(tmp_path):

@@ -66,11 +66,11 @@ BODY = b"\x89PNG" + b"x" * 60  # not an image: a download that ended would be 'c
 
 @pytest.mark.parametrize("head, trickle", [(HEADERS, BODY), (b"", HEADERS + BODY)],
                          ids=["body", "headers"])
-def test_trickling_image_url_stops_at_its_deadline_and_says_so(head, trickle):
+def test_trickling_image_url_stops_at_its_deadline_and_says_so(head, trickle, image_reading):
     srv = TrickleServer(head, trickle)
     try:
         rec = link_mention(jordan(id="trickle", image=srv.url),
-                           Context(image_timeout=1.0, clue_cache="none"))
+                           Context(image_timeout=1.0, clue_cache="none", **image_reading))
     finally:
         srv.close()
     assert rec["error"] is None and rec["answer"] == "Michael Jordan"
@@ -99,14 +99,14 @@ def test_a_silent_image_url_is_a_timeout_at_its_deadline_not_a_read_error_before
     assert e.value.kind == "timeout" and "within 1 s" in str(e.value)
 
 
-def test_image_url_over_the_size_cap_is_refused_from_its_header():
+def test_image_url_over_the_size_cap_is_refused_from_its_header(image_reading):
     from i2cr.images import MAX_IMAGE_BYTES
 
     head = (f"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: "
             f"{MAX_IMAGE_BYTES + 1}\r\n\r\n").encode()
     srv = TrickleServer(head, b"x" * 100)
     try:
-        rec = link_mention(jordan(id="big", image=srv.url), Context(clue_cache="none"))
+        rec = link_mention(jordan(id="big", image=srv.url), Context(clue_cache="none", **image_reading))
     finally:
         srv.close()
     assert rec["error"] is None and rec["image_status"] == "unsupported"
@@ -429,9 +429,9 @@ def test_a_folder_given_as_data_or_labels_is_a_clear_error(tmp_path, capsys):
     assert "is a folder, not a file" in capsys.readouterr().err
 
 
-def test_image_path_over_the_name_limit_runs_text_only_with_the_reason(tmp_path):
+def test_image_path_over_the_name_limit_runs_text_only_with_the_reason(tmp_path, image_reading):
     long = str(tmp_path / ("x" * 300 + ".jpg"))
-    rec = link_mention(jordan(id="long", image=long), Context(clue_cache="none"))
+    rec = link_mention(jordan(id="long", image=long), Context(clue_cache="none", **image_reading))
     assert rec["error"] is None and rec["answer"] == "Michael Jordan"
     assert rec["image_status"] == "missing" and "too long" in rec["image_reason"].lower()
 

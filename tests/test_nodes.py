@@ -177,21 +177,67 @@ def test_the_iav_mode_is_a_pure_function_of_what_was_resolved(modes, image_ok, p
     assert choose_iav_mode(modes, image_ok, problem, clues) == expected
 
 
-def test_prepare_asks_for_clip_only_for_an_image_that_loaded(tmp_path):
+def image_tool(name: str = "ocr") -> VisualTool:
+    """A visual tool that reads the image (as Tesseract or Azure do)."""
+    return VisualTool(name, f"the {name} tool", fn=lambda inp: inp.image().sha256, backend="fake")
+
+
+def test_prepare_asks_for_clip_before_loading_the_image_it_may_read(tmp_path):
+    """CLIP is asked once the mention has an image (whether CLIP loads decides whether IAV would
+    read it); the image then loads when a step reads it: CLIP, or a tool that is no precomputed
+    clue."""
     img = tmp_path / "i.png"
     Image.new("RGB", (8, 8), (9, 9, 9)).save(img)
     inp = {"mention": "alpha", "candidates": CANDS, "precomputed_clues": CLUES}
-    failing = FakeResources(clip_error="no weights")
+    failing = FakeResources(clip_error="no weights", tools={"ocr": image_tool()})
     up = run(prepare, {**inp, "image": str(img)}, settings(failing, iav_mode="auto"))
     assert (up["image_status"], up["iav_mode"], failing.clip_asked) == ("ok", "caption", 1)
     assert up["events"][-1] == {"type": "iav_mode", "mode": "caption",
                                 "reason": "CLIP unavailable: no weights"}
+    assert up["tools_available"] == ["ocr"]
     ok = FakeResources()
     up = run(prepare, {**inp, "image": str(img)}, settings(ok, iav_mode="auto"))
     assert (up["iav_mode"], up["visual_available"], ok.clip_asked) == ("clip", True, 1)
     missing = FakeResources()
     up = run(prepare, {**inp, "image": str(tmp_path / "nope.png")}, settings(missing, iav_mode="auto"))
-    assert (up["image_status"], up["iav_mode"], missing.clip_asked) == ("missing", "caption", 0)
+    assert (up["image_status"], up["iav_mode"], missing.clip_asked) == ("missing", "caption", 1)
+    assert types(up) == ["image_unusable", "iav_mode"]
+    absent = FakeResources()
+    up = run(prepare, inp, settings(absent, iav_mode="auto"))
+    assert (up["image_status"], up["iav_mode"], absent.clip_asked) == ("absent", "caption", 0)
+
+
+@pytest.mark.parametrize("kw, tools, clues, why", [
+    ({"iav_mode": "off"}, {"ocr": "reads"}, CLUES, "IAV switched off"),
+    ({"iav_mode": "auto", "clip": "no weights"}, {"ocr": "reads"}, None,
+     "CLIP unavailable: no weights; no caption or tags for the caption bridge"),
+    ({"iav_mode": "clip", "clip": "no weights"}, {"ocr": "reads"}, CLUES, "CLIP unavailable: no weights"),
+    ({"iav_mode": "caption"}, {"ocr": "precomputed", "caption": "precomputed"}, CLUES,
+     "IAV by caption, only precomputed clue tools"),
+    ({"iav_mode": "auto", "clip": "no weights"}, {"ocr": "precomputed"}, CLUES,
+     "IAV by caption, only precomputed clue tools; CLIP unavailable: no weights"),
+], ids=["iav_off", "no_clip_no_clues", "clip_only_unavailable", "caption_precomputed",
+        "auto_caption_precomputed"])
+def test_an_image_no_step_reads_is_not_loaded_and_not_a_failure(kw, tools, clues, why):
+    """Where neither IAV nor a VIF tool would read the image (IAV off or unable to run, or IAV by
+    caption with precomputed clue tools only), prepare does not load it: a URL that cannot be
+    fetched is not fetched and is no failure of the run (it made the exit code 1)."""
+    from i2cr.eval.metrics import image_failure
+    from i2cr.tools.builtin import precomputed_tool
+
+    made = {n: image_tool(n) if t == "reads" else precomputed_tool(n) for n, t in tools.items()}
+    kw = dict(kw)
+    res = FakeResources(clip_error=kw.pop("clip", None), tools=made)
+    ctx = settings(res, **kw)
+    loads = []
+    res.images.load = lambda ref, **k: loads.append(ref)  # any load is recorded, none may happen
+    inp = {"mention": "alpha", "candidates": CANDS, "precomputed_clues": clues,
+           "image": "http://127.0.0.1:9/x.png"}
+    up = run(prepare, inp, ctx)
+    assert loads == [] and up["image_status"] == "unused"
+    assert up["image_reason"] == f"not loaded: no step of this run reads it ({why})"
+    assert "image_unusable" not in types(up) and image_failure(dict(up)) is None
+    assert up["visual_available"] == (up["iav_mode"] is not None)
 
 
 def test_available_tools_are_those_that_can_run_for_the_mention():

@@ -55,9 +55,9 @@ def _bad_images(tmp_path):
             "not-an-image": (str(text), "corrupt"), "huge": (str(huge), "unsupported")}
 
 
-def test_every_kind_of_bad_image_is_linked_with_a_reason(tmp_path):
+def test_every_kind_of_bad_image_is_linked_with_a_reason(tmp_path, image_reading):
     for name, (path, kind) in _bad_images(tmp_path).items():
-        rec = link_mention(jordan(id=name, image=path), Context(clue_cache="none"))
+        rec = link_mention(jordan(id=name, image=path), Context(clue_cache="none", **image_reading))
         assert rec["error"] is None and rec["answer"] == "Michael Jordan", name
         assert rec["image_status"] == kind and rec["image_reason"], name
         assert rec["path"][-1] == "final"

@@ -83,12 +83,12 @@ def test_resources_must_be_a_resources_object():
         Context(resources="shared")
 
 
-def test_an_image_that_failed_loads_in_the_next_run(tmp_path, image_file):
+def test_an_image_that_failed_loads_in_the_next_run(tmp_path, image_file, image_reading):
     from pathlib import Path
 
     late = tmp_path / "late.png"
     late.write_bytes(b"not a PNG yet")  # e.g. still being written when the first run read it
-    kw = dict(iav_mode="caption", clue_cache="none")
+    kw = dict(clue_cache="none", **image_reading)
     first = link("Jordan", "Jordan dunks.", JORDAN_CANDIDATES, image=str(late), **kw)
     assert first["image_status"] == "corrupt"
     late.write_bytes(Path(image_file).read_bytes())

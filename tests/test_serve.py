@@ -332,8 +332,8 @@ def _app_client(**settings):
     return TestClient(create_app(cfg), headers=AUTH)
 
 
-def test_private_image_url_is_fetched_when_the_server_allows_it(image_server):
-    with _app_client(allow_private_urls=True) as client:
+def test_private_image_url_is_fetched_when_the_server_allows_it(image_server, image_reading):
+    with _app_client(allow_private_urls=True, **image_reading) as client:
         r = client.post("/link", json={**MENTION, "image": image_server.url})
     assert r.status_code == 200, r.text
     assert r.json()["image_status"] == "ok" and image_server.hits == ["/img.png"]
@@ -343,13 +343,13 @@ def test_private_image_url_is_fetched_when_the_server_allows_it(image_server):
     assert image_server.hits == ["/img.png"]
 
 
-def test_local_images_only_under_the_servers_image_root(tmp_path):
+def test_local_images_only_under_the_servers_image_root(tmp_path, image_reading):
     root = tmp_path / "images"
     root.mkdir()
     render_text_image(root / "ok.png", "OK")
     render_text_image(tmp_path / "outside.png", "OUT")
     (root / "escape.png").symlink_to(tmp_path / "outside.png")
-    with _app_client(serve_image_root=str(root)) as client:
+    with _app_client(serve_image_root=str(root), **image_reading) as client:
         ok = client.post("/link", json={**MENTION, "image": "ok.png"})
         assert ok.status_code == 200 and ok.json()["image_status"] == "ok", ok.text
         for ref in (str(tmp_path / "outside.png"), "escape.png", "../outside.png"):

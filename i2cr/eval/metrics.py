@@ -47,10 +47,11 @@ def llm_failed(rec: dict[str, Any]) -> bool:
 
 def image_failure(rec: dict[str, Any]) -> str | None:
     """Why a record's image could not be used (its ``image_status``: missing, corrupt,
-    unsupported, unreachable, timeout, refused), or None when it was used or there was none. The
-    mention was then linked without it."""
+    unsupported, unreachable, timeout, refused), or None when it was used, there was none, or no
+    step of the run would read it (``unused``: not loaded). The mention was then linked without
+    it."""
     status = rec.get("image_status")
-    return None if status in (None, "ok", "absent") else str(status)
+    return None if status in (None, "ok", "absent", "unused") else str(status)
 
 
 def linked_count(produced: int, errors: int) -> int:

@@ -1,5 +1,11 @@
 """The first node: check the input, look at the image, decide what IAV can score and which visual
-tools this mention can use. Problems become recorded reasons, never crashes."""
+tools this mention can use. Problems become recorded reasons, never crashes.
+
+The image is loaded only when a step of the run may read it (:func:`reads_image`): IAV by CLIP, or
+a visual tool that is not a precomputed clue, in a mention IAV can check (VIF runs only after
+IAV). Otherwise it is not fetched at all (``image_status: "unused"``): an image nothing reads
+cannot fail the run.
+"""
 
 from __future__ import annotations
 
@@ -91,6 +97,30 @@ def capped_context(state: State, ctx: Context) -> tuple[str, list[Event]]:
     return context, []
 
 
+def reads_image(mode: IavMode | None, ctx: Context) -> bool:
+    """Whether a mention whose IAV mode, given a usable image, is ``mode`` would have its image
+    read: by IAV with CLIP, or, when IAV can check it at all (VIF runs only after IAV), by one of
+    the run's visual tools that is not a precomputed clue (any other backend or plug-in may)."""
+    if mode == "clip":
+        return True
+    if mode is None:
+        return False
+    try:
+        tools = resources.tools(ctx)
+    except ValueError:
+        return False  # no tool can run (available_tools records why)
+    return any(t.backend != "precomputed" for t in tools.values())
+
+
+def unused_reason(mode: IavMode | None, why: str | None) -> str:
+    """The ``image_reason`` of an image not loaded because nothing reads it (IAV's ``mode`` and
+    why no better one, as :func:`choose_iav_mode` gives them for a usable image)."""
+    if mode is None:
+        return f"not loaded: no step of this run reads it ({why or 'IAV cannot run'})"
+    return ("not loaded: no step of this run reads it (IAV by caption, only precomputed clue "
+            "tools" + (f"; {why}" if why else "") + ")")
+
+
 def image_status(state: State, ctx: Context) -> tuple[str, str | None, list[Event]]:
     """(status, reason, events): whether the mention's image loads (into the run's images)."""
     ref = state.get("image")
@@ -122,13 +152,20 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = settings_of(runtime)
     cands, events = capped_candidates(state, ctx)
     context, context_events = capped_context(state, ctx)
-    status, reason, image_events = image_status(state, ctx)
-    events += context_events + image_events
+    events += context_events
+    modes, clues = ctx.resolved.iav_modes, state.get("precomputed_clues")
+    problem = clip_problem(ctx) if "clip" in modes and state.get("image") else None
+    # what IAV could do were the image usable: the image is loaded only when something reads it
+    mode, why = choose_iav_mode(modes, True, problem, clues)
+    status: str
+    reason: str | None
+    if state.get("image") and not reads_image(mode, ctx):
+        status, reason = "unused", unused_reason(mode, why)
+    else:
+        status, reason, image_events = image_status(state, ctx)
+        events += image_events
+        mode, why = choose_iav_mode(modes, status == "ok", problem, clues)
     image_ok = status == "ok"
-
-    modes = ctx.resolved.iav_modes
-    problem = clip_problem(ctx) if "clip" in modes and image_ok else None
-    mode, why = choose_iav_mode(modes, image_ok, problem, state.get("precomputed_clues"))
     if why:
         events.append({"type": "iav_mode", "mode": mode, "reason": why})
 

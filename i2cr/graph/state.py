@@ -114,7 +114,7 @@ class Prepared(TypedDict):
     tools_used: list[str]
     vif_rounds: int
     answer: str | None
-    image_status: str  # ok | absent | missing | corrupt | unsupported
+    image_status: str  # ok | absent | unused (not loaded: nothing reads it) | missing | corrupt | ...
     image_reason: str | None
     iav_mode: str | None
     visual_available: bool  # IAV can score something (an image with CLIP, or clues)
