@@ -280,6 +280,33 @@ def test_a_run_over_an_unusable_cache_answers_and_exits_1(tmp_path, command):
     assert "Michael Jordan" in p.stdout or command == "eval"
 
 
+def test_an_unusable_clue_cache_is_said_when_the_run_opens_it_before_the_first_mention(
+        tmp_path):
+    """The embedding cache is opened with the models, so an unusable one was said before the
+    first mention; the clue cache was opened at the first mention, its line lost in the
+    progress bar, and seen at the end only. Both are now said while the models load; the
+    closing line and the exit code are as before."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    clues = tmp_path / "clues"
+    clues.mkdir()
+    (clues / "cache.db").write_bytes(os.urandom(32_768))  # overwritten with random bytes
+    p = subprocess.run([sys.executable, "-m", "i2cr.cli", "eval", str(examples / "mentions.json"),
+                        str(examples / "labels.json"), "--out-dir", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "I2CR_CLUE_CACHE": str(clues)})
+    assert p.returncode == 1, p.stderr[-2000:]  # a cache failed: as before
+    lines = p.stderr.splitlines()
+    said = [i for i, x in enumerate(lines) if x.startswith(f"i2cr: clue cache at {clues} is "
+                                                           "unusable (DatabaseError")]
+    loaded = [i for i, x in enumerate(lines) if x.startswith("i2cr: loaded ")]
+    assert len(said) == 1 and len(loaded) == 1 and said[0] < loaded[0], p.stderr[-3000:]
+    assert "i2cr: cache failure, clue cache: is unusable (DatabaseError" in lines[-1]
+
+
 def test_a_run_reports_only_the_cache_failures_of_its_own_time(tmp_path):
     """One process, two runs (a server, a test session, a notebook): the second run over a good
     cache is not blamed for the first run's broken one, and a failure in it is still seen."""

@@ -63,12 +63,13 @@ from ..eval.runner import (
     Warn,
     bad_record,
     bad_records,
+    load_models,
     prefetch,
     read_results,
     run_one,
     warn_stderr,
 )
-from ..graph import Context, resources
+from ..graph import Context
 from ..graph.resources import Resources
 from ..linker import error_record, link_mention
 from .ids import RunIds
@@ -206,7 +207,7 @@ class LinkActor:
         self.settings = dataclasses.replace(_node_llm(job.settings, node), resources=Resources())
         if not job.dry_run:
             try:
-                resources.embedder(self.settings)
+                load_models([], self.settings)  # (and the clue cache, as the local engine does)
             except Exception:  # noqa: BLE001 - each mention then records the failure
                 pass
 

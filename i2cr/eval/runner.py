@@ -313,10 +313,13 @@ def _say(progress: bool, msg: str) -> None:
 
 def load_models(items: list[Mention | DataError], settings: Context) -> list[str]:
     """Load the models the run will need before the first mention (the embedder, and CLIP when a
-    mention has an image and IAV may use it), into the settings' resources. Returns their names; a
-    model that cannot load is left for the graph to report per mention."""
+    mention has an image and IAV may use it), into the settings' resources, and open the run's
+    clue cache: an unusable cache is said as it is opened (:mod:`i2cr.store`), so both caches
+    are said here, before the first mention. Returns the models' names; a model that cannot load
+    is left for the graph to report per mention."""
 
     names = []
+    settings.resources.backends.clue_cache(settings.clue_cache)  # (the tools' cache)
     resources.embedder(settings)
     names.append(settings.embedder)
     if "clip" in settings.resolved.iav_modes and any(
