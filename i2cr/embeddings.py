@@ -84,13 +84,14 @@ class VectorStore:
 
     def get_many(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         out = {}
-        for t in texts:
-            payload = self._store.get(self._key(t))
+        payloads, damaged = self._store.get_many(self._key(t) for t in texts)
+        for t, payload in zip(texts, payloads, strict=True):
             v = self._vector(payload)
             if v is not None:
                 out[t] = v
             elif payload is not None:  # checksummed yet not a vector of this model: damage too
-                self._store.report_damage()
+                damaged += 1
+        self._store.report_damage(damaged)  # (the batch's, in one count)
         return out
 
     def put_many(self, items: dict[str, np.ndarray]) -> None:

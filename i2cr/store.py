@@ -8,7 +8,9 @@ tool clues). A cache is an optimisation only, so damage never reaches a mention:
   no permission) is bypassed for the rest of the process;
 - either is reported once per folder, as a warning on the ``i2cr.cache`` logger (on stderr when
   logging is not configured), never silently, and kept for :func:`problems`, which the CLI's
-  closing lines and exit code read: a run over a failing cache answers, and says it failed.
+  closing lines and exit code read: a run over a failing cache answers, and says it failed;
+  damaged entries are counted (the warning gives those found when it is said, the closing
+  line those of the run).
 
 diskcache (SQLite underneath) keeps it safe for several processes and threads at once.
 """
@@ -20,6 +22,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import diskcache
@@ -28,25 +31,49 @@ LOG = logging.getLogger("i2cr.cache")
 MAGIC = b"i2c1"
 _DIGEST = 16
 _WARNED_LOCK = threading.Lock()
-# (what, folder) -> (when it last went wrong, on a counter; what went wrong): bounded by the
-# number of caches; a cache is warned about when it first enters; a run reads what happened
-# since its own start (:func:`mark`)
-_FAILED: dict[tuple[str, str], tuple[int, str]] = {}
+# (what, folder) -> (when it last went wrong, on a counter; what went wrong, None for damaged
+# entries): bounded by the number of caches; a cache is warned about when it first enters; a run
+# reads what happened since its own start (:func:`mark`)
+_FAILED: dict[tuple[str, str], tuple[int, str | None]] = {}
+_DAMAGED: dict[tuple[str, str], int] = {}  # damaged entries found in this process, per cache
 _CLOCK = itertools.count(1)
 _NOW = 0
 
 
-def mark() -> int:
+@dataclass(frozen=True)
+class Mark:
+    """A point in time to read :func:`problems` from: the failure clock and the damaged
+    entries counted by then."""
+
+    clock: int = 0
+    damaged: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+def mark() -> Mark:
     """A point to read :func:`problems` from (a run takes one when it starts)."""
     with _WARNED_LOCK:
-        return _NOW
+        return Mark(_NOW, dict(_DAMAGED))
 
 
-def problems(since: int = 0) -> list[str]:
-    """What went wrong with a cache after ``since`` (:func:`mark`), one phrase per cache (no
-    paths: the warnings named them), e.g. 'embedding cache: has damaged entries ...'."""
+def damaged_entries(n: int) -> str:
+    """What is said of a cache in which ``n`` damaged entries were found (its warning, and the
+    closing lines through :func:`problems`)."""
+    return (f"has damaged entries ({n} found; they failed their checksum); they are recomputed "
+            "and rewritten, never used.")
+
+
+def problems(since: Mark | int = 0) -> list[str]:
+    """What went wrong with a cache after ``since`` (:func:`mark`; a bare clock value counts
+    every damaged entry found), one phrase per cache (no paths: the warnings named them), e.g.
+    'embedding cache: has damaged entries (3 found; ...'."""
+    clock, before = (since.clock, since.damaged) if isinstance(since, Mark) else (since, {})
+    out = []
     with _WARNED_LOCK:
-        return [f"{what}: {reason}" for (what, _), (t, reason) in _FAILED.items() if t > since]
+        for key, (t, reason) in _FAILED.items():
+            if t > clock:
+                found = _DAMAGED.get(key, 0) - before.get(key, 0)  # (this run's)
+                out.append(f"{key[0]}: {reason if reason is not None else damaged_entries(found)}")
+    return out
 
 
 def _digest(key: str, payload: bytes) -> bytes:
@@ -85,16 +112,21 @@ class CheckedStore:
     def usable(self) -> bool:
         return self._db is not None
 
-    def _warn(self, reason: str) -> None:
+    def _warn(self, reason: str | None, damaged: int = 0) -> None:
+        """Keep what went wrong (``reason``; None: ``damaged`` more damaged entries were found)
+        and warn, the first time for this cache."""
         global _NOW
         key = (self.what, self.directory)
         with _WARNED_LOCK:
             seen = key in _FAILED
             _NOW = next(_CLOCK)
             _FAILED[key] = (_NOW, reason)
+            if damaged:
+                _DAMAGED[key] = _DAMAGED.get(key, 0) + damaged
+            said = reason if reason is not None else damaged_entries(_DAMAGED.get(key, 0))
             if seen:
                 return
-        LOG.warning("i2cr: %s at %s %s", self.what, self.directory, reason)
+        LOG.warning("i2cr: %s at %s %s", self.what, self.directory, said)
 
     def _bypass(self, e: BaseException) -> None:
         self.failure = f"{type(e).__name__}: {e}"
@@ -102,26 +134,42 @@ class CheckedStore:
         self._warn(f"is unusable ({self.failure}); running without it (remove it to have it "
                    "rebuilt).")
 
-    def report_damage(self) -> None:
-        self.damaged += 1
-        self._warn("has damaged entries (they failed their checksum); they are recomputed and "
-                   "rewritten, never used.")
+    def report_damage(self, n: int = 1) -> None:
+        """``n`` damaged entries were found (each a miss, recomputed and rewritten)."""
+        if n < 1:
+            return
+        self.damaged += n
+        self._warn(None, n)
 
-    def get(self, key: str) -> bytes | None:
+    def _read(self, key: str) -> tuple[bytes | None, bool]:
+        """(the payload or None, whether a value was there that did not check out)."""
         db = self._db
         if db is None:
-            return None
+            return None, False
         try:
             raw = db.get(key, default=None)
         except Exception as e:  # noqa: BLE001
             self._bypass(e)
-            return None
+            return None, False
         if raw is None:
-            return None
+            return None, False
         payload = unframe(key, raw)
-        if payload is None:
-            self.report_damage()
+        return payload, payload is None
+
+    def get(self, key: str) -> bytes | None:
+        payload, bad = self._read(key)
+        self.report_damage(bad)
         return payload
+
+    def get_many(self, keys: Iterable[str]) -> tuple[list[bytes | None], int]:
+        """The payloads of ``keys`` (None: a miss) and how many were damaged, not yet reported
+        (the caller adds those it finds itself and calls :meth:`report_damage` once)."""
+        out, bad = [], 0
+        for key in keys:
+            payload, damaged = self._read(key)
+            out.append(payload)
+            bad += damaged
+        return out, bad
 
     def set_many(self, items: Iterable[tuple[str, bytes]]) -> None:
         db = self._db

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from conftest import EXAMPLES, JORDAN_CANDIDATES, ROOT
+from conftest import EXAMPLES, JORDAN_CANDIDATES, ROOT, write_jsonl
 
 from i2cr import Context, link
 from i2cr.data import DataError, parse_record
@@ -88,6 +88,40 @@ def test_eval_scores_malformed_labelled_records_as_wrong_and_exits_non_zero(tmp_
     report = (out / "report.md").read_text()
     assert "4 error record(s)" in report and f"| final | {100 * acc:.1f} |" in report
     assert re.search(rf"^final +{100 * acc:.1f}%$", p.stdout, re.M)
+
+
+def test_eval_names_each_bad_record_on_stderr_in_links_words(tmp_path):
+    """eval made each bad record an error row of results.jsonl and counted them, but did not say
+    which records were bad: each is now named on one stderr line, as link names it (one owner,
+    runner.bad_records): the first MAX_NAMED, then a count; the exit code is 1, as it was."""
+    from i2cr.eval.runner import MAX_NAMED
+
+    rows = ["{not json", {"id": "strcands", **GOOD, "Candentity": "Michael Jordan"},
+            {"id": "nomention", **{k: v for k, v in GOOD.items() if k != "mention"}}]
+    rows += [{"id": f"m{i}", "mention_context": "x"} for i in range(MAX_NAMED)]  # no mention
+    data = write_jsonl(tmp_path / "bad.jsonl", rows)
+    labels = write_json(tmp_path / "l.json", {"strcands": "Michael Jordan",
+                                              "nomention": "Michael Jordan"})
+    out = tmp_path / "ev"
+    p = cli("eval", str(data), str(labels), "--out-dir", str(out), "--no-progress")
+    assert p.returncode == 1, p.stderr[-2000:]
+    named = [x for x in p.stderr.splitlines() if "; the record is not linked" in x]
+    assert len(named) == MAX_NAMED, p.stderr[-3000:]
+    errors = {r["id"]: r["error"] for r in read_results(out / "results.jsonl")}
+    for line, rid in zip(named, ["line 1", "strcands", "nomention", "m0"], strict=False):
+        assert line.startswith(f"i2cr: warning: {data}: record {rid!r}: "), line
+        said = line.removeprefix("i2cr: warning: ").split("; the record is not linked")[0]
+        assert said in errors[rid]  # the words of its error record (link's table shows them)
+        labelled = rid in ("strcands", "nomention")
+        assert line.endswith("an error record" + (", scored as a wrong answer" if labelled
+                                                  else "")), line
+    assert (f"i2cr: warning: 3 more bad record(s) not linked (each an error record; "
+            f"{MAX_NAMED + 3} in all)") in p.stderr
+    assert "23 error record(s) (2 labelled, each scored as a wrong answer)" in p.stderr
+    linked = cli("link", str(data), "--labels", str(labels), "--no-progress", "--json")
+    assert linked.returncode == 1
+    assert [x for x in linked.stderr.splitlines() if "not linked" in x] == \
+        [x for x in p.stderr.splitlines() if "not linked" in x]  # the same lines
 
 
 def test_the_closing_line_counts_an_error_record_as_an_error_not_as_linked(tmp_path):

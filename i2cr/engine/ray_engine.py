@@ -50,7 +50,6 @@ from tqdm.auto import tqdm
 from .. import llm
 from ..data import (
     DataError,
-    LabelError,
     Mention,
     documents_of,
     load_labels,
@@ -62,13 +61,15 @@ from ..eval.runner import (
     ResultWriter,
     RunStats,
     Warn,
-    bad_labels,
+    bad_record,
+    bad_records,
+    load_models,
     prefetch,
     read_results,
     run_one,
     warn_stderr,
 )
-from ..graph import Context, resources
+from ..graph import Context
 from ..graph.resources import Resources
 from ..linker import error_record, link_mention
 from .ids import RunIds
@@ -206,7 +207,7 @@ class LinkActor:
         self.settings = dataclasses.replace(_node_llm(job.settings, node), resources=Resources())
         if not job.dry_run:
             try:
-                resources.embedder(self.settings)
+                load_models([], self.settings)  # (and the clue cache, as the local engine does)
             except Exception:  # noqa: BLE001 - each mention then records the failure
                 pass
 
@@ -225,7 +226,7 @@ class LinkActor:
         return out
 
     def __call__(self, batch: Any) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"idx": [], "id": [], "label": [], "bad_label": [],
+        out: dict[str, list[Any]] = {"idx": [], "id": [], "label": [], "bad": [], "scored": [],
                                      "rec": [], "node": [], "apart": []}
         for b in batch.to_pylist():  # one batch of records per row
             rows = [{"rid": rid, "raw": raw, "err": err}
@@ -234,9 +235,10 @@ class LinkActor:
             out["idx"].append(b["idx"])
             out["id"].append([_rid(it) for it in items])
             out["label"].append([it.label for it in items])
-            # a record whose gold label is unusable: its error's text, for the driver to name it
-            out["bad_label"].append([str(it) if isinstance(it, LabelError) else None
-                                     for it in items])
+            # a bad record (its data or its gold label): what the driver names of it
+            bad = [bad_record(it) if isinstance(it, DataError) else (None, False) for it in items]
+            out["bad"].append([text for text, _ in bad])
+            out["scored"].append([scored for _, scored in bad])
             out["rec"].append(recs)
             out["node"].append(self.node)
             out["apart"].append(sum(b["apart"]))  # records scattered from their document
@@ -468,7 +470,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
     started = start(address, num_cpus=workers, object_store_mb=object_store_mb)
     servers: list[Any] = []
     bar = None
-    labels_bad = bad_labels(warn)  # each named as the local engine names it (check_items)
+    named = bad_records(warn)  # each bad record named as the local engine names it (check_items)
     scattered = 0  # records not with their document (data.documents_of; load_mentions warns too)
     try:
         import ray
@@ -505,13 +507,13 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                 st.first_s, st.first_rows = time.perf_counter() - t_start, len(b["idx"])
             st.nodes[b["node"]] = st.nodes.get(b["node"], 0) + 1
             scattered += b["apart"]
-            for idx, rid, label, bad, text in zip(b["idx"], b["id"], b["label"], b["bad_label"],
-                                                  b["rec"], strict=True):
-                if bad is not None:
-                    with tqdm.external_write_mode(file=sys.stderr):  # (above the bar)
-                        labels_bad.name(bad)
+            for idx, rid, label, bad, scored, text in zip(
+                    b["idx"], b["id"], b["label"], b["bad"], b["scored"], b["rec"], strict=True):
                 st.null_ids += rid in ("None", "", "null")
                 k = ids.see(rid)
+                if bad is not None and k == 1:  # (a repeat is named as one: check_items's rule)
+                    with tqdm.external_write_mode(file=sys.stderr):  # (above the bar)
+                        named.name((bad, scored))
                 if k > 1:  # the rule of check_items: the first is linked
                     st.duplicates += 1
                     new = f"{rid}#dup{k}"
@@ -548,7 +550,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
     if warn is not None and st.duplicates:
         warn(f"{st.duplicates} record(s) repeat an id already used: the first is linked, each "
              "repeat becomes an error record '<id>#dup<k>' and counts as a wrong answer")
-    labels_bad.end()
+    named.end()
     if warn is not None and scattered:
         warn(scattered_message(scattered))
     if warn is not None and st.null_ids:

@@ -107,14 +107,15 @@ class ResultWriter:
         self.fh.close()
 
 
-MAX_NAMED = 20  # bad records (an unusable gold label; fitting's) named one line each; then a count
+MAX_NAMED = 20  # bad records (unreadable data, an unusable gold label; fitting's) named one line
+# each; then a count
 
 
 class Named:
     """Bad records named one line each through ``warn`` (``line`` of each), the first
     :data:`MAX_NAMED`; :meth:`end` then says ``total`` of how many there were, when it says
-    anything. The one rule for such lines: the engines' unusable gold labels
-    (:func:`bad_labels`), the records fitting leaves out."""
+    anything. The one rule for such lines: the engines' bad records (:func:`bad_records`), the
+    records fitting leaves out."""
 
     def __init__(self, warn: Warn | None, line: Callable[[Any], str],
                  total: Callable[[int], str | None]):
@@ -131,15 +132,21 @@ class Named:
             self.warn(said)
 
 
-def bad_labels(warn: Warn | None) -> Named:
-    """Each record whose gold label is unusable (a :class:`LabelError`, or its text), named in
-    both engines' words (the Ray driver gets the error's text from its workers), then the count
-    of those not named."""
-    return Named(warn, lambda err: f"{err}; the record is not linked: an error record, scored as "
-                                   "a wrong answer",
-                 lambda n: f"{n - MAX_NAMED} more record(s) have an unusable gold label (each an "
-                           f"error record, scored as a wrong answer; {n} in all)"
-                 if n > MAX_NAMED else None)
+def bad_record(err: DataError) -> tuple[str, bool]:
+    """What :func:`bad_records` names of a record that is not linked (a :class:`DataError`): its
+    error's text and whether it is scored (labelled, or its gold label is the error)."""
+    return str(err), err.label is not None or isinstance(err, LabelError)
+
+
+def bad_records(warn: Warn | None) -> Named:
+    """Each record not linked because it is bad: its data is not a mention (malformed JSON, a
+    field missing or of the wrong kind) or its gold label is unusable. Named in both engines'
+    words and for both commands (``link``, ``eval``), from :func:`bad_record` (the Ray driver
+    gets it from its workers), then the count of those not named."""
+    return Named(warn, lambda it: f"{it[0]}; the record is not linked: an error record"
+                                  + (", scored as a wrong answer" if it[1] else ""),
+                 lambda n: f"{n - MAX_NAMED} more bad record(s) not linked (each an error "
+                           f"record; {n} in all)" if n > MAX_NAMED else None)
 
 
 def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] | None = None,
@@ -151,19 +158,18 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
     - A repeated id: the first record with it is linked; each later one becomes an error record
       ``<id>#dup<k>`` ("duplicate id"), scored as a wrong answer when the id is labelled.
     - A null or empty id (read as ``'None'`` or ``''``) is reported.
-    - A record whose gold label is unusable (a :class:`LabelError`) is reported, one line each
-      (after the first ``MAX_NAMED``, a count): it is an error record, scored as wrong.
+    - A bad record (its data unreadable, or its gold label unusable: a :class:`DataError` of the
+      input) is named, one line each (after the first ``MAX_NAMED``, a count): it is an error
+      record, scored as wrong when it is labelled (:func:`bad_records`).
     """
     labels = labels or {}
     out: list[Mention | DataError] = []
     seen: dict[str, int] = {}
     dups: list[str] = []
     nulls = 0
-    labels_bad = bad_labels(warn)
+    bad = bad_records(warn)
     for i, it in enumerate(items, 1):
         rid = _rid(it)
-        if isinstance(it, LabelError):
-            labels_bad.name(it)
         if rid in ("None", "", "null"):
             nulls += 1
         if rid in seen:
@@ -176,15 +182,17 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
             out.append(err)
             continue
         seen[rid] = 1
-        if isinstance(it, DataError) and it.label is None:
-            it.label = labels.get(rid)
+        if isinstance(it, DataError):
+            if it.label is None:
+                it.label = labels.get(rid)
+            bad.name(bad_record(it))
         out.append(it)
     if warn is not None and dups:
         shown = ", ".join(repr(d) for d in list(dict.fromkeys(dups))[:5])
         warn(f"{len(dups)} record(s) repeat an id already used ({shown}"
              f"{', ...' if len(set(dups)) > 5 else ''}): the first is linked, each repeat becomes "
              "an error record '<id>#dup<k>' and counts as a wrong answer")
-    labels_bad.end()
+    bad.end()
     if warn is not None and nulls:
         warn(f"{nulls} record(s) have a null or empty id; they are linked under the id 'None' "
              "(repeats of it count as duplicates)")
@@ -305,10 +313,13 @@ def _say(progress: bool, msg: str) -> None:
 
 def load_models(items: list[Mention | DataError], settings: Context) -> list[str]:
     """Load the models the run will need before the first mention (the embedder, and CLIP when a
-    mention has an image and IAV may use it), into the settings' resources. Returns their names; a
-    model that cannot load is left for the graph to report per mention."""
+    mention has an image and IAV may use it), into the settings' resources, and open the run's
+    clue cache: an unusable cache is said as it is opened (:mod:`i2cr.store`), so both caches
+    are said here, before the first mention. Returns the models' names; a model that cannot load
+    is left for the graph to report per mention."""
 
     names = []
+    settings.resources.backends.clue_cache(settings.clue_cache)  # (the tools' cache)
     resources.embedder(settings)
     names.append(settings.embedder)
     if "clip" in settings.resolved.iav_modes and any(
