@@ -10,7 +10,8 @@ tool clues). A cache is an optimisation only, so damage never reaches a mention:
   logging is not configured), never silently, and kept for :func:`problems`, which the CLI's
   closing lines and exit code read: a run over a failing cache answers, and says it failed;
   damaged entries are counted (the warning gives those found when it is said, the closing
-  line those of the run).
+  line those of the run). Another process's failures (a Ray worker's: :func:`failures` there)
+  are kept here too with :func:`adopt`, so the driver's closing lines say them.
 
 diskcache (SQLite underneath) keeps it safe for several processes and threads at once.
 """
@@ -62,18 +63,68 @@ def damaged_entries(n: int) -> str:
             "and rewritten, never used.")
 
 
-def problems(since: Mark | int = 0) -> list[str]:
-    """What went wrong with a cache after ``since`` (:func:`mark`; a bare clock value counts
-    every damaged entry found), one phrase per cache (no paths: the warnings named them), e.g.
-    'embedding cache: has damaged entries (3 found; ...'."""
+@dataclass(frozen=True)
+class Failure:
+    """What went wrong with one cache (``what`` at ``directory``) in a span of time: why it is
+    bypassed (``reason``), or None: ``damaged`` damaged entries were found."""
+
+    what: str
+    directory: str
+    reason: str | None
+    damaged: int = 0
+
+    def phrase(self) -> str:
+        """As :func:`problems` says it (no path)."""
+        said = self.reason if self.reason is not None else damaged_entries(self.damaged)
+        return f"{self.what}: {said}"
+
+
+def _since(since: Mark | int) -> list[Failure]:
     clock, before = (since.clock, since.damaged) if isinstance(since, Mark) else (since, {})
-    out = []
+    return [Failure(key[0], key[1], reason, _DAMAGED.get(key, 0) - before.get(key, 0))
+            for key, (t, reason) in _FAILED.items() if t > clock]
+
+
+def failures(since: Mark | int = 0) -> list[Failure]:
+    """What went wrong with a cache after ``since`` (:func:`mark`; a bare clock value counts
+    every damaged entry found), one per cache."""
     with _WARNED_LOCK:
-        for key, (t, reason) in _FAILED.items():
-            if t > clock:
-                found = _DAMAGED.get(key, 0) - before.get(key, 0)  # (this run's)
-                out.append(f"{key[0]}: {reason if reason is not None else damaged_entries(found)}")
-    return out
+        return _since(since)
+
+
+def problems(since: Mark | int = 0) -> list[str]:
+    """What went wrong with a cache after ``since`` (:func:`mark`), one phrase per cache (no
+    paths: the warnings named them), e.g. 'embedding cache: has damaged entries (3 found; ...'."""
+    return [f.phrase() for f in failures(since)]
+
+
+def report(since: Mark) -> tuple[list[Failure], Mark]:
+    """:func:`failures` after ``since`` and the mark to read the next ones from, at one instant
+    (a Ray worker sends the driver each batch's, since the batch before: :func:`adopt`)."""
+    with _WARNED_LOCK:
+        return _since(since), Mark(_NOW, dict(_DAMAGED))
+
+
+def _keep(key: tuple[str, str], reason: str | None, damaged: int) -> tuple[bool, str]:
+    """Keep a failure of the cache ``key`` as the latest (a reason, or None: ``damaged`` more
+    damaged entries); (whether the cache had failed before, what is said of it now). Under the
+    lock."""
+    global _NOW
+    seen = key in _FAILED
+    _NOW = next(_CLOCK)
+    _FAILED[key] = (_NOW, reason)
+    if damaged:
+        _DAMAGED[key] = _DAMAGED.get(key, 0) + damaged
+    return seen, reason if reason is not None else damaged_entries(_DAMAGED.get(key, 0))
+
+
+def adopt(found: Iterable[Failure]) -> None:
+    """Keep failures found in another process (a Ray worker, which warned of them on its own
+    stderr) as this process's, for :func:`problems`: not warned again; the damaged entries of
+    one cache are added up, one phrase per cache as in one process."""
+    with _WARNED_LOCK:
+        for f in found:
+            _keep((f.what, f.directory), f.reason, f.damaged)
 
 
 def _digest(key: str, payload: bytes) -> bytes:
@@ -115,15 +166,8 @@ class CheckedStore:
     def _warn(self, reason: str | None, damaged: int = 0) -> None:
         """Keep what went wrong (``reason``; None: ``damaged`` more damaged entries were found)
         and warn, the first time for this cache."""
-        global _NOW
-        key = (self.what, self.directory)
         with _WARNED_LOCK:
-            seen = key in _FAILED
-            _NOW = next(_CLOCK)
-            _FAILED[key] = (_NOW, reason)
-            if damaged:
-                _DAMAGED[key] = _DAMAGED.get(key, 0) + damaged
-            said = reason if reason is not None else damaged_entries(_DAMAGED.get(key, 0))
+            seen, said = _keep((self.what, self.directory), reason, damaged)
             if seen:
                 return
         LOG.warning("i2cr: %s at %s %s", self.what, self.directory, said)

@@ -138,6 +138,24 @@ def test_a_relative_kb_path_reaches_the_workers_absolute(tmp_path, monkeypatch):
     assert job.settings.kb == str(tmp_path / "mykb")
 
 
+def test_the_workers_cache_failures_add_up_in_the_drivers_closing_line(tmp_path):
+    """What a Ray worker sends per batch (store.report: since its batch before) and how the
+    driver keeps it (store.adopt): one phrase per cache, the damaged entries added up."""
+    from i2cr.store import CheckedStore, Failure, adopt, mark, problems, report
+
+    worker = CheckedStore(str(tmp_path / "w"), "embedding cache", 2 ** 20)
+    since = mark()
+    worker.report_damage(12)
+    first, since = report(since)
+    worker.report_damage(7)
+    second, since = report(since)
+    assert [f.damaged for f in first + second] == [12, 7] and report(since)[0] == []
+    start = mark()  # the driver's run: two batches of one worker, one of another
+    adopt(first + [Failure("embedding cache", str(tmp_path / "w"), None, 3)] + second)
+    assert [p.split(";")[0] for p in problems(start)] == [
+        "embedding cache: has damaged entries (22 found"]
+
+
 @pytest.mark.integration
 @pytest.mark.usefixtures("local_ray")
 class TestLocalRay:
@@ -249,6 +267,32 @@ class TestLocalRay:
         assert len(local) == 5 and ray == local  # one line per record, the same words
         for rid in ("num", "blank", "nolabel", "line 5", "nomention"):
             assert sum(f"record {rid!r}" in x for x in ray) == 1, ray
+
+    def test_a_cache_failing_in_the_workers_is_in_the_closing_line_and_the_exit_code(
+            self, tmp_path, capsys):
+        """An embedding cache overwritten with random bytes: the workers warned of it on their
+        stderr, but the driver's closing lines did not say it and the exit code was 0. Now the
+        workers send their cache failures with their batches: the local engine's line, once
+        for two workers, and exit code 1."""
+        from i2cr.cli import main
+
+        emb = tmp_path / "emb"
+        emb.mkdir()
+        (emb / "cache.db").write_bytes(os.urandom(40_000))
+        args = [str(EXAMPLES / "mentions.json"), "--no-progress", "--set", "iav_mode=off",
+                "--set", f"embedding_cache={emb}", "--set", "clue_cache=none"]
+
+        def closing(engine: list[str]) -> tuple[int, list[str]]:
+            capsys.readouterr()
+            rc = main(["link", *args, *engine])
+            err = capsys.readouterr().err
+            return rc, [x for x in err.splitlines() if x.startswith("i2cr: cache failure")]
+
+        local = closing([])
+        assert local == (1, ["i2cr: cache failure, embedding cache: is unusable (DatabaseError: "
+                             "file is not a database); running without it (remove it to have "
+                             "it rebuilt)."])
+        assert closing(["--engine", "ray", "--workers", "2", "--batch-size", "2"]) == local
 
     def test_a_file_not_grouped_by_document_is_warned_of_as_the_local_engine_does(self,
                                                                                  tmp_path):

@@ -17,6 +17,10 @@ a pool of actors that each hold one set of models, results written by the driver
   (:mod:`i2cr.engine.ids`), so the driver's memory does not grow with the input. With ``resume``
   the ids already in the output are skipped by the actors (they get the set through the object
   store).
+- **Caches.** A cache that fails in a worker (:mod:`i2cr.store`: unusable, damaged entries) is
+  warned of on the worker's stderr, which reaches the driver's; each batch also brings back the
+  worker's cache failures since its batch before (``caches``), which the driver keeps as its own
+  (:func:`i2cr.store.adopt`), so the closing lines and the exit code say them as in one process.
 - **Faults.** Ray Data restarts a dead actor and retries its batch; the driver's ids keep the
   output exactly-once. A killed driver loses at most the records not yet written; ``--resume``
   goes on.
@@ -47,7 +51,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .. import llm
+from .. import llm, store
 from ..data import (
     DataError,
     Mention,
@@ -199,6 +203,7 @@ class LinkActor:
         import ray
 
         self.job = job
+        self.cache_mark = store.mark()  # the worker's cache failures from here on go to the driver
         self.done: frozenset[str] = ray.get(done[0]) if done else frozenset()
         self.gold = load_labels(job.labels) if job.labels else {}
         node = ray.get_runtime_context().get_node_id()
@@ -227,7 +232,7 @@ class LinkActor:
 
     def __call__(self, batch: Any) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"idx": [], "id": [], "label": [], "bad": [], "scored": [],
-                                     "rec": [], "node": [], "apart": []}
+                                     "rec": [], "node": [], "apart": [], "caches": []}
         for b in batch.to_pylist():  # one batch of records per row
             rows = [{"rid": rid, "raw": raw, "err": err}
                     for rid, raw, err in zip(b["rid"], b["raw"], b["err"], strict=True)]
@@ -242,6 +247,9 @@ class LinkActor:
             out["rec"].append(recs)
             out["node"].append(self.node)
             out["apart"].append(sum(b["apart"]))  # records scattered from their document
+            # the caches that failed since the batch before (or the actor's start), as JSON
+            found, self.cache_mark = store.report(self.cache_mark)
+            out["caches"].append(json.dumps([dataclasses.asdict(f) for f in found]))
         return out
 
     def link_batch(self, rows: list[dict[str, Any]]) -> tuple[list[Mention | DataError],
@@ -507,6 +515,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                 st.first_s, st.first_rows = time.perf_counter() - t_start, len(b["idx"])
             st.nodes[b["node"]] = st.nodes.get(b["node"], 0) + 1
             scattered += b["apart"]
+            store.adopt(store.Failure(**f) for f in json.loads(b["caches"]))  # (closing lines)
             for idx, rid, label, bad, scored, text in zip(
                     b["idx"], b["id"], b["label"], b["bad"], b["scored"], b["rec"], strict=True):
                 st.null_ids += rid in ("None", "", "null")
