@@ -28,6 +28,7 @@ from i2cr.prompts import profile
 from i2cr.ranker.model import Ranking
 from i2cr.texts import icr_query
 from i2cr.tools import VisualTool
+from i2cr.tools.base import tesseract_available
 
 NAMES = ["Alpha", "Beta", "Gamma"]
 CANDS = [{"name": n, "desc": f"about {n.lower()}"} for n in NAMES]
@@ -238,6 +239,38 @@ def test_an_image_no_step_reads_is_not_loaded_and_not_a_failure(kw, tools, clues
     assert up["image_reason"] == f"not loaded: no step of this run reads it ({why})"
     assert "image_unusable" not in types(up) and image_failure(dict(up)) is None
     assert up["visual_available"] == (up["iav_mode"] is not None)
+
+
+ALL_CLUES = {"OCR text": "GAMMA", "Caption": "a gamma ray", "Dense Captions": ["a ray"],
+             "Tags": ["physics"]}
+
+
+@pytest.mark.parametrize("clues, reads", [
+    (ALL_CLUES, False),
+    ({k: v for k, v in ALL_CLUES.items() if k != "Caption"}, False),  # caption by CLIP: no weights
+    pytest.param({k: v for k, v in ALL_CLUES.items() if k != "OCR text"}, True,
+                 marks=pytest.mark.skipif(not tesseract_available(), reason="no tesseract")),
+], ids=["every_clue", "no_caption_clue_no_clip", "no_ocr_clue_tesseract"])
+def test_default_backends_answered_by_the_samples_clues_do_not_load_the_image(clues, reads):
+    """With the default ``tool_backend=auto``, each tool answers from the sample's precomputed
+    clue when it has one (the I2CR datasets ship all four), so IAV by caption reads no image: it
+    was loaded anyway (``auto(...)`` is not 'precomputed'), and an unreachable URL that nothing
+    read still made the exit code 1. The image loads when a backend that reads it would run."""
+    res = FakeResources(clip_error="no weights")
+    res.tools = lambda ctx: Resources.tools(res, ctx)  # the run's real tools (factory, auto)
+    ctx = settings(res, iav_mode="auto", tool_backend="auto", clue_cache="none")
+    loads = []
+    res.images.load = lambda ref, **k: loads.append(ref)
+    ref = "http://127.0.0.1:9/x.png"
+    up = run(prepare, {"mention": "alpha", "candidates": CANDS, "precomputed_clues": clues,
+                       "image": ref}, ctx)
+    assert up["iav_mode"] == "caption"
+    if reads:
+        assert loads[:1] == [ref] and up["image_status"] == "ok"
+    else:
+        assert loads == [] and up["image_status"] == "unused"
+        assert up["image_reason"] == ("not loaded: no step of this run reads it (IAV by caption, "
+                                      "only precomputed clue tools; CLIP unavailable: no weights)")
 
 
 def test_available_tools_are_those_that_can_run_for_the_mention():

@@ -97,10 +97,13 @@ def capped_context(state: State, ctx: Context) -> tuple[str, list[Event]]:
     return context, []
 
 
-def reads_image(mode: IavMode | None, ctx: Context) -> bool:
+def reads_image(mode: IavMode | None, ctx: Context, inp: ToolInput) -> bool:
     """Whether a mention whose IAV mode, given a usable image, is ``mode`` would have its image
-    read: by IAV with CLIP, or, when IAV can check it at all (VIF runs only after IAV), by one of
-    the run's visual tools that is not a precomputed clue (any other backend or plug-in may)."""
+    read: by IAV with CLIP, or, when IAV can check it at all (VIF runs only after IAV), by one
+    of the run's visual tools on ``inp`` (the mention's image reference and precomputed clues):
+    any but those that answer it from a precomputed clue
+    (:meth:`~i2cr.tools.base.VisualTool.reads_image`; a backend chain, ``tool_backend=auto``,
+    answers from the sample's clue when it has one)."""
     if mode == "clip":
         return True
     if mode is None:
@@ -109,7 +112,7 @@ def reads_image(mode: IavMode | None, ctx: Context) -> bool:
         tools = resources.tools(ctx)
     except ValueError:
         return False  # no tool can run (available_tools records why)
-    return any(t.backend != "precomputed" for t in tools.values())
+    return any(t.reads_image(inp) for t in tools.values())
 
 
 def unused_reason(mode: IavMode | None, why: str | None) -> str:
@@ -159,7 +162,8 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     mode, why = choose_iav_mode(modes, True, problem, clues)
     status: str
     reason: str | None
-    if state.get("image") and not reads_image(mode, ctx):
+    probe = ToolInput(image_ref=state.get("image"), precomputed=clues, settings=ctx)
+    if state.get("image") and not reads_image(mode, ctx, probe):
         status, reason = "unused", unused_reason(mode, why)
     else:
         status, reason, image_events = image_status(state, ctx)
