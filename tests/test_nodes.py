@@ -217,8 +217,11 @@ def test_prepare_asks_for_clip_before_loading_the_image_it_may_read(tmp_path):
      "IAV by caption, only precomputed clue tools"),
     ({"iav_mode": "auto", "clip": "no weights"}, {"ocr": "precomputed"}, CLUES,
      "IAV by caption, only precomputed clue tools; CLIP unavailable: no weights"),
+    # VIF switched off: its tools never run, whatever they read (the image was loaded)
+    ({"iav_mode": "caption", "max_vif_rounds": 0}, {"ocr": "reads"}, CLUES,
+     "IAV by caption, no VIF round (max_vif_rounds 0)"),
 ], ids=["iav_off", "no_clip_no_clues", "clip_only_unavailable", "caption_precomputed",
-        "auto_caption_precomputed"])
+        "auto_caption_precomputed", "caption_no_vif_rounds"])
 def test_an_image_no_step_reads_is_not_loaded_and_not_a_failure(kw, tools, clues, why):
     """Where neither IAV nor a VIF tool would read the image (IAV off or unable to run, or IAV by
     caption with precomputed clue tools only), prepare does not load it: a URL that cannot be

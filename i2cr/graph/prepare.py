@@ -99,14 +99,14 @@ def capped_context(state: State, ctx: Context) -> tuple[str, list[Event]]:
 
 def reads_image(mode: IavMode | None, ctx: Context, inp: ToolInput) -> bool:
     """Whether a mention whose IAV mode, given a usable image, is ``mode`` would have its image
-    read: by IAV with CLIP, or, when IAV can check it at all (VIF runs only after IAV), by one
-    of the run's visual tools on ``inp`` (the mention's image reference and precomputed clues):
-    any but those that answer it from a precomputed clue
-    (:meth:`~i2cr.tools.base.VisualTool.reads_image`; a backend chain, ``tool_backend=auto``,
+    read: by IAV with CLIP, or, when IAV can check it at all and VIF has rounds (VIF runs only
+    after IAV; ``max_vif_rounds`` 0: never), by one of the run's visual tools on ``inp`` (the
+    mention's image reference and precomputed clues): any but those that answer it from a
+    precomputed clue (:meth:`~i2cr.tools.base.VisualTool.reads_image`; a backend chain, ``tool_backend=auto``,
     answers from the sample's clue when it has one)."""
     if mode == "clip":
         return True
-    if mode is None:
+    if mode is None or ctx.vif_cap == 0:
         return False
     try:
         tools = resources.tools(ctx)
@@ -115,13 +115,14 @@ def reads_image(mode: IavMode | None, ctx: Context, inp: ToolInput) -> bool:
     return any(t.reads_image(inp) for t in tools.values())
 
 
-def unused_reason(mode: IavMode | None, why: str | None) -> str:
+def unused_reason(mode: IavMode | None, why: str | None, ctx: Context) -> str:
     """The ``image_reason`` of an image not loaded because nothing reads it (IAV's ``mode`` and
     why no better one, as :func:`choose_iav_mode` gives them for a usable image)."""
     if mode is None:
         return f"not loaded: no step of this run reads it ({why or 'IAV cannot run'})"
-    return ("not loaded: no step of this run reads it (IAV by caption, only precomputed clue "
-            "tools" + (f"; {why}" if why else "") + ")")
+    tools = "no VIF round (max_vif_rounds 0)" if ctx.vif_cap == 0 else "only precomputed clue tools"
+    return ("not loaded: no step of this run reads it (IAV by caption, " + tools
+            + (f"; {why}" if why else "") + ")")
 
 
 def image_status(state: State, ctx: Context) -> tuple[str, str | None, list[Event]]:
@@ -164,7 +165,7 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     reason: str | None
     probe = ToolInput(image_ref=state.get("image"), precomputed=clues, settings=ctx)
     if state.get("image") and not reads_image(mode, ctx, probe):
-        status, reason = "unused", unused_reason(mode, why)
+        status, reason = "unused", unused_reason(mode, why, ctx)
     else:
         status, reason, image_events = image_status(state, ctx)
         events += image_events
