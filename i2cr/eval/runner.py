@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -149,6 +149,19 @@ def bad_records(warn: Warn | None) -> Named:
                            f"record; {n} in all)" if n > MAX_NAMED else None)
 
 
+SHOWN_REPEATS = 5  # the repeated ids the warning names
+
+
+def repeats_line(count: int, repeated: Sequence[str]) -> str:
+    """The warning of ``count`` records that repeat an id already used, naming the first
+    :data:`SHOWN_REPEATS` of the ``repeated`` ids (distinct, in input order; one more says there
+    are more), in both engines' words."""
+    shown = ", ".join(repr(d) for d in repeated[:SHOWN_REPEATS])
+    return (f"{count} record(s) repeat an id already used ({shown}"
+            f"{', ...' if len(repeated) > SHOWN_REPEATS else ''}): the first is linked, each "
+            "repeat becomes an error record '<id>#dup<k>' and counts as a wrong answer")
+
+
 def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] | None = None,
                 *, warn: Warn | None = warn_stderr) -> list[Mention | DataError]:
     """Make every input record count once, under its own id.
@@ -188,10 +201,7 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
             bad.name(bad_record(it))
         out.append(it)
     if warn is not None and dups:
-        shown = ", ".join(repr(d) for d in list(dict.fromkeys(dups))[:5])
-        warn(f"{len(dups)} record(s) repeat an id already used ({shown}"
-             f"{', ...' if len(set(dups)) > 5 else ''}): the first is linked, each repeat becomes "
-             "an error record '<id>#dup<k>' and counts as a wrong answer")
+        warn(repeats_line(len(dups), list(dict.fromkeys(dups))[:SHOWN_REPEATS + 1]))
     bad.end()
     if warn is not None and nulls:
         warn(f"{nulls} record(s) have a null or empty id; they are linked under the id 'None' "
