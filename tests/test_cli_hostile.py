@@ -20,7 +20,7 @@ import tomllib
 from conftest import EXAMPLES, JORDAN_CANDIDATES, ROOT, write_jsonl
 
 from i2cr import Context, link
-from i2cr.data import DataError, parse_record
+from i2cr.data import DataError, load_mentions, parse_record
 from i2cr.eval.runner import ResultWriter, check_items, read_results, run_one
 from i2cr.llm import BackendError, check_backend
 
@@ -210,6 +210,25 @@ def test_a_bad_record_keeps_its_gold_label():
     err = check_items([DataError("is missing", record="x", field="mention")], {"x": "A"}, warn=None)
     rec = run_one(err[0], Context())
     assert rec["id"] == "x" and rec["gold"] == "A" and rec["correct"] is False
+
+
+def test_a_huge_id_is_quoted_by_its_start_and_length(tmp_path):
+    """A 100,000-character id was quoted whole in each line naming its record (the bad record's
+    warning, the repeat's, the error records' texts): 100 KB lines on stderr. The id itself is
+    kept whole (the result's id, what --resume matches)."""
+    huge = "I" * 100_000
+    cands = [{"name": "A", "desc": "x"}]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"id": huge, "mention": m, "context": "c",
+                                        "candidates": cands}) + "\n" for m in ("", "A", "A")))
+    said: list[str] = []
+    items = check_items(load_mentions(data, strict=False), warn=said.append)
+    assert len(said) == 2 and all(len(w) < 400 for w in said), [len(w) for w in said]
+    shown = f"{'I' * 100!r}… (100000 characters)"
+    assert f"record {shown}: field 'mention': is empty" in said[0]
+    assert f"2 record(s) repeat an id already used ({shown})" in said[1]
+    assert [len(str(it)) < 400 for it in items] == [True] * 3
+    assert [it.record for it in items] == [huge, huge + "#dup2", huge + "#dup3"]
 
 
 # --- an unusable gold label is an error of its record only --------------------------------------

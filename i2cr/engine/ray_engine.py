@@ -54,6 +54,7 @@ from ..data import (
     documents_of,
     load_labels,
     scattered_message,
+    shown_id,
     shuffle_candidates,
     to_item,
 )
@@ -522,7 +523,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                     if rid not in repeated and len(repeated) <= SHOWN_REPEATS:
                         repeated.append(rid)
                     new = f"{rid}#dup{k}"
-                    err = DataError(f"duplicate id {rid!r} (record {idx + 1} of the input); "
+                    err = DataError(f"duplicate id {shown_id(rid)} (record {idx + 1} of the input); "
                                     "not linked, scored as an error", record=new)
                     rec = error_record(new, err, label)
                 elif text is None:

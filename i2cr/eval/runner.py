@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..data import DataError, LabelError, Mention
+from ..data import DataError, LabelError, Mention, shown_id
 from ..embeddings import ModelUnavailable
 from ..graph import Context, resources
 from ..graph.iav import caption_text
@@ -156,7 +156,7 @@ def repeats_line(count: int, repeated: Sequence[str]) -> str:
     """The warning of ``count`` records that repeat an id already used, naming the first
     :data:`SHOWN_REPEATS` of the ``repeated`` ids (distinct, in input order; one more says there
     are more), in both engines' words."""
-    shown = ", ".join(repr(d) for d in repeated[:SHOWN_REPEATS])
+    shown = ", ".join(shown_id(d) for d in repeated[:SHOWN_REPEATS])
     return (f"{count} record(s) repeat an id already used ({shown}"
             f"{', ...' if len(repeated) > SHOWN_REPEATS else ''}): the first is linked, each "
             "repeat becomes an error record '<id>#dup<k>' and counts as a wrong answer")
@@ -188,7 +188,7 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
         if rid in seen:
             seen[rid] += 1
             new = f"{rid}#dup{seen[rid]}"
-            err = DataError(f"duplicate id {rid!r} (record {i} of the input); not linked, "
+            err = DataError(f"duplicate id {shown_id(rid)} (record {i} of the input); not linked, "
                             "scored as an error", record=new)
             err.label = it.label if isinstance(it, Mention) else labels.get(rid)
             dups.append(rid)
