@@ -742,6 +742,36 @@ def test_an_image_no_step_reads_is_not_fetched_and_does_not_fail_the_run(tmp_pat
     assert "could not be used" not in p.stderr and "download" not in p.stderr
 
 
+def test_images_not_loaded_or_not_usable_are_said_by_link_eval_and_the_report(tmp_path, capsys,
+                                                                             image_reading):
+    """IAV set to CLIP without its weights reads no image: every image went unloaded and neither
+    `link`, `eval` nor report.md said so (the run passed for one that checked its images);
+    report.md did not name the images that could not be used either."""
+    from i2cr.cli import main
+
+    data = write_json(tmp_path / "data.json", {
+        "a": {**GOOD, "mention_imgpath": str(tmp_path / "nope.jpg")},
+        "b": {**GOOD, "mention_imgpath": str(tmp_path / "nope2.jpg")}, "c": GOOD})
+    labels = write_json(tmp_path / "labels.json", {k: "Michael Jordan" for k in "abc"})
+    unused = ("2 mention(s) had an image that no step of this run reads (IAV off or unable to "
+              "run, or answered by precomputed clues): not loaded (see image_reason)")
+    no_clip = ("--set", "iav_mode=clip", "--set", f"clip_pretrained={tmp_path / 'no.bin'}")
+    assert main(["link", str(data), "--no-progress", *no_clip]) == 0
+    assert unused in capsys.readouterr().err
+    ev = tmp_path / "ev"
+    assert main(["eval", str(data), str(labels), "--no-progress", "--out-dir", str(ev),
+                 *no_clip]) == 0
+    assert unused in capsys.readouterr().err
+    assert json.loads((ev / "metrics.json").read_text())["images_unused"] == 2
+    assert unused[0].upper() + unused[1:] + "." in (ev / "report.md").read_text()
+    # images that were read and could not be used: in report.md too
+    assert main(["eval", str(data), str(labels), "--no-progress", "--out-dir", str(tmp_path / "e2"),
+                 *reads_images(image_reading)]) == 0
+    report = (tmp_path / "e2" / "report.md").read_text()
+    assert "2 mention(s) had an image that could not be used (missing 2)" in report
+    assert "no step of this run reads" not in report
+
+
 def test_a_served_linker_setting_given_to_the_cli_is_said_to_do_nothing_there(tmp_path):
     """``--set allow_private_urls=false`` was taken by `i2cr link` and did nothing (the CLI
     fetches any URL): a user who set it to keep the run off their network was not told."""

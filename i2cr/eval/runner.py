@@ -32,7 +32,14 @@ from ..graph.state import Clue
 from ..graph.texts import clue_sequence
 from ..linker import error_record, link_mention
 from ..texts import entity_text, query_for
-from .metrics import candidate_cut, image_failure, linked_count, llm_failed, structured_fallback
+from .metrics import (
+    candidate_cut,
+    image_failure,
+    image_unused,
+    linked_count,
+    llm_failed,
+    structured_fallback,
+)
 
 Warn = Callable[[str], None]
 
@@ -266,6 +273,7 @@ class RunStats:
     llm_failed: int = 0  # mentions with at least one failed LLM call (answered by a fallback)
     structured_fallbacks: int = 0  # mentions with a TES answer asked structured, read as free text
     image_failures: dict[str, int] = field(default_factory=dict)  # unusable images, by status
+    images_unused: int = 0  # images not loaded: no step of the run reads them
     candidate_cuts: dict[int, int] = field(default_factory=dict)  # lists cut, by max_candidates
     load_s: float = 0.0  # loading the models
     embedded_texts: int = 0  # texts run through the embedder ahead of the graph
@@ -275,11 +283,13 @@ class RunStats:
 
     def count(self, rec: dict[str, Any]) -> None:
         """Count one record produced: errors, failed LLM calls, free-text fallbacks, images that
-        could not be used, candidate lists cut to ``max_candidates``."""
+        could not be used or were not loaded (nothing read them), candidate lists cut to
+        ``max_candidates``."""
         self.produced += 1
         self.errors += rec.get("error") is not None
         self.llm_failed += llm_failed(rec)
         self.structured_fallbacks += structured_fallback(rec)
+        self.images_unused += image_unused(rec)
         why = image_failure(rec)
         if why is not None:
             self.image_failures[why] = self.image_failures.get(why, 0) + 1
