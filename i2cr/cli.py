@@ -352,7 +352,8 @@ def _stream_printer(mention_id: str):
             out(f"· {ev['node']:<7} {edge}")
             for e in ev.get("events", []):
                 brief = {k: v for k, v in e.items() if k in ("type", "choice", "score",
-                         "threshold", "decision", "tool", "how", "mapped", "mode", "error")}
+                         "threshold", "decision", "tool", "how", "mapped", "method", "nil_reason",
+                         "mode", "reason", "error")}
                 if e.get("type") == "tool_call":
                     brief["clue"] = str(e.get("result") or "")[:200]
                 out(f"    {json.dumps(brief, ensure_ascii=False, default=str)}")

@@ -183,6 +183,23 @@ def test_a_nil_answered_by_rule_says_the_rule_not_an_llm_answer():
         assert f"tes: → 'nil' ({method}): a personal pronoun" in render_tree(rec), strategy
 
 
+def test_stream_lines_say_why_a_nil_was_answered_by_rule(capsys):
+    """--stream showed a NIL answered by rule as {"type": "tes_answer", "mapped": "nil"}: neither
+    that no LLM answered (method) nor why (nil_reason); an iav_mode event lost its reason too."""
+    from i2cr.cli import _stream_printer
+
+    he = Mention(id="he", mention="He", context="He dunks during the 1991 NBA Finals.",
+                 candidates=[Candidate(c["name"], c["desc"]) for c in JORDAN_CANDIDATES],
+                 allow_nil=True)
+    chat = ScriptedChatModel(script=[])
+    link_mention(he, Context(tes_strategy="llm", chat_model=chat, iav_mode="off"),
+                 on_event=_stream_printer("he"))
+    err = capsys.readouterr().err
+    assert ('[he]     {"type": "tes_answer", "method": "nil_rule", "mapped": "nil", '
+            '"nil_reason": "a personal pronoun"}') in err, err
+    assert '"type": "iav_mode", "mode": null, "reason": "IAV switched off"' in err, err
+
+
 def _driver(tmp_path):
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         pytest.skip("chromium / chromedriver not installed")
