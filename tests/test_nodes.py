@@ -211,12 +211,13 @@ def test_prepare_asks_for_clip_before_loading_the_image_it_may_read(tmp_path):
 @pytest.mark.parametrize("kw, tools, clues, why", [
     ({"iav_mode": "off"}, {"ocr": "reads"}, CLUES, "IAV switched off"),
     ({"iav_mode": "auto", "clip": "no weights"}, {"ocr": "reads"}, None,
-     "CLIP unavailable: no weights; no caption or tags for the caption bridge"),
-    ({"iav_mode": "clip", "clip": "no weights"}, {"ocr": "reads"}, CLUES, "CLIP unavailable: no weights"),
+     "CLIP unavailable: see the iav_mode event; no caption or tags for the caption bridge"),
+    ({"iav_mode": "clip", "clip": "no weights"}, {"ocr": "reads"}, CLUES,
+     "CLIP unavailable: see the iav_mode event"),
     ({"iav_mode": "caption"}, {"ocr": "precomputed", "caption": "precomputed"}, CLUES,
      "IAV by caption, only precomputed clue tools"),
     ({"iav_mode": "auto", "clip": "no weights"}, {"ocr": "precomputed"}, CLUES,
-     "IAV by caption, only precomputed clue tools; CLIP unavailable: no weights"),
+     "IAV by caption, only precomputed clue tools; CLIP unavailable: see the iav_mode event"),
     # VIF switched off: its tools never run, whatever they read (the image was loaded)
     ({"iav_mode": "caption", "max_vif_rounds": 0}, {"ocr": "reads"}, CLUES,
      "IAV by caption, no VIF round (max_vif_rounds 0)"),
@@ -273,7 +274,8 @@ def test_default_backends_answered_by_the_samples_clues_do_not_load_the_image(cl
     else:
         assert loads == [] and up["image_status"] == "unused"
         assert up["image_reason"] == ("not loaded: no step of this run reads it (IAV by caption, "
-                                      "only precomputed clue tools; CLIP unavailable: no weights)")
+                                      "only precomputed clue tools; CLIP unavailable: see the "
+                                      "iav_mode event)")
 
 
 def test_available_tools_are_those_that_can_run_for_the_mention():

@@ -165,7 +165,10 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     reason: str | None
     probe = ToolInput(image_ref=state.get("image"), precomputed=clues, settings=ctx)
     if state.get("image") and not reads_image(mode, ctx, probe):
-        status, reason = "unused", unused_reason(mode, why, ctx)
+        # CLIP's own words stay in the iav_mode event: they may name the run's files (a served
+        # linker's model paths), and image_reason is in every record a server returns
+        brief = choose_iav_mode(modes, True, problem and "see the iav_mode event", clues)[1]
+        status, reason = "unused", unused_reason(mode, brief, ctx)
     else:
         status, reason, image_events = image_status(state, ctx)
         events += image_events
