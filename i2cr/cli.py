@@ -32,7 +32,14 @@ from .envvars import warn_unknown
 from .eval.bench import bench, bench_ray
 from .eval.harness import evaluate
 from .eval.metrics import failed_downloads
-from .eval.report import candidates_line, counted, failures, image_line, stage_rows
+from .eval.report import (
+    candidates_line,
+    counted,
+    failures,
+    image_line,
+    stage_rows,
+    unused_line,
+)
 from .eval.runner import RunStats, check_items, read_results, run, to_link, warn_stderr
 from .graph import Context, compile_graph, graph, resources
 from .graph.context import server_only_settings
@@ -283,6 +290,8 @@ def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: b
     images = getattr(stats, "image_failures", None) or {}
     if image_line(images):
         print(f"i2cr: {image_line(images)}", file=sys.stderr)
+    if unused_line(getattr(stats, "images_unused", 0)):
+        print(f"i2cr: {unused_line(stats.images_unused)}", file=sys.stderr)
     cut = candidates_line(getattr(stats, "candidate_cuts", None) or {})
     if cut:  # the input's, as a field cut to its cap: reported, not a failure
         print(f"i2cr: {cut}", file=sys.stderr)
@@ -343,7 +352,8 @@ def _stream_printer(mention_id: str):
             out(f"· {ev['node']:<7} {edge}")
             for e in ev.get("events", []):
                 brief = {k: v for k, v in e.items() if k in ("type", "choice", "score",
-                         "threshold", "decision", "tool", "how", "mapped", "mode", "error")}
+                         "threshold", "decision", "tool", "how", "mapped", "method", "nil_reason",
+                         "mode", "reason", "error")}
                 if e.get("type") == "tool_call":
                     brief["clue"] = str(e.get("result") or "")[:200]
                 out(f"    {json.dumps(brief, ensure_ascii=False, default=str)}")
@@ -439,6 +449,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bad = failures(m)
     if image_line(m.get("image_failures") or {}):
         print(f"i2cr: {image_line(m['image_failures'])}", file=sys.stderr)
+    if unused_line(m.get("images_unused") or 0):
+        print(f"i2cr: {unused_line(m['images_unused'])}", file=sys.stderr)
     cut = candidates_line(m.get("candidate_cuts") or {})
     if cut:
         print(f"i2cr: {cut}", file=sys.stderr)

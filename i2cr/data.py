@@ -66,6 +66,18 @@ MAX_DESC_CHARS = 4_000
 MAX_CLUE_CHARS = 4_000  # per clue; a list or object clue counts the characters of all its parts
 
 
+MAX_SHOWN_ID = 100  # characters of a record id that a message quotes
+
+
+def shown_id(rid: str) -> str:
+    """A record id as a message quotes it: in full up to :data:`MAX_SHOWN_ID` characters, else
+    its start and its length (a 100,000-character id made each line naming it that long)."""
+    rid = str(rid)
+    if len(rid) <= MAX_SHOWN_ID:
+        return repr(rid)
+    return f"{rid[:MAX_SHOWN_ID]!r}… ({len(rid)} characters)"
+
+
 class DataError(ValueError):
     """A malformed input file or record. The message names the file, the record and the field."""
 
@@ -77,7 +89,7 @@ class DataError(ValueError):
         if source:
             where.append(f"{source}")
         if record is not None:
-            where.append(f"record {record!r}")
+            where.append(f"record {shown_id(record)}")
         if field:
             where.append(f"field {field!r}")
         self.where, self.reason = ": ".join(where), message  # the message is "where: reason"

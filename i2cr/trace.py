@@ -251,6 +251,8 @@ def _tree_prepare(s: Mapping[str, Any], evs: Events) -> str:
 def _tree_tes(s: Mapping[str, Any], evs: Events) -> str:
     e = last(evs, TesAnswer)
     desc = f"→ {s.get('choice')!r} ({e.get('method', '?')})"
+    if e.get("nil_reason"):
+        desc += f": {short(e['nil_reason'])}"
     top = e.get("top") or (e.get("scores") or [])[:3]
     if top:
         desc += "  top: " + ", ".join(f"{t.get('name')} {t.get('score')}" for t in top)

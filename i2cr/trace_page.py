@@ -168,7 +168,10 @@ def tes_visits(rec: dict[str, Any]) -> list[dict[str, Any]]:
             "choice": s.get("choice"), "offered": offered, "scores": scores, "complete": complete,
             "nil_probability": nil_p,
             "method": fallback[0].get("method") if fallback else ans.get("method"),
-            "raw": ans.get("raw"), "llm": bool(answers) and ans.get("strategy") != "retrieval"})
+            "raw": ans.get("raw"), "nil_reason": ans.get("nil_reason"),
+            # a NIL answered by rule (tes_strategy=llm) asked no LLM
+            "llm": bool(answers) and ans.get("strategy") != "retrieval"
+            and ans.get("method") != "nil_rule"})
     return visits
 
 
@@ -201,7 +204,10 @@ def why_answer(rec: dict[str, Any], visits: list[dict[str, Any]]) -> str:
     idx = max((i for i, v in enumerate(visits) if same_entity(v["choice"], answer)), default=None)
     if idx is not None:
         v = visits[idx]
-        if v["scores"]:
+        if answer == NIL and v.get("nil_reason"):
+            parts.append(f"NIL in {v['label']} ({v.get('method')}): {short(v['nil_reason'], 120)}"
+                         + ("; no LLM was asked" if v.get("method") == "nil_rule" else ""))
+        elif v["scores"]:
             ranked = sorted(v["scores"].items(), key=lambda kv: -kv[1])
             mine = next((s for n, s in ranked if same_entity(n, answer)), None)
             rivals = [(n, s) for n, s in ranked if not same_entity(n, answer)]

@@ -20,7 +20,7 @@ import tomllib
 from conftest import EXAMPLES, JORDAN_CANDIDATES, ROOT, write_jsonl
 
 from i2cr import Context, link
-from i2cr.data import DataError, parse_record
+from i2cr.data import DataError, load_mentions, parse_record
 from i2cr.eval.runner import ResultWriter, check_items, read_results, run_one
 from i2cr.llm import BackendError, check_backend
 
@@ -210,6 +210,25 @@ def test_a_bad_record_keeps_its_gold_label():
     err = check_items([DataError("is missing", record="x", field="mention")], {"x": "A"}, warn=None)
     rec = run_one(err[0], Context())
     assert rec["id"] == "x" and rec["gold"] == "A" and rec["correct"] is False
+
+
+def test_a_huge_id_is_quoted_by_its_start_and_length(tmp_path):
+    """A 100,000-character id was quoted whole in each line naming its record (the bad record's
+    warning, the repeat's, the error records' texts): 100 KB lines on stderr. The id itself is
+    kept whole (the result's id, what --resume matches)."""
+    huge = "I" * 100_000
+    cands = [{"name": "A", "desc": "x"}]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"id": huge, "mention": m, "context": "c",
+                                        "candidates": cands}) + "\n" for m in ("", "A", "A")))
+    said: list[str] = []
+    items = check_items(load_mentions(data, strict=False), warn=said.append)
+    assert len(said) == 2 and all(len(w) < 400 for w in said), [len(w) for w in said]
+    shown = f"{'I' * 100!r}… (100000 characters)"
+    assert f"record {shown}: field 'mention': is empty" in said[0]
+    assert f"2 record(s) repeat an id already used ({shown})" in said[1]
+    assert [len(str(it)) < 400 for it in items] == [True] * 3
+    assert [it.record for it in items] == [huge, huge + "#dup2", huge + "#dup3"]
 
 
 # --- an unusable gold label is an error of its record only --------------------------------------
@@ -721,6 +740,36 @@ def test_an_image_no_step_reads_is_not_fetched_and_does_not_fail_the_run(tmp_pat
         k: ("Michael Jordan", "unused", "not loaded: no step of this run reads it (IAV switched off)")
         for k in ("url", "gone")}
     assert "could not be used" not in p.stderr and "download" not in p.stderr
+
+
+def test_images_not_loaded_or_not_usable_are_said_by_link_eval_and_the_report(tmp_path, capsys,
+                                                                             image_reading):
+    """IAV set to CLIP without its weights reads no image: every image went unloaded and neither
+    `link`, `eval` nor report.md said so (the run passed for one that checked its images);
+    report.md did not name the images that could not be used either."""
+    from i2cr.cli import main
+
+    data = write_json(tmp_path / "data.json", {
+        "a": {**GOOD, "mention_imgpath": str(tmp_path / "nope.jpg")},
+        "b": {**GOOD, "mention_imgpath": str(tmp_path / "nope2.jpg")}, "c": GOOD})
+    labels = write_json(tmp_path / "labels.json", {k: "Michael Jordan" for k in "abc"})
+    unused = ("2 mention(s) had an image that no step of this run reads (IAV off or unable to "
+              "run, or answered by precomputed clues): not loaded (see image_reason)")
+    no_clip = ("--set", "iav_mode=clip", "--set", f"clip_pretrained={tmp_path / 'no.bin'}")
+    assert main(["link", str(data), "--no-progress", *no_clip]) == 0
+    assert unused in capsys.readouterr().err
+    ev = tmp_path / "ev"
+    assert main(["eval", str(data), str(labels), "--no-progress", "--out-dir", str(ev),
+                 *no_clip]) == 0
+    assert unused in capsys.readouterr().err
+    assert json.loads((ev / "metrics.json").read_text())["images_unused"] == 2
+    assert unused[0].upper() + unused[1:] + "." in (ev / "report.md").read_text()
+    # images that were read and could not be used: in report.md too
+    assert main(["eval", str(data), str(labels), "--no-progress", "--out-dir", str(tmp_path / "e2"),
+                 *reads_images(image_reading)]) == 0
+    report = (tmp_path / "e2" / "report.md").read_text()
+    assert "2 mention(s) had an image that could not be used (missing 2)" in report
+    assert "no step of this run reads" not in report
 
 
 def test_a_served_linker_setting_given_to_the_cli_is_said_to_do_nothing_there(tmp_path):

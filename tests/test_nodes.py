@@ -28,6 +28,7 @@ from i2cr.prompts import profile
 from i2cr.ranker.model import Ranking
 from i2cr.texts import icr_query
 from i2cr.tools import VisualTool
+from i2cr.tools.base import tesseract_available
 
 NAMES = ["Alpha", "Beta", "Gamma"]
 CANDS = [{"name": n, "desc": f"about {n.lower()}"} for n in NAMES]
@@ -210,14 +211,18 @@ def test_prepare_asks_for_clip_before_loading_the_image_it_may_read(tmp_path):
 @pytest.mark.parametrize("kw, tools, clues, why", [
     ({"iav_mode": "off"}, {"ocr": "reads"}, CLUES, "IAV switched off"),
     ({"iav_mode": "auto", "clip": "no weights"}, {"ocr": "reads"}, None,
-     "CLIP unavailable: no weights; no caption or tags for the caption bridge"),
-    ({"iav_mode": "clip", "clip": "no weights"}, {"ocr": "reads"}, CLUES, "CLIP unavailable: no weights"),
+     "CLIP unavailable: see the iav_mode event; no caption or tags for the caption bridge"),
+    ({"iav_mode": "clip", "clip": "no weights"}, {"ocr": "reads"}, CLUES,
+     "CLIP unavailable: see the iav_mode event"),
     ({"iav_mode": "caption"}, {"ocr": "precomputed", "caption": "precomputed"}, CLUES,
      "IAV by caption, only precomputed clue tools"),
     ({"iav_mode": "auto", "clip": "no weights"}, {"ocr": "precomputed"}, CLUES,
-     "IAV by caption, only precomputed clue tools; CLIP unavailable: no weights"),
+     "IAV by caption, only precomputed clue tools; CLIP unavailable: see the iav_mode event"),
+    # VIF switched off: its tools never run, whatever they read (the image was loaded)
+    ({"iav_mode": "caption", "max_vif_rounds": 0}, {"ocr": "reads"}, CLUES,
+     "IAV by caption, no VIF round (max_vif_rounds 0)"),
 ], ids=["iav_off", "no_clip_no_clues", "clip_only_unavailable", "caption_precomputed",
-        "auto_caption_precomputed"])
+        "auto_caption_precomputed", "caption_no_vif_rounds"])
 def test_an_image_no_step_reads_is_not_loaded_and_not_a_failure(kw, tools, clues, why):
     """Where neither IAV nor a VIF tool would read the image (IAV off or unable to run, or IAV by
     caption with precomputed clue tools only), prepare does not load it: a URL that cannot be
@@ -238,6 +243,39 @@ def test_an_image_no_step_reads_is_not_loaded_and_not_a_failure(kw, tools, clues
     assert up["image_reason"] == f"not loaded: no step of this run reads it ({why})"
     assert "image_unusable" not in types(up) and image_failure(dict(up)) is None
     assert up["visual_available"] == (up["iav_mode"] is not None)
+
+
+ALL_CLUES = {"OCR text": "GAMMA", "Caption": "a gamma ray", "Dense Captions": ["a ray"],
+             "Tags": ["physics"]}
+
+
+@pytest.mark.parametrize("clues, reads", [
+    (ALL_CLUES, False),
+    ({k: v for k, v in ALL_CLUES.items() if k != "Caption"}, False),  # caption by CLIP: no weights
+    pytest.param({k: v for k, v in ALL_CLUES.items() if k != "OCR text"}, True,
+                 marks=pytest.mark.skipif(not tesseract_available(), reason="no tesseract")),
+], ids=["every_clue", "no_caption_clue_no_clip", "no_ocr_clue_tesseract"])
+def test_default_backends_answered_by_the_samples_clues_do_not_load_the_image(clues, reads):
+    """With the default ``tool_backend=auto``, each tool answers from the sample's precomputed
+    clue when it has one (the I2CR datasets ship all four), so IAV by caption reads no image: it
+    was loaded anyway (``auto(...)`` is not 'precomputed'), and an unreachable URL that nothing
+    read still made the exit code 1. The image loads when a backend that reads it would run."""
+    res = FakeResources(clip_error="no weights")
+    res.tools = lambda ctx: Resources.tools(res, ctx)  # the run's real tools (factory, auto)
+    ctx = settings(res, iav_mode="auto", tool_backend="auto", clue_cache="none")
+    loads = []
+    res.images.load = lambda ref, **k: loads.append(ref)
+    ref = "http://127.0.0.1:9/x.png"
+    up = run(prepare, {"mention": "alpha", "candidates": CANDS, "precomputed_clues": clues,
+                       "image": ref}, ctx)
+    assert up["iav_mode"] == "caption"
+    if reads:
+        assert loads[:1] == [ref] and up["image_status"] == "ok"
+    else:
+        assert loads == [] and up["image_status"] == "unused"
+        assert up["image_reason"] == ("not loaded: no step of this run reads it (IAV by caption, "
+                                      "only precomputed clue tools; CLIP unavailable: see the "
+                                      "iav_mode event)")
 
 
 def test_available_tools_are_those_that_can_run_for_the_mention():

@@ -170,8 +170,9 @@ class TestLocalRay:
         data = _write(tmp_path / "in.jsonl", recs, ["{not json\n", json.dumps({"id": "e"}) + "\n"])
         want = _local(data)
         st = RayStats()
+        said: list[str] = []
         got = list(run_ray(Job(path=str(data), settings=Context()), out=tmp_path / "r.jsonl",
-                           workers=2, batch_size=2, progress=False, stats=st, warn=None))
+                           workers=2, batch_size=2, progress=False, stats=st, warn=said.append))
         assert [_key(r) for r in got] == [_key(r) for r in want]
         assert [_key(r) for r in read_results(tmp_path / "r.jsonl")] == [_key(r) for r in want]
         errors = {r["id"]: r["error"] for r in got if r["error"]}
@@ -180,6 +181,12 @@ class TestLocalRay:
         assert "malformed JSON" in errors["line 11"]
         assert st.errors == 4 and st.batches >= 6 and st.produced == len(want)
         assert st.linked == len(want) - 4  # an error record is not a mention linked
+        # each bad record named once, and the repeat as one, in the words of one process (the
+        # repeated id was not named)
+        assert sum("record 'line 11': malformed JSON" in w for w in said) == 1, said
+        assert sum("record 'no-mention'" in w for w in said) == 1, said
+        assert ("1 record(s) repeat an id already used ('jordan-nba-0'): the first is linked, "
+                "each repeat becomes an error record '<id>#dup<k>'") in "\n".join(said), said
 
     def test_an_actor_killed_mid_run_costs_nothing(self, tmp_path):
         from i2cr.engine.ray_engine import Job, RayStats, read_parquet_results, run_ray

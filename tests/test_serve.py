@@ -343,6 +343,28 @@ def test_private_image_url_is_fetched_when_the_server_allows_it(image_server, im
     assert image_server.hits == ["/img.png"]
 
 
+def test_an_unread_image_s_reason_does_not_name_the_servers_model_files(tmp_path):
+    """An image nothing reads (no CLIP: the server's checkpoint path is missing) is 'unused'; its
+    image_reason, in every record the server returns, carried CLIP's error naming the server's
+    checkpoint path. CLIP's words stay in the iav_mode event (sent only with "trace": true)."""
+    secret = str(tmp_path / "models" / "clip-private.bin")
+    clues = {"OCR text": "", "Caption": "a man dunking a basketball", "Dense Captions": "a man",
+             "Tags": "basketball"}  # every tool answered by a clue: only CLIP would read it
+    with _app_client(clip_pretrained=secret) as client:
+        r = client.post("/link", json={**MENTION, "clues": clues,
+                                       "image": "data:image/png;base64,AAAA"})
+        assert r.status_code == 200, r.text
+        rec = r.json()
+        assert rec["image_status"] == "unused" and "clip-private" not in r.text
+        assert rec["image_reason"] == ("not loaded: no step of this run reads it (IAV by caption, "
+                                       "only precomputed clue tools; CLIP unavailable: see the "
+                                       "iav_mode event)")
+        r = client.post("/link", json={**MENTION, "clues": clues, "trace": True,
+                                       "image": "data:image/png;base64,AAAA"})
+        ev = [e for e in r.json()["events"] if e["type"] == "iav_mode"]
+        assert len(ev) == 1 and ev[0]["reason"].startswith("CLIP unavailable: ")
+
+
 def test_local_images_only_under_the_servers_image_root(tmp_path, image_reading):
     root = tmp_path / "images"
     root.mkdir()

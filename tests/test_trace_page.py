@@ -20,6 +20,7 @@ from fakes import ScriptedChatModel, tool_call
 from langchain_core.messages import AIMessage
 
 from i2cr.data import Candidate, Mention
+from i2cr.graph import Context
 from i2cr.linker import link_mention
 from i2cr.trace import render_html, render_tree
 from i2cr.trace_page import embeddable_image
@@ -162,6 +163,41 @@ def test_page_explains_scores_gold_rank_and_why_wrong_first_collapsed():
     assert "not among the candidates" in miss and "<th title='ranker score'>R2</th>" in miss
     good = page.split("id='m-good'")[1].split("</details>")[0]
     assert "class='gold'" not in good and "gold-tag" in good and "gold rank 1/4" in good
+
+
+def test_a_nil_answered_by_rule_says_the_rule_not_an_llm_answer():
+    """With tes_strategy=llm a pronoun is NIL by the ranker's rule, no LLM asked: the page said
+    "The LLM answered '∅' in R1, read as “nil” (nil_rule)", and neither view gave the rule's
+    reason (the retrieval ranker's NIL by rule neither)."""
+    he = Mention(id="he", mention="He", context="He dunks during the 1991 NBA Finals.",
+                 candidates=[Candidate(c["name"], c["desc"]) for c in JORDAN_CANDIDATES],
+                 allow_nil=True, label="nil")
+    for strategy, method in (("llm", "nil_rule"), ("retrieval", "retrieval")):
+        chat = ScriptedChatModel(script=[])  # any call would fail the run: none may be made
+        rec = link_mention(he, Context(tes_strategy=strategy, chat_model=chat, iav_mode="off"))
+        assert (rec["answer"], rec["llm_calls"], chat.calls) == ("nil", 0, [])
+        page = render_html([rec])
+        assert "LLM answered" not in page, strategy
+        assert f"NIL in R1 ({method}): a personal pronoun" in page, strategy
+        assert ("no LLM was asked" in page) == (strategy == "llm")
+        assert f"tes: → 'nil' ({method}): a personal pronoun" in render_tree(rec), strategy
+
+
+def test_stream_lines_say_why_a_nil_was_answered_by_rule(capsys):
+    """--stream showed a NIL answered by rule as {"type": "tes_answer", "mapped": "nil"}: neither
+    that no LLM answered (method) nor why (nil_reason); an iav_mode event lost its reason too."""
+    from i2cr.cli import _stream_printer
+
+    he = Mention(id="he", mention="He", context="He dunks during the 1991 NBA Finals.",
+                 candidates=[Candidate(c["name"], c["desc"]) for c in JORDAN_CANDIDATES],
+                 allow_nil=True)
+    chat = ScriptedChatModel(script=[])
+    link_mention(he, Context(tes_strategy="llm", chat_model=chat, iav_mode="off"),
+                 on_event=_stream_printer("he"))
+    err = capsys.readouterr().err
+    assert ('[he]     {"type": "tes_answer", "method": "nil_rule", "mapped": "nil", '
+            '"nil_reason": "a personal pronoun"}') in err, err
+    assert '"type": "iav_mode", "mode": null, "reason": "IAV switched off"' in err, err
 
 
 def _driver(tmp_path):

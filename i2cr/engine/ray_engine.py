@@ -58,10 +58,12 @@ from ..data import (
     documents_of,
     load_labels,
     scattered_message,
+    shown_id,
     shuffle_candidates,
     to_item,
 )
 from ..eval.runner import (
+    SHOWN_REPEATS,
     ResultWriter,
     RunStats,
     Warn,
@@ -70,6 +72,7 @@ from ..eval.runner import (
     load_models,
     prefetch,
     read_results,
+    repeats_line,
     run_one,
     warn_stderr,
 )
@@ -473,6 +476,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
     writer = open_output(out, resume=resume, warn=warn) if out else None
     resumed: set[str] = writer.done if writer else set()
     st.errors_before = len(writer.errors_before) if writer else 0  # (of the whole output)
+    repeated: list[str] = []  # the first repeated ids, named in the warning
     ids = RunIds()  # the driver's memory stays flat: the ids seen and written are on disk
     ids.add_written(resumed)
     started = start(address, num_cpus=workers, object_store_mb=object_store_mb)
@@ -525,8 +529,10 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                         named.name((bad, scored))
                 if k > 1:  # the rule of check_items: the first is linked
                     st.duplicates += 1
+                    if rid not in repeated and len(repeated) <= SHOWN_REPEATS:
+                        repeated.append(rid)
                     new = f"{rid}#dup{k}"
-                    err = DataError(f"duplicate id {rid!r} (record {idx + 1} of the input); "
+                    err = DataError(f"duplicate id {shown_id(rid)} (record {idx + 1} of the input); "
                                     "not linked, scored as an error", record=new)
                     rec = error_record(new, err, label)
                 elif text is None:
@@ -557,8 +563,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
 
             ray.shutdown()
     if warn is not None and st.duplicates:
-        warn(f"{st.duplicates} record(s) repeat an id already used: the first is linked, each "
-             "repeat becomes an error record '<id>#dup<k>' and counts as a wrong answer")
+        warn(repeats_line(st.duplicates, repeated))
     named.end()
     if warn is not None and scattered:
         warn(scattered_message(scattered))

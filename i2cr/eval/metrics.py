@@ -86,6 +86,12 @@ def image_failures(recs: Iterable[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(Counter(w for r in recs if (w := image_failure(r)) is not None).items()))
 
 
+def image_unused(rec: dict[str, Any]) -> bool:
+    """Whether a record's image was not loaded because no step of the run reads it
+    (``image_status`` 'unused': IAV off or unable to run, or answered by precomputed clues)."""
+    return rec.get("image_status") == "unused"
+
+
 def failed_downloads(kinds: dict[str, int]) -> dict[str, int]:
     """The part of :func:`image_failures`' counts that fails a run: the failed downloads."""
     return {k: v for k, v in kinds.items() if k in FAILED_DOWNLOADS}
@@ -128,6 +134,7 @@ def compute(records: Iterable[dict[str, Any]], *, wall_s: float | None = None,
                          "structured_fallback_mentions": sum(1 for r in recs
                                                              if structured_fallback(r)),
                          "image_failures": image_failures(recs),
+                         "images_unused": sum(1 for r in recs if image_unused(r)),
                          "candidate_cuts": candidate_cuts(recs)}
 
     def acc(get) -> float | None:

@@ -32,6 +32,16 @@ def image_line(kinds: dict[str, int]) -> str | None:
             f"({counted(kinds)}); they were linked without it (see image_reason)")
 
 
+def unused_line(n: int) -> str | None:
+    """One line on the images not loaded because no step of the run reads them (``image_status``
+    'unused'), or None when there were none: said, so that a run whose IAV could not read its
+    images (no CLIP weights, IAV off) does not pass for one that checked them."""
+    if not n:
+        return None
+    return (f"{n} mention(s) had an image that no step of this run reads (IAV off or unable to "
+            "run, or answered by precomputed clues): not loaded (see image_reason)")
+
+
 def candidates_line(cuts: dict[Any, int]) -> str | None:
     """One line on the mentions whose candidate list was cut to ``max_candidates`` (counts by
     the cap, as :func:`~.metrics.candidate_cuts` gives them), or None when none was."""
@@ -115,9 +125,11 @@ def markdown(metrics: dict[str, Any], info: dict[str, Any]) -> str:
     bad = failures(metrics)
     if bad:
         lines += [f"**{'; '.join(bad)}.**", ""]
-    cut = candidates_line(metrics.get("candidate_cuts") or {})
-    if cut:
-        lines += [f"{cut[0].upper()}{cut[1:]}.", ""]
+    for said in (candidates_line(metrics.get("candidate_cuts") or {}),
+                 image_line(metrics.get("image_failures") or {}),
+                 unused_line(metrics.get("images_unused") or 0)):
+        if said:
+            lines += [f"{said[0].upper()}{said[1:]}.", ""]
     lines += [f"- command: `{info.get('command', '')}`",
               f"- mentions: {metrics['mentions']} ({metrics['labelled']} labelled, "
               f"{metrics['errors']} errors)",

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..data import DataError, LabelError, Mention
+from ..data import DataError, LabelError, Mention, shown_id
 from ..embeddings import ModelUnavailable
 from ..graph import Context, resources
 from ..graph.iav import caption_text
@@ -32,7 +32,14 @@ from ..graph.state import Clue
 from ..graph.texts import clue_sequence
 from ..linker import error_record, link_mention
 from ..texts import entity_text, query_for
-from .metrics import candidate_cut, image_failure, linked_count, llm_failed, structured_fallback
+from .metrics import (
+    candidate_cut,
+    image_failure,
+    image_unused,
+    linked_count,
+    llm_failed,
+    structured_fallback,
+)
 
 Warn = Callable[[str], None]
 
@@ -149,6 +156,19 @@ def bad_records(warn: Warn | None) -> Named:
                            f"record; {n} in all)" if n > MAX_NAMED else None)
 
 
+SHOWN_REPEATS = 5  # the repeated ids the warning names
+
+
+def repeats_line(count: int, repeated: Sequence[str]) -> str:
+    """The warning of ``count`` records that repeat an id already used, naming the first
+    :data:`SHOWN_REPEATS` of the ``repeated`` ids (distinct, in input order; one more says there
+    are more), in both engines' words."""
+    shown = ", ".join(shown_id(d) for d in repeated[:SHOWN_REPEATS])
+    return (f"{count} record(s) repeat an id already used ({shown}"
+            f"{', ...' if len(repeated) > SHOWN_REPEATS else ''}): the first is linked, each "
+            "repeat becomes an error record '<id>#dup<k>' and counts as a wrong answer")
+
+
 def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] | None = None,
                 *, warn: Warn | None = warn_stderr) -> list[Mention | DataError]:
     """Make every input record count once, under its own id.
@@ -175,7 +195,7 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
         if rid in seen:
             seen[rid] += 1
             new = f"{rid}#dup{seen[rid]}"
-            err = DataError(f"duplicate id {rid!r} (record {i} of the input); not linked, "
+            err = DataError(f"duplicate id {shown_id(rid)} (record {i} of the input); not linked, "
                             "scored as an error", record=new)
             err.label = it.label if isinstance(it, Mention) else labels.get(rid)
             dups.append(rid)
@@ -188,10 +208,7 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
             bad.name(bad_record(it))
         out.append(it)
     if warn is not None and dups:
-        shown = ", ".join(repr(d) for d in list(dict.fromkeys(dups))[:5])
-        warn(f"{len(dups)} record(s) repeat an id already used ({shown}"
-             f"{', ...' if len(set(dups)) > 5 else ''}): the first is linked, each repeat becomes "
-             "an error record '<id>#dup<k>' and counts as a wrong answer")
+        warn(repeats_line(len(dups), list(dict.fromkeys(dups))[:SHOWN_REPEATS + 1]))
     bad.end()
     if warn is not None and nulls:
         warn(f"{nulls} record(s) have a null or empty id; they are linked under the id 'None' "
@@ -256,6 +273,7 @@ class RunStats:
     llm_failed: int = 0  # mentions with at least one failed LLM call (answered by a fallback)
     structured_fallbacks: int = 0  # mentions with a TES answer asked structured, read as free text
     image_failures: dict[str, int] = field(default_factory=dict)  # unusable images, by status
+    images_unused: int = 0  # images not loaded: no step of the run reads them
     candidate_cuts: dict[int, int] = field(default_factory=dict)  # lists cut, by max_candidates
     load_s: float = 0.0  # loading the models
     embedded_texts: int = 0  # texts run through the embedder ahead of the graph
@@ -265,11 +283,13 @@ class RunStats:
 
     def count(self, rec: dict[str, Any]) -> None:
         """Count one record produced: errors, failed LLM calls, free-text fallbacks, images that
-        could not be used, candidate lists cut to ``max_candidates``."""
+        could not be used or were not loaded (nothing read them), candidate lists cut to
+        ``max_candidates``."""
         self.produced += 1
         self.errors += rec.get("error") is not None
         self.llm_failed += llm_failed(rec)
         self.structured_fallbacks += structured_fallback(rec)
+        self.images_unused += image_unused(rec)
         why = image_failure(rec)
         if why is not None:
             self.image_failures[why] = self.image_failures.get(why, 0) + 1

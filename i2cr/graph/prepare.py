@@ -97,28 +97,32 @@ def capped_context(state: State, ctx: Context) -> tuple[str, list[Event]]:
     return context, []
 
 
-def reads_image(mode: IavMode | None, ctx: Context) -> bool:
+def reads_image(mode: IavMode | None, ctx: Context, inp: ToolInput) -> bool:
     """Whether a mention whose IAV mode, given a usable image, is ``mode`` would have its image
-    read: by IAV with CLIP, or, when IAV can check it at all (VIF runs only after IAV), by one of
-    the run's visual tools that is not a precomputed clue (any other backend or plug-in may)."""
+    read: by IAV with CLIP, or, when IAV can check it at all and VIF has rounds (VIF runs only
+    after IAV; ``max_vif_rounds`` 0: never), by one of the run's visual tools on ``inp`` (the
+    mention's image reference and precomputed clues): any but those that answer it from a
+    precomputed clue (:meth:`~i2cr.tools.base.VisualTool.reads_image`; a backend chain, ``tool_backend=auto``,
+    answers from the sample's clue when it has one)."""
     if mode == "clip":
         return True
-    if mode is None:
+    if mode is None or ctx.vif_cap == 0:
         return False
     try:
         tools = resources.tools(ctx)
     except ValueError:
         return False  # no tool can run (available_tools records why)
-    return any(t.backend != "precomputed" for t in tools.values())
+    return any(t.reads_image(inp) for t in tools.values())
 
 
-def unused_reason(mode: IavMode | None, why: str | None) -> str:
+def unused_reason(mode: IavMode | None, why: str | None, ctx: Context) -> str:
     """The ``image_reason`` of an image not loaded because nothing reads it (IAV's ``mode`` and
     why no better one, as :func:`choose_iav_mode` gives them for a usable image)."""
     if mode is None:
         return f"not loaded: no step of this run reads it ({why or 'IAV cannot run'})"
-    return ("not loaded: no step of this run reads it (IAV by caption, only precomputed clue "
-            "tools" + (f"; {why}" if why else "") + ")")
+    tools = "no VIF round (max_vif_rounds 0)" if ctx.vif_cap == 0 else "only precomputed clue tools"
+    return ("not loaded: no step of this run reads it (IAV by caption, " + tools
+            + (f"; {why}" if why else "") + ")")
 
 
 def image_status(state: State, ctx: Context) -> tuple[str, str | None, list[Event]]:
@@ -159,8 +163,12 @@ def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     mode, why = choose_iav_mode(modes, True, problem, clues)
     status: str
     reason: str | None
-    if state.get("image") and not reads_image(mode, ctx):
-        status, reason = "unused", unused_reason(mode, why)
+    probe = ToolInput(image_ref=state.get("image"), precomputed=clues, settings=ctx)
+    if state.get("image") and not reads_image(mode, ctx, probe):
+        # CLIP's own words stay in the iav_mode event: they may name the run's files (a served
+        # linker's model paths), and image_reason is in every record a server returns
+        brief = choose_iav_mode(modes, True, problem and "see the iav_mode event", clues)[1]
+        status, reason = "unused", unused_reason(mode, brief, ctx)
     else:
         status, reason, image_events = image_status(state, ctx)
         events += image_events

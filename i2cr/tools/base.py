@@ -99,10 +99,24 @@ class VisualTool:
     version: str = "1"
     needs_image: bool = True
     check: Callable[[ToolInput], bool] | None = field(default=None, repr=False)
+    # whether running on an input may read its image, told without loading it (None: any tool
+    # but a precomputed clue may); see reads_image
+    reads: Callable[[ToolInput], bool] | None = field(default=None, repr=False)
 
     def __call__(self, inp: ToolInput) -> str:
         """The tool is still the function it was made from (``@register_tool`` returns it)."""
         return self.fn(inp)
+
+    def reads_image(self, inp: ToolInput) -> bool:
+        """Whether running on ``inp`` may read the mention's image, told without loading it (a
+        run loads the image only when something reads it): ``reads`` when the tool gives it,
+        else True for any tool but a precomputed clue (a probe that fails: True)."""
+        if self.reads is None:
+            return self.backend != "precomputed"
+        try:
+            return bool(self.reads(inp))
+        except Exception:  # noqa: BLE001 - in doubt, the image may be read
+            return True
 
     def available(self, inp: ToolInput) -> bool:
         try:

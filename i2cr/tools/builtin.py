@@ -68,7 +68,8 @@ def tesseract_ocr(inp: ToolInput) -> str:
 def tesseract_tool() -> VisualTool:
     return VisualTool(name="ocr", description=DESCRIPTIONS["ocr"], fn=tesseract_ocr,
                       backend="tesseract", version=_tesseract_version(),
-                      check=lambda inp: tesseract_available() and inp.has_image())
+                      check=lambda inp: tesseract_available() and inp.has_image(),
+                      reads=lambda inp: tesseract_available())
 
 
 def _tesseract_version() -> str:
@@ -92,6 +93,16 @@ def first_available(name: str, tools: list[VisualTool]) -> VisualTool:
             raise ToolUnavailable(f"no backend of {name!r} can run for this input")
         return t.fn(inp)
 
+    def reads(inp: ToolInput) -> bool:
+        """A backend that may read the image comes before any that answers without it (such as
+        the sample's precomputed clue, which then is what runs)."""
+        for t in tools:
+            if t.reads_image(inp):
+                return True
+            if t.available(inp):
+                return False
+        return False
+
     return VisualTool(name=name, description=DESCRIPTIONS.get(name, tools[0].description), fn=fn,
                       backend="auto(" + "|".join(t.backend for t in tools) + ")",
-                      check=lambda inp: pick(inp) is not None)
+                      check=lambda inp: pick(inp) is not None, reads=reads)

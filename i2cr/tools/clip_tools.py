@@ -35,7 +35,8 @@ def clip_tags_tool(get_clip: Callable[[], Any], k: int = 8) -> VisualTool:
         return "; ".join(t for t, _ in _ranked(inp, get_clip)[:k])
 
     return VisualTool(name="tags", description=DESCRIPTIONS["tags"], fn=fn,
-                      backend="clip-zero-shot", check=lambda inp: _can(inp, get_clip))
+                      backend="clip-zero-shot", check=lambda inp: _can(inp, get_clip),
+                      reads=lambda inp: _loads(get_clip))
 
 
 def clip_caption_tool(get_clip: Callable[[], Any]) -> VisualTool:
@@ -44,12 +45,18 @@ def clip_caption_tool(get_clip: Callable[[], Any]) -> VisualTool:
         return f"a photo of {top[0]}" + (f" with {top[1]} and {top[2]}" if len(top) == 3 else "")
 
     return VisualTool(name="caption", description=DESCRIPTIONS["caption"], fn=fn,
-                      backend="clip-zero-shot", check=lambda inp: _can(inp, get_clip))
+                      backend="clip-zero-shot", check=lambda inp: _can(inp, get_clip),
+                      reads=lambda inp: _loads(get_clip))
 
 
-def _can(inp: ToolInput, get_clip: Callable[[], Any]) -> bool:
+def _loads(get_clip: Callable[[], Any]) -> bool:
+    """Whether CLIP loads (without it, these tools never read the image)."""
     try:
         get_clip()
     except Exception:  # noqa: BLE001
         return False
-    return inp.has_image()
+    return True
+
+
+def _can(inp: ToolInput, get_clip: Callable[[], Any]) -> bool:
+    return _loads(get_clip) and inp.has_image()

@@ -65,7 +65,8 @@ def cached(tool: VisualTool, cache: ClueCache | None) -> VisualTool:
         return text
 
     return VisualTool(name=tool.name, description=tool.description, fn=fn, backend=tool.backend,
-                      version=tool.version, needs_image=tool.needs_image, check=tool.check)
+                      version=tool.version, needs_image=tool.needs_image, check=tool.check,
+                      reads=tool.reads)
 
 
 class SharedBackends:

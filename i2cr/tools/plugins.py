@@ -38,4 +38,10 @@ def _available(inp: ToolInput) -> bool:
 
 def objects_tool() -> VisualTool:
     return VisualTool(name="objects", description=DESCRIPTION, fn=objects, backend="plugin:objects",
-                      check=_available)
+                      check=_available, reads=_reads)
+
+
+def _reads(inp: ToolInput) -> bool:
+    """The image is read (by Azure) only for a sample without precomputed ``Objects``."""
+    return not (inp.precomputed and "Objects" in inp.precomputed) and azure_configured(
+        inp.settings)
