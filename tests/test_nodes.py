@@ -60,7 +60,7 @@ class FakeRanker:
         self.scores, self.p_link, self.nil_threshold = scores, p_link, nil_threshold
         self.calls: list[dict] = []
 
-    def rank(self, mention, context, clues, candidates, document=()):
+    def rank(self, mention, context, clues, candidates, document=(), rule_names=None):
         cands = [dict(c) for c in candidates]
         self.calls.append({"offered": [c["name"] for c in cands], "clues": list(clues)})
         s = np.array([self.scores[c["name"]] for c in cands], dtype=float)

@@ -343,6 +343,30 @@ def test_a_surname_whose_fuller_name_in_its_document_is_no_candidate_is_nil(jord
     assert out["answer"] in {c["name"] for c in people}
 
 
+def test_a_candidate_icr_rejected_is_still_a_candidate_to_the_nil_rule(jordan):
+    """The fuller-name rule reads every candidate of the mention: after ICR rejected 'Michael
+    Jordan', the document's 'Michael Jordan' was read as a name 'which no candidate is', and the
+    re-choice was NIL by rule (ranker and LLM strategies alike), though it is a candidate."""
+    from fakes import ScriptedChatModel
+
+    from i2cr.graph import Context
+
+    people = [c for c in jordan()["candidates"] if c["name"] != "Jordan"]
+    doc = dict(candidates=people, context="Jordan said the talks would go on.", allow_nil=True,
+               document_mentions=["Michael Jordan", "Bulls"])
+    strict = dict(clue_cache="none", icr_threshold=0.99,  # ICR rejects every choice; NIL
+                  nil_threshold=1e-6)  # only by rule (p_link 0)
+    fake = ScriptedChatModel(script=["Answer: Michael Jordan", "Answer: Michael B. Jordan",
+                                     "Answer: Jordan Peele", "Answer: Michael B. Jordan"])
+    for ctx in (Context(**strict), Context(chat_model=fake, tes_strategy="llm", **strict)):
+        out = run(jordan(**doc), ctx)
+        answers = events(out, "tes_answer")
+        assert len(answers) > 1 and answers[0]["mapped"] == "Michael Jordan"
+        assert [a.get("nil_reason") for a in answers] == [None] * len(answers), ctx.tes_strategy
+        assert out["answer"] != "nil"
+    assert len(fake.calls) == len(answers) > 1  # the LLM chose every time: no rule answered
+
+
 def test_the_hybrids_llm_review_does_not_overrule_a_nil_by_rule(jordan):
     """Hybrid TES: the ranker's NIL by the fuller-name rule stands without the LLM (the review
     asked it, the ranker being unsure among the Jordans, and the LLM, which does not see the

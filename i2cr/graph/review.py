@@ -53,7 +53,7 @@ def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     cands = allowed_candidates(view)
     if not cands:
         return {**update, "events": [{**ev, "path": "ranker", "reason": "no candidate left"}]}
-    if held == NIL and (rule := rule_nil(view, cands)):
+    if held == NIL and (rule := rule_nil(view)):
         return {**update, "events": [{**ev, "path": "ranker", "answer": held, "reason": rule}]}
     order, probs = review_ranking(view, ctx, cands)
     p = probs[order[0]]

@@ -40,14 +40,22 @@ def allowed_candidates(state: State) -> list[CandidateDict]:
     return [c for c in state["candidates"] if c["name"] not in excluded]
 
 
-def rule_nil(state: Mapping[str, Any], cands: Sequence[Mapping[str, Any]]) -> str | None:
-    """Why ``cands`` cannot hold the referent by the ranker's rule
+def rule_nil(state: Mapping[str, Any]) -> str | None:
+    """Why the mention's candidates cannot hold the referent by the ranker's rule
     (:func:`i2cr.ranker.model.nil_rule`: a pronoun, or a fuller name in the document that no
     candidate is), where the mention allows NIL; None where it does not, or the rule does not
-    apply."""
+    apply. The rule reads every candidate of the mention, those ICR rejected in this round too:
+    a rejection does not make the document's fuller name 'no candidate'."""
+    cands = state.get("candidates") or []
     if not state.get("allow_nil") or not cands:
         return None
-    return nil_rule(state["mention"], [str(c["name"]) for c in cands], document_of(state))
+    return nil_rule(state["mention"], rule_names(state), document_of(state))
+
+
+def rule_names(state: Mapping[str, Any]) -> list[str]:
+    """The names the NIL rule compares the document's fuller names with: every candidate of the
+    mention (:func:`rule_nil`)."""
+    return [str(c["name"]) for c in state.get("candidates") or []]
 
 
 def rank_by_embedding(query: str, ctx: Context, cands: Sequence[Mapping[str, Any]]) -> list[float]:
@@ -57,7 +65,8 @@ def rank_by_embedding(query: str, ctx: Context, cands: Sequence[Mapping[str, Any
 
 def retrieval_ranking(state: State, ctx: Context, cands: Sequence[Mapping[str, Any]]) -> Ranking:
     """The ranker's view of ``cands`` in this round (mention, context, round clues)."""
-    return resources.ranker(ctx).rank(*round_inputs(state, ctx), cands, document_of(state))
+    return resources.ranker(ctx).rank(*round_inputs(state, ctx), cands, document_of(state),
+                                      rule_names=rule_names(state))
 
 
 def ranked(state: State, cands: Sequence[Mapping[str, Any]], r: Ranking) -> Ranked:
@@ -148,7 +157,7 @@ def tes_llm_strategy(state: State, ctx: Context) -> dict[str, Any]:
     referent (:func:`rule_nil`, as the ranker answers it in the other strategies), else the LLM's
     choice (:func:`tes_llm`)."""
     cands = allowed_candidates(state)
-    rule = rule_nil(state, cands)
+    rule = rule_nil(state)
     if rule is None:
         return tes_llm(state, ctx, cands)
     ev: TesAnswer = {"type": "tes_answer", "round": state["round"], "strategy": "llm",

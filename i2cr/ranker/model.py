@@ -306,15 +306,19 @@ class Ranker:
         return features(mention, context, clue_text, cands, sims, csims, osims, document, dsims)
 
     def rank(self, mention: str, context: str, clues: Sequence[Mapping[str, Any]],
-             candidates: Sequence[Mapping[str, Any]], document: Sequence[str] = ()) -> Ranking:
+             candidates: Sequence[Mapping[str, Any]], document: Sequence[str] = (),
+             rule_names: Sequence[str] | None = None) -> Ranking:
         """``document``: the other mentions of the mention's document, as written (see
-        :func:`i2cr.names.expansions`). The ranking carries the round's query it compared
-        (``Ranking.query``), built once."""
+        :func:`i2cr.names.expansions`); ``rule_names``: the names :func:`nil_rule` compares
+        with (None: the candidates'; the graph gives every candidate of the mention, those ICR
+        rejected too). The ranking carries the round's query it compared (``Ranking.query``),
+        built once."""
         cands = [dict(c) for c in candidates]
         model = "prior" if has_prior(cands) else "no_prior"
         query = query_for(mention, context, clues, self.settings)
         F = self.features(mention, context, clues, cands, document=document, query=query)
-        rule = nil_rule(mention, [str(c.get("name", "")) for c in cands], document)
+        names = [str(c.get("name", "")) for c in cands] if rule_names is None else rule_names
+        rule = nil_rule(mention, names, document)
         return self.ranking(mention, cands, F, model, query, rule)
 
     def ranking(self, mention: str, cands: list[dict[str, Any]], F: np.ndarray,
