@@ -150,6 +150,10 @@ def test_eval_on_the_shipped_examples_reports_nil(tmp_path):
     assert m["labelled"] == 4 and m["nil"]["gold"] == 1
     assert m["info"]["order"] == "original order (kept)" and m["info"]["strategy"] == "retrieval"
     assert m["cost"]["llm_calls_per_mention"] == 0
+    # IAV's modes in words: 'jordan-nba' has neither image nor clues, so IAV could not run
+    # (report.md said "IAV modes: {'None': 1, 'caption': 3}")
+    assert m["iav_modes"] == {"caption": 3, "none": 1}
+    assert "IAV modes: caption 3, none 1\n" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.integration

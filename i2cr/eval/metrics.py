@@ -206,5 +206,7 @@ def compute(records: Iterable[dict[str, Any]], *, wall_s: float | None = None,
                 "linked", "load_s", "embedded_texts", "embed_s", "link_s", "wall_s")})
     m["routes"] = dict(Counter(r.get("final_reason") or "error" for r in recs).most_common())
     m["paths"] = dict(Counter(path_signature(r.get("path") or []) for r in recs).most_common(8))
-    m["iav_modes"] = dict(Counter(str((r.get("scores") or {}).get("iav_mode")) for r in recs))
+    # how many mentions IAV checked in each mode ('none': IAV could not run for it)
+    m["iav_modes"] = dict(Counter(str((r.get("scores") or {}).get("iav_mode") or "none")
+                                  for r in recs))
     return m

@@ -120,6 +120,12 @@ def write_png(metrics: dict[str, Any], path: str | Path, title: str = "") -> Pat
     return Path(path)
 
 
+def iav_modes_text(modes: dict[str, int]) -> str:
+    """How many mentions IAV checked in each mode, most first ('caption 3, none 1'; 'none': IAV
+    could not run), as report.md says it."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(modes.items(), key=lambda kv: -kv[1])) or "-"
+
+
 def markdown(metrics: dict[str, Any], info: dict[str, Any]) -> str:
     lines = [f"# i2cr evaluation: {info.get('dataset', '')}", ""]
     bad = failures(metrics)
@@ -135,7 +141,7 @@ def markdown(metrics: dict[str, Any], info: dict[str, Any]) -> str:
               f"{metrics['errors']} errors)",
               f"- candidate order: {info.get('order', '')}",
               f"- strategy: {info.get('strategy', '')}; LLM: {info.get('llm', '')}; "
-              f"IAV modes: {metrics.get('iav_modes')}",
+              f"IAV modes: {iav_modes_text(metrics.get('iav_modes') or {})}",
               f"- machine: {info.get('machine', '')}", ""]
     lines += ["## Top-1 accuracy by stage", "", "| stage | accuracy (%) |", "|---|---|"]
     lines += [f"| {lab} | {_pct(v)} |" for lab, v in stage_rows(metrics)]
