@@ -386,10 +386,11 @@ def parse_record(rec: Any, rid: str, *, source: str, image_root: str | None = No
     if clues is not None and not isinstance(clues, dict):
         raise DataError("must be an object of clue type -> text", source=source, record=rid,
                         field=_field(rec, "mention_imgdesc_Azure"))
-    doc_id = rec.get("doc_id")  # read by document_key; another type would be ignored silently
-    if doc_id is not None and (isinstance(doc_id, bool) or not isinstance(doc_id, (str, int))):
-        raise DataError(f"must be a string or an integer, not {type(doc_id).__name__}",
-                        source=source, record=rid, field="doc_id")
+    for name in ("id", "doc_id"):  # an id of another kind would be read as its Python text
+        value = rec.get(name)  # (a null id is read as 'None' and reported: check_items)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+            raise DataError(f"must be a string or an integer, not {type(value).__name__}",
+                            source=source, record=rid, field=name)
     doc = document_names(rec.get("document_mentions"), source=source, record=rid)
     return Mention(id=rid, mention=mention, context=context, candidates=cands,
                    image=image or None, image_root=image_root, clues=clues, label=label,

@@ -612,6 +612,22 @@ def test_many_records_of_one_document_are_grouped_in_linear_work(monkeypatch):
     assert docs[1] is not docs[2]  # each its own list
     assert scanned[0] < 10 * n
 
+def test_an_id_of_another_type_is_one_bad_record_not_its_python_text(tmp_path):
+    """An id that is a list, an object, a boolean or a float was read as its Python text
+    ("['x']", "True"): a record of its own under a made-up id. It is a bad record naming the
+    field, as a doc_id of another kind is; a string or an integer id is linked."""
+    p = tmp_path / "d.jsonl"
+    rows = [dict(GOOD, id=["x"]), dict(GOOD, id={"k": 1}), dict(GOOD, id=True),
+            dict(GOOD, id=1.5), dict(GOOD, id="s"), dict(GOOD, id=7)]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    *bad, s, seven = load_mentions(p, strict=False)
+    kinds = ["list", "dict", "bool", "float"]
+    assert [type(b) for b in bad] == [DataError] * 4
+    for b, kind in zip(bad, kinds, strict=True):
+        assert b.field == "id" and f"must be a string or an integer, not {kind}" in str(b)
+    assert (s.id, seven.id) == ("s", "7")
+
+
 def test_a_doc_id_of_another_type_is_one_bad_record_not_ignored(tmp_path):
     p = tmp_path / "d.jsonl"
     # (a document is a run of consecutive records: data.document_runs)
