@@ -157,6 +157,29 @@ def test_features_capture_gender_year_popularity_and_names():
         assert len(set(col(P, k))) == 1, k  # constant over the candidates: no effect on a softmax
 
 
+def test_a_kb_of_records_gets_the_records_block_and_prose_does_not():
+    """The records block repeats the shared features times the share of candidates whose
+    description is a record of fields (WikiMEL's 'Name: ... Sex: ...'); prose descriptions,
+    glosses with colons included, leave it 0, so a prose KB is ranked by the first block alone."""
+    from i2cr.ranker.features import RECORD_SHARED, is_record, record_share
+
+    assert is_record(CANDS[0]["desc"])
+    assert not is_record("Algeria (; Literary Arabic: x; Algerian Arabic: y), officially ...")
+    assert not is_record("Name: one field only") and not is_record("Paris is a city.")
+    block = [f"{f}_in_records" for f in RECORD_SHARED]
+    assert "sim_in_records" in block and "prior_in_records" not in block
+    F = features("Obama", "Obama speaks in Chicago.", "", CANDS, [0.5, 0.4, 0.1])
+    for f in RECORD_SHARED:
+        assert np.allclose(col(F, f"{f}_in_records"), col(F, f)), f
+    prose = [{"name": "Paris", "desc": "Paris is the capital of France."},
+             {"name": "Paris Hilton", "desc": CANDS[0]["desc"].replace("Barack Obama", "Paris")}]
+    assert record_share(prose) == 0.5
+    P = features("Paris", "Paris in spring.", "", prose, [0.5, 0.4])
+    assert np.allclose(col(P, "exact_in_records"), 0.5 * col(P, "exact"))
+    only_prose = features("Paris", "Paris in spring.", "", prose[:1], [0.5])
+    assert not only_prose[:, [FEATURES.index(f) for f in block]].any()
+
+
 WARNERS = [
     {"qid": "Q2161525", "name": "John De Witt Warner",
      "desc": "Name: John De Witt Warner. Sex: male. Birth: 1851. Death: 1925, New York City. "

@@ -27,6 +27,12 @@ Groups (see :data:`FEATURES`):
   (neutral);
 - **popularity**: the Wikidata QID number's gap to the lowest among the candidates (constant, so
   neutral, without QIDs);
+- **records**: the embedding, name, document and popularity features again, times the share of
+  the mention's candidates whose description is a record of fields (``Name: … . Sex: … .``, as
+  WikiMEL's are) rather than prose (:func:`record_share`): 0 for every candidate with prose
+  descriptions, so prose KBs are ranked by the first block alone, while a KB of records gets its
+  own correction to each weight (how much a name match or a text similarity says depends on how
+  the KB writes its descriptions);
 - **people**: agreement of gender words with a ``Sex:`` field, the context's years against
   ``Birth:``/``Death:`` years, the image era from the clue, the context against ``Occupation:``.
   They read structured descriptions (WikiMEL's); where a description has no such field they are 0
@@ -66,11 +72,20 @@ FEATURES = [
     "has_expansion", "expansion_exact", "expansion_jaccard",
     # prior and popularity
     "prior", "prior_top", "prior_missing", "qid_gap",
-    # people
+    # people (their own block, already 0 where a description has no such field)
     "gender_clue", "gender_context", "gender_words_context", "year_fit", "has_spouse",
     "before_birth", "child_at_year", "in_lifetime", "after_death", "painting_era",
     "monochrome_era", "occupation_context", "no_occupation",
 ]
+# the features repeated in the records block: every one before the people block but the prior's
+# (WikiMEL's records carry no prior, so such weights could not be fitted)
+RECORD_SHARED = [f for f in FEATURES[:FEATURES.index("gender_clue")]
+                 if f not in ("prior", "prior_top", "prior_missing")]
+FEATURES += [f"{f}_in_records" for f in RECORD_SHARED]
+_SHARED_COLS = [FEATURES.index(f) for f in RECORD_SHARED]
+# a record's description: 'Key: value.' fields from its first character ('Name: X. Sex: male. ...');
+# prose that glosses a name in other languages ('Algeria (; Literary Arabic: ...') is not one
+_FIELD = re.compile(r"(?:^|\. )[A-Z][A-Za-z ]{0,30}: ")
 
 _WORD = re.compile(r"\w+")
 _YEAR = re.compile(r"\b(1[0-9]{3}|20[0-3][0-9])\b")
@@ -91,6 +106,19 @@ _MONO = re.compile(r"\b(black and white|monochrome|retro|vintage)\b", re.I)
 _BIRTH = re.compile(r"Birth: (\d{3,4})")
 _DEATH = re.compile(r"Death: (\d{3,4})")
 _OCCUPATION = re.compile(r"Occupation: ([^.]*)")
+
+
+def is_record(desc: str) -> bool:
+    """Whether a description is a record of fields (``Name: X. Sex: male. Birth: 1887, ...``):
+    it starts with a ``Key: `` field and has at least two."""
+    return bool(re.match(r"[A-Z][A-Za-z ]{0,30}: ", desc)) and len(_FIELD.findall(desc)) >= 2
+
+
+def record_share(candidates: Sequence[dict[str, Any]]) -> float:
+    """The share of the candidates whose description is a record (:func:`is_record`)."""
+    if not candidates:
+        return 0.0
+    return sum(is_record(c.get("desc") or "") for c in candidates) / len(candidates)
 
 
 def _toks(s: str) -> set[str]:
@@ -258,6 +286,7 @@ def features(mention: str, context: str, clue_text: str, candidates: Sequence[di
     exps = [(e, set(e.split())) for e in expansions(mention, tuple(document))]
     pshare, ptop, pmiss = prior_columns(candidates)
     cdesc = context_in_desc(men, context, candidates)
+    records = record_share(candidates)
     rows = []
     for i, c in enumerate(candidates):
         o = occ[i]
@@ -311,4 +340,5 @@ def features(mention: str, context: str, clue_text: str, candidates: Sequence[di
             before, child, alive, dead, era_paint, era_mono,
             0.0 if o is None else o - occ_best, float(o is None),
         ])
-    return np.asarray(rows, dtype=np.float64).reshape(n, len(FEATURES))
+    F = np.asarray(rows, dtype=np.float64).reshape(n, len(FEATURES) - len(RECORD_SHARED))
+    return np.hstack([F, records * F[:, _SHARED_COLS]])
