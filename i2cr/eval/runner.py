@@ -348,7 +348,7 @@ def load_models(items: list[Mention | DataError], settings: Context) -> list[str
             resources.clip(settings)
             names.append(settings.clip_model)
         except ModelUnavailable:
-            pass  # each mention records why IAV did not use CLIP (and the next run tries again)
+            pass  # each mention records why IAV did not use CLIP (tried once this run)
     return names
 
 
