@@ -428,7 +428,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                      sample=args.sample, seed=args.seed, keep_order=args.keep_order,
                      shuffle_seed=args.shuffle_seed, concurrency=args.concurrency,
                      progress=not args.no_progress, command="i2cr " + " ".join(sys.argv[1:]),
-                     engine=engine.eval_engine(args, settings) if args.engine == "ray" else None)
+                     engine=engine.eval_engine(args, settings) if args.engine == "ray" else None,
+                     cache_mark=getattr(args, "cache_mark", None))
     except KeyboardInterrupt:
         print(f"i2cr: interrupted; rerun with --resume to go on ({out_dir})", file=sys.stderr)
         return 130
@@ -456,9 +457,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"i2cr: {cut}", file=sys.stderr)
     if "kb" in m:
         print("\n".join(kb_lines(m["kb"])))
-    for b in bad:
+    for b in bad:  # (the caches that failed last, as link's closing lines say them)
         print(f"i2cr: {b}", file=sys.stderr)
-    return 1 if cache_problems(args) or bad else 0
+    return 1 if bad else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

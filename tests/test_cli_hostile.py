@@ -972,3 +972,37 @@ def test_candidates_cut_to_max_candidates_are_listed_in_truncated_and_counted(tm
             "--set", "max_candidates=3")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "truncated" not in json.loads(p.stdout) and "max_candidates" not in p.stderr
+
+
+# --- eval's report.md and metrics.json say the caches that failed ------------------------------
+
+def test_eval_report_and_metrics_say_the_caches_that_failed(tmp_path, capsys):
+    """A cache that failed was said on stderr and in the exit code, but report.md and
+    metrics.json (what is kept of the run) did not say it: they now count the caches that
+    failed and give each one's reason, in the closing line's words (the folder is in the
+    warning only). stderr says each once, as before."""
+    from i2cr.cli import main
+
+    bad = tmp_path / "emb"
+    bad.write_text("a file where the cache folder should be")
+    ev = tmp_path / "ev"
+    assert main(["eval", str(EXAMPLES / "mentions.json"), str(EXAMPLES / "labels.json"),
+                 "--no-progress", "--out-dir", str(ev), "--set", f"embedding_cache={bad}",
+                 "--set", "clue_cache=none"]) == 1
+    err = capsys.readouterr().err
+    closing = [x for x in err.splitlines() if x.startswith("i2cr: cache failure, ")]
+    assert len(closing) == 1 and closing[0].startswith(
+        "i2cr: cache failure, embedding cache: is unusable ("), err[-2000:]
+    phrase = closing[0].removeprefix("i2cr: cache failure, ")
+    m = json.loads((ev / "metrics.json").read_text())
+    assert m["cache_failures"] == {"count": 1, "reasons": [phrase]}
+    report = (ev / "report.md").read_text()
+    assert f"**Cache failure, {phrase}**" in report
+    assert str(bad) not in report.replace(phrase, "") and m["labelled"] == 4
+    # a run whose caches are sound says none
+    assert main(["eval", str(EXAMPLES / "mentions.json"), str(EXAMPLES / "labels.json"),
+                 "--no-progress", "--out-dir", str(tmp_path / "ok"), "--set",
+                 "clue_cache=none"]) == 0
+    assert json.loads((tmp_path / "ok" / "metrics.json").read_text())["cache_failures"] == {
+        "count": 0, "reasons": []}
+    assert "Cache failure" not in (tmp_path / "ok" / "report.md").read_text()

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import store
 from ..data import DataError, Mention, load_labels, load_mentions, shuffle_candidates
 from ..graph import Context
 from ..kb import open_kb
@@ -55,13 +56,18 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
              resume: bool = False, limit: int | None = None, sample: int | None = None,
              seed: int = 0, keep_order: bool = False, shuffle_seed: int = 0,
              concurrency: int = 1, progress: bool = True, command: str = "",
-             warn: Warn | None = warn_stderr, engine: Any = None) -> dict[str, Any]:
+             warn: Warn | None = warn_stderr, engine: Any = None,
+             cache_mark: store.Mark | None = None) -> dict[str, Any]:
     """Evaluate; raises :class:`DataError` when the input holds no mention at all (nothing to
     score), :class:`i2cr.llm.BackendError` when the LLM backend does not answer.
 
     ``engine`` (the Ray engine: :func:`i2cr.engine.commands.eval_engine`) reads and links the
     dataset instead of this process: ``engine(results_path, resume, stats, progress)`` yields
-    the records as it writes them; every record of the results file is then scored."""
+    the records as it writes them; every record of the results file is then scored.
+
+    The caches that failed from ``cache_mark`` on (:func:`i2cr.store.mark`; by default, from
+    this call on) are in the metrics and the report (``cache_failures``)."""
+    since = cache_mark if cache_mark is not None else store.mark()
     settings = settings or Context()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -125,6 +131,7 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
             seen.add(r["id"])
             recs.append(r)
     m = M.compute(recs, wall_s=meta["wall_s"], max_vif=max(settings.vif_cap, 1), segment=stats)
+    m["cache_failures"] = M.cache_failures(store.failures(since))
     m["info"] = info
     if settings.kb:
         m["kb"] = kb_metrics(recs, settings.kb)

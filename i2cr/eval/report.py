@@ -59,9 +59,16 @@ def candidates_line(cuts: dict[Any, int]) -> str | None:
 
 
 def failures(metrics: dict[str, Any]) -> list[str]:
-    """What went wrong in a run, one phrase each (empty when nothing did): no record labelled,
-    error records, which count as wrong answers, and mentions answered by a fallback after a
-    failed LLM call."""
+    """What went wrong in a run, one phrase each (empty when nothing did): those of its records
+    (:func:`record_failures`), then each cache that failed (:func:`cache_lines`). Each fails
+    the run (``i2cr eval`` exits 1)."""
+    return record_failures(metrics) + cache_lines(metrics)
+
+
+def record_failures(metrics: dict[str, Any]) -> list[str]:
+    """What went wrong with a run's records: no record labelled, error records, which count as
+    wrong answers, mentions answered by a fallback after a failed LLM call, failed image
+    downloads, free-text answers to structured requests."""
     out = []
     if metrics.get("mentions") and not metrics.get("labelled"):  # (a labels file of other ids)
         out.append(f"none of the {metrics['mentions']} record(s) has a gold label (does the "
@@ -82,6 +89,12 @@ def failures(metrics: dict[str, Any]) -> list[str]:
         out.append(f"{metrics['structured_fallback_mentions']} mention(s) asked for structured "
                    "answers got free text (see the tes_answer events' structured_error)")
     return out
+
+
+def cache_lines(metrics: dict[str, Any]) -> list[str]:
+    """One phrase per cache that failed in the run (``cache_failures``), in the words of the
+    closing line (the answers were recomputed without it, but the run failed to use it)."""
+    return [f"cache failure, {r}" for r in (metrics.get("cache_failures") or {}).get("reasons", [])]
 
 
 def stage_rows(metrics: dict[str, Any]) -> list[tuple[str, float | None]]:
@@ -128,9 +141,11 @@ def iav_modes_text(modes: dict[str, int]) -> str:
 
 def markdown(metrics: dict[str, Any], info: dict[str, Any]) -> str:
     lines = [f"# i2cr evaluation: {info.get('dataset', '')}", ""]
-    bad = failures(metrics)
+    bad = record_failures(metrics)
     if bad:
         lines += [f"**{'; '.join(bad)}.**", ""]
+    for cache in cache_lines(metrics):  # (each a sentence of its own: its reason has semicolons)
+        lines += [f"**{cache[0].upper()}{cache[1:].rstrip('.')}.**", ""]
     for said in (candidates_line(metrics.get("candidate_cuts") or {}),
                  image_line(metrics.get("image_failures") or {}),
                  unused_line(metrics.get("images_unused") or 0)):
