@@ -40,7 +40,16 @@ from .eval.report import (
     stage_rows,
     unused_line,
 )
-from .eval.runner import RunStats, check_items, read_results, run, to_link, warn_stderr
+from .eval.runner import (
+    RunStats,
+    check_items,
+    check_labels,
+    read_results,
+    record_id,
+    run,
+    to_link,
+    warn_stderr,
+)
 from .graph import Context, compile_graph, graph, resources
 from .graph.context import server_only_settings
 from .graph.events import is_llm_call
@@ -207,6 +216,8 @@ def cmd_link(args: argparse.Namespace) -> int:
     if not items:
         print(f"i2cr: no mentions to link in {args.file}", file=sys.stderr)
         return 2
+    if args.labels:  # (against every record of the file, before --limit)
+        check_labels(gold, {record_id(it) for it in items}.__contains__)
     if args.shuffle_seed is not None:
         items = shuffle_candidates(items, args.shuffle_seed)
     if args.limit is not None:

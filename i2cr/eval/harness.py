@@ -30,7 +30,17 @@ from ..kb.report import kb_lines, kb_metrics
 from ..llm import check_backend
 from . import metrics as M
 from .report import markdown, write_png
-from .runner import RunStats, Warn, check_items, read_results, run, to_link, warn_stderr
+from .runner import (
+    RunStats,
+    Warn,
+    check_items,
+    check_labels,
+    read_results,
+    record_id,
+    run,
+    to_link,
+    warn_stderr,
+)
 
 
 def select(items: list, *, limit: int | None = None, sample: int | None = None,
@@ -80,6 +90,10 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
         candidates="ignored" if settings.kb else "required", warn=warn)
     if not items and not engine:
         raise DataError("no mentions to evaluate in the file", source=str(data))
+    # the labels that name no record of the file (before --limit/--sample; the Ray engine's
+    # driver checks them as it reads the file, into the stats)
+    unmatched = None if engine else check_labels(
+        gold, {record_id(it) for it in items}.__contains__, warn=warn)
     if not keep_order:
         items = shuffle_candidates(items, shuffle_seed)
     if warn is not None and sample is not None and sample > len(items):
@@ -105,7 +119,7 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
             "settings": settings.public(), "limit": limit, "sample": sample, "seed": seed}
     t0 = time.perf_counter()
     base_wall = float(meta.get("wall_s") or 0.0)
-    stats = RunStats()
+    stats = RunStats(labels_unmatched=unmatched)
     segment = int(meta.get("segments") or 0) + 1  # this invocation's number (1 + resumes)
 
     def save_meta() -> None:
@@ -132,6 +146,8 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
             recs.append(r)
     m = M.compute(recs, wall_s=meta["wall_s"], max_vif=max(settings.vif_cap, 1), segment=stats)
     m["cache_failures"] = M.cache_failures(store.failures(since))
+    if stats.labels_unmatched is not None:
+        m["labels_unmatched"] = stats.labels_unmatched
     m["info"] = info
     if settings.kb:
         m["kb"] = kb_metrics(recs, settings.kb)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..data import shown_id
 from .metrics import failed_downloads
 
 STAGE_LABELS = {"first": "TES first answer", "icr": "after ICR (text answer)",
@@ -56,6 +58,38 @@ def candidates_line(cuts: dict[Any, int]) -> str | None:
     return (f"{n} mention(s) had more than max_candidates candidates ("
             f"{', '.join(f'{v} cut to {k}' for k, v in caps)}): only the first max_candidates "
             "were ranked (see truncated)")
+
+
+SHOWN_LABELS = 5  # the ids of labels naming no record that the warning quotes
+
+
+def unmatched_labels(labels: Iterable[str], unmatched: Iterable[str]) -> dict[str, Any]:
+    """What metrics.json keeps of a labels file's ids (``labels``) that name no record of the
+    data (``unmatched``, in the file's order): how many labels, how many name no record, the
+    first :data:`SHOWN_LABELS` of those."""
+    first: list[str] = []
+    count = 0
+    for rid in unmatched:
+        count += 1
+        if len(first) < SHOWN_LABELS:
+            first.append(rid)
+    return {"labels": sum(1 for _ in labels), "count": count, "first": first}
+
+
+def labels_line(found: dict[str, Any] | None) -> str | None:
+    """One line on the labels that name no record (:func:`unmatched_labels`), or None when each
+    names one: a typo in an id, or labels of another split, are not scored, silently. The one
+    rule for ``link --labels`` and ``eval`` (both engines): every label, or some; the run's
+    failure when no record at all has a gold label is :func:`record_failures`'."""
+    if not found or not found.get("count"):
+        return None
+    n, total, first = found["count"], found["labels"], found.get("first") or []
+    shown = ", ".join(shown_id(i) for i in first) + (", ..." if n > len(first) else "")
+    if n >= total:
+        return (f"none of the {total} label(s) names a record of the data ({shown}): nothing is "
+                "scored against them (labels of another dataset or split?)")
+    return (f"{n} of the {total} label(s) name no record of the data ({shown}): they are not "
+            "scored (a typo in an id, or labels of another split?)")
 
 
 def failures(metrics: dict[str, Any]) -> list[str]:
@@ -146,7 +180,8 @@ def markdown(metrics: dict[str, Any], info: dict[str, Any]) -> str:
         lines += [f"**{'; '.join(bad)}.**", ""]
     for cache in cache_lines(metrics):  # (each a sentence of its own: its reason has semicolons)
         lines += [f"**{cache[0].upper()}{cache[1:].rstrip('.')}.**", ""]
-    for said in (candidates_line(metrics.get("candidate_cuts") or {}),
+    for said in (labels_line(metrics.get("labels_unmatched")),
+                 candidates_line(metrics.get("candidate_cuts") or {}),
                  image_line(metrics.get("image_failures") or {}),
                  unused_line(metrics.get("images_unused") or 0)):
         if said:
