@@ -43,6 +43,20 @@ def _require_local_weights(model: str, pretrained: str) -> None:
         "set allow_downloads")
 
 
+def files_stamp(*paths: str | None) -> tuple:
+    """What a CLIP load read from disk, as its files stand now: each named path's size and
+    modification time (None: not a file, e.g. a pretrained tag), so that a failure remembered
+    for a run is tried again once a checkpoint or config there is replaced."""
+    out: list[tuple[int, int] | None] = []
+    for p in paths:
+        try:
+            st = Path(p).expanduser().stat() if p else None
+        except (OSError, ValueError):
+            st = None
+        out.append((st.st_size, st.st_mtime_ns) if st is not None else None)
+    return tuple(out)
+
+
 class ClipScorer:
     def __init__(self, model: str, pretrained: str | None = None, *, model_config: str | None = None,
                  device: str = "cpu", allow_downloads: bool = False):

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import diskcache
 
+from .redact import error_text
+
 LOG = logging.getLogger("i2cr.cache")
 MAGIC = b"i2c1"
 _DIGEST = 16
@@ -173,7 +175,7 @@ class CheckedStore:
         LOG.warning("i2cr: %s at %s %s", self.what, self.directory, said)
 
     def _bypass(self, e: BaseException) -> None:
-        self.failure = f"{type(e).__name__}: {e}"
+        self.failure = error_text(e)  # (scrubbed: it reaches stderr, report.md, metrics.json)
         self._db = None
         self._warn(f"is unusable ({self.failure}); running without it (remove it to have it "
                    "rebuilt).")

@@ -972,3 +972,86 @@ def test_candidates_cut_to_max_candidates_are_listed_in_truncated_and_counted(tm
             "--set", "max_candidates=3")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "truncated" not in json.loads(p.stdout) and "max_candidates" not in p.stderr
+
+
+# --- labels that name no record: one warning line, in eval's report too ------------------------
+
+def test_labels_that_name_no_record_are_counted_in_one_warning_line(tmp_path, capsys):
+    """A labels file with a typo in an id, or of another split, was read without a word: only a
+    file naming no record at all was said (eval's 'none of the records has a gold label'). Each
+    command now says how many labels name no record, quoting the first five, in one line; the
+    exit code is unchanged; eval's metrics.json and report.md say it too. Counted against every
+    record of the file, not only those a --limit keeps."""
+    from i2cr.cli import main
+
+    data = write_json(tmp_path / "data.json", {k: GOOD for k in ("a", "b", "c")})
+    long_id = "x" * 500
+    typos = ["A", "bb", long_id, "d", "e", "f"]  # six labels of no record
+    labels = write_json(tmp_path / "labels.json", {"a": "Michael Jordan", "b": "Michael Jordan",
+                                                   "c": "Michael Jordan",
+                                                   **{t: "Michael Jordan" for t in typos}})
+    line = (f"i2cr: warning: 6 of the 9 label(s) name no record of the data ('A', 'bb', "
+            f"'{'x' * 100}'… (500 characters), 'd', 'e', ...): they are not scored (a typo in an "
+            "id, or labels of another split?)")
+
+    def said(err: str) -> list[str]:
+        return [x for x in err.splitlines() if "label(s)" in x]
+
+    assert main(["link", str(data), "--labels", str(labels), "--no-progress", "--limit", "1"]) == 0
+    assert said(capsys.readouterr().err) == [line]  # ('b' and 'c' are records, past the limit)
+    ev = tmp_path / "ev"
+    assert main(["eval", str(data), str(labels), "--no-progress", "--out-dir", str(ev),
+                 "--limit", "2"]) == 0
+    assert said(capsys.readouterr().err) == [line]
+    m = json.loads((ev / "metrics.json").read_text())
+    assert m["labels_unmatched"] == {"labels": 9, "count": 6, "first": typos[:5]}
+    assert line.removeprefix("i2cr: warning: ") + ".\n" in (ev / "report.md").read_text()
+    # every label of the file names a record: nothing said
+    good = write_json(tmp_path / "good.json", {k: "Michael Jordan" for k in "abc"})
+    assert main(["link", str(data), "--labels", str(good), "--no-progress"]) == 0
+    assert said(capsys.readouterr().err) == []
+    # none does (labels of another dataset): link says so in the same words (it said nothing),
+    # and an unusable label (null) of no record counts as one
+    other = write_json(tmp_path / "other.json", {"q1": "Michael Jordan", "q2": None})
+    assert main(["link", str(data), "--labels", str(other), "--no-progress"]) == 0
+    assert said(capsys.readouterr().err) == [
+        "i2cr: warning: none of the 2 label(s) names a record of the data ('q1', 'q2'): nothing "
+        "is scored against them (labels of another dataset or split?)"]
+    assert main(["eval", str(data), str(other), "--no-progress", "--out-dir",
+                 str(tmp_path / "e2")]) == 1  # (no record labelled: a failure, as it was)
+    err = capsys.readouterr().err
+    assert len(said(err)) == 1 and "none of the 3 record(s) has a gold label" in err
+
+
+# --- eval's report.md and metrics.json say the caches that failed ------------------------------
+
+def test_eval_report_and_metrics_say_the_caches_that_failed(tmp_path, capsys):
+    """A cache that failed was said on stderr and in the exit code, but report.md and
+    metrics.json (what is kept of the run) did not say it: they now count the caches that
+    failed and give each one's reason, in the closing line's words (the folder is in the
+    warning only). stderr says each once, as before."""
+    from i2cr.cli import main
+
+    bad = tmp_path / "emb"
+    bad.write_text("a file where the cache folder should be")
+    ev = tmp_path / "ev"
+    assert main(["eval", str(EXAMPLES / "mentions.json"), str(EXAMPLES / "labels.json"),
+                 "--no-progress", "--out-dir", str(ev), "--set", f"embedding_cache={bad}",
+                 "--set", "clue_cache=none"]) == 1
+    err = capsys.readouterr().err
+    closing = [x for x in err.splitlines() if x.startswith("i2cr: cache failure, ")]
+    assert len(closing) == 1 and closing[0].startswith(
+        "i2cr: cache failure, embedding cache: is unusable ("), err[-2000:]
+    phrase = closing[0].removeprefix("i2cr: cache failure, ")
+    m = json.loads((ev / "metrics.json").read_text())
+    assert m["cache_failures"] == {"count": 1, "reasons": [phrase]}
+    report = (ev / "report.md").read_text()
+    assert f"**Cache failure, {phrase}**" in report
+    assert str(bad) not in report.replace(phrase, "") and m["labelled"] == 4
+    # a run whose caches are sound says none
+    assert main(["eval", str(EXAMPLES / "mentions.json"), str(EXAMPLES / "labels.json"),
+                 "--no-progress", "--out-dir", str(tmp_path / "ok"), "--set",
+                 "clue_cache=none"]) == 0
+    assert json.loads((tmp_path / "ok" / "metrics.json").read_text())["cache_failures"] == {
+        "count": 0, "reasons": []}
+    assert "Cache failure" not in (tmp_path / "ok" / "report.md").read_text()

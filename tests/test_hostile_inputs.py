@@ -301,6 +301,40 @@ def test_the_clue_caches_damaged_entries_line_gives_the_number_found(tmp_path, c
     assert [p.split(";")[0] for p in problems(start)] == ["clue cache: has damaged entries (3 found"]
 
 
+def test_the_report_says_damaged_entries_and_a_cache_failure_free_of_secrets(tmp_path,
+                                                                            monkeypatch):
+    """report.md and metrics.json say each cache that failed in the run, in the closing line's
+    words: damaged entries counted, a store bypassed with its reason, which passes the secret
+    scrubber where it is made (it reaches stderr and the outputs)."""
+    import diskcache
+
+    from i2cr.eval import metrics as M
+    from i2cr.eval.report import failures, markdown
+    from i2cr.store import CheckedStore, Failure, failures as found, mark
+
+    monkeypatch.setenv("I2CR_LLM_API_KEY", "k3y-very-secret-value")
+
+    def refused(*args, **kwargs):
+        raise OSError("the server answered 401 for k3y-very-secret-value")
+
+    start = mark()
+    monkeypatch.setattr(diskcache, "Cache", refused)
+    store = CheckedStore(str(tmp_path / "c"), "clue cache", 1 << 20)
+    assert not store.usable and "k3y" not in str(store.failure)
+    cache = M.cache_failures(found(start) + [Failure("embedding cache", "/x", None, 3)])
+    assert cache == {"count": 2, "reasons": [
+        "clue cache: is unusable (OSError: the server answered 401 for ***); running without it "
+        "(remove it to have it rebuilt).",
+        "embedding cache: has damaged entries (3 found; they failed their checksum); they are "
+        "recomputed and rewritten, never used."]}
+    m = {**M.compute([{"id": "a", "gold": "X", "answer": "X", "text_answer": "X",
+                       "first_answer": "X", "error": None}]),
+         "cache_failures": cache}
+    assert failures(m) == [f"cache failure, {r}" for r in cache["reasons"]]
+    report = markdown(m, {})
+    assert f"**Cache failure, {cache['reasons'][1]}**" in report and "/x" not in report
+
+
 def test_rewritten_entries_are_read_back_after_damage(tmp_path):
     from i2cr.embeddings import Embedder
 

@@ -318,6 +318,43 @@ class TestLocalRay:
         assert len(got) == 4 and ray == local and len(local) == 1
         assert local[0].startswith("2 record(s) continue a document")
 
+    def test_labels_naming_no_record_are_warned_of_as_the_local_engine_does(self, tmp_path,
+                                                                           capsys):
+        """The driver checks the labels against every id the workers were given (with --limit
+        it read only part of the file: not checked), in one line in the local engine's words,
+        and eval's metrics.json keeps them."""
+        from i2cr.cli import main
+        from i2cr.data import load_labels
+        from i2cr.engine.ray_engine import Job, RayStats, run_ray
+        from i2cr.eval.runner import check_labels
+        from i2cr.graph import Context
+
+        recs = _records(1)
+        data = _write(tmp_path / "m.jsonl", recs)
+        labels = tmp_path / "labels.json"
+        labels.write_text(json.dumps({recs[0]["id"]: "Michael Jordan", "typo": "nil",
+                                      "other": None}))
+        local: list[str] = []
+        want = check_labels(load_labels(labels), {r["id"] for r in recs}.__contains__,
+                            warn=local.append)
+        assert want == {"labels": 3, "count": 2, "first": ["typo", "other"]} and len(local) == 1
+        for limit, said in ((None, local), (2, [])):
+            ray: list[str] = []
+            st = RayStats()
+            job = Job(path=str(data), settings=Context(), labels=str(labels), limit=limit,
+                      dry_run=True)
+            list(run_ray(job, workers=1, batch_size=2, progress=False, warn=ray.append, stats=st))
+            assert [w for w in ray if "label(s)" in w] == said
+            assert st.labels_unmatched == (want if limit is None else None)
+        capsys.readouterr()
+        assert main(["eval", str(data), str(labels), "--engine", "ray", "--workers", "1",
+                     "--no-progress", "--set", "iav_mode=off", "--out-dir",
+                     str(tmp_path / "ev")]) == 0
+        assert [x for x in capsys.readouterr().err.splitlines() if "label(s)" in x] == [
+            f"i2cr: warning: {local[0]}"]
+        m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+        assert m["labels_unmatched"] == want
+
     def test_the_drivers_memory_does_not_grow_with_the_ids(self, tmp_path):
         import tracemalloc
 

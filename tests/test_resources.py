@@ -53,6 +53,43 @@ def test_a_clip_that_failed_to_load_loads_in_the_next_run(monkeypatch, tiny_clip
     assert len(calls) == 2
 
 
+def test_a_broken_clip_checkpoint_is_read_once_per_run_each_mention_told_why(
+        monkeypatch, tmp_path, tiny_clip_config, image_file):
+    """A CLIP load that failed was not remembered: every mention with an image (prepare's
+    clip_problem, the CLIP tools' reads and checks) loaded the checkpoint again, a large broken
+    one read from disk each time. Now the run tries once; each mention gets the same reason;
+    the file replaced is tried again, and the next run tries anew."""
+    real, loads = resources.ClipScorer, []
+
+    def counted(*args, **kwargs):
+        loads.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(resources, "ClipScorer", counted)
+    broken = tmp_path / "clip.bin"
+    broken.write_bytes(b"not a checkpoint" * 1000)
+    kw = {**_clip_settings(tiny_clip_config), "clip_pretrained": str(broken),
+          "tool_backend": "caption=clip,tags=clip", "iav_mode": "auto"}
+    run = Context(**kw)
+    recs = [link("Jordan", "Jordan dunks.", JORDAN_CANDIDATES, image=image_file, settings=run)
+            for _ in range(4)]
+    why = [e["reason"] for r in recs for e in r["events"] if e["type"] == "iav_mode"]
+    assert len(why) == 4 and len(set(why)) == 1 and why[0].startswith(
+        "CLIP unavailable: cannot load CLIP 'i2cr-tiny-clip'"), why
+    assert all(r["error"] is None for r in recs)
+    assert len(loads) == 1  # (was one per mention, and more: the tools asked too)
+    with pytest.raises(ModelUnavailable) as again:
+        resources.clip(run)
+    assert why[0].startswith(f"CLIP unavailable: {again.value}") and len(loads) == 1
+    broken.write_bytes(b"still not a checkpoint")  # replaced: worth reading again
+    with pytest.raises(ModelUnavailable):
+        resources.clip(run)
+    assert len(loads) == 2
+    with pytest.raises(ModelUnavailable):
+        resources.clip(Context(**kw))  # the next run
+    assert len(loads) == 3
+
+
 def test_each_run_has_its_own_resources_and_copies_share_them(tiny_clip_config, image_file):
     a, b = Context(), Context()
     assert isinstance(a.resources, Resources) and a.resources is not b.resources  # two runs

@@ -98,7 +98,8 @@ def eval_engine(args: argparse.Namespace, settings: Any) -> Any:
                                progress=progress, stats=st)
         finally:
             if st is not stats:
-                for k in ("mentions", "produced", "errors", "llm_failed", "wall_s", "link_s"):
+                for k in ("mentions", "produced", "errors", "llm_failed", "wall_s", "link_s",
+                          "labels_unmatched"):
                     setattr(stats, k, getattr(st, k))
             print(f"i2cr: {summary(st)}", file=sys.stderr)
     return records

@@ -37,6 +37,11 @@ class RunIds:
                                    "UPDATE SET seen = seen + 1 RETURNING seen", (rid,))
                    .fetchone()[0])
 
+    def seen(self, rid: str) -> bool:
+        """Whether a record of the input had this id (so far)."""
+        return self.db.execute("SELECT 1 FROM ids WHERE id = ? AND seen > 0",
+                               (rid,)).fetchone() is not None
+
     def claim(self, rid: str) -> bool:
         """Mark this id written; False when it already was (the record is not written again)."""
         return self.db.execute("INSERT INTO ids (id, written) VALUES (?, 1) ON CONFLICT (id) DO "

@@ -62,6 +62,7 @@ from ..data import (
     shuffle_candidates,
     to_item,
 )
+from ..eval.report import labels_line
 from ..eval.runner import (
     SHOWN_REPEATS,
     ResultWriter,
@@ -69,6 +70,7 @@ from ..eval.runner import (
     Warn,
     bad_record,
     bad_records,
+    check_labels,
     load_models,
     prefetch,
     read_results,
@@ -483,6 +485,8 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
     servers: list[Any] = []
     bar = None
     named = bad_records(warn)  # each bad record named as the local engine names it (check_items)
+    # the labels checked against every id read (not with a limit: the rest were not read)
+    gold = load_labels(job.labels) if job.labels and job.limit is None else None
     scattered = 0  # records not with their document (data.documents_of; load_mentions warns too)
     try:
         import ray
@@ -550,6 +554,8 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                 yield rec
             ids.commit()
         ctx.target_max_block_size, ctx.wait_for_min_actors_s = saved
+        if gold is not None:  # (said with the other warnings, below)
+            st.labels_unmatched = check_labels(gold, ids.seen, warn=None)
     finally:
         st.wall_s = st.link_s = time.perf_counter() - t_start
         if bar is not None:
@@ -562,6 +568,9 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
             import ray
 
             ray.shutdown()
+    said = labels_line(st.labels_unmatched)
+    if warn is not None and said:
+        warn(said)
     if warn is not None and st.duplicates:
         warn(repeats_line(st.duplicates, repeated))
     named.end()

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import store
 from ..data import DataError, Mention, load_labels, load_mentions, shuffle_candidates
 from ..graph import Context
 from ..kb import open_kb
@@ -29,7 +30,17 @@ from ..kb.report import kb_lines, kb_metrics
 from ..llm import check_backend
 from . import metrics as M
 from .report import markdown, write_png
-from .runner import RunStats, Warn, check_items, read_results, run, to_link, warn_stderr
+from .runner import (
+    RunStats,
+    Warn,
+    check_items,
+    check_labels,
+    read_results,
+    record_id,
+    run,
+    to_link,
+    warn_stderr,
+)
 
 
 def select(items: list, *, limit: int | None = None, sample: int | None = None,
@@ -55,13 +66,18 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
              resume: bool = False, limit: int | None = None, sample: int | None = None,
              seed: int = 0, keep_order: bool = False, shuffle_seed: int = 0,
              concurrency: int = 1, progress: bool = True, command: str = "",
-             warn: Warn | None = warn_stderr, engine: Any = None) -> dict[str, Any]:
+             warn: Warn | None = warn_stderr, engine: Any = None,
+             cache_mark: store.Mark | None = None) -> dict[str, Any]:
     """Evaluate; raises :class:`DataError` when the input holds no mention at all (nothing to
     score), :class:`i2cr.llm.BackendError` when the LLM backend does not answer.
 
     ``engine`` (the Ray engine: :func:`i2cr.engine.commands.eval_engine`) reads and links the
     dataset instead of this process: ``engine(results_path, resume, stats, progress)`` yields
-    the records as it writes them; every record of the results file is then scored."""
+    the records as it writes them; every record of the results file is then scored.
+
+    The caches that failed from ``cache_mark`` on (:func:`i2cr.store.mark`; by default, from
+    this call on) are in the metrics and the report (``cache_failures``)."""
+    since = cache_mark if cache_mark is not None else store.mark()
     settings = settings or Context()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -74,6 +90,10 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
         candidates="ignored" if settings.kb else "required", warn=warn)
     if not items and not engine:
         raise DataError("no mentions to evaluate in the file", source=str(data))
+    # the labels that name no record of the file (before --limit/--sample; the Ray engine's
+    # driver checks them as it reads the file, into the stats)
+    unmatched = None if engine else check_labels(
+        gold, {record_id(it) for it in items}.__contains__, warn=warn)
     if not keep_order:
         items = shuffle_candidates(items, shuffle_seed)
     if warn is not None and sample is not None and sample > len(items):
@@ -99,7 +119,7 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
             "settings": settings.public(), "limit": limit, "sample": sample, "seed": seed}
     t0 = time.perf_counter()
     base_wall = float(meta.get("wall_s") or 0.0)
-    stats = RunStats()
+    stats = RunStats(labels_unmatched=unmatched)
     segment = int(meta.get("segments") or 0) + 1  # this invocation's number (1 + resumes)
 
     def save_meta() -> None:
@@ -125,6 +145,9 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
             seen.add(r["id"])
             recs.append(r)
     m = M.compute(recs, wall_s=meta["wall_s"], max_vif=max(settings.vif_cap, 1), segment=stats)
+    m["cache_failures"] = M.cache_failures(store.failures(since))
+    if stats.labels_unmatched is not None:
+        m["labels_unmatched"] = stats.labels_unmatched
     m["info"] = info
     if settings.kb:
         m["kb"] = kb_metrics(recs, settings.kb)

@@ -17,6 +17,9 @@ record, with its gold label) is a wrong answer at every stage; ``errors`` counts
 ``llm_failed_mentions`` counts the mentions whose answer came from a fallback after a failed LLM
 call.
 
+``cache_failures`` (added by the harness, not from the records) are the caches that failed in
+the run's last segment: how many, and what went wrong with each, as the closing line says it.
+
 Speed counts the mentions linked (an error record is not one). With the stats of the run segment
 that produced the records (``segment``, after a resume the last invocation only),
 ``mentions_per_s`` is the linking phase's throughput and ``run_mentions_per_s`` that of the
@@ -28,10 +31,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..data import same_entity as _eq
 from ..graph.final import settle
+
+if TYPE_CHECKING:
+    from ..store import Failure
 
 
 def answer_after_vif(rec: dict[str, Any], k: int) -> str | None:
@@ -95,6 +101,14 @@ def image_unused(rec: dict[str, Any]) -> bool:
 def failed_downloads(kinds: dict[str, int]) -> dict[str, int]:
     """The part of :func:`image_failures`' counts that fails a run: the failed downloads."""
     return {k: v for k, v in kinds.items() if k in FAILED_DOWNLOADS}
+
+
+def cache_failures(found: Iterable[Failure]) -> dict[str, Any]:
+    """What metrics.json keeps of the caches that failed in a run (:func:`i2cr.store.failures`):
+    how many, and one phrase each as the closing line says it (no folder: the warning named
+    it; the reason scrubbed of secrets where it was made)."""
+    reasons = [f.phrase() for f in found]
+    return {"count": len(reasons), "reasons": reasons}
 
 
 def structured_fallback(rec: dict[str, Any]) -> bool:

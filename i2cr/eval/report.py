@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..data import shown_id
 from .metrics import failed_downloads
 
 STAGE_LABELS = {"first": "TES first answer", "icr": "after ICR (text answer)",
@@ -58,10 +60,49 @@ def candidates_line(cuts: dict[Any, int]) -> str | None:
             "were ranked (see truncated)")
 
 
+SHOWN_LABELS = 5  # the ids of labels naming no record that the warning quotes
+
+
+def unmatched_labels(labels: Iterable[str], unmatched: Iterable[str]) -> dict[str, Any]:
+    """What metrics.json keeps of a labels file's ids (``labels``) that name no record of the
+    data (``unmatched``, in the file's order): how many labels, how many name no record, the
+    first :data:`SHOWN_LABELS` of those."""
+    first: list[str] = []
+    count = 0
+    for rid in unmatched:
+        count += 1
+        if len(first) < SHOWN_LABELS:
+            first.append(rid)
+    return {"labels": sum(1 for _ in labels), "count": count, "first": first}
+
+
+def labels_line(found: dict[str, Any] | None) -> str | None:
+    """One line on the labels that name no record (:func:`unmatched_labels`), or None when each
+    names one: a typo in an id, or labels of another split, are not scored, silently. The one
+    rule for ``link --labels`` and ``eval`` (both engines): every label, or some; the run's
+    failure when no record at all has a gold label is :func:`record_failures`'."""
+    if not found or not found.get("count"):
+        return None
+    n, total, first = found["count"], found["labels"], found.get("first") or []
+    shown = ", ".join(shown_id(i) for i in first) + (", ..." if n > len(first) else "")
+    if n >= total:
+        return (f"none of the {total} label(s) names a record of the data ({shown}): nothing is "
+                "scored against them (labels of another dataset or split?)")
+    return (f"{n} of the {total} label(s) name no record of the data ({shown}): they are not "
+            "scored (a typo in an id, or labels of another split?)")
+
+
 def failures(metrics: dict[str, Any]) -> list[str]:
-    """What went wrong in a run, one phrase each (empty when nothing did): no record labelled,
-    error records, which count as wrong answers, and mentions answered by a fallback after a
-    failed LLM call."""
+    """What went wrong in a run, one phrase each (empty when nothing did): those of its records
+    (:func:`record_failures`), then each cache that failed (:func:`cache_lines`). Each fails
+    the run (``i2cr eval`` exits 1)."""
+    return record_failures(metrics) + cache_lines(metrics)
+
+
+def record_failures(metrics: dict[str, Any]) -> list[str]:
+    """What went wrong with a run's records: no record labelled, error records, which count as
+    wrong answers, mentions answered by a fallback after a failed LLM call, failed image
+    downloads, free-text answers to structured requests."""
     out = []
     if metrics.get("mentions") and not metrics.get("labelled"):  # (a labels file of other ids)
         out.append(f"none of the {metrics['mentions']} record(s) has a gold label (does the "
@@ -82,6 +123,12 @@ def failures(metrics: dict[str, Any]) -> list[str]:
         out.append(f"{metrics['structured_fallback_mentions']} mention(s) asked for structured "
                    "answers got free text (see the tes_answer events' structured_error)")
     return out
+
+
+def cache_lines(metrics: dict[str, Any]) -> list[str]:
+    """One phrase per cache that failed in the run (``cache_failures``), in the words of the
+    closing line (the answers were recomputed without it, but the run failed to use it)."""
+    return [f"cache failure, {r}" for r in (metrics.get("cache_failures") or {}).get("reasons", [])]
 
 
 def stage_rows(metrics: dict[str, Any]) -> list[tuple[str, float | None]]:
@@ -128,10 +175,13 @@ def iav_modes_text(modes: dict[str, int]) -> str:
 
 def markdown(metrics: dict[str, Any], info: dict[str, Any]) -> str:
     lines = [f"# i2cr evaluation: {info.get('dataset', '')}", ""]
-    bad = failures(metrics)
+    bad = record_failures(metrics)
     if bad:
         lines += [f"**{'; '.join(bad)}.**", ""]
-    for said in (candidates_line(metrics.get("candidate_cuts") or {}),
+    for cache in cache_lines(metrics):  # (each a sentence of its own: its reason has semicolons)
+        lines += [f"**{cache[0].upper()}{cache[1:].rstrip('.')}.**", ""]
+    for said in (labels_line(metrics.get("labels_unmatched")),
+                 candidates_line(metrics.get("candidate_cuts") or {}),
                  image_line(metrics.get("image_failures") or {}),
                  unused_line(metrics.get("images_unused") or 0)):
         if said:

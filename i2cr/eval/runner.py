@@ -40,6 +40,7 @@ from .metrics import (
     llm_failed,
     structured_fallback,
 )
+from .report import labels_line, unmatched_labels
 
 Warn = Callable[[str], None]
 
@@ -169,6 +170,30 @@ def repeats_line(count: int, repeated: Sequence[str]) -> str:
             "repeat becomes an error record '<id>#dup<k>' and counts as a wrong answer")
 
 
+def label_ids(labels: Mapping[str, str] | None) -> list[str]:
+    """Every id a labels file names: its usable labels' and its unusable ones'
+    (:class:`~i2cr.data.Labels` ``errors``)."""
+    if labels is None:
+        return []
+    return list(labels) + [k for k in getattr(labels, "errors", {}) if k not in labels]
+
+
+def check_labels(labels: Mapping[str, str] | None, named: Callable[[str], bool],
+                 warn: Warn | None = warn_stderr) -> dict[str, Any] | None:
+    """Warn, in one line (:func:`~.report.labels_line`), of the labels that name no record of
+    the data (``named``: whether an id is a record's), and return what metrics.json keeps of
+    them (:func:`~.report.unmatched_labels`); None without labels. For ``link --labels`` and
+    ``eval``, both engines."""
+    ids = label_ids(labels)
+    if not ids:
+        return None
+    found = unmatched_labels(ids, (i for i in ids if not named(i)))
+    said = labels_line(found)
+    if warn is not None and said:
+        warn(said)
+    return found
+
+
 def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] | None = None,
                 *, warn: Warn | None = warn_stderr) -> list[Mention | DataError]:
     """Make every input record count once, under its own id.
@@ -189,7 +214,7 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
     nulls = 0
     bad = bad_records(warn)
     for i, it in enumerate(items, 1):
-        rid = _rid(it)
+        rid = record_id(it)
         if rid in ("None", "", "null"):
             nulls += 1
         if rid in seen:
@@ -275,6 +300,7 @@ class RunStats:
     image_failures: dict[str, int] = field(default_factory=dict)  # unusable images, by status
     images_unused: int = 0  # images not loaded: no step of the run reads them
     candidate_cuts: dict[int, int] = field(default_factory=dict)  # lists cut, by max_candidates
+    labels_unmatched: dict[str, Any] | None = None  # labels naming no record (check_labels)
     load_s: float = 0.0  # loading the models
     embedded_texts: int = 0  # texts run through the embedder ahead of the graph
     embed_s: float = 0.0  # embedding them
@@ -348,7 +374,7 @@ def load_models(items: list[Mention | DataError], settings: Context) -> list[str
             resources.clip(settings)
             names.append(settings.clip_model)
         except ModelUnavailable:
-            pass  # each mention records why IAV did not use CLIP (and the next run tries again)
+            pass  # each mention records why IAV did not use CLIP (tried once this run)
     return names
 
 
@@ -371,9 +397,9 @@ def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | P
     t_start = time.perf_counter()
     items = list(items)
     writer = ResultWriter(out, resume=resume, warn=warn) if out else None
-    todo = [it for it in items if not writer or _rid(it) not in writer.done]
+    todo = [it for it in items if not writer or record_id(it) not in writer.done]
     st.mentions = len(todo)
-    st.errors_before = sum(_rid(it) in writer.errors_before for it in items) if writer else 0
+    st.errors_before = sum(record_id(it) in writer.errors_before for it in items) if writer else 0
     if writer and len(todo) < len(items):
         _say(progress, f"resuming: {len(items) - len(todo)} of {len(items)} mention(s) already "
              f"in {out}, {len(todo)} to go")
@@ -463,5 +489,6 @@ def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | P
             writer.close()
 
 
-def _rid(it: Mention | DataError) -> str:
+def record_id(it: Mention | DataError) -> str:
+    """The id a record of the input is linked (or reported) under."""
     return it.id if isinstance(it, Mention) else (it.record or "?")

@@ -9,7 +9,10 @@ shape it (a server's requests may differ in their thresholds, not in their model
 embedder, CLIP, the chat model, the ranker's weights, the KB, the visual tools with their clue
 caches and Azure clients (``backends``), and which LLM backends answered the start-up check. A
 model, weights file, KB or cache that fails to load is not remembered: the next mention or run
-asks again. An image that failed is remembered for the run only (in its ``images``).
+asks again; but CLIP, asked by every mention with an image (IAV, the CLIP tools), is tried
+once: its failure is remembered, for this ``Resources`` only, until the checkpoint or config
+file it names changes (a broken multi-gigabyte checkpoint was read again for each mention).
+An image that failed is remembered for the run only (in its ``images``).
 
 What outlives a run, on purpose, lives elsewhere with one owner: the llama.cpp server processes
 (:data:`i2cr.llm.SERVERS`, stopped at exit), the image policy a server installs, the registered
@@ -24,8 +27,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ..clip import ClipScorer
-from ..embeddings import Embedder
+from ..clip import ClipScorer, files_stamp
+from ..embeddings import Embedder, ModelUnavailable
 from ..images import ImageLoader
 from ..kb.index import KB, kb_stamp, open_kb
 from ..llm import load_chat_model
@@ -44,6 +47,7 @@ class Resources:
         self._lock = threading.RLock()
         self._embedders: dict[tuple, Embedder] = {}
         self._clips: dict[tuple, ClipScorer] = {}
+        self._clip_failed: dict[tuple, tuple[tuple, str]] = {}  # key -> (its files' stamp, why)
         self._chats: dict[tuple, Any] = {}
         self._tools: dict[tuple, dict[str, VisualTool]] = {}
         self._weights: dict[str | None, Weights] = {}
@@ -102,16 +106,27 @@ class Resources:
         return kb
 
     def clip(self, ctx: Context) -> ClipScorer:
-        """The CLIP scorer, or :class:`~i2cr.embeddings.ModelUnavailable` with the reason (not
-        remembered: asking again tries again, which for missing weights costs microseconds)."""
+        """The CLIP scorer, or :class:`~i2cr.embeddings.ModelUnavailable` with the reason. A
+        load that failed is remembered, with its reason, while the files it names are unchanged
+        (:func:`~i2cr.clip.files_stamp`): each later mention gets the same reason without
+        reading them again; a new ``Resources`` (the next run) tries again."""
         key = (ctx.clip_model, ctx.clip_pretrained, ctx.clip_model_config, ctx.device,
                ctx.allow_downloads)
         with self._lock:
             if key not in self._clips:
-                self._clips[key] = ClipScorer(ctx.clip_model, ctx.clip_pretrained,
-                                              model_config=ctx.clip_model_config,
-                                              device=ctx.device,
-                                              allow_downloads=ctx.allow_downloads)
+                stamp = files_stamp(ctx.clip_pretrained, ctx.clip_model_config)
+                failed = self._clip_failed.get(key)
+                if failed is not None and failed[0] == stamp:
+                    raise ModelUnavailable(failed[1])
+                try:
+                    self._clips[key] = ClipScorer(ctx.clip_model, ctx.clip_pretrained,
+                                                  model_config=ctx.clip_model_config,
+                                                  device=ctx.device,
+                                                  allow_downloads=ctx.allow_downloads)
+                except ModelUnavailable as e:
+                    self._clip_failed[key] = (stamp, str(e))
+                    raise
+                self._clip_failed.pop(key, None)
             return self._clips[key]
 
     def chat_model(self, ctx: Context) -> Any:
