@@ -171,6 +171,31 @@ def test_resume_over_a_results_file_holding_errors_says_so_and_exits_non_zero(tm
     assert p.returncode == 0 and "error record" not in p.stderr, p.stderr[-2000:]
 
 
+def test_a_record_whose_id_reads_like_a_made_up_one_is_linked_and_id_less_ones_resume(tmp_path):
+    """A bad line 1 was named 'line 1', and the record whose own id is 'line 1' became its repeat
+    'line 1#dup2', not linked (the bad line named as a duplicate). The record is linked under its
+    id, the bad line named with its error as 'line 1 (no id)', and on --resume the id-less line 3
+    ('line 3') is found in --out: nothing is linked again."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("{not json\n" + json.dumps({"id": "line 1", **GOOD}) + "\n"
+                    + json.dumps(GOOD) + "\n")
+    out = tmp_path / "r.jsonl"
+    p = cli("link", str(data), "--no-progress", "--out", str(out))
+    assert p.returncode == 1, p.stderr[-2000:]
+    recs = {r["id"]: r for r in read_results(out)}
+    assert list(recs) == ["line 1 (no id)", "line 1", "line 3"]
+    for rid in ("line 1", "line 3"):
+        assert recs[rid]["error"] is None and recs[rid]["answer"] == "Michael Jordan"
+    assert recs["line 1 (no id)"]["error"].startswith(f"DataError: {data}: record "
+                                                      "'line 1 (no id)': malformed JSON")
+    assert f"i2cr: warning: {data}: record 'line 1 (no id)': malformed JSON" in p.stderr
+    assert "repeat an id" not in p.stderr and "i2cr: 2 mention(s) linked, 1 error(s)" in p.stderr
+    again = cli("link", str(data), "--no-progress", "--out", str(out), "--resume")
+    assert f"nothing left to link: all 3 mention(s) are already in {out}" in again.stderr, \
+        again.stderr[-2000:]
+    assert [r["id"] for r in read_results(out)] == list(recs)
+
+
 def test_an_all_bad_input_loads_no_model_and_starts_no_llm(tmp_path, monkeypatch, capsys):
     """Every record an error: nothing is left to link, so neither the embedder nor the LLM
     backend is built (the embedding phase loaded the embedder for error records only, and the
@@ -198,7 +223,7 @@ def test_an_all_bad_input_loads_no_model_and_starts_no_llm(tmp_path, monkeypatch
         assert built == []
         out, err = capsys.readouterr()
         assert "record 'line 1': malformed JSON" in out and "record 'e': field 'mention': is " \
-            "missing" in out and "record 'line3': expected an object, got list" in out, out
+            "missing" in out and "record 'line 3': expected an object, got list" in out, out
         assert "i2cr: 0 mention(s) linked, 3 error(s)" in err, err
     m = evaluate(data, None, tmp_path / "ev", settings=Context(llm="embedded"), progress=False,
                  warn=None)
