@@ -40,7 +40,7 @@ from .eval.report import (
     stage_rows,
     unused_line,
 )
-from .eval.runner import RunStats, check_items, read_results, run, to_link, warn_stderr
+from .eval.runner import RunStats, check_items, done_ids, read_results, run, to_link, warn_stderr
 from .graph import Context, compile_graph, graph, resources
 from .graph.context import server_only_settings
 from .graph.events import is_llm_call
@@ -211,7 +211,7 @@ def cmd_link(args: argparse.Namespace) -> int:
         items = shuffle_candidates(items, args.shuffle_seed)
     if args.limit is not None:
         items = items[: args.limit]
-    items = check_items(items, gold)
+    items = check_items(items, gold, done=done_ids(args.out, args.resume))
     single = len(items) == 1 and not args.out
     linker = _linker(args)
     stats = RunStats()
