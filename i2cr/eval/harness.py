@@ -80,7 +80,7 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
         warn(f"--sample {sample} is more than the {len(items)} mention(s) of {data}: all are used")
     results_path = out / "results.jsonl"
     items = check_items(select(items, limit=limit, sample=sample, seed=seed), gold, warn=warn,
-                        done=done_ids(results_path, resume))
+                        done=done_ids(results_path, resume and not engine))  # (Ray: its own)
     if engine or to_link(items):  # (error records only: no backend to start)
         if progress and settings.chat_model is None and settings.uses_llm:
             print("i2cr: checking the LLM backend ...", file=sys.stderr, flush=True)
