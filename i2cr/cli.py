@@ -44,6 +44,7 @@ from .eval.runner import (
     RunStats,
     check_items,
     check_labels,
+    done_ids,
     read_results,
     record_id,
     run,
@@ -222,7 +223,7 @@ def cmd_link(args: argparse.Namespace) -> int:
         items = shuffle_candidates(items, args.shuffle_seed)
     if args.limit is not None:
         items = items[: args.limit]
-    items = check_items(items, gold)
+    items = check_items(items, gold, done=done_ids(args.out, args.resume))
     single = len(items) == 1 and not args.out
     linker = _linker(args)
     stats = RunStats()

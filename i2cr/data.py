@@ -596,13 +596,16 @@ def _salvage(path: Path, text: str) -> Iterator[tuple[str, Any]]:
         members = None
     if not members or text.lstrip().startswith("{") and any(k == "mention" for k, _ in members):
         raise DataError("JSON nested too deeply to read", source=str(path))
+    listed = text.lstrip().startswith("[")  # a list's record is named by its id, else made up
     for key, value in members:
+        if listed:
+            key = MadeUpId(key)
         try:
             rec = _loads(value)
         except ValueError as e:
             yield key, DataError(str(e).split(" at line")[0], source=str(path), record=key)
             continue
-        if text.lstrip().startswith("[") and isinstance(rec, dict) and "id" in rec:
+        if listed and isinstance(rec, dict) and "id" in rec:
             key = str(rec["id"])
         yield key, rec
 
@@ -670,14 +673,54 @@ def load_labels(path: str | Path) -> Labels:
     return read_labels(raw, str(path))
 
 
+class MadeUpId(str):
+    """The id a reader makes up for a record that gives none (or could not be read): ``line N``
+    of a JSONL file (1-based), the position of a JSON list's record (0-based). Only a reader
+    makes one; :func:`own_ids_first` makes it distinct from every record's own id."""
+
+
+# every id a made-up id could be: a base ('line 7', '3'), then '<base> (no id)', '(no id 2)', ...
+_MADE_UP = re.compile(r"(?:line )?\d+(?: \(no id(?: \d+)?\))?")
+
+
+def own_ids_first(pairs: Iterable[tuple[str, Any]],
+                  reread: Callable[[], Iterable[tuple[str, Any]]]) -> Iterator[tuple[str, Any]]:
+    """``pairs`` of a reader (:func:`iter_records`, the Ray engine's streaming reader) with each
+    :class:`MadeUpId` made distinct from every id a record of the file gives itself, wherever
+    that record is: a record's own id is never taken (it is linked under it), and the made-up id
+    becomes ``<base> (no id)`` (then ``(no id 2)``, ...), a bad record's error naming it. The one
+    rule for made-up ids. ``reread`` reads the file again from its start (the file's own ids
+    that look made up are kept, a few at most); it is called only when a record has no id, so a
+    file whose every record has one is read once."""
+    taken: set[str] | None = None
+    for rid, rec in pairs:
+        if isinstance(rid, MadeUpId):
+            if taken is None:
+                taken = {r for r, _ in reread()
+                         if not isinstance(r, MadeUpId) and _MADE_UP.fullmatch(r)}
+            new, k = str(rid), 1
+            while new in taken:
+                new, k = f"{rid} (no id{f' {k}' if k > 1 else ''})", k + 1
+            if isinstance(rec, DataError):  # its message names the id (as a plain string)
+                rec = type(rec)(rec.reason, source=rec.source, record=new, field=rec.field)
+            rid = new
+        yield rid, rec
+
+
 def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
     """Yield ``(id, raw record)`` pairs from an I2CR JSON file, a single-sample JSON or JSONL.
 
     A malformed JSONL line (bad JSON, bad UTF-8, nested too deeply) is yielded as
     ``(id, DataError)`` so that one bad line does not lose the others; so is a record of a JSON
     document nested too deeply to read. A malformed JSON document fails as a whole, since
-    nothing in it can be trusted.
+    nothing in it can be trusted. A record without an id (a JSONL line that is not a record
+    with an ``id``, a JSON list's record without one) is given one by :func:`own_ids_first`.
     """
+    yield from own_ids_first(_records(path), lambda: _records(path))
+
+
+def _records(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """The pairs of :func:`iter_records`, with each made-up id a :class:`MadeUpId`."""
     path = Path(path)
     if path.suffix == ".jsonl":
         try:
@@ -688,21 +731,21 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
             for lineno, raw_line in enumerate(fh, 1):
                 if not raw_line.strip():
                     continue
-                bad = f"line{lineno}", f"line {lineno}"
+                made_up = MadeUpId(f"line {lineno}")
                 try:
                     line = raw_line.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    yield bad[0], DataError(f"is not UTF-8 text ({e.reason} at byte {e.start} of "
-                                            "the line)", source=str(path), record=bad[1])
+                    yield made_up, DataError(f"is not UTF-8 text ({e.reason} at byte {e.start} "
+                                             "of the line)", source=str(path), record=made_up)
                     continue
                 try:
                     rec = _loads(line.rstrip("\r\n"))  # one line: its JSON errors are at line 1
                 except ValueError as e:
-                    yield bad[0], DataError(str(e).replace(" at line 1,", " at"),
-                                            source=str(path), record=bad[1])
+                    yield made_up, DataError(str(e).replace(" at line 1,", " at"),
+                                             source=str(path), record=made_up)
                     continue
-                rid = str(rec.get("id", f"line{lineno}")) if isinstance(rec, dict) else f"line{lineno}"
-                yield rid, rec
+                has_id = isinstance(rec, dict) and "id" in rec
+                yield (str(rec["id"]) if has_id else made_up), rec
         return
     text = _read_text(path)
     try:
@@ -719,8 +762,7 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
             yield str(k), v
     elif isinstance(raw, list):
         for i, v in enumerate(raw):
-            rid = str(v.get("id", i)) if isinstance(v, dict) else str(i)
-            yield rid, v
+            yield (str(v["id"]) if isinstance(v, dict) and "id" in v else MadeUpId(i)), v
     else:
         raise DataError("expected an object of id -> sample, a list of samples or one sample",
                         source=str(path))

@@ -171,6 +171,59 @@ def test_resume_over_a_results_file_holding_errors_says_so_and_exits_non_zero(tm
     assert p.returncode == 0 and "error record" not in p.stderr, p.stderr[-2000:]
 
 
+def test_a_record_whose_id_reads_like_a_made_up_one_is_linked_and_id_less_ones_resume(tmp_path):
+    """A bad line 1 was named 'line 1', and the record whose own id is 'line 1' became its repeat
+    'line 1#dup2', not linked (the bad line named as a duplicate). The record is linked under its
+    id, the bad line named with its error as 'line 1 (no id)', and on --resume the id-less line 3
+    ('line 3') is found in --out: nothing is linked again."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("{not json\n" + json.dumps({"id": "line 1", **GOOD}) + "\n"
+                    + json.dumps(GOOD) + "\n")
+    out = tmp_path / "r.jsonl"
+    p = cli("link", str(data), "--no-progress", "--out", str(out))
+    assert p.returncode == 1, p.stderr[-2000:]
+    recs = {r["id"]: r for r in read_results(out)}
+    assert list(recs) == ["line 1 (no id)", "line 1", "line 3"]
+    for rid in ("line 1", "line 3"):
+        assert recs[rid]["error"] is None and recs[rid]["answer"] == "Michael Jordan"
+    assert recs["line 1 (no id)"]["error"].startswith(f"DataError: {data}: record "
+                                                      "'line 1 (no id)': malformed JSON")
+    assert f"i2cr: warning: {data}: record 'line 1 (no id)': malformed JSON" in p.stderr
+    assert "repeat an id" not in p.stderr and "i2cr: 2 mention(s) linked, 1 error(s)" in p.stderr
+    again = cli("link", str(data), "--no-progress", "--out", str(out), "--resume")
+    assert f"nothing left to link: all 3 mention(s) are already in {out}" in again.stderr, \
+        again.stderr[-2000:]
+    assert [r["id"] for r in read_results(out)] == list(recs)
+
+
+def test_resume_does_not_name_again_the_bad_records_and_repeats_already_in_out(tmp_path):
+    """--resume skips every id already in --out, so a bad record or a repeat there is not linked
+    again: each was named again on every resume (and the repeat counted again); the closing line
+    counts them ('error record(s) already in'). link and eval alike (check_items's ``done``)."""
+    from i2cr.eval.harness import evaluate
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("{not json\n" + "".join(json.dumps({"id": rid, **GOOD}) + "\n"
+                                             for rid in ("a", "a", "b")))
+    out = tmp_path / "r.jsonl"
+    first = cli("link", str(data), "--no-progress", "--out", str(out), "--limit", "3")
+    assert f"{data}: record 'line 1': malformed JSON" in first.stderr, first.stderr[-2000:]
+    assert "1 record(s) repeat an id already used ('a')" in first.stderr
+    again = cli("link", str(data), "--no-progress", "--out", str(out), "--resume")
+    assert again.returncode == 1, again.stderr[-2000:]
+    assert "'line 1'" not in again.stderr and "repeat an id" not in again.stderr, again.stderr
+    assert f"i2cr: 2 error record(s) already in {out} (not retried" in again.stderr
+    assert [r["id"] for r in read_results(out)] == ["line 1", "a", "a#dup2", "b"]
+    said: list[str] = []
+    kw = dict(settings=Context(), progress=False, warn=said.append)
+    evaluate(data, None, tmp_path / "ev", limit=3, **kw)
+    assert any("'line 1'" in w for w in said) and any("repeat an id" in w for w in said), said
+    said.clear()
+    m = evaluate(data, None, tmp_path / "ev", resume=True, **kw)
+    assert m["mentions"] == 4 and m["errors"] == 2
+    assert not any("'line 1'" in w or "repeat an id" in w for w in said), said
+
+
 def test_an_all_bad_input_loads_no_model_and_starts_no_llm(tmp_path, monkeypatch, capsys):
     """Every record an error: nothing is left to link, so neither the embedder nor the LLM
     backend is built (the embedding phase loaded the embedder for error records only, and the
@@ -198,7 +251,7 @@ def test_an_all_bad_input_loads_no_model_and_starts_no_llm(tmp_path, monkeypatch
         assert built == []
         out, err = capsys.readouterr()
         assert "record 'line 1': malformed JSON" in out and "record 'e': field 'mention': is " \
-            "missing" in out and "record 'line3': expected an object, got list" in out, out
+            "missing" in out and "record 'line 3': expected an object, got list" in out, out
         assert "i2cr: 0 mention(s) linked, 3 error(s)" in err, err
     m = evaluate(data, None, tmp_path / "ev", settings=Context(llm="embedded"), progress=False,
                  warn=None)

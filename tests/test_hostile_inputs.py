@@ -523,6 +523,47 @@ def test_invalid_utf8_on_one_jsonl_line_loses_only_that_line(tmp_path):
     assert ids == [f"r{i}" for i in range(1, 41) if i != 31]
 
 
+def _ids(items) -> list[str]:
+    return [x.id if isinstance(x, Mention) else x.record for x in items]
+
+
+def test_a_made_up_id_never_takes_the_place_of_a_records_own_id(tmp_path):
+    """A record without an id is named by its place ('line 2' of a JSONL file, a JSON list's
+    position), a bad JSONL line too. A record whose own id read the same, before or after it,
+    was then a repeat of it ('#dup2', not linked), and the bad line's error was only named as a
+    duplicate; an id-less line was 'line2', a bad one 'line 2'. The record keeps its own id and
+    is linked; the made-up id becomes '<id> (no id)', the bad line's error naming it."""
+    from i2cr.eval.runner import check_items
+
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join([json.dumps(dict(GOOD, id="line 2")),  # before the id-less line 2
+                            json.dumps(GOOD),  # line 2: no id
+                            "{not json",  # line 3
+                            json.dumps(dict(GOOD, id="line 3")),  # after the bad line 3
+                            "[1, 2]",  # line 5: not a record
+                            json.dumps(GOOD)]) + "\n")  # line 6: no id, its name free
+    items = check_items(load_mentions(p, strict=False), warn=None)
+    assert _ids(items) == ["line 2", "line 2 (no id)", "line 3 (no id)", "line 3", "line 5",
+                           "line 6"]
+    assert [type(x) for x in items] == [Mention, Mention, DataError, Mention, DataError, Mention]
+    assert str(items[2]).startswith(f"{p}: record 'line 3 (no id)': malformed JSON at column 2")
+    assert str(items[4]) == f"{p}: record 'line 5': expected an object, got list"
+
+    from i2cr.engine.stream import iter_stream  # the Ray engine's reader: the same ids
+
+    listed = tmp_path / "d.json"  # a list's record without an id is named by its position
+    listed.write_text(json.dumps([dict(GOOD, id=3), GOOD, dict(GOOD, id="1"), GOOD]))
+    assert _ids(load_mentions(listed)) == ["3", "1 (no id)", "1", "3 (no id)"]
+    assert [rid for rid, _ in iter_stream(listed)] == ["3", "1 (no id)", "1", "3 (no id)"]
+    deep = tmp_path / "deep.json"  # read record by record: the too-deep one has no id to read
+    deep.write_text("[" + json.dumps(GOOD) + ', {"mention": ' + DEEP + "}, "
+                    + json.dumps(dict(GOOD, id="1")) + "]")
+    for got in (load_mentions(deep, strict=False), [r for _, r in iter_stream(deep)]):
+        assert isinstance(got[1], DataError) and "nested too deeply" in str(got[1])
+        assert got[1].record == "1 (no id)" and "record '1 (no id)'" in str(got[1])
+    assert _ids(load_mentions(deep, strict=False)) == ["0", "1 (no id)", "1"]
+
+
 def test_a_folder_given_as_data_or_labels_is_a_clear_error(tmp_path, capsys):
     from i2cr.cli import main
 

@@ -355,6 +355,28 @@ class TestLocalRay:
         m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
         assert m["labels_unmatched"] == want
 
+    def test_resume_does_not_name_again_the_bad_records_and_repeats_in_out(self, tmp_path):
+        """A bad record and a repeat already in --out are not linked again on --resume: they
+        were named again (the local engine's rule: check_items's ``done``)."""
+        from i2cr.engine.ray_engine import Job, RayStats, run_ray
+        from i2cr.graph import Context
+
+        recs = _records(1)[:2]
+        data = _write(tmp_path / "in.jsonl", recs + [recs[0]], ["{not json\n"])
+        out = tmp_path / "r.jsonl"
+        said: list[str] = []
+
+        def linked(resume: bool) -> list[dict]:
+            said.clear()
+            return list(run_ray(Job(path=str(data), settings=Context(), dry_run=True), out=out,
+                                resume=resume, workers=1, batch_size=2, progress=False,
+                                stats=RayStats(), warn=said.append))
+
+        assert len(linked(False)) == 4
+        assert sum("record 'line 4': malformed JSON" in w for w in said) == 1, said
+        assert sum("1 record(s) repeat an id already used" in w for w in said) == 1, said
+        assert linked(True) == [] and said == [], said
+
     def test_the_drivers_memory_does_not_grow_with_the_ids(self, tmp_path):
         import tracemalloc
 

@@ -599,6 +599,22 @@ def test_health_counts_a_mention_that_failed_in_the_graph_as_an_error_not_linked
     assert {k: served.health()[k] for k in ("linked", "errors")} == {"linked": 1, "errors": 2}
 
 
+def test_a_batch_record_without_an_id_does_not_take_a_records_own_id(monkeypatch):
+    """A batch record without an id is named by its place ('0'); the record whose own id is '0'
+    was then its repeat ('0#dup2', not linked). It keeps its id; the made-up one is '0 (no id)'
+    (i2cr.data.own_ids_first, a file's rule)."""
+    from i2cr.eval import runner
+    from i2cr.serve import app as served_app
+    from i2cr.serve.config import ServerConfig
+
+    monkeypatch.setattr(served_app, "run_one", lambda it, s: runner.run_one(
+        it, s, lambda m, _: {"id": m.id, "answer": "Michael Jordan", "error": None}))
+    served = served_app.Served(ServerConfig(base=Context(clue_cache="none")))
+    out, status = served.link({"mentions": [MENTION, {**MENTION, "id": "0"}, MENTION]})
+    assert status == 200 and out["errors"] == 0, out
+    assert [r["id"] for r in out["results"]] == ["0 (no id)", "0", "2"]
+
+
 def test_a_link_batch_gives_mentions_of_one_document_each_other_as_i2cr_link_does():
     """Records of a /link batch that share a doc_id see each other's mentions, as the same records
     in a file do (data.documents_of): 'Jordan' after 'Vernon Jordan' is NIL by the fuller-name

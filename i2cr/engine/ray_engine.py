@@ -528,13 +528,11 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                     b["idx"], b["id"], b["label"], b["bad"], b["scored"], b["rec"], strict=True):
                 st.null_ids += rid in ("None", "", "null")
                 k = ids.see(rid)
-                if bad is not None and k == 1:  # (a repeat is named as one: check_items's rule)
+                # (a repeat is named as one; one already in the output, not again: check_items)
+                if bad is not None and k == 1 and text is not None:
                     with tqdm.external_write_mode(file=sys.stderr):  # (above the bar)
                         named.name((bad, scored))
                 if k > 1:  # the rule of check_items: the first is linked
-                    st.duplicates += 1
-                    if rid not in repeated and len(repeated) <= SHOWN_REPEATS:
-                        repeated.append(rid)
                     new = f"{rid}#dup{k}"
                     err = DataError(f"duplicate id {shown_id(rid)} (record {idx + 1} of the input); "
                                     "not linked, scored as an error", record=new)
@@ -544,7 +542,11 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                 else:
                     rec = json.loads(text)
                 if not ids.claim(rec["id"]):
-                    continue  # exactly once, whatever was retried
+                    continue  # exactly once, whatever was retried (or in the output: resume)
+                if k > 1:
+                    st.duplicates += 1
+                    if rid not in repeated and len(repeated) <= SHOWN_REPEATS:
+                        repeated.append(rid)
                 if writer:
                     writer.write(rec)
                 st.count(rec)

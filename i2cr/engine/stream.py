@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from ..data import DataError, iter_records, open_error
+from ..data import DataError, MadeUpId, iter_records, open_error, own_ids_first
 
 CHUNK = 1 << 20  # characters read at a time
 _WS = re.compile(r"\s*")
@@ -113,6 +113,10 @@ def iter_stream(path: str | Path) -> Iterator[tuple[str, Any]]:
     if path.suffix == ".jsonl":
         yield from iter_records(path)
         return
+    yield from own_ids_first(_stream(path), lambda: _stream(path))  # (a record without an id)
+
+
+def _stream(path: Path) -> Iterator[tuple[str, Any]]:
     try:
         fh = path.open("r", encoding="utf-8")
     except OSError as e:
@@ -139,7 +143,7 @@ def _members(buf: _Buffer, path: Path, *, is_dict: bool) -> Iterator[tuple[str, 
         if c == close and index == 0:
             buf.pos += 1
             break
-        key = str(index)
+        key: str = MadeUpId(index)  # a list's record without an id (iter_records's rule)
         if is_dict:
             k = buf.value() if c == '"' else None
             if not isinstance(k, str):

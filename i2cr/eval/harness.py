@@ -35,6 +35,7 @@ from .runner import (
     Warn,
     check_items,
     check_labels,
+    done_ids,
     read_results,
     record_id,
     run,
@@ -98,13 +99,14 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
         items = shuffle_candidates(items, shuffle_seed)
     if warn is not None and sample is not None and sample > len(items):
         warn(f"--sample {sample} is more than the {len(items)} mention(s) of {data}: all are used")
-    items = check_items(select(items, limit=limit, sample=sample, seed=seed), gold, warn=warn)
+    results_path = out / "results.jsonl"
+    items = check_items(select(items, limit=limit, sample=sample, seed=seed), gold, warn=warn,
+                        done=done_ids(results_path, resume and not engine))  # (Ray: its own)
     if engine or to_link(items):  # (error records only: no backend to start)
         if progress and settings.chat_model is None and settings.uses_llm:
             print("i2cr: checking the LLM backend ...", file=sys.stderr, flush=True)
         check_backend(settings)
     out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.jsonl"
     meta: dict[str, Any] = {"wall_s": 0.0}
     if resume and _meta_path(out).exists():
         meta = json.loads(_meta_path(out).read_text())

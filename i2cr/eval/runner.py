@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -89,6 +89,13 @@ def read_results(path: str | Path, *, repair: bool = False,
             what = "not JSON" if rec is None else "not a record with an 'id'"
             warn(f"{path} line {lineno}: {what}; skipped (the records around it are kept)")
     return out
+
+
+def done_ids(path: str | Path, resume: bool) -> set[str]:
+    """The ids already in a results file that ``resume`` goes on from (none without it): the
+    records a run skips, not named again by :func:`check_items`. (A damaged line is reported by
+    the run's :class:`ResultWriter`.)"""
+    return {r["id"] for r in read_results(path, warn=None)} if resume else set()
 
 
 class ResultWriter:
@@ -195,7 +202,8 @@ def check_labels(labels: Mapping[str, str] | None, named: Callable[[str], bool],
 
 
 def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] | None = None,
-                *, warn: Warn | None = warn_stderr) -> list[Mention | DataError]:
+                *, warn: Warn | None = warn_stderr,
+                done: Container[str] = frozenset()) -> list[Mention | DataError]:
     """Make every input record count once, under its own id.
 
     - A record that failed to load keeps its gold label (from ``labels``), so that it is scored
@@ -206,6 +214,9 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
     - A bad record (its data unreadable, or its gold label unusable: a :class:`DataError` of the
       input) is named, one line each (after the first ``MAX_NAMED``, a count): it is an error
       record, scored as wrong when it is labelled (:func:`bad_records`).
+    - A bad record or a repeat whose id is in ``done`` (already in the output a run resumes:
+      :func:`done_ids`) is not named again: it is not run again, and the closing lines count the
+      error records already there.
     """
     labels = labels or {}
     out: list[Mention | DataError] = []
@@ -223,14 +234,16 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
             err = DataError(f"duplicate id {shown_id(rid)} (record {i} of the input); not linked, "
                             "scored as an error", record=new)
             err.label = it.label if isinstance(it, Mention) else labels.get(rid)
-            dups.append(rid)
+            if new not in done:
+                dups.append(rid)
             out.append(err)
             continue
         seen[rid] = 1
         if isinstance(it, DataError):
             if it.label is None:
                 it.label = labels.get(rid)
-            bad.name(bad_record(it))
+            if rid not in done:
+                bad.name(bad_record(it))
         out.append(it)
     if warn is not None and dups:
         warn(repeats_line(len(dups), list(dict.fromkeys(dups))[:SHOWN_REPEATS + 1]))

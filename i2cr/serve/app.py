@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -40,7 +40,14 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from i2cr.data import DataError, Mention, documents_of, scattered_message
+from i2cr.data import (
+    DataError,
+    MadeUpId,
+    Mention,
+    documents_of,
+    own_ids_first,
+    scattered_message,
+)
 from i2cr.eval.metrics import linked_count
 from i2cr.eval.runner import check_items, run_one
 from i2cr.images import using_policy
@@ -178,9 +185,12 @@ class Served:
                 raise BadRequest(f"a batch holds at most {self.config.max_batch} mentions "
                                  f"(I2CR_MAX_BATCH), not {len(raws)}", 413)
             items: list[Mention | DataError] = []
+
+            def pairs() -> Iterator[tuple[str, Any]]:  # a record without an id: its place
+                return ((record_id(r, MadeUpId(i)), r) for i, r in enumerate(raws))
+
             # mentions of one document see each other, by the rule of a file (i2cr link)
-            for rid, raw, apart in documents_of((record_id(r, str(i)), r)
-                                                for i, r in enumerate(raws)):
+            for rid, raw, apart in documents_of(own_ids_first(pairs(), pairs)):
                 scattered += apart
                 try:
                     items.append(mention_from(raw, rid, kb=kb))
