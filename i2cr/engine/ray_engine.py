@@ -73,7 +73,6 @@ from ..eval.runner import (
     check_labels,
     load_models,
     prefetch,
-    read_results,
     repeats_line,
     run_one,
     warn_stderr,
@@ -616,13 +615,6 @@ def summary(st: RayStats) -> str:
     nodes = ", ".join(f"{k[:8]}…@{k.rpartition('@')[2]}: {v}" for k, v in sorted(st.nodes.items()))
     return (f"ray: {st.workers} worker(s), {st.batches} batch(es) on {len(st.nodes)} node(s)"
             + (f" ({nodes})" if nodes else ""))
-
-
-def done_ids(out: str | Path) -> set[str]:
-    """The ids already in an output (JSONL or Parquet)."""
-    if str(out).endswith(".parquet"):
-        return {r["id"] for r in read_parquet_results(out)} if Path(out).exists() else set()
-    return {r["id"] for r in read_results(out, warn=None)}
 
 
 def _say(progress: bool, msg: str) -> None:
