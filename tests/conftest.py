@@ -27,6 +27,8 @@ os.environ["I2CR_CLUE_CACHE"] = os.path.join(_CACHE_ROOT, "clues")
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "wikimel"
 EXAMPLES = ROOT / "examples"
+# the shipped examples' ids, in their file's order (the README's third command links them)
+EXAMPLE_IDS = list(json.loads((EXAMPLES / "mentions.json").read_text(encoding="utf-8")))
 
 TINY_CLIP = {
     "embed_dim": 32,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from conftest import EXAMPLES, JORDAN_CANDIDATES, ROOT, write_jsonl
+from conftest import EXAMPLE_IDS, EXAMPLES, JORDAN_CANDIDATES, ROOT, write_jsonl
 
 from i2cr import Context, link
 from i2cr.data import DataError, load_mentions, parse_record
@@ -620,13 +620,13 @@ def test_speed_after_a_resume_counts_only_the_last_segment(tmp_path):
     evaluate(EXAMPLES / "mentions.json", EXAMPLES / "labels.json", out, **kw)
     res = out / "results.jsonl"
     lines = res.read_text().splitlines()
-    res.write_text("\n".join(lines[:3]) + "\n")  # one mention left to do
+    res.write_text("\n".join(lines[:-1]) + "\n")  # one mention left to do
     meta = json.loads((out / "run.json").read_text())
     meta["wall_s"] = 1000.0  # a slow earlier segment
     (out / "run.json").write_text(json.dumps(meta))
     m = evaluate(EXAMPLES / "mentions.json", EXAMPLES / "labels.json", out, resume=True, **kw)
     s = m["speed"]
-    assert s["segment"]["linked"] == 1 and m["mentions"] == 4
+    assert s["segment"]["linked"] == 1 and m["mentions"] == len(EXAMPLE_IDS)
     assert s["wall_s"] > 1000  # the whole run's time is still kept
     assert s["mentions_per_s"] == pytest.approx(1 / s["segment"]["link_s"], rel=0.01)
     assert s["run_mentions_per_s"] == pytest.approx(1 / s["segment"]["wall_s"], rel=0.01)
@@ -664,8 +664,15 @@ def test_link_prints_a_table_with_phases_and_two_throughputs(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     rows = p.stdout.splitlines()
     assert rows[0].split() == ["id", "mention", "answer", "gold", "correct", "route"]
-    assert [r.split()[0] for r in rows[1:]] == ["jordan-nba", "obama-podium", "paris-painting",
-                                                "cambridge-rowing"]
+    assert [r.split()[0] for r in rows[1:]] == EXAMPLE_IDS
+    # the README shows this very table (its first code block after the commands): it must not
+    # promise rows the shipped examples do not give
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("The third command prints", 1)[1].split("```\n", 2)[1]
+    assert [r.split() for r in block.splitlines()] == [r.split() for r in rows], p.stdout
+    # every entity kind the README claims, and a NIL, linked right
+    right = {r.split()[0] for r in rows[1:] if " yes " in r}
+    assert {"un-haiti", "newyork-rents", "walters-abc", "walters-later"} <= right, p.stdout
     jordan = rows[1].split()
     assert jordan[:5] == ["jordan-nba", "Jordan", "Michael", "Jordan", "Michael"]
     assert jordan[-2] in ("yes", "no") and jordan[-1] == "text_only"
@@ -675,8 +682,7 @@ def test_link_prints_a_table_with_phases_and_two_throughputs(tmp_path):
     assert "i2cr: linking " in err and "mentions/s; whole run " in err
     js = cli("link", str(EXAMPLES / "mentions.json"), "--json", "--no-progress")
     recs = [json.loads(x) for x in js.stdout.splitlines()]
-    assert [r["id"] for r in recs] == ["jordan-nba", "obama-podium", "paris-painting",
-                                       "cambridge-rowing"]
+    assert [r["id"] for r in recs] == EXAMPLE_IDS
     assert "events" not in recs[0] and recs[0]["answer"] == "Michael Jordan"
 
 
@@ -1100,7 +1106,7 @@ def test_eval_report_and_metrics_say_the_caches_that_failed(tmp_path, capsys):
     assert m["cache_failures"] == {"count": 1, "reasons": [phrase]}
     report = (ev / "report.md").read_text()
     assert f"**Cache failure, {phrase}**" in report
-    assert str(bad) not in report.replace(phrase, "") and m["labelled"] == 4
+    assert str(bad) not in report.replace(phrase, "") and m["labelled"] == len(EXAMPLE_IDS)
     # a run whose caches are sound says none
     assert main(["eval", str(EXAMPLES / "mentions.json"), str(EXAMPLES / "labels.json"),
                  "--no-progress", "--out-dir", str(tmp_path / "ok"), "--set",

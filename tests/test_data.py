@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import EXAMPLES, SHARED
+from conftest import EXAMPLE_IDS, EXAMPLES, SHARED
 
 from i2cr.data import DataError, load_labels, load_mentions
 
@@ -163,8 +163,8 @@ def test_a_records_own_label_that_is_not_a_name_makes_it_an_error_null_is_none(t
 
 def test_shipped_examples_load():
     ms = load_mentions(EXAMPLES / "mentions.json", EXAMPLES / "labels.json")
-    assert len(ms) == 4 and all(m.label for m in ms)
-    assert {m.id for m in ms if m.allow_nil} == {"paris-painting"}
+    assert len(ms) == len(EXAMPLE_IDS) and all(m.label for m in ms)
+    assert {m.id for m in ms if m.allow_nil} == {"paris-painting", "walters-abc", "walters-later"}
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="shared WikiMEL dev data not present")

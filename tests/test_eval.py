@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import EXAMPLES, SHARED
+from conftest import EXAMPLE_IDS, EXAMPLES, SHARED
 
 from i2cr.eval import metrics as M
 from i2cr.eval.runner import ResultWriter, read_results
@@ -147,13 +147,13 @@ def test_eval_on_the_shipped_examples_reports_nil(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
-    assert m["labelled"] == 4 and m["nil"]["gold"] == 1
+    assert m["labelled"] == len(EXAMPLE_IDS) and m["nil"]["gold"] == 2
     assert m["info"]["order"] == "original order (kept)" and m["info"]["strategy"] == "retrieval"
     assert m["cost"]["llm_calls_per_mention"] == 0
-    # IAV's modes in words: 'jordan-nba' has neither image nor clues, so IAV could not run
-    # (report.md said "IAV modes: {'None': 1, 'caption': 3}")
-    assert m["iav_modes"] == {"caption": 3, "none": 1}
-    assert "IAV modes: caption 3, none 1\n" in (tmp_path / "report.md").read_text()
+    # IAV's modes in words: 'jordan-nba' and the four text-only examples have neither image nor
+    # clues, so IAV could not run (report.md said "IAV modes: {'None': 1, 'caption': 3}")
+    assert m["iav_modes"] == {"caption": 3, "none": 5}
+    assert "IAV modes: none 5, caption 3\n" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.integration
@@ -230,7 +230,7 @@ def test_prefetch_encodes_every_text_the_graph_asks_for(tmp_path, documents):
     assert prefetch(items, ctx) > 0
     before = emb.encoded
     recs = list(run(items, ctx, progress=False))
-    assert len(recs) == 4 and any(len(r["rounds"]) > 2 for r in recs)  # VIF rounds did run
+    assert len(recs) == len(EXAMPLE_IDS) and any(len(r["rounds"]) > 2 for r in recs)  # VIF rounds did run
     assert emb.encoded == before  # nothing was left to encode one at a time
 
 

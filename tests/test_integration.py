@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import EXAMPLES, JORDAN_CANDIDATES, ROOT
+from conftest import EXAMPLE_IDS, EXAMPLES, JORDAN_CANDIDATES, ROOT
 
 from i2cr import Context, link
 from i2cr.llm import embedded_server, shutdown
@@ -71,18 +71,17 @@ def test_cli_links_the_shipped_example_offline(tmp_path):
                         "--no-progress"], capture_output=True, text=True, env=env, timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
     recs = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [r["id"] for r in recs] == ["jordan-nba", "obama-podium", "paris-painting",
-                                       "cambridge-rowing"]
+    assert [r["id"] for r in recs] == EXAMPLE_IDS
     for r in recs:
         assert r["error"] is None and r["path"][0] == "prepare" and r["path"][-1] == "final"
         assert r["answer"] == "nil" or r["answer"] in json.loads(
             (EXAMPLES / "mentions.json").read_text())[r["id"]]["Candentity"].__str__()
-    assert "4 mention(s) linked, 0 error(s)" in p.stderr
+    assert f"{len(EXAMPLE_IDS)} mention(s) linked, 0 error(s)" in p.stderr
     # resume: nothing left to do, nothing repeated
     p2 = subprocess.run([sys.executable, "-m", "i2cr.cli", "link", str(EXAMPLES / "mentions.json"),
                          "--out", str(out), "--resume", "--no-progress"], capture_output=True,
                         text=True, env=env, timeout=300)
-    assert p2.returncode == 0 and len(out.read_text().splitlines()) == 4
+    assert p2.returncode == 0 and len(out.read_text().splitlines()) == len(EXAMPLE_IDS)
 
 
 def test_cli_reports_malformed_input(tmp_path):

@@ -12,7 +12,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from conftest import CLUES, EXAMPLES, JORDAN_CANDIDATES
+from conftest import CLUES, EXAMPLE_IDS, EXAMPLES, JORDAN_CANDIDATES
 from fakes import ScriptedChatModel, tool_call
 from langchain_core.messages import AIMessage
 
@@ -170,7 +170,7 @@ def test_cli_trace_views_and_checkpointer(tmp_path):
     page = tmp_path / "run.html"
     subprocess.run([sys.executable, "-m", "i2cr.cli", "trace", str(out), "--html", str(page)],
                    check=True, capture_output=True)
-    assert page.read_text().count("class='mention") == 4
+    assert page.read_text().count("class='mention") == len(EXAMPLE_IDS)
     # the checkpointer kept every state of every mention: replay one
     from langgraph.checkpoint.sqlite import SqliteSaver
 
