@@ -35,6 +35,7 @@ from functools import lru_cache
 from importlib.resources import files
 from urllib.parse import unquote
 
+from rapidfuzz import fuzz
 from rapidfuzz.distance import Levenshtein
 
 _SPACES = re.compile(r"\s+")
@@ -385,6 +386,50 @@ def _unlisted_fuller_name(mention: str, candidate_names: tuple[str, ...],
         if any(_names_it(base, f, k) for f in fuller.values()):
             return None
     return next(iter(fuller)) if borne else None
+
+
+# how close, as rapidfuzz's token-set or partial ratio of the folded forms (0..1), a candidate's
+# title must come to the mention's for :func:`no_candidate_bears_it` to count it as bearing it
+BEARS_RATIO = 0.6
+
+
+def no_candidate_bears_it(mention: str, candidate_names: Sequence[str]) -> bool:
+    """Whether a proper name bears no likeness to any candidate's title, so that its referent is
+    not among them (a KB's search, finding nothing under the name, hands over whatever comes
+    nearest: "Jordan" with only "Amman" and "Paris Hilton").
+
+    It applies to a mention written as a proper name (every word capitalised or a number; up to
+    100 characters) when no candidate's title is the mention under any of its forms
+    (:func:`mention_forms`), holds all its words, is a title that it or one of its words is the
+    initials of (``VOA News``: ``Voice of America``), is the place it is the demonym of, or comes
+    within :data:`BEARS_RATIO` of it in token-set or partial ratio. False without candidates."""
+    return _no_candidate_bears_it(mention, tuple(str(c) for c in candidate_names))
+
+
+@lru_cache(maxsize=DOCUMENT_CACHE)
+def _no_candidate_bears_it(mention: str, candidate_names: tuple[str, ...]) -> bool:
+    if not candidate_names or len(mention) > _NAME_CHARS:
+        return False
+    m = _bare(mention)
+    words = _WORD.findall(m)
+    if not words or not all(w[:1].isupper() or w[:1].isdigit() for w in words):
+        return False
+    forms = set(mention_forms(mention))
+    men_f = next(iter(mention_forms(mention)), "")
+    if not men_f:
+        return False
+    men_t = set(men_f.split())
+    places = set(demonym_forms(mention))
+    for c in candidate_names:
+        t = title_parts(c)
+        titles = {name_fold(t.base), name_fold(t.display), name_fold(t.full)}
+        disp = name_fold(t.display)
+        if (forms & titles or places & titles or men_t <= set(disp.split())
+                or any(is_acronym_of(w, c) for w in [m, *words] if w.isupper())
+                or fuzz.token_set_ratio(men_f, disp) >= 100 * BEARS_RATIO
+                or fuzz.partial_ratio(men_f, disp) >= 100 * BEARS_RATIO):
+            return False
+    return True
 
 
 def _names_it(base: list[str], fuller: list[str], k: int) -> bool:

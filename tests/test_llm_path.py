@@ -136,6 +136,26 @@ def walters(rid, mention="Walters", allow_nil=True):
                    document=["Barbara Walters", "the president", "Walters"])
 
 
+def test_a_name_no_candidate_bears_is_nil_through_the_graph_in_every_strategy():
+    """A KB that lacks the entity hands over the nearest entries ("Jordan" with "Amman" and
+    "Paris Hilton"): where NIL is allowed, the ranker and tes_strategy=llm answer NIL by the
+    rule, with its reason, asking the LLM nothing; where it is not, a candidate is chosen."""
+    reason = "a proper name that no candidate's title bears"
+    cands = [Candidate("Amman", "the capital of Jordan"),
+             Candidate("Paris_Hilton", "American media personality")]
+    mk = [Mention(id=f"j{k}", mention="Jordan", context="Jordan dunks during the 1991 NBA Finals.",
+                  candidates=cands, allow_nil=k == 1) for k in (1, 0)]
+    ranker = {r["id"]: r for r in run(mk, Context(tes_strategy="retrieval", iav_mode="off"),
+                                      progress=False)}
+    with FakeOpenAI() as srv:
+        llm = {r["id"]: r for r in run(mk[:1], ctx_for(srv, tes_strategy="llm"), progress=False)}
+    assert srv.calls == 0
+    for rec in (ranker["j1"], llm["j1"]):
+        assert rec["answer"] == "nil" and rec["error"] is None, rec
+        assert tes_events(rec)[0]["nil_reason"] == reason
+    assert ranker["j0"]["answer"] in {"Amman", "Paris_Hilton"}
+
+
 def test_llm_strategy_answers_nil_by_the_rankers_rule_without_an_llm_call():
     """Where NIL is allowed and the ranker's NIL rule applies (a pronoun, a fuller name in the
     document that no candidate is), tes_strategy=llm answers NIL with the rule's reason, as the

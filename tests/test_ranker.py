@@ -290,6 +290,26 @@ def test_a_pronoun_is_one_as_the_user_wrote_it_with_punctuation_around_it():
         assert _p_link(name) == 1.0, name
 
 
+def test_a_proper_name_that_no_candidate_bears_is_nil():
+    """A KB's search that finds nothing under a name hands over whatever comes nearest ("Jordan"
+    with only "Amman" and "Paris Hilton"): the referent is not listed. It was linked (the NIL
+    model had only seen NIL gold with name-matching candidates; on textel mentions given another
+    mention's candidates it answered NIL for 23% with priors). Any likeness of name keeps the
+    candidates: a word, the initials, a demonym, a close spelling; a common noun is no name."""
+    junk = ("Amman", "Paris_Hilton")
+    assert _p_link("Jordan", junk) == 0.0
+    assert nil_rule("Jordan", junk) == "a proper name that no candidate's title bears"
+    for mention, names in (("Jordan", ("Amman", "Michael_Jordan")),  # a word of it
+                           ("Jordan", ("Jordán_(footballer)",)),  # a close spelling
+                           ("VOA News", ("Voice_of_America",)),  # a word's initials
+                           ("UN", ("United_Nations",)), ("U.N.", ("United_Nations",)),
+                           ("Russian", ("Russia",)),  # a demonym
+                           ("Obama", ("Obama,_Fukui",)),  # a qualified title
+                           ("heist", junk),  # a common noun: the NIL model's to judge
+                           ("Jordan", ())):  # nothing to judge
+        assert _p_link(mention, names) == 1.0, (mention, names)
+
+
 @pytest.mark.integration
 def test_a_candidate_without_a_prior_is_not_beaten_by_another_ones_prior_alone(ranker):
     """A KB gives priors to some entities only: the one the mention names exactly, which has

@@ -13,8 +13,9 @@ decided, the probability, and both answers. The LLM's answer is recorded in the 
 entry of ``rounds`` (beside the ranker's), so the one rule over the rounds
 (:func:`i2cr.graph.final.settle`) gives it, in the graph and in evaluation alike. The ranking TES
 made of that round is reused when it is the one the review needs. A NIL the ranker answered by
-rule (:func:`i2cr.ranker.model.nil_rule`: a pronoun, or a mention the document names more fully
-when no candidate is that name) stands: the LLM does not see the document the rule read.
+rule (:func:`i2cr.ranker.model.nil_rule`: a pronoun, a mention the document names more fully
+when no candidate is that name, a proper name no candidate's title bears) stands: the LLM does
+not see the document the rule read.
 """
 
 from __future__ import annotations

@@ -42,10 +42,11 @@ def allowed_candidates(state: State) -> list[CandidateDict]:
 
 def rule_nil(state: Mapping[str, Any]) -> str | None:
     """Why the mention's candidates cannot hold the referent by the ranker's rule
-    (:func:`i2cr.ranker.model.nil_rule`: a pronoun, or a fuller name in the document that no
-    candidate is), where the mention allows NIL; None where it does not, or the rule does not
-    apply. The rule reads every candidate of the mention, those ICR rejected in this round too:
-    a rejection does not make the document's fuller name 'no candidate'."""
+    (:func:`i2cr.ranker.model.nil_rule`: a pronoun, a fuller name in the document that no
+    candidate is, a proper name no candidate's title bears), where the mention allows NIL; None
+    where it does not, or the rule does not apply. The rule reads every candidate of the
+    mention, those ICR rejected in this round too: a rejection does not make the document's
+    fuller name 'no candidate'."""
     cands = state.get("candidates") or []
     if not state.get("allow_nil") or not cands:
         return None

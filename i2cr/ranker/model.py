@@ -12,9 +12,11 @@ ranking alone). Each model has
   allows NIL, NIL is answered when ``p_link`` is below ``nil_threshold`` (chosen by
   cross-validation on the NIL gold of the fitting data).
 
-Two rules, not fitted weights, set ``p_link`` to 0 (:func:`nil_rule`, which names the reason): a
-personal pronoun, and a mention whose fuller name in its document is none of the candidates
-(``Walters`` after ``Barbara Walters``: :func:`~i2cr.names.unlisted_fuller_name`).
+Three rules, not fitted weights, set ``p_link`` to 0 (:func:`nil_rule`, which names the reason):
+a personal pronoun, a mention whose fuller name in its document is none of the candidates
+(``Walters`` after ``Barbara Walters``: :func:`~i2cr.names.unlisted_fuller_name`), and a proper
+name that no candidate's title bears any likeness to (``Jordan`` with only ``Amman`` and ``Paris
+Hilton``: :func:`~i2cr.names.no_candidate_bears_it`).
 
 TES, pruning, prefetching and calibration all go through :class:`Ranker`.
 """
@@ -33,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..names import strip_mention, unlisted_fuller_name
+from ..names import no_candidate_bears_it, strip_mention, unlisted_fuller_name
 from ..texts import context_query, document_query, entity_text, query_for
 from .features import FEATURES, features, has_prior, occupation
 
@@ -99,14 +101,17 @@ def nil_features(mention: str, probs: np.ndarray, F: np.ndarray,
 def nil_rule(mention: str, candidate_names: Sequence[str], document: Sequence[str] = ()
              ) -> str | None:
     """Why the referent cannot be among the candidates, whatever the weights say, or None: a
-    personal pronoun (a name lookup cannot have found its referent: that is coreference), or a
+    personal pronoun (a name lookup cannot have found its referent: that is coreference), a
     fuller name the document gives the mention that no candidate is
-    (:func:`~i2cr.names.unlisted_fuller_name`)."""
+    (:func:`~i2cr.names.unlisted_fuller_name`), or a proper name that no candidate's title
+    bears any likeness to (:func:`~i2cr.names.no_candidate_bears_it`)."""
     if is_pronoun(mention):
         return "a personal pronoun"
     fuller = unlisted_fuller_name(mention, candidate_names, document)
     if fuller is not None:
         return f"the document names it {fuller!r}, which no candidate is"
+    if no_candidate_bears_it(mention, candidate_names):
+        return "a proper name that no candidate's title bears"
     return None
 
 
