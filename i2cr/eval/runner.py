@@ -33,11 +33,13 @@ from ..graph.texts import clue_sequence
 from ..linker import error_record, link_mention
 from ..texts import entity_text, query_for
 from .metrics import (
+    add_failure,
     candidate_cut,
     image_failure,
     image_unused,
     linked_count,
     llm_failed,
+    llm_refused,
     structured_fallback,
 )
 from .report import labels_line, unmatched_labels
@@ -309,6 +311,9 @@ class RunStats:
     errors: int = 0  # error records among them
     errors_before: int = 0  # error records already in the output (resume skipped, not retried)
     llm_failed: int = 0  # mentions with at least one failed LLM call (answered by a fallback)
+    llm_calls: int = 0  # LLM calls made (a call refused after every retry counts as one)
+    llm_refused: int = 0  # calls refused after every retry (each made its mention an error record)
+    failed_by_cause: dict[str, dict[str, Any]] = field(default_factory=dict)  # metrics.add_failure
     structured_fallbacks: int = 0  # mentions with a TES answer asked structured, read as free text
     image_failures: dict[str, int] = field(default_factory=dict)  # unusable images, by status
     images_unused: int = 0  # images not loaded: no step of the run reads them
@@ -321,11 +326,14 @@ class RunStats:
     wall_s: float = 0.0  # the whole run, from the first phase to the last record
 
     def count(self, rec: dict[str, Any]) -> None:
-        """Count one record produced: errors, failed LLM calls, free-text fallbacks, images that
-        could not be used or were not loaded (nothing read them), candidate lists cut to
-        ``max_candidates``."""
+        """Count one record produced: errors (those of the run by cause), LLM calls (refused ones
+        too), failed LLM calls, free-text fallbacks, images that could not be used or were not
+        loaded (nothing read them), candidate lists cut to ``max_candidates``."""
         self.produced += 1
         self.errors += rec.get("error") is not None
+        add_failure(self.failed_by_cause, rec)
+        self.llm_calls += rec.get("llm_calls") or 0
+        self.llm_refused += llm_refused(rec)
         self.llm_failed += llm_failed(rec)
         self.structured_fallbacks += structured_fallback(rec)
         self.images_unused += image_unused(rec)
