@@ -44,11 +44,9 @@ from .eval.report import (
 )
 from .eval.runner import (
     RunStats,
-    check_items,
-    check_labels,
+    check_input,
     done_ids,
     read_results,
-    record_id,
     run,
     to_link,
     warn_stderr,
@@ -219,13 +217,11 @@ def cmd_link(args: argparse.Namespace) -> int:
     if not items:
         print(f"i2cr: no mentions to link in {args.file}", file=sys.stderr)
         return 2
-    if args.labels:  # (against every record of the file, before --limit)
-        check_labels(gold, {record_id(it) for it in items}.__contains__)
     if args.shuffle_seed is not None:
         items = shuffle_candidates(items, args.shuffle_seed)
-    if args.limit is not None:
-        items = items[: args.limit]
-    items = check_items(items, gold, done=done_ids(args.out, args.resume))
+    limit = args.limit
+    items, _ = check_input(items, gold, pick=None if limit is None else lambda its: its[:limit],
+                           done=done_ids(args.out, args.resume))
     single = len(items) == 1 and not args.out
     linker = _linker(args)
     stats = RunStats()

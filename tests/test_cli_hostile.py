@@ -1175,6 +1175,48 @@ def test_labels_that_name_no_record_are_counted_in_one_warning_line(tmp_path, ca
     assert len(said(err)) == 1 and "none of the 3 record(s) has a gold label" in err
 
 
+def _labels_with_typos(tmp_path: Path) -> Path:
+    """The examples' labels and two of no record ('typo-1', 'typo-2')."""
+    gold = json.loads((EXAMPLES / "labels.json").read_text())
+    return write_json(tmp_path / "labels.json", {**gold, "typo-1": "nil",
+                                                 "typo-2": "Barack Obama"})
+
+
+def _label_lines(err: str) -> list[str]:
+    return [x for x in err.splitlines() if "label(s)" in x]
+
+
+@pytest.mark.parametrize("prog", ["calibrate", "crossval"])
+def test_fitting_warns_of_the_labels_that_name_no_record(tmp_path, capsys, prog):
+    """calibrate and crossval read labels without checking that each names a record (link and
+    eval did): they now run the input checks every driver runs (runner.check_input), in one
+    line in their own words."""
+    import importlib
+
+    main = importlib.import_module(f"i2cr.eval.{prog}").main
+    labels = _labels_with_typos(tmp_path)
+    args = ["--folds", "2", *(["--out", str(tmp_path / "w.json")] if prog == "calibrate"
+                              else ["--out-dir", str(tmp_path / "cv")])]
+    assert main([str(EXAMPLES / "mentions.json"), str(labels), *args]) == 0
+    assert _label_lines(capsys.readouterr().err) == [
+        f"{prog}: warning: 2 of the 6 label(s) name no record of the data ('typo-1', 'typo-2'): "
+        "they are not used (a typo in an id, or labels of another split?)"]
+
+
+def test_sft_export_warns_of_the_labels_that_name_no_record(tmp_path, capsys):
+    """The SFT export read labels without checking that each names a record: it now says them
+    in one line, as link and eval do (runner.check_input), the export unchanged."""
+    from i2cr.cli import main
+
+    out = tmp_path / "train.jsonl"
+    assert main(["sft", "export", str(EXAMPLES / "mentions.json"),
+                 str(_labels_with_typos(tmp_path)), "--out", str(out)]) == 0
+    assert _label_lines(capsys.readouterr().err) == [
+        "i2cr: warning: 2 of the 6 label(s) name no record of the data ('typo-1', 'typo-2'): "
+        "they give no example (a typo in an id, or labels of another split?)"]
+    assert out.read_text().count("\n") >= 4
+
+
 # --- eval's report.md and metrics.json say the caches that failed ------------------------------
 
 def test_eval_report_and_metrics_say_the_caches_that_failed(tmp_path, capsys):

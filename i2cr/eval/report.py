@@ -76,20 +76,31 @@ def unmatched_labels(labels: Iterable[str], unmatched: Iterable[str]) -> dict[st
     return {"labels": sum(1 for _ in labels), "count": count, "first": first}
 
 
-def labels_line(found: dict[str, Any] | None) -> str | None:
+# what comes of labels that name no record, in the words of the driver reading them: (some of
+# the labels, every label)
+LABEL_USES = {
+    "scored": ("they are not scored", "nothing is scored against them"),  # link, eval
+    "fitted": ("they are not used", "none of them is used"),  # calibrate, crossval
+    "exported": ("they give no example", "none of them gives an example"),  # sft export
+}
+
+
+def labels_line(found: dict[str, Any] | None, use: str = "scored") -> str | None:
     """One line on the labels that name no record (:func:`unmatched_labels`), or None when each
     names one: a typo in an id, or labels of another split, are not scored, silently. The one
-    rule for ``link --labels`` and ``eval`` (both engines): every label, or some; the run's
-    failure when no record at all has a gold label is :func:`record_failures`'."""
+    rule for every driver that reads labels (``use``: its words, :data:`LABEL_USES`): every
+    label, or some; the run's failure when no record at all has a gold label is
+    :func:`record_failures`'."""
     if not found or not found.get("count"):
         return None
+    some, every = LABEL_USES[use]
     n, total, first = found["count"], found["labels"], found.get("first") or []
     shown = ", ".join(shown_id(i) for i in first) + (", ..." if n > len(first) else "")
     if n >= total:
-        return (f"none of the {total} label(s) names a record of the data ({shown}): nothing is "
-                "scored against them (labels of another dataset or split?)")
-    return (f"{n} of the {total} label(s) name no record of the data ({shown}): they are not "
-            "scored (a typo in an id, or labels of another split?)")
+        return (f"none of the {total} label(s) names a record of the data ({shown}): {every} "
+                "(labels of another dataset or split?)")
+    return (f"{n} of the {total} label(s) name no record of the data ({shown}): {some} "
+            "(a typo in an id, or labels of another split?)")
 
 
 def refused_line(refused: int, calls: int) -> str | None:

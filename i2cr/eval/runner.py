@@ -188,16 +188,16 @@ def label_ids(labels: Mapping[str, str] | None) -> list[str]:
 
 
 def check_labels(labels: Mapping[str, str] | None, named: Callable[[str], bool],
-                 warn: Warn | None = warn_stderr) -> dict[str, Any] | None:
-    """Warn, in one line (:func:`~.report.labels_line`), of the labels that name no record of
-    the data (``named``: whether an id is a record's), and return what metrics.json keeps of
-    them (:func:`~.report.unmatched_labels`); None without labels. For ``link --labels`` and
-    ``eval``, both engines."""
+                 warn: Warn | None = warn_stderr, use: str = "scored") -> dict[str, Any] | None:
+    """Warn, in one line (:func:`~.report.labels_line`, in the words ``use`` names), of the
+    labels that name no record of the data (``named``: whether an id is a record's), and return
+    what metrics.json keeps of them (:func:`~.report.unmatched_labels`); None without labels.
+    The first of :func:`check_input`'s checks; the Ray driver's, on the ids it streams."""
     ids = label_ids(labels)
     if not ids:
         return None
     found = unmatched_labels(ids, (i for i in ids if not named(i)))
-    said = labels_line(found)
+    said = labels_line(found, use)
     if warn is not None and said:
         warn(said)
     return found
@@ -254,6 +254,32 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
         warn(f"{nulls} record(s) have a null or empty id; they are linked under the id 'None' "
              "(repeats of it count as duplicates)")
     return out
+
+
+def check_input(items: Iterable[Mention | DataError], labels: Mapping[str, str] | None = None,
+                *, pick: Callable[[list[Mention | DataError]], list[Mention | DataError]]
+                | None = None, done: Container[str] = frozenset(),
+                warn: Warn | None = warn_stderr, named: bool = True, use: str = "scored"
+                ) -> tuple[list[Mention | DataError], dict[str, Any] | None]:
+    """The input checks every driver runs on the records it loaded, in this order (one owner:
+    ``link`` and ``eval`` in this process, calibrate's and crossval's fits, the SFT export; the
+    Ray driver, which holds no records, runs the same rules as it streams them):
+
+    1. the labels that name no record of the whole input, warned of in one line
+       (:func:`check_labels`, in the words ``use`` names), before any selection;
+    2. the selection ``pick`` makes (``--limit``, ``--sample``; None: every record);
+    3. every record once under its own id (:func:`check_items`; ``done``: the ids of the output
+       a resumed run goes on from), its bad records and repeats named through ``warn``, unless
+       ``named`` is False: a driver that names them itself, in its own words (a fit leaves them
+       out, an export skips them).
+
+    Returns the records to run and what metrics.json keeps of the labels naming no record."""
+    items = list(items)
+    unmatched = check_labels(labels, {record_id(it) for it in items}.__contains__, warn=warn,
+                             use=use)
+    if pick is not None:
+        items = pick(items)
+    return check_items(items, labels, warn=warn if named else None, done=done), unmatched
 
 
 def to_link(items: Iterable[Mention | DataError]) -> bool:
