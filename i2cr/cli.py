@@ -35,18 +35,18 @@ from .eval.metrics import failed_downloads
 from .eval.report import (
     candidates_line,
     counted,
+    failed_lines,
     failures,
     image_line,
+    refused_line,
     stage_rows,
     unused_line,
 )
 from .eval.runner import (
     RunStats,
-    check_items,
-    check_labels,
+    check_input,
     done_ids,
     read_results,
-    record_id,
     run,
     to_link,
     warn_stderr,
@@ -217,13 +217,11 @@ def cmd_link(args: argparse.Namespace) -> int:
     if not items:
         print(f"i2cr: no mentions to link in {args.file}", file=sys.stderr)
         return 2
-    if args.labels:  # (against every record of the file, before --limit)
-        check_labels(gold, {record_id(it) for it in items}.__contains__)
     if args.shuffle_seed is not None:
         items = shuffle_candidates(items, args.shuffle_seed)
-    if args.limit is not None:
-        items = items[: args.limit]
-    items = check_items(items, gold, done=done_ids(args.out, args.resume))
+    limit = args.limit
+    items, _ = check_input(items, gold, pick=None if limit is None else lambda its: its[:limit],
+                           done=done_ids(args.out, args.resume))
     single = len(items) == 1 and not args.out
     linker = _linker(args)
     stats = RunStats()
@@ -250,7 +248,8 @@ def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: b
             start()
         for rec in records:
             n += 1
-            calls += rec.get("llm_calls") or 0
+            if rec.get("error") is None:  # (an error record's calls: stats.llm_calls, refused)
+                calls += rec.get("llm_calls") or 0
             if "correct" in rec:
                 labelled += 1
                 correct += bool(rec["correct"])
@@ -278,10 +277,13 @@ def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: b
         print(f"i2cr: nothing left to link: {where} already in {args.out}", file=sys.stderr)
     if n > 1 or args.out or errors or failed:
         # an error record is not a mention linked (stats.linked: the records produced less the
-        # errors) and made no LLM call (its record has none): the calls are per linked mention
+        # errors): the calls per mention are the linked mentions'; those of the error records
+        # (a call refused after every retry ended each) are said in all
         linked = stats.linked
         summary = (f"i2cr: {linked} mention(s) linked, {errors} error(s), "
                    f"{calls / max(linked, 1):.2f} LLM calls/mention")
+        if stats.llm_calls > calls:
+            summary += f" linked, {stats.llm_calls} LLM call(s) made in all"
         if labelled:
             summary += f", top-1 {correct / labelled:.1%} on {labelled} labelled (errors count as wrong)"
         if args.out:
@@ -296,6 +298,10 @@ def report_link(args: argparse.Namespace, records: Any, stats: Any, *, single: b
         print(f"i2cr: {earlier} error record(s) already in {args.out} (not retried: --resume "
               "skips every id there; rerun without --resume to link them again): the exit "
               "code is 1", file=sys.stderr)
+    for said in ([refused_line(stats.llm_refused, stats.llm_calls)]
+                 + failed_lines(stats.failed_by_cause)):  # (eval's words: i2cr.eval.report)
+        if said:
+            print(f"i2cr: {said}", file=sys.stderr)
     if failed:
         print(f"i2cr: {failed} mention(s) had failed LLM calls; their answers came from the "
               "fallback ranker, not the LLM (see the llm_error events)", file=sys.stderr)

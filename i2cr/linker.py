@@ -78,7 +78,13 @@ def result_record(m: Mention, out: dict[str, Any], elapsed: float) -> dict[str, 
 
 
 def error_record(rid: str, err: BaseException, label: str | None = None) -> dict[str, Any]:
+    """The record of a mention that was not linked: ``err`` its error (scrubbed), ``llm_calls``
+    the LLM calls it made when an LLM call refused after every retry ended it
+    (:class:`~i2cr.llm.LLMCallFailed`: the only error that comes with calls made)."""
     rec: dict[str, Any] = {"id": rid, "answer": None, "error": error_text(err)}
+    calls = getattr(err, "llm_calls", None)
+    if isinstance(calls, int) and calls > 0:
+        rec["llm_calls"] = calls
     if label is not None or isinstance(err, LabelError):  # a bad gold label: gold null, wrong
         rec["gold"], rec["correct"] = label, False
     return rec

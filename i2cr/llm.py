@@ -54,7 +54,12 @@ class BackendError(RuntimeError):
 
 class LLMCallFailed(RuntimeError):
     """An LLM call was still refused (HTTP 429 or 5xx) after every attempt. Nodes let it through,
-    so the mention becomes an error record instead of an answer from a fallback."""
+    so the mention becomes an error record instead of an answer from a fallback.
+
+    ``llm_calls``: the LLM calls its mention made, this refused one included (one call, whatever
+    its attempts), set by the node that made it so that the error record counts them."""
+
+    llm_calls: int | None = None
 
 
 def smollm2_gguf() -> Path:

@@ -78,6 +78,29 @@ def scrub(text: Any, extra: tuple[str | None, ...] | list[str | None] = ()) -> A
     return text
 
 
+# a local path: absolute (/a/b, C:\\a), from home (~/a) or relative (./a, ../a); not the path of
+# a URL (http://host/v1/models: after a host name, a port or another '/'), not '/v1' on its own
+_PATH = re.compile(r"(?<![\w.:/\\~-])(?:(?:~|\.{1,2})/[^\s'\"(),;]+|/[^\s/'\"(),;]+/[^\s'\"(),;]*|"
+                   r"[A-Za-z]:\\[^\s'\"(),;]*)")
+PATH_MASK = "<path>"
+MAX_CAUSE = 200  # characters of a cause line's error text
+
+
+def without_paths(text: str) -> str:
+    """``text`` with every local path masked (``<path>``): for a line that names a failure's cause
+    once for many records (a server's error body may name its own files; an exception the
+    machine's), where the records' own error fields keep the full text."""
+    return _PATH.sub(PATH_MASK, text)
+
+
+def cause_text(text: Any) -> str:
+    """An error text as a closing line names a cause: its first line, scrubbed of secrets and
+    local paths, cut to :data:`MAX_CAUSE` characters."""
+    line = (str(text).strip().splitlines() or [""])[0]
+    line = without_paths(scrub(line))
+    return line if len(line) <= MAX_CAUSE else line[: MAX_CAUSE - 1] + "…"
+
+
 def error_text(err: BaseException) -> str:
     """``Type: message`` of an exception, scrubbed: the form errors are recorded in."""
     return scrub(f"{type(err).__name__}: {err}")

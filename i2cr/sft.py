@@ -18,7 +18,8 @@ asks for it. The context and the candidate list are cut as the graph cuts them
 (``max_context_chars``, ``max_candidates``), descriptions as its prompts do (``desc_chars``).
 
 A bad record (unreadable, no gold label, a repeated id) is reported in one line naming it and
-counted; the others are exported. A record whose gold is not among its candidates (and not
+counted; the others are exported; labels that name no record are counted in one warning line,
+as ``link`` and ``eval`` count them. A record whose gold is not among its candidates (and not
 ``nil``), 62 of WikiMEL dev's 1,030, has no answer to teach: it is skipped and counted as such.
 """
 
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import NIL, DataError, Mention, load_labels, load_mentions, same_entity
-from .eval.runner import check_items
+from .eval.runner import Warn, check_input, warn_stderr
 from .graph.context import Context
 from .graph.texts import clue_sequence
 from .prompts import profile
@@ -136,11 +137,15 @@ def as_record(ex: Example, fmt: str) -> dict[str, Any]:
 
 
 def iter_examples(data: str | Path, labels: str | Path, settings: Context, *, seed: int = 0,
-                  stats: ExportStats | None = None) -> Iterator[Example]:
-    """Every example of a dataset, in file order; bad records go to ``stats.errors``."""
+                  stats: ExportStats | None = None,
+                  warn: Warn | None = warn_stderr) -> Iterator[Example]:
+    """Every example of a dataset, in file order; bad records go to ``stats.errors`` (named by
+    :func:`export`), the labels that name no record are warned of through ``warn``
+    (:func:`~i2cr.eval.runner.check_input`)."""
     st = stats if stats is not None else ExportStats()
     gold = load_labels(labels)
-    items = check_items(load_mentions(data, gold, strict=False), gold, warn=None)
+    items, _ = check_input(load_mentions(data, gold, strict=False), gold, warn=warn,
+                           named=False, use="exported")
     for it in items:
         st.records += 1
         try:
@@ -163,7 +168,9 @@ def iter_examples(data: str | Path, labels: str | Path, settings: Context, *, se
 def export(data: str | Path, labels: str | Path, out: str | Path, *, fmt: str = "openai",
            settings: Context | None = None, seed: int = 0,
            warn: Callable[[str], None] | None = None) -> ExportStats:
-    """Write the examples as JSONL to ``out`` (whole or not at all: a temporary file renamed)."""
+    """Write the examples as JSONL to ``out`` (whole or not at all: a temporary file renamed);
+    ``warn`` names each bad record after (the labels naming no record are warned of on stderr
+    as the records are read: :func:`iter_examples`)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     settings = settings or Context()

@@ -485,6 +485,105 @@ def test_eval_reports_a_backend_that_dies_mid_run(tmp_path):
         srv.die()
 
 
+class RefusingOpenAI(ThreadingHTTPServer):
+    """An OpenAI-compatible server on 127.0.0.1 (a free port) whose model list answers, so the
+    backend check passes, and which answers every chat completion HTTP 500, its body naming a
+    file of the server's and echoing the request's key. It stops itself after ``life`` seconds
+    (and at the end of the ``with``)."""
+
+    def __init__(self, life: float = 300.0):
+        self.calls = 0
+        super().__init__(("127.0.0.1", 0), _Refusing)
+        self.daemon_threads = True
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        self.timer = threading.Timer(life, self.stop)
+        self.timer.daemon = True
+        self.timer.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        self.timer.cancel()
+        self.shutdown()
+        self.server_close()
+
+    def __enter__(self) -> RefusingOpenAI:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class _Refusing(_Handler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.calls += 1
+        body = json.dumps({"error": {"message": "worker crashed in /home/ops/llm/serve.py with "
+                                     + self.headers.get("Authorization", ""), "type": "server"}})
+        data = body.encode()
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_a_backend_refusing_every_call_is_named_in_the_closing_lines_of_link_and_eval(
+        tmp_path, monkeypatch, capsys):
+    """Every chat completion answered HTTP 500: each mention is an error record. link (with and
+    without --out) and eval close with the same lines: the calls made, the refused ones counted
+    as calls, and the records that failed, their ids and the cause named once, with no key and
+    no local path (the records' error keeps the whole text)."""
+    from i2cr.cli import main
+
+    key = "i2cr-test-key-0123456789"
+    monkeypatch.setenv("I2CR_LLM_API_KEY", key)
+    ids = "'jordan-nba', 'obama-podium', 'paris-painting', 'cambridge-rowing'"
+    failed = (f"i2cr: 4 record(s) failed in the run ({ids}): LLMCallFailed: HTTP 500 after 2 "
+              "attempt(s): OpenAIAPIError: Error code: 500 - ")
+    refused = ("i2cr: 4 LLM call(s) refused after every retry, of 4 made (a refused call counts "
+               "as one call made, its attempts are in its record's error)")
+
+    def closing(err: str) -> list[str]:
+        assert "Traceback" not in err, err[-2000:]
+        assert key not in err and "/home/ops" not in err, err[-2000:]
+        return [x for x in err.splitlines() if "LLM call" in x or "failed in the run" in x]
+
+    with RefusingOpenAI() as srv:
+        flags = ["--no-progress", "--llm", f"openai-compat:fake@{srv.base_url}",
+                 "--set", "tes_strategy=llm", "--set", "llm_retries=1",
+                 "--set", "llm_backoff=0.01", "--set", "iav_mode=off"]
+        data, labels = str(EXAMPLES / "mentions.json"), str(EXAMPLES / "labels.json")
+        out = tmp_path / "r.jsonl"
+        capsys.readouterr()
+        assert main(["link", data, "--labels", labels, "--out", str(out), *flags]) == 1
+        said = closing(capsys.readouterr().err)
+        assert srv.calls == 8  # 4 calls, each tried twice
+        recs = read_results(out)
+        assert [r["llm_calls"] for r in recs] == [1] * 4
+        assert all("/home/ops/llm/serve.py" in r["error"] and key not in r["error"] for r in recs)
+        assert said[0].startswith("i2cr: 0 mention(s) linked, 4 error(s), 0.00 LLM calls/mention "
+                                  "linked, 4 LLM call(s) made in all, top-1 0.0% on 4 labelled")
+        assert said[1] == refused
+        assert said[2].startswith(failed) and said[2].endswith("crashed in <path> with Bearer ***")
+        assert len(said) == 3
+        assert main(["link", data, "--labels", labels, *flags]) == 1  # the table on stdout
+        got = capsys.readouterr()
+        assert len([x for x in got.out.splitlines() if "LLMCallFailed" in x]) == 4
+        assert closing(got.err)[1:] == said[1:]
+        assert main(["eval", data, labels, "--out-dir", str(tmp_path / "ev"), *flags]) == 1
+        assert closing(capsys.readouterr().err) == said[1:]
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert (m["cost"]["llm_calls"], m["cost"]["llm_refused_calls"]) == (4, 4)
+    assert m["cost"]["llm_calls_per_mention"] == 1.0
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "**" + failed[len("i2cr: "):] in report and key not in report
+
+
 # --- issue 11 item 8: settings and counts are validated, empty input is said -------------------
 
 def test_unknown_tools_and_backends_are_rejected():
@@ -1080,6 +1179,48 @@ def test_labels_that_name_no_record_are_counted_in_one_warning_line(tmp_path, ca
                  str(tmp_path / "e2")]) == 1  # (no record labelled: a failure, as it was)
     err = capsys.readouterr().err
     assert len(said(err)) == 1 and "none of the 3 record(s) has a gold label" in err
+
+
+def _labels_with_typos(tmp_path: Path) -> Path:
+    """The examples' labels and two of no record ('typo-1', 'typo-2')."""
+    gold = json.loads((EXAMPLES / "labels.json").read_text())
+    return write_json(tmp_path / "labels.json", {**gold, "typo-1": "nil",
+                                                 "typo-2": "Barack Obama"})
+
+
+def _label_lines(err: str) -> list[str]:
+    return [x for x in err.splitlines() if "label(s)" in x]
+
+
+@pytest.mark.parametrize("prog", ["calibrate", "crossval"])
+def test_fitting_warns_of_the_labels_that_name_no_record(tmp_path, capsys, prog):
+    """calibrate and crossval read labels without checking that each names a record (link and
+    eval did): they now run the input checks every driver runs (runner.check_input), in one
+    line in their own words."""
+    import importlib
+
+    main = importlib.import_module(f"i2cr.eval.{prog}").main
+    labels = _labels_with_typos(tmp_path)
+    args = ["--folds", "2", *(["--out", str(tmp_path / "w.json")] if prog == "calibrate"
+                              else ["--out-dir", str(tmp_path / "cv")])]
+    assert main([str(EXAMPLES / "mentions.json"), str(labels), *args]) == 0
+    assert _label_lines(capsys.readouterr().err) == [
+        f"{prog}: warning: 2 of the 6 label(s) name no record of the data ('typo-1', 'typo-2'): "
+        "they are not used (a typo in an id, or labels of another split?)"]
+
+
+def test_sft_export_warns_of_the_labels_that_name_no_record(tmp_path, capsys):
+    """The SFT export read labels without checking that each names a record: it now says them
+    in one line, as link and eval do (runner.check_input), the export unchanged."""
+    from i2cr.cli import main
+
+    out = tmp_path / "train.jsonl"
+    assert main(["sft", "export", str(EXAMPLES / "mentions.json"),
+                 str(_labels_with_typos(tmp_path)), "--out", str(out)]) == 0
+    assert _label_lines(capsys.readouterr().err) == [
+        "i2cr: warning: 2 of the 6 label(s) name no record of the data ('typo-1', 'typo-2'): "
+        "they give no example (a typo in an id, or labels of another split?)"]
+    assert out.read_text().count("\n") >= 4
 
 
 # --- eval's report.md and metrics.json say the caches that failed ------------------------------

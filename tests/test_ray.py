@@ -326,8 +326,8 @@ class TestLocalRay:
 
     def test_labels_naming_no_record_are_warned_of_as_the_local_engine_does(self, tmp_path,
                                                                            capsys):
-        """The driver checks the labels against every id the workers were given (with --limit
-        it read only part of the file: not checked), in one line in the local engine's words,
+        """The driver checks the labels against every id of the file (with a limit too: the
+        ids the workers were not given are streamed), in one line in the local engine's words,
         and eval's metrics.json keeps them."""
         from i2cr.cli import main
         from i2cr.data import load_labels
@@ -344,14 +344,14 @@ class TestLocalRay:
         want = check_labels(load_labels(labels), {r["id"] for r in recs}.__contains__,
                             warn=local.append)
         assert want == {"labels": 3, "count": 2, "first": ["typo", "other"]} and len(local) == 1
-        for limit, said in ((None, local), (2, [])):
+        for limit in (None, 2):
             ray: list[str] = []
             st = RayStats()
             job = Job(path=str(data), settings=Context(), labels=str(labels), limit=limit,
                       dry_run=True)
             list(run_ray(job, workers=1, batch_size=2, progress=False, warn=ray.append, stats=st))
-            assert [w for w in ray if "label(s)" in w] == said
-            assert st.labels_unmatched == (want if limit is None else None)
+            assert [w for w in ray if "label(s)" in w] == local
+            assert st.labels_unmatched == want
         capsys.readouterr()
         assert main(["eval", str(data), str(labels), "--engine", "ray", "--workers", "1",
                      "--no-progress", "--set", "iav_mode=off", "--out-dir",
@@ -360,6 +360,29 @@ class TestLocalRay:
             f"i2cr: warning: {local[0]}"]
         m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
         assert m["labels_unmatched"] == want
+
+    def test_link_with_limit_checks_the_labels_against_every_record_of_the_file(self, tmp_path,
+                                                                                 capsys):
+        """``link --engine ray --limit`` said nothing of labels naming no record (the driver
+        checked only without a limit); it now says them as the local engine does: against every
+        record of the file, so a label of a record past the limit is not one of them."""
+        from i2cr.cli import main
+
+        recs = _records(1)  # four records; --limit 2 reads the first two
+        data = _write(tmp_path / "m.jsonl", recs)
+        labels = tmp_path / "labels.json"
+        labels.write_text(json.dumps({recs[0]["id"]: "Michael Jordan", recs[3]["id"]: "nil",
+                                      "typo-1": "nil", "typo-2": "Barack Obama"}))
+        line = ("i2cr: warning: 2 of the 4 label(s) name no record of the data ('typo-1', "
+                "'typo-2'): they are not scored (a typo in an id, or labels of another split?)")
+        said = {}
+        for engine in (["--engine", "ray", "--workers", "1", "--batch-size", "2"], []):
+            capsys.readouterr()
+            main(["link", str(data), "--labels", str(labels), "--limit", "2", "--no-progress",
+                  "--set", "iav_mode=off", "--out", str(tmp_path / "r.jsonl"), *engine])
+            said[bool(engine)] = [x for x in capsys.readouterr().err.splitlines()
+                                  if "label(s)" in x]
+        assert said == {True: [line], False: [line]}
 
     def test_resume_does_not_name_again_the_bad_records_and_repeats_in_out(self, tmp_path):
         """A bad record and a repeat already in --out are not linked again on --resume: they

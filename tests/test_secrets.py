@@ -201,3 +201,15 @@ def test_a_chat_model_of_yours_failing_with_the_key_leaks_it_nowhere(settings, m
     text = json.dumps(rec, default=str)
     assert "llm_error" in text and "Bearer ***" in text and "Bearer ***" in err
     assert KEY not in text and KEY not in err
+
+
+def test_a_cause_line_keeps_urls_and_masks_local_paths_and_keys(monkeypatch):
+    """What a closing line names once for many failed records (redact.cause_text)."""
+    monkeypatch.setenv("I2CR_LLM_API_KEY", "cause-key-987654321")
+    text = ("LLMCallFailed: HTTP 500 from http://127.0.0.1:8000/v1/chat/completions: crashed in "
+            "/srv/app/serve.py (see ~/logs/x.log, ./run/y, C:\\app\\z.py) key cause-key-987654321"
+            " for GET /models, HTTP 500/503, model org/name\nsecond line")
+    assert redact.cause_text(text) == (
+        "LLMCallFailed: HTTP 500 from http://127.0.0.1:8000/v1/chat/completions: crashed in "
+        "<path> (see <path>, <path>, <path>) key *** for GET /models, HTTP 500/503, model org/name")
+    assert len(redact.cause_text("x" * 1000)) == redact.MAX_CAUSE

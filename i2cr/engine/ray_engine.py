@@ -71,6 +71,7 @@ from ..eval.runner import (
     bad_record,
     bad_records,
     check_labels,
+    label_ids,
     load_models,
     prefetch,
     repeats_line,
@@ -484,8 +485,9 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
     servers: list[Any] = []
     bar = None
     named = bad_records(warn)  # each bad record named as the local engine names it (check_items)
-    # the labels checked against every id read (not with a limit: the rest were not read)
-    gold = load_labels(job.labels) if job.labels and job.limit is None else None
+    # the labels are checked against every id of the file, as check_input checks them: the ids
+    # read, or with a limit those of the whole file (streamed once more)
+    gold = load_labels(job.labels) if job.labels else None
     scattered = 0  # records not with their document (data.documents_of; load_mentions warns too)
     try:
         import ray
@@ -556,7 +558,8 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
             ids.commit()
         ctx.target_max_block_size, ctx.wait_for_min_actors_s = saved
         if gold is not None:  # (said with the other warnings, below)
-            st.labels_unmatched = check_labels(gold, ids.seen, warn=None)
+            known = ids.seen if job.limit is None else file_ids(job.path, label_ids(gold))
+            st.labels_unmatched = check_labels(gold, known, warn=None)
     finally:
         st.wall_s = st.link_s = time.perf_counter() - t_start
         if bar is not None:
@@ -580,6 +583,21 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
     if warn is not None and st.null_ids:
         warn(f"{st.null_ids} record(s) have a null or empty id; they are linked under the id "
              "'None' (repeats of it count as duplicates)")
+
+
+def file_ids(path: str, wanted: list[str]) -> Callable[[str], bool]:
+    """Whether an id of ``wanted`` (a labels file's) is a record's of the file, every record
+    streamed (the driver keeps no more than ``wanted``): for the labels of a run that read only
+    the first ``limit`` records. A document broken further on ends the reading there (the run
+    read none of it either)."""
+    want, found = set(wanted), set()
+    try:
+        for rid, _ in iter_stream(path):
+            if rid in want:
+                found.add(rid)
+    except DataError:
+        pass
+    return found.__contains__
 
 
 def _rows(ds: Any) -> Iterator[dict[str, Any]]:

@@ -19,12 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..data import DataError, Mention, load_mentions, shuffle_candidates
+from ..data import DataError, Mention, load_labels, load_mentions, shuffle_candidates
 from ..graph import Context
 from ..graph.resources import embedder
 from ..ranker import Ranker
 from ..ranker.fit import build_examples, dataset_of, fit, leave_one_dataset_out, pooled
-from .runner import Named
+from .runner import Named, check_input
 
 
 def load_sets(pairs: list[str], seed: int, prog: str = "calibrate") -> tuple[list[Mention], list[str]]:
@@ -36,8 +36,11 @@ def load_sets(pairs: list[str], seed: int, prog: str = "calibrate") -> tuple[lis
                 lambda it: f"{prog}: warning: {it}; left out of the fit",
                 lambda n: f"{prog}: {n} bad record(s) (data or gold label) left out of the fit")
     for data, labels in zip(pairs[::2], pairs[1::2], strict=True):
-        items = load_mentions(data, labels, strict=False)
-        for it in items:  # a bad record (its data or its gold label) is left out of the fit
+        gold = load_labels(labels)  # (the checks of every driver: labels naming no record, ids)
+        items, _ = check_input(load_mentions(data, gold, strict=False), gold, named=False,
+                               warn=lambda s: print(f"{prog}: warning: {s}", file=sys.stderr),
+                               use="fitted")
+        for it in items:  # a bad record (its data, its gold label, a repeated id) is left out
             if isinstance(it, DataError):
                 bad.name(it)
         got = [m for m in shuffle_candidates(items, seed) if isinstance(m, Mention)]

@@ -33,11 +33,9 @@ from .report import markdown, write_png
 from .runner import (
     RunStats,
     Warn,
-    check_items,
-    check_labels,
+    check_input,
     done_ids,
     read_results,
-    record_id,
     run,
     to_link,
     warn_stderr,
@@ -91,17 +89,16 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
         candidates="ignored" if settings.kb else "required", warn=warn)
     if not items and not engine:
         raise DataError("no mentions to evaluate in the file", source=str(data))
-    # the labels that name no record of the file (before --limit/--sample; the Ray engine's
-    # driver checks them as it reads the file, into the stats)
-    unmatched = None if engine else check_labels(
-        gold, {record_id(it) for it in items}.__contains__, warn=warn)
     if not keep_order:
         items = shuffle_candidates(items, shuffle_seed)
     if warn is not None and sample is not None and sample > len(items):
         warn(f"--sample {sample} is more than the {len(items)} mention(s) of {data}: all are used")
     results_path = out / "results.jsonl"
-    items = check_items(select(items, limit=limit, sample=sample, seed=seed), gold, warn=warn,
-                        done=done_ids(results_path, resume and not engine))  # (Ray: its own)
+    unmatched = None  # (the Ray engine's driver runs the same checks as it reads, into the stats)
+    if not engine:
+        items, unmatched = check_input(
+            items, gold, pick=lambda its: select(its, limit=limit, sample=sample, seed=seed),
+            done=done_ids(results_path, resume), warn=warn)
     if engine or to_link(items):  # (error records only: no backend to start)
         if progress and settings.chat_model is None and settings.uses_llm:
             print("i2cr: checking the LLM backend ...", file=sys.stderr, flush=True)

@@ -15,7 +15,9 @@ Stages (top-1 accuracy over every labelled mention; errors count as wrong):
 Every labelled record is in the denominator: a record that failed to load or to link (an error
 record, with its gold label) is a wrong answer at every stage; ``errors`` counts them, and
 ``llm_failed_mentions`` counts the mentions whose answer came from a fallback after a failed LLM
-call.
+call. ``failed_by_cause`` groups the records that failed in the run (not those of the input,
+named as they were read) by their cause, with the first ids; a call refused after every retry
+ends its mention as an error record and counts as one LLM call (``cost.llm_refused_calls``).
 
 ``cache_failures`` (added by the harness, not from the records) are the caches that failed in
 the run's last segment: how many, and what went wrong with each, as the closing line says it.
@@ -33,8 +35,9 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..data import same_entity as _eq
+from ..data import DataError, LabelError, same_entity as _eq
 from ..graph.final import settle
+from ..redact import cause_text
 
 if TYPE_CHECKING:
     from ..store import Failure
@@ -49,6 +52,49 @@ def answer_after_vif(rec: dict[str, Any], k: int) -> str | None:
 def llm_failed(rec: dict[str, Any]) -> bool:
     """Whether a record has a failed LLM call (its answer then came from a fallback)."""
     return any(e.get("type") == "llm_error" for e in rec.get("events") or [])
+
+
+def llm_refused(rec: dict[str, Any]) -> bool:
+    """Whether a record is the error record of a mention ended by an LLM call refused after every
+    retry (:class:`~i2cr.llm.LLMCallFailed`, the only error whose record has ``llm_calls``): one
+    refused call, counted among the mention's calls."""
+    return rec.get("error") is not None and bool(rec.get("llm_calls"))
+
+
+# the error records of the input (a bad record, an unusable gold label, a repeated id): each was
+# named as it was read, by its own line; their error texts start with the error's type
+INPUT_ERRORS = tuple(f"{c.__name__}: " for c in (DataError, LabelError))
+SHOWN_FAILED = 5  # the ids of the records that failed with one cause that its line quotes
+
+
+def failure_cause(rec: dict[str, Any]) -> str | None:
+    """The cause a record failed with in the run, as a closing line names it once for all the
+    records it struck (:func:`~i2cr.redact.cause_text`: no secret, no local path), or None: no
+    error, or an error of the input (named as it was read)."""
+    err = rec.get("error")
+    if err is None or str(err).startswith(INPUT_ERRORS):
+        return None
+    return cause_text(err)
+
+
+def add_failure(causes: dict[str, dict[str, Any]], rec: dict[str, Any]) -> None:
+    """Count ``rec`` under its :func:`failure_cause` in ``causes`` (cause -> ``count`` and the
+    ``first`` :data:`SHOWN_FAILED` ids, in the order the records came), when it has one."""
+    cause = failure_cause(rec)
+    if cause is None:
+        return
+    got = causes.setdefault(cause, {"count": 0, "first": []})
+    got["count"] += 1
+    if len(got["first"]) < SHOWN_FAILED:
+        got["first"].append(str(rec.get("id")))
+
+
+def failures_by_cause(recs: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What metrics.json keeps of the records that failed in the run (:func:`add_failure`)."""
+    causes: dict[str, dict[str, Any]] = {}
+    for r in recs:
+        add_failure(causes, r)
+    return causes
 
 
 def image_failure(rec: dict[str, Any]) -> str | None:
@@ -145,6 +191,7 @@ def compute(records: Iterable[dict[str, Any]], *, wall_s: float | None = None,
                          "errors": sum(1 for r in recs if r.get("error")),
                          "labelled_errors": sum(1 for r in labelled if r.get("error")),
                          "llm_failed_mentions": sum(1 for r in recs if llm_failed(r)),
+                         "failed_by_cause": failures_by_cause(recs),
                          "structured_fallback_mentions": sum(1 for r in recs
                                                              if structured_fallback(r)),
                          "image_failures": image_failures(recs),
@@ -198,7 +245,10 @@ def compute(records: Iterable[dict[str, Any]], *, wall_s: float | None = None,
                                   if linked else None)
 
     k = max(len(recs), 1)
-    m["cost"] = {"llm_calls_per_mention": sum(r.get("llm_calls") or 0 for r in recs) / k,
+    calls = sum(r.get("llm_calls") or 0 for r in recs)  # a refused call counted as one call
+    m["cost"] = {"llm_calls_per_mention": calls / k, "llm_calls": calls,
+                 # calls refused after every retry (each ended its mention: an error record)
+                 "llm_refused_calls": sum(1 for r in recs if llm_refused(r)),
                  "tokens_per_mention": sum(_tokens(r) for r in recs) / k,
                  "tool_calls_per_mention": sum(len(r.get("tools_used") or []) for r in recs) / k,
                  # failed LLM calls (errors, timeouts): their answers came from the fallbacks

@@ -76,33 +76,78 @@ def unmatched_labels(labels: Iterable[str], unmatched: Iterable[str]) -> dict[st
     return {"labels": sum(1 for _ in labels), "count": count, "first": first}
 
 
-def labels_line(found: dict[str, Any] | None) -> str | None:
+# what comes of labels that name no record, in the words of the driver reading them: (some of
+# the labels, every label)
+LABEL_USES = {
+    "scored": ("they are not scored", "nothing is scored against them"),  # link, eval
+    "fitted": ("they are not used", "none of them is used"),  # calibrate, crossval
+    "exported": ("they give no example", "none of them gives an example"),  # sft export
+}
+
+
+def labels_line(found: dict[str, Any] | None, use: str = "scored") -> str | None:
     """One line on the labels that name no record (:func:`unmatched_labels`), or None when each
     names one: a typo in an id, or labels of another split, are not scored, silently. The one
-    rule for ``link --labels`` and ``eval`` (both engines): every label, or some; the run's
-    failure when no record at all has a gold label is :func:`record_failures`'."""
+    rule for every driver that reads labels (``use``: its words, :data:`LABEL_USES`): every
+    label, or some; the run's failure when no record at all has a gold label is
+    :func:`record_failures`'."""
     if not found or not found.get("count"):
         return None
+    some, every = LABEL_USES[use]
     n, total, first = found["count"], found["labels"], found.get("first") or []
     shown = ", ".join(shown_id(i) for i in first) + (", ..." if n > len(first) else "")
     if n >= total:
-        return (f"none of the {total} label(s) names a record of the data ({shown}): nothing is "
-                "scored against them (labels of another dataset or split?)")
-    return (f"{n} of the {total} label(s) name no record of the data ({shown}): they are not "
-            "scored (a typo in an id, or labels of another split?)")
+        return (f"none of the {total} label(s) names a record of the data ({shown}): {every} "
+                "(labels of another dataset or split?)")
+    return (f"{n} of the {total} label(s) name no record of the data ({shown}): {some} "
+            "(a typo in an id, or labels of another split?)")
+
+
+def refused_line(refused: int, calls: int) -> str | None:
+    """One line on the LLM calls refused after every retry (each ended its mention as an error
+    record), among the ``calls`` made, or None when none was: the one rule for ``link``'s closing
+    lines and ``eval``'s."""
+    if not refused:
+        return None
+    return (f"{refused} LLM call(s) refused after every retry, of {calls} made (a refused call "
+            "counts as one call made, its attempts are in its record's error)")
+
+
+SHOWN_CAUSES = 3  # the causes of failed records named one line each; then a count of the rest
+
+
+def failed_lines(causes: dict[str, dict[str, Any]] | None) -> list[str]:
+    """One line per cause records failed with in the run (:func:`~.metrics.add_failure`), most
+    records first: how many, the first ids, the cause once (no secret, no local path: the
+    records' ``error`` keeps the whole text); after :data:`SHOWN_CAUSES`, one line counts the
+    rest. The one rule for ``link``'s closing lines and ``eval``'s."""
+    ranked = sorted((causes or {}).items(), key=lambda kv: -kv[1]["count"])
+    out = []
+    for cause, got in ranked[:SHOWN_CAUSES]:
+        n, first = got["count"], got.get("first") or []
+        ids = ", ".join(shown_id(i) for i in first) + (", ..." if n > len(first) else "")
+        out.append(f"{n} record(s) failed in the run ({ids}): {cause}")
+    rest = ranked[SHOWN_CAUSES:]
+    if rest:
+        out.append(f"{sum(g['count'] for _, g in rest)} more record(s) failed in the run, with "
+                   f"{len(rest)} other cause(s) (see their error)")
+    return out
 
 
 def failures(metrics: dict[str, Any]) -> list[str]:
     """What went wrong in a run, one phrase each (empty when nothing did): those of its records
-    (:func:`record_failures`), then each cache that failed (:func:`cache_lines`). Each fails
-    the run (``i2cr eval`` exits 1)."""
-    return record_failures(metrics) + cache_lines(metrics)
+    (:func:`record_failures`), the causes of those that failed in the run (:func:`failed_lines`),
+    then each cache that failed (:func:`cache_lines`). Each fails the run (``i2cr eval`` exits
+    1)."""
+    return (record_failures(metrics) + failed_lines(metrics.get("failed_by_cause"))
+            + cache_lines(metrics))
 
 
 def record_failures(metrics: dict[str, Any]) -> list[str]:
     """What went wrong with a run's records: no record labelled, error records, which count as
-    wrong answers, mentions answered by a fallback after a failed LLM call, failed image
-    downloads, free-text answers to structured requests."""
+    wrong answers, LLM calls refused after every retry (:func:`refused_line`), mentions answered
+    by a fallback after a failed LLM call, failed image downloads, free-text answers to
+    structured requests."""
     out = []
     if metrics.get("mentions") and not metrics.get("labelled"):  # (a labels file of other ids)
         out.append(f"none of the {metrics['mentions']} record(s) has a gold label (does the "
@@ -110,8 +155,11 @@ def record_failures(metrics: dict[str, Any]) -> list[str]:
     if metrics.get("errors"):
         out.append(f"{metrics['errors']} error record(s) "
                    f"({metrics.get('labelled_errors', 0)} labelled, each scored as a wrong answer)")
+    c = metrics.get("cost", {})
+    refused = refused_line(c.get("llm_refused_calls", 0), c.get("llm_calls", 0))
+    if refused:
+        out.append(refused)
     if metrics.get("llm_failed_mentions"):
-        c = metrics.get("cost", {})
         out.append(f"{metrics['llm_failed_mentions']} mention(s) with failed LLM calls "
                    f"({c.get('llm_failed_calls', 0)} calls; {c.get('tes_fallbacks', 0)} TES "
                    "answers from the embedding fallback, not the LLM)")
@@ -178,8 +226,9 @@ def markdown(metrics: dict[str, Any], info: dict[str, Any]) -> str:
     bad = record_failures(metrics)
     if bad:
         lines += [f"**{'; '.join(bad)}.**", ""]
-    for cache in cache_lines(metrics):  # (each a sentence of its own: its reason has semicolons)
-        lines += [f"**{cache[0].upper()}{cache[1:].rstrip('.')}.**", ""]
+    # (each a sentence of its own: a cause or a cache's reason may hold semicolons)
+    for failed in failed_lines(metrics.get("failed_by_cause")) + cache_lines(metrics):
+        lines += [f"**{failed[0].upper()}{failed[1:].rstrip('.')}.**", ""]
     for said in (labels_line(metrics.get("labels_unmatched")),
                  candidates_line(metrics.get("candidate_cuts") or {}),
                  image_line(metrics.get("image_failures") or {}),
@@ -211,6 +260,8 @@ def markdown(metrics: dict[str, Any], info: dict[str, Any]) -> str:
               f"| tokens / mention | {_num(c['tokens_per_mention'], '{:.0f}')} |",
               f"| tool calls / mention | {_num(c['tool_calls_per_mention'])} |",
               f"| failed LLM calls (total) | {c.get('llm_failed_calls', 0)} |",
+              f"| LLM calls refused after every retry (total, each an error record) | "
+              f"{c.get('llm_refused_calls', 0)} |",
               f"| TES fallbacks to the embedding ranking (total) | {c.get('tes_fallbacks', 0)} |",
               f"| latency p50 / p95 (s) | {_num(s['latency_p50_s'], '{:.3f}')} / "
               f"{_num(s['latency_p95_s'], '{:.3f}')} |",

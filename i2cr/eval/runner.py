@@ -33,11 +33,13 @@ from ..graph.texts import clue_sequence
 from ..linker import error_record, link_mention
 from ..texts import entity_text, query_for
 from .metrics import (
+    add_failure,
     candidate_cut,
     image_failure,
     image_unused,
     linked_count,
     llm_failed,
+    llm_refused,
     structured_fallback,
 )
 from .report import labels_line, unmatched_labels
@@ -186,16 +188,16 @@ def label_ids(labels: Mapping[str, str] | None) -> list[str]:
 
 
 def check_labels(labels: Mapping[str, str] | None, named: Callable[[str], bool],
-                 warn: Warn | None = warn_stderr) -> dict[str, Any] | None:
-    """Warn, in one line (:func:`~.report.labels_line`), of the labels that name no record of
-    the data (``named``: whether an id is a record's), and return what metrics.json keeps of
-    them (:func:`~.report.unmatched_labels`); None without labels. For ``link --labels`` and
-    ``eval``, both engines."""
+                 warn: Warn | None = warn_stderr, use: str = "scored") -> dict[str, Any] | None:
+    """Warn, in one line (:func:`~.report.labels_line`, in the words ``use`` names), of the
+    labels that name no record of the data (``named``: whether an id is a record's), and return
+    what metrics.json keeps of them (:func:`~.report.unmatched_labels`); None without labels.
+    The first of :func:`check_input`'s checks; the Ray driver's, on the ids it streams."""
     ids = label_ids(labels)
     if not ids:
         return None
     found = unmatched_labels(ids, (i for i in ids if not named(i)))
-    said = labels_line(found)
+    said = labels_line(found, use)
     if warn is not None and said:
         warn(said)
     return found
@@ -254,6 +256,32 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
     return out
 
 
+def check_input(items: Iterable[Mention | DataError], labels: Mapping[str, str] | None = None,
+                *, pick: Callable[[list[Mention | DataError]], list[Mention | DataError]]
+                | None = None, done: Container[str] = frozenset(),
+                warn: Warn | None = warn_stderr, named: bool = True, use: str = "scored"
+                ) -> tuple[list[Mention | DataError], dict[str, Any] | None]:
+    """The input checks every driver runs on the records it loaded, in this order (one owner:
+    ``link`` and ``eval`` in this process, calibrate's and crossval's fits, the SFT export; the
+    Ray driver, which holds no records, runs the same rules as it streams them):
+
+    1. the labels that name no record of the whole input, warned of in one line
+       (:func:`check_labels`, in the words ``use`` names), before any selection;
+    2. the selection ``pick`` makes (``--limit``, ``--sample``; None: every record);
+    3. every record once under its own id (:func:`check_items`; ``done``: the ids of the output
+       a resumed run goes on from), its bad records and repeats named through ``warn``, unless
+       ``named`` is False: a driver that names them itself, in its own words (a fit leaves them
+       out, an export skips them).
+
+    Returns the records to run and what metrics.json keeps of the labels naming no record."""
+    items = list(items)
+    unmatched = check_labels(labels, {record_id(it) for it in items}.__contains__, warn=warn,
+                             use=use)
+    if pick is not None:
+        items = pick(items)
+    return check_items(items, labels, warn=warn if named else None, done=done), unmatched
+
+
 def to_link(items: Iterable[Mention | DataError]) -> bool:
     """Whether any item is a mention to link: a run of error records only (every record bad, or
     nothing left) builds no model and starts no LLM backend."""
@@ -309,6 +337,9 @@ class RunStats:
     errors: int = 0  # error records among them
     errors_before: int = 0  # error records already in the output (resume skipped, not retried)
     llm_failed: int = 0  # mentions with at least one failed LLM call (answered by a fallback)
+    llm_calls: int = 0  # LLM calls made (a call refused after every retry counts as one)
+    llm_refused: int = 0  # calls refused after every retry (each made its mention an error record)
+    failed_by_cause: dict[str, dict[str, Any]] = field(default_factory=dict)  # metrics.add_failure
     structured_fallbacks: int = 0  # mentions with a TES answer asked structured, read as free text
     image_failures: dict[str, int] = field(default_factory=dict)  # unusable images, by status
     images_unused: int = 0  # images not loaded: no step of the run reads them
@@ -321,11 +352,14 @@ class RunStats:
     wall_s: float = 0.0  # the whole run, from the first phase to the last record
 
     def count(self, rec: dict[str, Any]) -> None:
-        """Count one record produced: errors, failed LLM calls, free-text fallbacks, images that
-        could not be used or were not loaded (nothing read them), candidate lists cut to
-        ``max_candidates``."""
+        """Count one record produced: errors (those of the run by cause), LLM calls (refused ones
+        too), failed LLM calls, free-text fallbacks, images that could not be used or were not
+        loaded (nothing read them), candidate lists cut to ``max_candidates``."""
         self.produced += 1
         self.errors += rec.get("error") is not None
+        add_failure(self.failed_by_cause, rec)
+        self.llm_calls += rec.get("llm_calls") or 0
+        self.llm_refused += llm_refused(rec)
         self.llm_failed += llm_failed(rec)
         self.structured_fallbacks += structured_fallback(rec)
         self.images_unused += image_unused(rec)

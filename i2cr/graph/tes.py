@@ -222,8 +222,9 @@ def ask_llm(state: State, ctx: Context, cands: list[CandidateDict], node: str
         t0 = time.perf_counter()
         try:
             msg, raw, asked = ask_tes(chat, messages, names, allow_nil=allow_nil, mode=ctx.tes_answer)
-        except LLMCallFailed:
-            raise  # refused after every retry: the mention becomes an error record
+        except LLMCallFailed as e:  # refused after every retry: the mention becomes an error
+            e.llm_calls = state["llm_calls"] + calls + 1  # record, counting its calls, this one too
+            raise
         except Exception as e:  # noqa: BLE001
             calls += 1
             failed: LlmError = {"type": "llm_error", "node": node, "attempt": attempt,

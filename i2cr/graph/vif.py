@@ -91,8 +91,9 @@ def pick_tool(state: State, ctx: Context, tools: Mapping[str, VisualTool], offer
         events.append(req)
         picked, how, more = read_tool_calls(requested, offered)
         return picked, how, calls, events + more
-    except LLMCallFailed:
-        raise  # refused after every retry: the mention becomes an error record
+    except LLMCallFailed as e:  # refused after every retry: the mention becomes an error record,
+        e.llm_calls = state["llm_calls"] + calls + 1  # counting its calls, this one too
+        raise
     except Exception as e:  # noqa: BLE001 - an LLM failure falls back to the fixed order
         calls += 1
         how = "fallback_llm_error"
