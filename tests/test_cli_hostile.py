@@ -556,7 +556,8 @@ def test_a_backend_refusing_every_call_is_named_in_the_closing_lines_of_link_and
     with RefusingOpenAI() as srv:
         flags = ["--no-progress", "--llm", f"openai-compat:fake@{srv.base_url}",
                  "--set", "tes_strategy=llm", "--set", "llm_retries=1",
-                 "--set", "llm_backoff=0.01", "--set", "iav_mode=off"]
+                 "--set", "llm_backoff=0.01", "--set", "iav_mode=off",
+                 "--limit", "4"]  # the four examples whose TES asks the LLM
         data, labels = str(EXAMPLES / "mentions.json"), str(EXAMPLES / "labels.json")
         out = tmp_path / "r.jsonl"
         capsys.readouterr()
@@ -1205,8 +1206,8 @@ def test_fitting_warns_of_the_labels_that_name_no_record(tmp_path, capsys, prog)
                               else ["--out-dir", str(tmp_path / "cv")])]
     assert main([str(EXAMPLES / "mentions.json"), str(labels), *args]) == 0
     assert _label_lines(capsys.readouterr().err) == [
-        f"{prog}: warning: 2 of the 6 label(s) name no record of the data ('typo-1', 'typo-2'): "
-        "they are not used (a typo in an id, or labels of another split?)"]
+        f"{prog}: warning: 2 of the {len(EXAMPLE_IDS) + 2} label(s) name no record of the data "
+        "('typo-1', 'typo-2'): they are not used (a typo in an id, or labels of another split?)"]
 
 
 def test_sft_export_warns_of_the_labels_that_name_no_record(tmp_path, capsys):
@@ -1218,8 +1219,8 @@ def test_sft_export_warns_of_the_labels_that_name_no_record(tmp_path, capsys):
     assert main(["sft", "export", str(EXAMPLES / "mentions.json"),
                  str(_labels_with_typos(tmp_path)), "--out", str(out)]) == 0
     assert _label_lines(capsys.readouterr().err) == [
-        "i2cr: warning: 2 of the 6 label(s) name no record of the data ('typo-1', 'typo-2'): "
-        "they give no example (a typo in an id, or labels of another split?)"]
+        f"i2cr: warning: 2 of the {len(EXAMPLE_IDS) + 2} label(s) name no record of the data "
+        "('typo-1', 'typo-2'): they give no example (a typo in an id, or labels of another split?)"]
     assert out.read_text().count("\n") >= 4
 
 
