@@ -83,8 +83,7 @@ def _settings(args: argparse.Namespace, *, embeds: bool = True):
         settings = Context.from_overrides(overrides)
         for k in sorted(server_only_settings() & set(overrides)):  # taken, and not used here
             print(f"i2cr: warning: --set {k}: a setting of the served linker only (i2cr.serve); "
-                  "this command fetches any image URL and reads any local path, and ignores it",
-                  file=sys.stderr)
+                  "this command ignores it", file=sys.stderr)
         if embeds:
             _check_cache_folder(settings.embedding_cache, "embedding_cache")
         if settings.ranker_weights:  # missing or damaged: a bad setting, not an error per mention
