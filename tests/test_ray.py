@@ -524,3 +524,39 @@ def test_eval_on_a_two_node_cluster_through_ray_address(tmp_path):
     # the batches may have run on one node or both: a timing, not a behaviour, to assert on
     assert "ray: 2 worker(s)" in r.stderr, r.stderr[-3000:]
     assert re.search(r"batch\(es\) on [12] node\(s\)", r.stderr), r.stderr[-3000:]
+
+
+@pytest.mark.integration
+def test_a_worker_that_links_no_batch_still_reports_its_caches(tmp_path):
+    """Each worker sent its cache failures with its batches only: a worker given none (more
+    workers than batches) sent nothing, so a cache broken on its node was missing from the
+    closing lines and the exit code. Two nodes, each its own home and caches (``~/...``): the
+    head's clue cache and the other node's embedding cache are broken, and one record's batch
+    goes to one of the two workers; both failures are said, as each node's run would say it."""
+    pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    homes = {n: tmp_path / n for n in ("head", "node", "driver")}
+    for h in homes.values():
+        h.mkdir()
+    (homes["head"] / "clues").write_text("a file where the cache's folder should be")
+    (homes["node"] / "emb").mkdir()
+    (homes["node"] / "emb" / "cache.db").write_bytes(os.urandom(40_000))
+    data = _write(tmp_path / "in.jsonl", _records(1)[:1])
+    node_args = {"num_cpus": 1, "object_store_memory": 100 * 1024 * 1024}
+    cluster = Cluster(initialize_head=True, head_node_args={
+        **node_args, "include_dashboard": False, "env_vars": {"HOME": str(homes["head"])}})
+    try:
+        cluster.add_node(**node_args, env_vars={"HOME": str(homes["node"])})
+        r = subprocess.run(LINK + [str(data), "--engine", "ray", "--ray-address", cluster.address,
+                                   "--workers", "2", "--no-progress", "--set", "iav_mode=off",
+                                   "--set", "embedding_cache=~/emb", "--set", "clue_cache=~/clues"],
+                           capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "HOME": str(homes["driver"])})
+    finally:
+        cluster.shutdown()
+    said = sorted(x.split(" (")[0] for x in r.stderr.splitlines()
+                  if x.startswith("i2cr: cache failure"))
+    assert said == ["i2cr: cache failure, clue cache: is unusable",
+                    "i2cr: cache failure, embedding cache: is unusable"], r.stderr[-3000:]
+    assert r.returncode == 1 and "Michael Jordan" in r.stdout, r.stderr[-3000:]

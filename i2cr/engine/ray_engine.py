@@ -19,7 +19,9 @@ a pool of actors that each hold one set of models, results written by the driver
   store).
 - **Caches.** A cache that fails in a worker (:mod:`i2cr.store`: unusable, damaged entries) is
   warned of on the worker's stderr, which reaches the driver's; each batch also brings back the
-  worker's cache failures since its batch before (``caches``), which the driver keeps as its own
+  worker's cache failures since its batch before (``caches``), and what failed as the worker
+  started (opening its caches) goes to the driver's :class:`CacheReports` before its first batch,
+  so a worker given no batch is heard too. The driver keeps them as its own
   (:func:`i2cr.store.adopt`), so the closing lines and the exit code say them as in one process.
 - **Faults.** Ray Data restarts a dead actor and retries its batch; the driver's ids keep the
   output exactly-once. A killed driver loses at most the records not yet written; ``--resume``
@@ -198,10 +200,33 @@ def _rid(it: Mention | DataError) -> str:
     return it.id if isinstance(it, Mention) else (it.record or "?")
 
 
+def _failures_json(found: list[store.Failure]) -> str:
+    return json.dumps([dataclasses.asdict(f) for f in found])
+
+
+def _adopt(found_json: str) -> None:
+    store.adopt(store.Failure(**f) for f in json.loads(found_json))
+
+
+class CacheReports:
+    """The driver's mailbox (a Ray actor it owns) for the cache failures its workers met as they
+    started: a worker that is given no batch has no other way to say them."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def add(self, found_json: str) -> None:
+        self.found.append(found_json)
+
+    def take(self) -> list[str]:
+        out, self.found = self.found, []
+        return out
+
+
 class LinkActor:
     """One worker: one set of models, linking a batch of raw records at a time."""
 
-    def __init__(self, job: Job, done: list[Any]):
+    def __init__(self, job: Job, done: list[Any], reports: Any = None):
         ray_env()
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         import ray
@@ -219,6 +244,9 @@ class LinkActor:
                 load_models([], self.settings)  # (and the clue cache, as the local engine does)
             except Exception:  # noqa: BLE001 - each mention then records the failure
                 pass
+        found, self.cache_mark = store.report(self.cache_mark)
+        if found and reports is not None:  # said before any batch: this worker may get none
+            ray.get(reports.add.remote(_failures_json(found)))
 
     def items(self, rows: list[dict[str, Any]]) -> list[Mention | DataError]:
         job, out = self.job, []
@@ -253,7 +281,7 @@ class LinkActor:
             out["apart"].append(sum(b["apart"]))  # records scattered from their document
             # the caches that failed since the batch before (or the actor's start), as JSON
             found, self.cache_mark = store.report(self.cache_mark)
-            out["caches"].append(json.dumps([dataclasses.asdict(f) for f in found]))
+            out["caches"].append(_failures_json(found))
         return out
 
     def link_batch(self, rows: list[dict[str, Any]]) -> tuple[list[Mention | DataError],
@@ -482,6 +510,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
     ids.add_written(resumed)
     started = start(address, num_cpus=workers, object_store_mb=object_store_mb)
     servers: list[Any] = []
+    reports: Any = None  # the workers' cache failures as they started (CacheReports)
     bar = None
     named = bad_records(warn)  # each bad record named as the local engine names it (check_items)
     # the labels checked against every id read (not with a limit: the rest were not read)
@@ -512,7 +541,9 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
         ctx.target_max_block_size = 1
         ds = ray.data.read_datasource(_datasource(job.path, job.limit, batch_size),
                                       override_num_blocks=1, num_cpus=0)
-        ds = ds.map_batches(LinkActor, fn_constructor_kwargs={"job": job, "done": done_ref},
+        reports = ray.remote(num_cpus=0)(CacheReports).remote()
+        ds = ds.map_batches(LinkActor, fn_constructor_kwargs={"job": job, "done": done_ref,
+                                                              "reports": reports},
                             batch_size=1, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(size=n), num_cpus=1)
         bar = tqdm(desc=desc, unit="mention", disable=not progress, dynamic_ncols=True)
@@ -522,7 +553,7 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                 st.first_s, st.first_rows = time.perf_counter() - t_start, len(b["idx"])
             st.nodes[b["node"]] = st.nodes.get(b["node"], 0) + 1
             scattered += b["apart"]
-            store.adopt(store.Failure(**f) for f in json.loads(b["caches"]))  # (closing lines)
+            _adopt(b["caches"])  # (closing lines)
             for idx, rid, label, bad, scored, text in zip(
                     b["idx"], b["id"], b["label"], b["bad"], b["scored"], b["rec"], strict=True):
                 st.null_ids += rid in ("None", "", "null")
@@ -554,6 +585,8 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                 bar.update(1)
                 yield rec
             ids.commit()
+        for found in ray.get(reports.take.remote()):  # every worker started before the first batch
+            _adopt(found)
         ctx.target_max_block_size, ctx.wait_for_min_actors_s = saved
         if gold is not None:  # (said with the other warnings, below)
             st.labels_unmatched = check_labels(gold, ids.seen, warn=None)
@@ -565,6 +598,10 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
             writer.close()
         ids.close()
         _stop_servers(servers)
+        if reports is not None:
+            import ray
+
+            ray.kill(reports)
         if started:
             import ray
 
