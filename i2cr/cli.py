@@ -210,9 +210,11 @@ def cmd_link(args: argparse.Namespace) -> int:
         return report_link(args, records, ray_stats, extra=extra,
                            start=lambda: _check_llm(settings, progress))
     gold = load_labels(args.labels) if args.labels else {}
+    done = done_ids(args.out, args.resume)  # (read once: the warnings and the run skip them)
     items = load_mentions(args.file, gold, image_root=args.image_root, strict=False,
                           allow_nil=True if args.allow_nil else None,
-                          candidates="optional" if settings.kb else "required", warn=warn_stderr)
+                          candidates="optional" if settings.kb else "required", warn=warn_stderr,
+                          done=done)
     if not items:
         print(f"i2cr: no mentions to link in {args.file}", file=sys.stderr)
         return 2
@@ -222,13 +224,13 @@ def cmd_link(args: argparse.Namespace) -> int:
         items = shuffle_candidates(items, args.shuffle_seed)
     if args.limit is not None:
         items = items[: args.limit]
-    items = check_items(items, gold, done=done_ids(args.out, args.resume))
+    items = check_items(items, gold, done=done)
     single = len(items) == 1 and not args.out
     linker = _linker(args)
     stats = RunStats()
     progress = not args.no_progress and not args.stream
     records = run(items, settings, out=args.out, resume=args.resume, progress=progress,
-                  linker=linker, stats=stats, concurrency=args.concurrency)  # (lazy)
+                  linker=linker, stats=stats, concurrency=args.concurrency, done=done)  # (lazy)
     return report_link(args, records, stats, single=single, total=len(items),
                        start=(lambda: _check_llm(settings, progress)) if to_link(items) else None)
 

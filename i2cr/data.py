@@ -18,7 +18,7 @@ import random
 import re
 import sys
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
@@ -472,12 +472,19 @@ def document_runs(entries: Iterable[tuple[str | None, Any, T]]
     yield from release()
 
 
-def scattered_message(n: int) -> str:
-    """The warning for ``n`` records whose document's run came before other records."""
+def done_line(n: int) -> str:
+    """What an input warning adds of the ``n`` records it also concerns that a resumed run skips
+    (already in its output): said once, in the warning's line; nothing when there are none."""
+    return f" ({n} more already in the output, skipped)" if n else ""
+
+
+def scattered_message(n: int, done: int = 0) -> str:
+    """The warning for ``n`` records (of this run; ``done`` more skipped) whose document's run
+    came before other records."""
     return (f"{n} record(s) continue a document (a doc_id, or an id corpus::document::n) after "
             "other records came between: the input is not grouped by document, and each such "
             "run of records is linked as a document of its own (it does not see the document's "
-            "earlier mentions); keep a document's records together")
+            f"earlier mentions); keep a document's records together{done_line(done)}")
 
 
 def _takes_document(document: Any) -> bool:
@@ -771,12 +778,14 @@ def _records(path: str | Path) -> Iterator[tuple[str, Any]]:
 def load_mentions(path: str | Path, labels: str | Path | dict[str, str] | None = None, *,
                   image_root: str | None = None, allow_nil: bool | None = None,
                   strict: bool = True, candidates: str = "required",
-                  warn: Callable[[str], None] | None = None) -> list[Mention | DataError]:
+                  warn: Callable[[str], None] | None = None,
+                  done: Container[str] = frozenset()) -> list[Mention | DataError]:
     """Load every mention of a file. With ``strict`` the first bad record raises; otherwise bad
     records come back as :class:`DataError` items in place, so a run can record and skip them.
     ``candidates`` as for :func:`parse_record`. A document's records see each other by
     :func:`documents_of` (the Ray engine's reader too); ``warn`` is told when the file is not
-    grouped by document (:func:`scattered_message`)."""
+    grouped by document (:func:`scattered_message`), of the records not in ``done`` (a resumed
+    run's, which it skips)."""
     # (not ``labels or {}``: Labels whose every label is unusable is empty, its errors in .errors)
     gold = load_labels(labels) if isinstance(labels, (str, Path)) else \
         labels if labels is not None else {}
@@ -785,16 +794,16 @@ def load_mentions(path: str | Path, labels: str | Path | dict[str, str] | None =
     if image_root is None:
         image_root = str(Path(path).parent)
     out: list[Mention | DataError] = []
-    scattered = 0
+    scattered = [0, 0]  # (of this run, done before)
     for rid, rec, apart in documents_of(iter_records(path)):
-        scattered += apart
+        scattered[rid in done] += apart
         item = to_item(rid, rec, source=str(path), gold=gold, image_root=image_root,
                        allow_nil=allow_nil, candidates=candidates)
         if strict and isinstance(item, DataError):
             raise item
         out.append(item)
-    if warn is not None and scattered:
-        warn(scattered_message(scattered))
+    if warn is not None and scattered[0]:
+        warn(scattered_message(*scattered))
     return out
 
 

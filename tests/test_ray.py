@@ -377,6 +377,40 @@ class TestLocalRay:
         assert sum("1 record(s) repeat an id already used" in w for w in said) == 1, said
         assert linked(True) == [] and said == [], said
 
+    def test_resume_warns_of_the_records_it_links_not_of_those_already_in_out(self, tmp_path):
+        """The input's warnings (a document's records apart, a null id) counted every record
+        read, those an earlier run had linked too, so each --resume said them again. Now they
+        count the records this run links, with how many more were skipped, as the local engine
+        says them; nothing when every record is done."""
+        from i2cr.data import load_mentions
+        from i2cr.engine.ray_engine import Job, RayStats, run_ray
+        from i2cr.eval.runner import check_items
+        from i2cr.graph import Context
+
+        rows = [("a", "d1"), ("b", "d2"), ("c", "d1"), (None, "d3"), ("e", "d2")]
+        data = _write(tmp_path / "in.jsonl", [{**r, "id": rid, "doc_id": doc} for r, (rid, doc)
+                                              in zip(_records(2), rows, strict=False)])
+        out = tmp_path / "r.jsonl"
+        said: list[str] = []
+
+        def linked(resume: bool, limit: int | None = None) -> list[str]:
+            said.clear()
+            job = Job(path=str(data), settings=Context(), dry_run=True, limit=limit)
+            return [r["id"] for r in run_ray(job, out=out, resume=resume, workers=1,
+                                             batch_size=2, progress=False, stats=RayStats(),
+                                             warn=said.append)]
+
+        assert linked(False, limit=3) == ["a", "b", "c"]
+        assert [w.split(" (")[0] for w in said] == ["1 record(s) continue a document"]
+        assert linked(True) == ["None", "e"]
+        local: list[str] = []  # the local engine's words for the same resume
+        check_items(load_mentions(data, strict=False, warn=local.append, done={"a", "b", "c"}),
+                    warn=local.append, done={"a", "b", "c"})
+        assert said == local and len(said) == 2, said
+        assert said[0].endswith("(1 more already in the output, skipped)")
+        assert said[1].startswith("1 record(s) have a null or empty id")
+        assert linked(True) == [] and said == []
+
     def test_the_drivers_memory_does_not_grow_with_the_ids(self, tmp_path):
         import tracemalloc
 

@@ -74,6 +74,7 @@ from ..eval.runner import (
     bad_records,
     check_labels,
     load_models,
+    nulls_line,
     prefetch,
     repeats_line,
     run_one,
@@ -278,7 +279,7 @@ class LinkActor:
             out["scored"].append([scored for _, scored in bad])
             out["rec"].append(recs)
             out["node"].append(self.node)
-            out["apart"].append(sum(b["apart"]))  # records scattered from their document
+            out["apart"].append(b["apart"])  # each: scattered from its document
             # the caches that failed since the batch before (or the actor's start), as JSON
             found, self.cache_mark = store.report(self.cache_mark)
             out["caches"].append(_failures_json(found))
@@ -515,7 +516,9 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
     named = bad_records(warn)  # each bad record named as the local engine names it (check_items)
     # the labels checked against every id read (not with a limit: the rest were not read)
     gold = load_labels(job.labels) if job.labels and job.limit is None else None
-    scattered = 0  # records not with their document (data.documents_of; load_mentions warns too)
+    # records not with their document (data.documents_of; load_mentions warns too): of this run,
+    # done before (resume); with a null or empty id, done before (this run's: st.null_ids)
+    scattered, nulls_done = [0, 0], 0
     try:
         import ray
         import ray.data
@@ -552,11 +555,12 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
             if st.batches == 1:
                 st.first_s, st.first_rows = time.perf_counter() - t_start, len(b["idx"])
             st.nodes[b["node"]] = st.nodes.get(b["node"], 0) + 1
-            scattered += b["apart"]
             _adopt(b["caches"])  # (closing lines)
-            for idx, rid, label, bad, scored, text in zip(
-                    b["idx"], b["id"], b["label"], b["bad"], b["scored"], b["rec"], strict=True):
-                st.null_ids += rid in ("None", "", "null")
+            for idx, rid, label, bad, scored, text, apart in zip(
+                    b["idx"], b["id"], b["label"], b["bad"], b["scored"], b["rec"], b["apart"],
+                    strict=True):
+                null = rid in ("None", "", "null")
+                rec: dict[str, Any] | None
                 k = ids.see(rid)
                 # (a repeat is named as one; one already in the output, not again: check_items)
                 if bad is not None and k == 1 and text is not None:
@@ -567,12 +571,15 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                     err = DataError(f"duplicate id {shown_id(rid)} (record {idx + 1} of the input); "
                                     "not linked, scored as an error", record=new)
                     rec = error_record(new, err, label)
-                elif text is None:
-                    continue  # done before (resume)
                 else:
-                    rec = json.loads(text)
-                if not ids.claim(rec["id"]):
-                    continue  # exactly once, whatever was retried (or in the output: resume)
+                    rec = None if text is None else json.loads(text)  # (None: done before)
+                if rec is None or not ids.claim(rec["id"]):
+                    # exactly once, whatever was retried (or in the output: resume)
+                    scattered[1] += apart
+                    nulls_done += null
+                    continue
+                scattered[0] += apart
+                st.null_ids += null
                 if k > 1:
                     st.duplicates += 1
                     if rid not in repeated and len(repeated) <= SHOWN_REPEATS:
@@ -612,11 +619,10 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
     if warn is not None and st.duplicates:
         warn(repeats_line(st.duplicates, repeated))
     named.end()
-    if warn is not None and scattered:
-        warn(scattered_message(scattered))
+    if warn is not None and scattered[0]:
+        warn(scattered_message(*scattered))
     if warn is not None and st.null_ids:
-        warn(f"{st.null_ids} record(s) have a null or empty id; they are linked under the id "
-             "'None' (repeats of it count as duplicates)")
+        warn(nulls_line(st.null_ids, nulls_done))
 
 
 def _rows(ds: Any) -> Iterator[dict[str, Any]]:

@@ -86,9 +86,12 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
     gold = load_labels(labels) if labels else {}
     if settings.kb:  # the KB generates every candidate; the dataset's lists are not read
         open_kb(settings.kb, settings.embedder)
+    results_path = out / "results.jsonl"
+    # (read once: the warnings and the run skip them; the Ray engine reads its own)
+    done = done_ids(results_path, resume and not engine, warn=warn)
     items: list[Mention | DataError] = [] if engine else load_mentions(
         data, gold, image_root=image_root, strict=False,
-        candidates="ignored" if settings.kb else "required", warn=warn)
+        candidates="ignored" if settings.kb else "required", warn=warn, done=done)
     if not items and not engine:
         raise DataError("no mentions to evaluate in the file", source=str(data))
     # the labels that name no record of the file (before --limit/--sample; the Ray engine's
@@ -99,9 +102,8 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
         items = shuffle_candidates(items, shuffle_seed)
     if warn is not None and sample is not None and sample > len(items):
         warn(f"--sample {sample} is more than the {len(items)} mention(s) of {data}: all are used")
-    results_path = out / "results.jsonl"
     items = check_items(select(items, limit=limit, sample=sample, seed=seed), gold, warn=warn,
-                        done=done_ids(results_path, resume and not engine))  # (Ray: its own)
+                        done=done)
     if engine or to_link(items):  # (error records only: no backend to start)
         if progress and settings.chat_model is None and settings.uses_llm:
             print("i2cr: checking the LLM backend ...", file=sys.stderr, flush=True)
@@ -134,7 +136,7 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
     try:
         records = engine(results_path, resume, stats, progress) if engine else run(
             items, settings, out=results_path, resume=resume, progress=progress, desc="linking",
-            concurrency=concurrency, stats=stats, warn=warn)
+            concurrency=concurrency, stats=stats, warn=warn, done=done)
         for i, _ in enumerate(records, 1):
             if i % 20 == 0:
                 save_meta()
