@@ -45,8 +45,8 @@ from .eval.runner import (
     check_items,
     check_labels,
     done_ids,
+    named_ids,
     read_results,
-    record_id,
     run,
     to_link,
     warn_stderr,
@@ -219,7 +219,7 @@ def cmd_link(args: argparse.Namespace) -> int:
         print(f"i2cr: no mentions to link in {args.file}", file=sys.stderr)
         return 2
     if args.labels:  # (against every record of the file, before --limit)
-        check_labels(gold, {record_id(it) for it in items}.__contains__)
+        check_labels(gold, named_ids(items).__contains__)
     if args.shuffle_seed is not None:
         items = shuffle_candidates(items, args.shuffle_seed)
     if args.limit is not None:

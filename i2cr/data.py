@@ -85,6 +85,9 @@ class DataError(ValueError):
                  field: str | None = None):
         self.source, self.record, self.field = source, record, field
         self.label: str | None = None  # the record's gold answer, when a run knows it
+        # the id an unreadable record's text still gives while the record is named by its place
+        # (``line N``: :func:`readable_id`): a label for it is this record's (:func:`to_item`)
+        self.claimed_id: str | None = None
         where = []
         if source:
             where.append(f"{source}")
@@ -553,6 +556,43 @@ def _read_json(path: Path) -> Any:
 
 
 _TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:,]')
+_SPACE = re.compile(r"\s*")
+_DECODER = json.JSONDecoder()
+
+
+def readable_id(text: str) -> str | None:
+    """The id a JSONL line that cannot be read still gives: its object's top-level ``"id"``, a
+    string or an integer, when every member up to it and the comma or brace after it read as
+    JSON; None when it gives none. The record keeps its made-up name (``line N``, what
+    ``--resume`` finds); a label for this id is the record's (:func:`to_item`), not a label
+    naming no record."""
+
+    def skip(pos: int) -> int:
+        m = _SPACE.match(text, pos)
+        return m.end() if m else pos
+
+    pos = skip(0)
+    if not text.startswith("{", pos):
+        return None
+    pos += 1
+    try:
+        while True:
+            key, pos = _DECODER.raw_decode(text, skip(pos))
+            pos = skip(pos)
+            if not isinstance(key, str) or not text.startswith(":", pos):
+                return None
+            value, pos = _DECODER.raw_decode(text, skip(pos + 1))
+            pos = skip(pos)
+            if pos >= len(text) or text[pos] not in ",}":
+                return None  # (a number cut off, or the damage right after it)
+            if key == "id":
+                whole = isinstance(value, str) or type(value) is int
+                return str(value) if whole else None
+            if text[pos] == "}":
+                return None
+            pos += 1
+    except (ValueError, RecursionError):  # the damage comes before any id
+        return None
 
 
 def _members(text: str) -> Iterator[tuple[str, str]]:
@@ -709,7 +749,9 @@ def own_ids_first(pairs: Iterable[tuple[str, Any]],
             while new in taken:
                 new, k = f"{rid} (no id{f' {k}' if k > 1 else ''})", k + 1
             if isinstance(rec, DataError):  # its message names the id (as a plain string)
+                claimed = rec.claimed_id
                 rec = type(rec)(rec.reason, source=rec.source, record=new, field=rec.field)
+                rec.claimed_id = claimed
             rid = new
         yield rid, rec
 
@@ -742,14 +784,19 @@ def _records(path: str | Path) -> Iterator[tuple[str, Any]]:
                 try:
                     line = raw_line.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    yield made_up, DataError(f"is not UTF-8 text ({e.reason} at byte {e.start} "
-                                             "of the line)", source=str(path), record=made_up)
+                    err = DataError(f"is not UTF-8 text ({e.reason} at byte {e.start} of the "
+                                    "line)", source=str(path), record=made_up)
+                    claimed = readable_id(raw_line.decode("utf-8", "replace"))
+                    err.claimed_id = claimed if claimed and "\ufffd" not in claimed else None
+                    yield made_up, err
                     continue
                 try:
                     rec = _loads(line.rstrip("\r\n"))  # one line: its JSON errors are at line 1
                 except ValueError as e:
-                    yield made_up, DataError(str(e).replace(" at line 1,", " at"),
-                                             source=str(path), record=made_up)
+                    err = DataError(str(e).replace(" at line 1,", " at"), source=str(path),
+                                    record=made_up)
+                    err.claimed_id = readable_id(line)
+                    yield made_up, err
                     continue
                 has_id = isinstance(rec, dict) and "id" in rec
                 yield (str(rec["id"]) if has_id else made_up), rec
@@ -812,12 +859,15 @@ def to_item(rid: str, rec: Any, *, source: str, gold: dict[str, str], image_root
     """One ``(id, raw record)`` of :func:`iter_records` as a :class:`Mention`, or the
     :class:`DataError` saying why it is not one (the rule :func:`load_mentions` applies to each
     record, for readers that stream records one by one). A record whose label in ``gold`` is
-    unusable is that :class:`LabelError`."""
+    unusable is that :class:`LabelError`; a line that cannot be read takes the label of the id
+    its text gives (``claimed_id``), as a bad record scored as a wrong answer."""
     bad = gold.errors.get(rid) if isinstance(gold, Labels) else None
     if bad is not None:  # a fresh error per record (a run sets its fields)
         return LabelError(bad.reason, source=bad.source, record=rid)
     try:
         if isinstance(rec, DataError):
+            if rec.claimed_id is not None and rec.label is None:  # (its own id: a malformed line)
+                rec.label = gold.get(rid) or gold.get(rec.claimed_id)
             raise rec
         return parse_record(rec, rid, source=source, image_root=image_root, label=gold.get(rid),
                             allow_nil=allow_nil, candidates=candidates)

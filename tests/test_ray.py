@@ -355,6 +355,36 @@ class TestLocalRay:
         m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
         assert m["labels_unmatched"] == want
 
+    def test_the_label_of_a_line_that_cannot_be_read_is_its_not_unmatched(self, tmp_path):
+        """A line that cannot be read is named by its place (line N); the label for the id its
+        text still gives was counted among the labels naming no record, and not scored. It is
+        the bad record's label (scored as wrong), as in the local engine."""
+        from i2cr.data import load_labels, load_mentions
+        from i2cr.engine.ray_engine import Job, RayStats, run_ray
+        from i2cr.eval.runner import check_items, check_labels, named_ids
+        from i2cr.graph import Context
+
+        recs = _records(1)[:2]
+        cut = json.dumps(recs[1])[:60]  # the second record, cut off after its id
+        assert cut.startswith('{"id": ') and not cut.endswith("}")
+        data = _write(tmp_path / "in.jsonl", recs[:1], [cut + "\n"])
+        labels = tmp_path / "labels.json"
+        labels.write_text(json.dumps({r["id"]: r["label"] for r in recs} | {"typo": "nil"}))
+        said: list[str] = []
+        st = RayStats()
+        got = list(run_ray(Job(path=str(data), settings=Context(), labels=str(labels),
+                               dry_run=True), workers=1, batch_size=2, progress=False,
+                           warn=said.append, stats=st))
+        assert [r["id"] for r in got] == [recs[0]["id"], "line 2"]
+        assert st.labels_unmatched == {"labels": 3, "count": 1, "first": ["typo"]}
+        local: list[str] = []
+        items = load_mentions(data, labels, strict=False)
+        check_labels(load_labels(labels), named_ids(items).__contains__, warn=local.append)
+        check_items(items, load_labels(labels), warn=local.append)
+        assert sorted(said) == sorted(local) and len(said) == 2, said
+        assert any("record 'line 2'" in w and w.endswith("scored as a wrong answer")
+                   for w in said), said
+
     def test_resume_does_not_name_again_the_bad_records_and_repeats_in_out(self, tmp_path):
         """A bad record and a repeat already in --out are not linked again on --resume: they
         were named again (the local engine's rule: check_items's ``done``)."""

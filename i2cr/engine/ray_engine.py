@@ -265,7 +265,8 @@ class LinkActor:
 
     def __call__(self, batch: Any) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"idx": [], "id": [], "label": [], "bad": [], "scored": [],
-                                     "rec": [], "node": [], "apart": [], "caches": []}
+                                     "rec": [], "node": [], "apart": [], "caches": [],
+                                     "claimed": []}
         for b in batch.to_pylist():  # one batch of records per row
             rows = [{"rid": rid, "raw": raw, "err": err}
                     for rid, raw, err in zip(b["rid"], b["raw"], b["err"], strict=True)]
@@ -273,6 +274,9 @@ class LinkActor:
             out["idx"].append(b["idx"])
             out["id"].append([_rid(it) for it in items])
             out["label"].append([it.label for it in items])
+            # the id a line that cannot be read still gives (its label is the bad record's)
+            out["claimed"].append([it.claimed_id if isinstance(it, DataError) else None
+                                   for it in items])
             # a bad record (its data or its gold label): what the driver names of it
             bad = [bad_record(it) if isinstance(it, DataError) else (None, False) for it in items]
             out["bad"].append([text for text, _ in bad])
@@ -556,6 +560,9 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                 st.first_s, st.first_rows = time.perf_counter() - t_start, len(b["idx"])
             st.nodes[b["node"]] = st.nodes.get(b["node"], 0) + 1
             _adopt(b["caches"])  # (closing lines)
+            for claimed in b["claimed"]:
+                if claimed is not None:
+                    ids.name(claimed)  # (check_labels: a label for it names a record)
             for idx, rid, label, bad, scored, text, apart in zip(
                     b["idx"], b["id"], b["label"], b["bad"], b["scored"], b["rec"], b["apart"],
                     strict=True):

@@ -36,8 +36,8 @@ from .runner import (
     check_items,
     check_labels,
     done_ids,
+    named_ids,
     read_results,
-    record_id,
     run,
     to_link,
     warn_stderr,
@@ -97,7 +97,7 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
     # the labels that name no record of the file (before --limit/--sample; the Ray engine's
     # driver checks them as it reads the file, into the stats)
     unmatched = None if engine else check_labels(
-        gold, {record_id(it) for it in items}.__contains__, warn=warn)
+        gold, named_ids(items).__contains__, warn=warn)
     if not keep_order:
         items = shuffle_candidates(items, shuffle_seed)
     if warn is not None and sample is not None and sample > len(items):

@@ -532,3 +532,12 @@ def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | P
 def record_id(it: Mention | DataError) -> str:
     """The id a record of the input is linked (or reported) under."""
     return it.id if isinstance(it, Mention) else (it.record or "?")
+
+
+def named_ids(items: Iterable[Mention | DataError]) -> set[str]:
+    """The ids a label may name a record of ``items`` by (:func:`check_labels`): each record's,
+    and the id a line that cannot be read still gives (:func:`i2cr.data.readable_id`: the record
+    is named by its place, and its label is counted with it, as a bad record)."""
+    out = {record_id(it) for it in items}
+    out.update(it.claimed_id for it in items if isinstance(it, DataError) and it.claimed_id)
+    return out
