@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -556,28 +557,46 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert set(re.findall(r"…@([0-9.]+):", r.stderr)) == {"127.0.0.1"}, r.stderr[-2000:]
 
 
-@pytest.mark.integration
-def test_eval_on_a_two_node_cluster_through_ray_address(tmp_path):
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """A two-node cluster on 127.0.0.1 (one CPU each; started once for the tests below), each
+    node with a home of its own (``homes``: what ``~`` is to its workers, as on two machines)."""
     pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
+    root = tmp_path_factory.mktemp("nodes")
+    homes = {n: root / n for n in ("head", "node")}
+    for h in homes.values():
+        h.mkdir()
+    node_args = {"num_cpus": 1, "object_store_memory": 100 * 1024 * 1024}
+    with pytest.MonkeyPatch.context() as mp:
+        # a ray.init earlier in this process turned Ray's token auth on for it (RAY_AUTH_MODE),
+        # its token under this process's home, which these nodes do not share: off here, for
+        # the nodes and the drivers run against them (a loopback-only test cluster)
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        cluster = Cluster(initialize_head=True, head_node_args={
+            **node_args, "include_dashboard": False, "env_vars": {"HOME": str(homes["head"])}})
+        try:
+            cluster.add_node(**node_args, env_vars={"HOME": str(homes["node"])})
+            assert cluster.address.startswith("127.0.0.1:")
+            cluster.homes = homes
+            yield cluster
+        finally:
+            cluster.shutdown()
+
+
+@pytest.mark.integration
+def test_eval_on_a_two_node_cluster_through_ray_address(tmp_path, two_nodes):
     from i2cr.eval.runner import read_results
 
     recs = _records(3)
     data = _write(tmp_path / "in.jsonl", recs)
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({r["id"]: r["label"] for r in recs}))
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "object_store_memory": 100 * 1024 * 1024, "include_dashboard": False})
-    try:
-        cluster.add_node(num_cpus=1, object_store_memory=100 * 1024 * 1024)
-        assert cluster.address.startswith("127.0.0.1:")
-        r = subprocess.run([sys.executable, "-m", "i2cr.cli", "eval", str(data), str(labels),
-                            "--engine", "ray", "--ray-address", cluster.address, "--workers", "2",
-                            "--batch-size", "2", "--out-dir", str(tmp_path / "ev"),
-                            "--no-progress"], capture_output=True, text=True, timeout=600)
-    finally:
-        cluster.shutdown()
+    r = subprocess.run([sys.executable, "-m", "i2cr.cli", "eval", str(data), str(labels),
+                        "--engine", "ray", "--ray-address", two_nodes.address, "--workers", "2",
+                        "--batch-size", "2", "--out-dir", str(tmp_path / "ev"),
+                        "--no-progress"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     got = read_results(tmp_path / "ev" / "results.jsonl")
     assert sorted(x["id"] for x in got) == sorted(x["id"] for x in recs)
@@ -591,34 +610,28 @@ def test_eval_on_a_two_node_cluster_through_ray_address(tmp_path):
 
 
 @pytest.mark.integration
-def test_a_worker_that_links_no_batch_still_reports_its_caches(tmp_path):
+def test_a_worker_that_links_no_batch_still_reports_its_caches(tmp_path, two_nodes):
     """Each worker sent its cache failures with its batches only: a worker given none (more
     workers than batches) sent nothing, so a cache broken on its node was missing from the
     closing lines and the exit code. Two nodes, each its own home and caches (``~/...``): the
     head's clue cache and the other node's embedding cache are broken, and one record's batch
     goes to one of the two workers; both failures are said, as each node's run would say it."""
-    pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
-
-    homes = {n: tmp_path / n for n in ("head", "node", "driver")}
-    for h in homes.values():
-        h.mkdir()
+    homes = two_nodes.homes
     (homes["head"] / "clues").write_text("a file where the cache's folder should be")
     (homes["node"] / "emb").mkdir()
     (homes["node"] / "emb" / "cache.db").write_bytes(os.urandom(40_000))
+    (tmp_path / "driver").mkdir()
     data = _write(tmp_path / "in.jsonl", _records(1)[:1])
-    node_args = {"num_cpus": 1, "object_store_memory": 100 * 1024 * 1024}
-    cluster = Cluster(initialize_head=True, head_node_args={
-        **node_args, "include_dashboard": False, "env_vars": {"HOME": str(homes["head"])}})
     try:
-        cluster.add_node(**node_args, env_vars={"HOME": str(homes["node"])})
-        r = subprocess.run(LINK + [str(data), "--engine", "ray", "--ray-address", cluster.address,
-                                   "--workers", "2", "--no-progress", "--set", "iav_mode=off",
-                                   "--set", "embedding_cache=~/emb", "--set", "clue_cache=~/clues"],
+        r = subprocess.run(LINK + [str(data), "--engine", "ray", "--ray-address",
+                                   two_nodes.address, "--workers", "2", "--no-progress",
+                                   "--set", "iav_mode=off", "--set", "embedding_cache=~/emb",
+                                   "--set", "clue_cache=~/clues"],
                            capture_output=True, text=True, timeout=600,
-                           env={**os.environ, "HOME": str(homes["driver"])})
+                           env={**os.environ, "HOME": str(tmp_path / "driver")})
     finally:
-        cluster.shutdown()
+        (homes["head"] / "clues").unlink()
+        shutil.rmtree(homes["node"] / "emb")
     said = sorted(x.split(" (")[0] for x in r.stderr.splitlines()
                   if x.startswith("i2cr: cache failure"))
     assert said == ["i2cr: cache failure, clue cache: is unusable",
