@@ -83,8 +83,7 @@ def _settings(args: argparse.Namespace, *, embeds: bool = True):
         settings = Context.from_overrides(overrides)
         for k in sorted(server_only_settings() & set(overrides)):  # taken, and not used here
             print(f"i2cr: warning: --set {k}: a setting of the served linker only (i2cr.serve); "
-                  "this command fetches any image URL and reads any local path, and ignores it",
-                  file=sys.stderr)
+                  "this command ignores it", file=sys.stderr)
         if embeds:
             _check_cache_folder(settings.embedding_cache, "embedding_cache")
         if settings.ranker_weights:  # missing or damaged: a bad setting, not an error per mention
@@ -211,9 +210,11 @@ def cmd_link(args: argparse.Namespace) -> int:
         return report_link(args, records, ray_stats, extra=extra,
                            start=lambda: _check_llm(settings, progress))
     gold = load_labels(args.labels) if args.labels else {}
+    done = done_ids(args.out, args.resume)  # (read once: the warnings and the run skip them)
     items = load_mentions(args.file, gold, image_root=args.image_root, strict=False,
                           allow_nil=True if args.allow_nil else None,
-                          candidates="optional" if settings.kb else "required", warn=warn_stderr)
+                          candidates="optional" if settings.kb else "required", warn=warn_stderr,
+                          done=done)
     if not items:
         print(f"i2cr: no mentions to link in {args.file}", file=sys.stderr)
         return 2
@@ -221,13 +222,13 @@ def cmd_link(args: argparse.Namespace) -> int:
         items = shuffle_candidates(items, args.shuffle_seed)
     limit = args.limit
     items, _ = check_input(items, gold, pick=None if limit is None else lambda its: its[:limit],
-                           done=done_ids(args.out, args.resume))
+                           done=done)
     single = len(items) == 1 and not args.out
     linker = _linker(args)
     stats = RunStats()
     progress = not args.no_progress and not args.stream
     records = run(items, settings, out=args.out, resume=args.resume, progress=progress,
-                  linker=linker, stats=stats, concurrency=args.concurrency)  # (lazy)
+                  linker=linker, stats=stats, concurrency=args.concurrency, done=done)  # (lazy)
     return report_link(args, records, stats, single=single, total=len(items),
                        start=(lambda: _check_llm(settings, progress)) if to_link(items) else None)
 

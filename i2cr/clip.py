@@ -21,10 +21,10 @@ def clip_text(desc: str) -> str:
     return _PAREN.sub("", desc).strip()
 
 
-def _require_local_weights(model: str, pretrained: str) -> None:
-    """Fail fast, before building the model, when a pretrained tag's weights are not on disk."""
-    if Path(pretrained).expanduser().is_file():
-        return
+def _tag_files(model: str, pretrained: str) -> tuple[str, list[str]]:
+    """Where a pretrained tag's weights are looked for (its hub repo, or its URL) and the files
+    of them in the Hugging Face cache (none: not on this machine), for :func:`_require_local_weights`
+    and :func:`clip_stamp`. ModelUnavailable when open_clip knows no such tag."""
     from huggingface_hub import try_to_load_from_cache
     from open_clip.pretrained import get_pretrained_cfg
 
@@ -33,13 +33,25 @@ def _require_local_weights(model: str, pretrained: str) -> None:
         raise ModelUnavailable(f"open_clip knows no pretrained tag {pretrained!r} for {model!r}, "
                                "and it is not a checkpoint file")
     repo = (cfg.get("hf_hub") or "").strip("/")
+    found = []
     if repo:
         for fname in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-            if isinstance(try_to_load_from_cache(repo, fname), str):
-                return
+            hit = try_to_load_from_cache(repo, fname)
+            if isinstance(hit, str):
+                found.append(hit)
+    return repo or str(cfg.get("url")), found
+
+
+def _require_local_weights(model: str, pretrained: str) -> None:
+    """Fail fast, before building the model, when a pretrained tag's weights are not on disk."""
+    if Path(pretrained).expanduser().is_file():
+        return
+    where, found = _tag_files(model, pretrained)
+    if found:
+        return
     raise ModelUnavailable(
         f"CLIP weights for {model} / {pretrained} are not on this machine (looked in the Hugging "
-        f"Face cache for {repo or cfg.get('url')}); point clip_pretrained at a local checkpoint or "
+        f"Face cache for {where}); point clip_pretrained at a local checkpoint or "
         "set allow_downloads")
 
 
@@ -55,6 +67,20 @@ def files_stamp(*paths: str | None) -> tuple:
             st = None
         out.append((st.st_size, st.st_mtime_ns) if st is not None else None)
     return tuple(out)
+
+
+def clip_stamp(model: str, pretrained: str | None, model_config: str | None) -> tuple:
+    """:func:`files_stamp` of every file a CLIP load would read: its config, its checkpoint, and
+    for a pretrained tag the weights the Hugging Face cache holds for it (so that weights put in
+    the cache, or a cache folder whose mount came back, are tried again)."""
+    cached: list[str] = []
+    if pretrained and not Path(pretrained).expanduser().exists():
+        name = model or (Path(model_config).stem if model_config else "")
+        try:
+            cached = _tag_files(name, pretrained)[1]
+        except Exception:  # noqa: BLE001 - no such tag (the load says so), an unreadable cache
+            cached = []
+    return files_stamp(pretrained, model_config) + (tuple(cached),) + files_stamp(*cached)
 
 
 class ClipScorer:

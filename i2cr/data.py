@@ -18,7 +18,7 @@ import random
 import re
 import sys
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
@@ -85,6 +85,9 @@ class DataError(ValueError):
                  field: str | None = None):
         self.source, self.record, self.field = source, record, field
         self.label: str | None = None  # the record's gold answer, when a run knows it
+        # the id an unreadable record's text still gives while the record is named by its place
+        # (``line N``: :func:`readable_id`): a label for it is this record's (:func:`to_item`)
+        self.claimed_id: str | None = None
         where = []
         if source:
             where.append(f"{source}")
@@ -472,12 +475,19 @@ def document_runs(entries: Iterable[tuple[str | None, Any, T]]
     yield from release()
 
 
-def scattered_message(n: int) -> str:
-    """The warning for ``n`` records whose document's run came before other records."""
+def done_line(n: int) -> str:
+    """What an input warning adds of the ``n`` records it also concerns that a resumed run skips
+    (already in its output): said once, in the warning's line; nothing when there are none."""
+    return f" ({n} more already in the output, skipped)" if n else ""
+
+
+def scattered_message(n: int, done: int = 0) -> str:
+    """The warning for ``n`` records (of this run; ``done`` more skipped) whose document's run
+    came before other records."""
     return (f"{n} record(s) continue a document (a doc_id, or an id corpus::document::n) after "
             "other records came between: the input is not grouped by document, and each such "
             "run of records is linked as a document of its own (it does not see the document's "
-            "earlier mentions); keep a document's records together")
+            f"earlier mentions); keep a document's records together{done_line(done)}")
 
 
 def _takes_document(document: Any) -> bool:
@@ -546,6 +556,43 @@ def _read_json(path: Path) -> Any:
 
 
 _TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:,]')
+_SPACE = re.compile(r"\s*")
+_DECODER = json.JSONDecoder()
+
+
+def readable_id(text: str) -> str | None:
+    """The id a JSONL line that cannot be read still gives: its object's top-level ``"id"``, a
+    string or an integer, when every member up to it and the comma or brace after it read as
+    JSON; None when it gives none. The record keeps its made-up name (``line N``, what
+    ``--resume`` finds); a label for this id is the record's (:func:`to_item`), not a label
+    naming no record."""
+
+    def skip(pos: int) -> int:
+        m = _SPACE.match(text, pos)
+        return m.end() if m else pos
+
+    pos = skip(0)
+    if not text.startswith("{", pos):
+        return None
+    pos += 1
+    try:
+        while True:
+            key, pos = _DECODER.raw_decode(text, skip(pos))
+            pos = skip(pos)
+            if not isinstance(key, str) or not text.startswith(":", pos):
+                return None
+            value, pos = _DECODER.raw_decode(text, skip(pos + 1))
+            pos = skip(pos)
+            if pos >= len(text) or text[pos] not in ",}":
+                return None  # (a number cut off, or the damage right after it)
+            if key == "id":
+                whole = isinstance(value, str) or type(value) is int
+                return str(value) if whole else None
+            if text[pos] == "}":
+                return None
+            pos += 1
+    except (ValueError, RecursionError):  # the damage comes before any id
+        return None
 
 
 def _members(text: str) -> Iterator[tuple[str, str]]:
@@ -702,7 +749,9 @@ def own_ids_first(pairs: Iterable[tuple[str, Any]],
             while new in taken:
                 new, k = f"{rid} (no id{f' {k}' if k > 1 else ''})", k + 1
             if isinstance(rec, DataError):  # its message names the id (as a plain string)
+                claimed = rec.claimed_id
                 rec = type(rec)(rec.reason, source=rec.source, record=new, field=rec.field)
+                rec.claimed_id = claimed
             rid = new
         yield rid, rec
 
@@ -735,14 +784,19 @@ def _records(path: str | Path) -> Iterator[tuple[str, Any]]:
                 try:
                     line = raw_line.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    yield made_up, DataError(f"is not UTF-8 text ({e.reason} at byte {e.start} "
-                                             "of the line)", source=str(path), record=made_up)
+                    err = DataError(f"is not UTF-8 text ({e.reason} at byte {e.start} of the "
+                                    "line)", source=str(path), record=made_up)
+                    claimed = readable_id(raw_line.decode("utf-8", "replace"))
+                    err.claimed_id = claimed if claimed and "\ufffd" not in claimed else None
+                    yield made_up, err
                     continue
                 try:
                     rec = _loads(line.rstrip("\r\n"))  # one line: its JSON errors are at line 1
                 except ValueError as e:
-                    yield made_up, DataError(str(e).replace(" at line 1,", " at"),
-                                             source=str(path), record=made_up)
+                    err = DataError(str(e).replace(" at line 1,", " at"), source=str(path),
+                                    record=made_up)
+                    err.claimed_id = readable_id(line)
+                    yield made_up, err
                     continue
                 has_id = isinstance(rec, dict) and "id" in rec
                 yield (str(rec["id"]) if has_id else made_up), rec
@@ -771,12 +825,14 @@ def _records(path: str | Path) -> Iterator[tuple[str, Any]]:
 def load_mentions(path: str | Path, labels: str | Path | dict[str, str] | None = None, *,
                   image_root: str | None = None, allow_nil: bool | None = None,
                   strict: bool = True, candidates: str = "required",
-                  warn: Callable[[str], None] | None = None) -> list[Mention | DataError]:
+                  warn: Callable[[str], None] | None = None,
+                  done: Container[str] = frozenset()) -> list[Mention | DataError]:
     """Load every mention of a file. With ``strict`` the first bad record raises; otherwise bad
     records come back as :class:`DataError` items in place, so a run can record and skip them.
     ``candidates`` as for :func:`parse_record`. A document's records see each other by
     :func:`documents_of` (the Ray engine's reader too); ``warn`` is told when the file is not
-    grouped by document (:func:`scattered_message`)."""
+    grouped by document (:func:`scattered_message`), of the records not in ``done`` (a resumed
+    run's, which it skips)."""
     # (not ``labels or {}``: Labels whose every label is unusable is empty, its errors in .errors)
     gold = load_labels(labels) if isinstance(labels, (str, Path)) else \
         labels if labels is not None else {}
@@ -785,16 +841,16 @@ def load_mentions(path: str | Path, labels: str | Path | dict[str, str] | None =
     if image_root is None:
         image_root = str(Path(path).parent)
     out: list[Mention | DataError] = []
-    scattered = 0
+    scattered = [0, 0]  # (of this run, done before)
     for rid, rec, apart in documents_of(iter_records(path)):
-        scattered += apart
+        scattered[rid in done] += apart
         item = to_item(rid, rec, source=str(path), gold=gold, image_root=image_root,
                        allow_nil=allow_nil, candidates=candidates)
         if strict and isinstance(item, DataError):
             raise item
         out.append(item)
-    if warn is not None and scattered:
-        warn(scattered_message(scattered))
+    if warn is not None and scattered[0]:
+        warn(scattered_message(*scattered))
     return out
 
 
@@ -803,12 +859,15 @@ def to_item(rid: str, rec: Any, *, source: str, gold: dict[str, str], image_root
     """One ``(id, raw record)`` of :func:`iter_records` as a :class:`Mention`, or the
     :class:`DataError` saying why it is not one (the rule :func:`load_mentions` applies to each
     record, for readers that stream records one by one). A record whose label in ``gold`` is
-    unusable is that :class:`LabelError`."""
+    unusable is that :class:`LabelError`; a line that cannot be read takes the label of the id
+    its text gives (``claimed_id``), as a bad record scored as a wrong answer."""
     bad = gold.errors.get(rid) if isinstance(gold, Labels) else None
     if bad is not None:  # a fresh error per record (a run sets its fields)
         return LabelError(bad.reason, source=bad.source, record=rid)
     try:
         if isinstance(rec, DataError):
+            if rec.claimed_id is not None and rec.label is None:  # (its own id: a malformed line)
+                rec.label = gold.get(rid) or gold.get(rec.claimed_id)
             raise rec
         return parse_record(rec, rid, source=source, image_root=image_root, label=gold.get(rid),
                             allow_nil=allow_nil, candidates=candidates)

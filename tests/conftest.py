@@ -45,6 +45,46 @@ def tiny_clip_config(tmp_path_factory) -> str:
     return str(p)
 
 
+class HubTag:
+    """The tiny CLIP named by a pretrained tag of a Hugging Face repo, as ViT-bigG-14 /
+    laion2b_s39b_b160k is: ``settings`` name it; its weights are in no cache until
+    :meth:`put_weights` writes them where the hub would (the cache is a temporary folder)."""
+
+    REPO = "i2cr-test/tiny-clip"
+
+    def __init__(self, cache: Path, config: str):
+        self.cache, self.config = cache, config
+        self.settings = dict(clip_model="i2cr-tiny-clip", clip_pretrained="tinytag",
+                             clip_model_config=config, iav_mode="clip")
+
+    def put_weights(self) -> Path:
+        import open_clip
+        from safetensors.torch import save_file
+
+        open_clip.add_model_config(self.config)
+        model = open_clip.create_model("i2cr-tiny-clip")
+        repo = self.cache / f"models--{self.REPO.replace('/', '--')}"
+        commit = "0" * 40
+        snap = repo / "snapshots" / commit
+        snap.mkdir(parents=True)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  str(snap / "open_clip_model.safetensors"))
+        return snap
+
+
+@pytest.fixture
+def clip_hub_tag(monkeypatch, tmp_path, tiny_clip_config) -> HubTag:
+    import huggingface_hub.constants
+    import open_clip.pretrained
+
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "i2cr-tiny-clip",
+                        {"tinytag": open_clip.pretrained._pcfg(hf_hub=HubTag.REPO + "/")})
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return HubTag(tmp_path / "hub", tiny_clip_config)
+
+
 @pytest.fixture(scope="session")
 def image_reading(tiny_clip_config) -> dict:
     """Settings under which a step reads the mention's image (IAV with the tiny CLIP): a run loads

@@ -224,6 +224,56 @@ def test_resume_does_not_name_again_the_bad_records_and_repeats_already_in_out(t
     assert not any("'line 1'" in w or "repeat an id" in w for w in said), said
 
 
+def test_resume_warns_of_the_records_it_links_not_of_those_already_in_out(tmp_path, monkeypatch,
+                                                                         capsys):
+    """The input's warnings (a document's records apart, a null id) were said again on every
+    --resume, of records an earlier run had linked; and --resume read --out twice (for the
+    checks, then for the writer). Now each warning counts the records this run links and says
+    how many more it skipped, nothing when it skips them all; --out is read once. link and eval
+    alike."""
+    from i2cr.cli import main
+    from i2cr.eval import runner
+    from i2cr.eval.harness import evaluate
+
+    rows = [("a", "d1"), ("b", "d2"), ("c", "d1"), (None, "d3"), ("e", "d2")]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"id": rid, "doc_id": doc, **GOOD}) + "\n"
+                            for rid, doc in rows))  # c and e continue d1 and d2 after others
+    out = tmp_path / "r.jsonl"
+    real, reads = runner.read_results, []
+
+    def counted(path, **kw):
+        reads.append(str(path))
+        return real(path, **kw)
+
+    monkeypatch.setattr(runner, "read_results", counted)
+
+    def warnings(*flags: str) -> list[str]:
+        capsys.readouterr()
+        reads.clear()
+        assert main(["link", str(data), "--no-progress", "--out", str(out), *flags]) == 0
+        return [x for x in capsys.readouterr().err.splitlines() if "i2cr: warning" in x]
+
+    assert [w.split(" (")[0] for w in warnings("--limit", "3")] == [
+        "i2cr: warning: 2 record(s) continue a document"]  # (of the whole file; null: not read)
+    said = warnings("--resume")  # c was linked; e and the null id are linked now
+    assert len(said) == 2 and reads == [str(out)], (said, reads)
+    assert said[0].startswith("i2cr: warning: 1 record(s) continue a document") and \
+        said[0].endswith("keep a document's records together (1 more already in the output, "
+                         "skipped)")
+    assert said[1] == ("i2cr: warning: 1 record(s) have a null or empty id; they are linked "
+                       "under the id 'None' (repeats of it count as duplicates)")
+    assert warnings("--resume") == [] and reads == [str(out)]  # all done: nothing to say
+    assert [r["id"] for r in read_results(out)] == ["a", "b", "c", "None", "e"]
+    told: list[str] = []
+    kw = dict(settings=Context(), progress=False, warn=told.append)
+    evaluate(data, None, tmp_path / "ev", **kw)
+    assert len(told) == 2, told
+    told.clear()
+    evaluate(data, None, tmp_path / "ev", resume=True, **kw)
+    assert told == [], told
+
+
 def test_an_all_bad_input_loads_no_model_and_starts_no_llm(tmp_path, monkeypatch, capsys):
     """Every record an error: nothing is left to link, so neither the embedder nor the LLM
     backend is built (the embedding phase loaded the embedder for error records only, and the

@@ -85,6 +85,55 @@ def test_a_bad_jsonl_line_names_only_its_own_line(tmp_path):
     assert str(bad) == f"{p}: record 'line 2': malformed JSON at column 6: Expecting ',' delimiter"
 
 
+@pytest.mark.parametrize("text, rid", [
+    ('{"id": "b", "mention": "Jordan", "Candentity": [', "b"),  # cut off
+    ('{"x": {"a": [1, 2]}, "id" : 12 , "m": ', "12"),  # an integer id after a member
+    ('  { "id": "a\\"b", "m": }', 'a"b'),
+    ('{"id": 12', None),  # maybe cut off within the number
+    ('{"id": "b" "m": 1}', None),  # the damage right after it
+    ('{"a": [1, , "id": "x"}', None),  # the damage before it
+    ('{"id": true, "m": ', None), ('{"id": 1.5, "m": ', None),  # not an id
+    ('[{"id": "x"},', None), ('{"m": 1, "n": {"id": "x"}, ', None),  # not the record's own
+])
+def test_the_id_a_line_that_cannot_be_read_still_gives(text, rid):
+    from i2cr.data import readable_id
+
+    assert readable_id(text) == rid
+
+
+def test_a_line_that_cannot_be_read_takes_the_label_of_the_id_it_gives(tmp_path):
+    """It is named by its place (line N), so the label for the id its text gives was counted
+    among the labels naming no record, and it was not scored: counted twice, as a bad record
+    and as an unmatched label. Its label is now the bad record's (scored as wrong), not unmatched."""
+    from i2cr.eval.runner import check_items, check_labels, named_ids
+
+    bad_utf8 = b'{"id": "c", "mention": "J\xff'
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(json.dumps(dict(SAMPLE, id="a")).encode() + b"\n"
+                  + b'{"id": "b", "mention": "Jordan", "Candentity": [\n' + bad_utf8 + b"\n")
+    labels = write(tmp_path, "l.json", json.dumps({"a": "x", "b": "y", "c": "z", "typo": "w"}))
+    items = load_mentions(p, labels, strict=False)
+    assert [(getattr(it, "record", None), it.label) for it in items] == [
+        (None, "x"), ("line 2", "y"), ("line 3", "z")]
+    said: list[str] = []
+    gold = load_labels(labels)
+    found = check_labels(gold, named_ids(items).__contains__, warn=said.append)
+    assert found == {"labels": 4, "count": 1, "first": ["typo"]}
+    check_items(items, gold, warn=said.append)
+    assert [w.split(": ", 2)[1:] for w in said[1:]] == [
+        ["record 'line 2'", "malformed JSON at column 49: Expecting value; the record is not "
+         "linked: an error record, scored as a wrong answer"],
+        ["record 'line 3'", "is not UTF-8 text (invalid start byte at byte 25 of the line); the "
+         "record is not linked: an error record, scored as a wrong answer"]], said
+    from i2cr.eval.harness import evaluate  # (and what eval keeps of them)
+    from i2cr.graph import Context
+
+    m = evaluate(p, labels, tmp_path / "ev", settings=Context(iav_mode="off"), progress=False,
+                 warn=None)
+    assert m["labels_unmatched"]["first"] == ["typo"] and m["labelled"] == 3
+    assert m["errors"] == 2
+
+
 def test_candidate_priors_are_kept_and_checked(tmp_path):
     p = tmp_path / "m.jsonl"
     good = {"id": "a", "mention": "Paris", "context": "", "candidates": [

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -384,6 +385,36 @@ class TestLocalRay:
                                   if "label(s)" in x]
         assert said == {True: [line], False: [line]}
 
+    def test_the_label_of_a_line_that_cannot_be_read_is_its_not_unmatched(self, tmp_path):
+        """A line that cannot be read is named by its place (line N); the label for the id its
+        text still gives was counted among the labels naming no record, and not scored. It is
+        the bad record's label (scored as wrong), as in the local engine."""
+        from i2cr.data import load_labels, load_mentions
+        from i2cr.engine.ray_engine import Job, RayStats, run_ray
+        from i2cr.eval.runner import check_items, check_labels, named_ids
+        from i2cr.graph import Context
+
+        recs = _records(1)[:2]
+        cut = json.dumps(recs[1])[:60]  # the second record, cut off after its id
+        assert cut.startswith('{"id": ') and not cut.endswith("}")
+        data = _write(tmp_path / "in.jsonl", recs[:1], [cut + "\n"])
+        labels = tmp_path / "labels.json"
+        labels.write_text(json.dumps({r["id"]: r["label"] for r in recs} | {"typo": "nil"}))
+        said: list[str] = []
+        st = RayStats()
+        got = list(run_ray(Job(path=str(data), settings=Context(), labels=str(labels),
+                               dry_run=True), workers=1, batch_size=2, progress=False,
+                           warn=said.append, stats=st))
+        assert [r["id"] for r in got] == [recs[0]["id"], "line 2"]
+        assert st.labels_unmatched == {"labels": 3, "count": 1, "first": ["typo"]}
+        local: list[str] = []
+        items = load_mentions(data, labels, strict=False)
+        check_labels(load_labels(labels), named_ids(items).__contains__, warn=local.append)
+        check_items(items, load_labels(labels), warn=local.append)
+        assert sorted(said) == sorted(local) and len(said) == 2, said
+        assert any("record 'line 2'" in w and w.endswith("scored as a wrong answer")
+                   for w in said), said
+
     def test_resume_does_not_name_again_the_bad_records_and_repeats_in_out(self, tmp_path):
         """A bad record and a repeat already in --out are not linked again on --resume: they
         were named again (the local engine's rule: check_items's ``done``)."""
@@ -405,6 +436,40 @@ class TestLocalRay:
         assert sum("record 'line 4': malformed JSON" in w for w in said) == 1, said
         assert sum("1 record(s) repeat an id already used" in w for w in said) == 1, said
         assert linked(True) == [] and said == [], said
+
+    def test_resume_warns_of_the_records_it_links_not_of_those_already_in_out(self, tmp_path):
+        """The input's warnings (a document's records apart, a null id) counted every record
+        read, those an earlier run had linked too, so each --resume said them again. Now they
+        count the records this run links, with how many more were skipped, as the local engine
+        says them; nothing when every record is done."""
+        from i2cr.data import load_mentions
+        from i2cr.engine.ray_engine import Job, RayStats, run_ray
+        from i2cr.eval.runner import check_items
+        from i2cr.graph import Context
+
+        rows = [("a", "d1"), ("b", "d2"), ("c", "d1"), (None, "d3"), ("e", "d2")]
+        data = _write(tmp_path / "in.jsonl", [{**r, "id": rid, "doc_id": doc} for r, (rid, doc)
+                                              in zip(_records(2), rows, strict=False)])
+        out = tmp_path / "r.jsonl"
+        said: list[str] = []
+
+        def linked(resume: bool, limit: int | None = None) -> list[str]:
+            said.clear()
+            job = Job(path=str(data), settings=Context(), dry_run=True, limit=limit)
+            return [r["id"] for r in run_ray(job, out=out, resume=resume, workers=1,
+                                             batch_size=2, progress=False, stats=RayStats(),
+                                             warn=said.append)]
+
+        assert linked(False, limit=3) == ["a", "b", "c"]
+        assert [w.split(" (")[0] for w in said] == ["1 record(s) continue a document"]
+        assert linked(True) == ["None", "e"]
+        local: list[str] = []  # the local engine's words for the same resume
+        check_items(load_mentions(data, strict=False, warn=local.append, done={"a", "b", "c"}),
+                    warn=local.append, done={"a", "b", "c"})
+        assert said == local and len(said) == 2, said
+        assert said[0].endswith("(1 more already in the output, skipped)")
+        assert said[1].startswith("1 record(s) have a null or empty id")
+        assert linked(True) == [] and said == []
 
     def test_the_drivers_memory_does_not_grow_with_the_ids(self, tmp_path):
         import tracemalloc
@@ -521,28 +586,46 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert set(re.findall(r"…@([0-9.]+):", r.stderr)) == {"127.0.0.1"}, r.stderr[-2000:]
 
 
-@pytest.mark.integration
-def test_eval_on_a_two_node_cluster_through_ray_address(tmp_path):
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """A two-node cluster on 127.0.0.1 (one CPU each; started once for the tests below), each
+    node with a home of its own (``homes``: what ``~`` is to its workers, as on two machines)."""
     pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
+    root = tmp_path_factory.mktemp("nodes")
+    homes = {n: root / n for n in ("head", "node")}
+    for h in homes.values():
+        h.mkdir()
+    node_args = {"num_cpus": 1, "object_store_memory": 100 * 1024 * 1024}
+    with pytest.MonkeyPatch.context() as mp:
+        # a ray.init earlier in this process turned Ray's token auth on for it (RAY_AUTH_MODE),
+        # its token under this process's home, which these nodes do not share: off here, for
+        # the nodes and the drivers run against them (a loopback-only test cluster)
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        cluster = Cluster(initialize_head=True, head_node_args={
+            **node_args, "include_dashboard": False, "env_vars": {"HOME": str(homes["head"])}})
+        try:
+            cluster.add_node(**node_args, env_vars={"HOME": str(homes["node"])})
+            assert cluster.address.startswith("127.0.0.1:")
+            cluster.homes = homes
+            yield cluster
+        finally:
+            cluster.shutdown()
+
+
+@pytest.mark.integration
+def test_eval_on_a_two_node_cluster_through_ray_address(tmp_path, two_nodes):
     from i2cr.eval.runner import read_results
 
     recs = _records(3)
     data = _write(tmp_path / "in.jsonl", recs)
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({r["id"]: r["label"] for r in recs}))
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "object_store_memory": 100 * 1024 * 1024, "include_dashboard": False})
-    try:
-        cluster.add_node(num_cpus=1, object_store_memory=100 * 1024 * 1024)
-        assert cluster.address.startswith("127.0.0.1:")
-        r = subprocess.run([sys.executable, "-m", "i2cr.cli", "eval", str(data), str(labels),
-                            "--engine", "ray", "--ray-address", cluster.address, "--workers", "2",
-                            "--batch-size", "2", "--out-dir", str(tmp_path / "ev"),
-                            "--no-progress"], capture_output=True, text=True, timeout=600)
-    finally:
-        cluster.shutdown()
+    r = subprocess.run([sys.executable, "-m", "i2cr.cli", "eval", str(data), str(labels),
+                        "--engine", "ray", "--ray-address", two_nodes.address, "--workers", "2",
+                        "--batch-size", "2", "--out-dir", str(tmp_path / "ev"),
+                        "--no-progress"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     got = read_results(tmp_path / "ev" / "results.jsonl")
     assert sorted(x["id"] for x in got) == sorted(x["id"] for x in recs)
@@ -553,3 +636,33 @@ def test_eval_on_a_two_node_cluster_through_ray_address(tmp_path):
     # the batches may have run on one node or both: a timing, not a behaviour, to assert on
     assert "ray: 2 worker(s)" in r.stderr, r.stderr[-3000:]
     assert re.search(r"batch\(es\) on [12] node\(s\)", r.stderr), r.stderr[-3000:]
+
+
+@pytest.mark.integration
+def test_a_worker_that_links_no_batch_still_reports_its_caches(tmp_path, two_nodes):
+    """Each worker sent its cache failures with its batches only: a worker given none (more
+    workers than batches) sent nothing, so a cache broken on its node was missing from the
+    closing lines and the exit code. Two nodes, each its own home and caches (``~/...``): the
+    head's clue cache and the other node's embedding cache are broken, and one record's batch
+    goes to one of the two workers; both failures are said, as each node's run would say it."""
+    homes = two_nodes.homes
+    (homes["head"] / "clues").write_text("a file where the cache's folder should be")
+    (homes["node"] / "emb").mkdir()
+    (homes["node"] / "emb" / "cache.db").write_bytes(os.urandom(40_000))
+    (tmp_path / "driver").mkdir()
+    data = _write(tmp_path / "in.jsonl", _records(1)[:1])
+    try:
+        r = subprocess.run(LINK + [str(data), "--engine", "ray", "--ray-address",
+                                   two_nodes.address, "--workers", "2", "--no-progress",
+                                   "--set", "iav_mode=off", "--set", "embedding_cache=~/emb",
+                                   "--set", "clue_cache=~/clues"],
+                           capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "HOME": str(tmp_path / "driver")})
+    finally:
+        (homes["head"] / "clues").unlink()
+        shutil.rmtree(homes["node"] / "emb")
+    said = sorted(x.split(" (")[0] for x in r.stderr.splitlines()
+                  if x.startswith("i2cr: cache failure"))
+    assert said == ["i2cr: cache failure, clue cache: is unusable",
+                    "i2cr: cache failure, embedding cache: is unusable"], r.stderr[-3000:]
+    assert r.returncode == 1 and "Michael Jordan" in r.stdout, r.stderr[-3000:]

@@ -90,6 +90,34 @@ def test_a_broken_clip_checkpoint_is_read_once_per_run_each_mention_told_why(
     assert len(loads) == 3
 
 
+def test_a_hub_tags_weights_put_in_the_cache_after_a_failure_are_loaded(monkeypatch,
+                                                                       clip_hub_tag):
+    """CLIP named by a pretrained tag whose weights were in no cache: the failure was remembered
+    for the Resources' life (no file named by the settings could change), so a server never
+    loaded the weights put in the cache afterwards. The tag's cached weights now count among the
+    files a load reads: unchanged, the failure is said without loading again; there, they load."""
+    from safetensors.torch import load_file
+
+    real, loads = resources.ClipScorer, []
+
+    def counted(*args, **kwargs):
+        loads.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(resources, "ClipScorer", counted)
+    run = Context(**clip_hub_tag.settings)
+    for _ in range(3):
+        with pytest.raises(ModelUnavailable, match="are not on this machine"):
+            resources.clip(run)
+    assert len(loads) == 1  # a run still tries once
+    snap = clip_hub_tag.put_weights()
+    scorer = resources.clip(run)
+    assert len(loads) == 2 and resources.clip(run) is scorer
+    saved = load_file(str(snap / "open_clip_model.safetensors"))
+    name = "text_projection"
+    assert scorer.model.state_dict()[name].equal(saved[name])  # the weights put there
+
+
 def test_each_run_has_its_own_resources_and_copies_share_them(tiny_clip_config, image_file):
     a, b = Context(), Context()
     assert isinstance(a.resources, Resources) and a.resources is not b.resources  # two runs

@@ -578,6 +578,73 @@ def test_a_body_that_stalls_midway_is_cut_off_with_408_and_links_nothing():
     assert sent[-1]["body"] == b"done"
 
 
+def _iav(rec: dict) -> tuple:
+    why = [e["reason"] for e in rec.get("events") or [] if e["type"] == "iav_mode"]
+    return rec["scores"]["iav_mode"], why
+
+
+def test_the_server_loads_clip_weights_put_in_place_after_a_failure(clip_hub_tag):
+    """A server whose CLIP (a hub tag) had no weights offline remembered the failure for its
+    life: weights put in the Hugging Face cache afterwards were never loaded until a restart.
+    Now it loads them on the next request, and /health says what failed meanwhile."""
+    from i2cr.graph.resources import Resources
+
+    image = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+    body = {**MENTION, "image": image, "trace": True}
+    with _app_client(resources=Resources(), **clip_hub_tag.settings) as client:
+        assert client.get("/health").json()["clip_unavailable"] == []
+        mode, why = _iav(client.post("/link", json=body).json())
+        assert mode is None and why[0].startswith("CLIP unavailable: CLIP weights for "
+                                                  "i2cr-tiny-clip / tinytag are not on this")
+        down = client.get("/health").json()["clip_unavailable"]
+        assert [(d["model"], d["pretrained"]) for d in down] == [("i2cr-tiny-clip", "tinytag")]
+        assert why[0] == f"CLIP unavailable: {down[0]['reason']}"
+        assert 299 <= down[0]["retry_in_s"] <= 300  # (clip_retry_s: 300 s by default)
+        clip_hub_tag.put_weights()
+        rec = client.post("/link", json=body).json()
+        assert rec["scores"]["iav_mode"] == "clip" and rec["scores"]["iav"] is not None
+        assert client.get("/health").json()["clip_unavailable"] == []
+
+
+def test_a_clip_failure_is_tried_again_after_clip_retry_s_in_a_server_not_in_a_run(
+        monkeypatch, image_reading, image_file):
+    """A failure no file shows (memory short, a download that failed) is forgotten by a server
+    after clip_retry_s; a run (the CLI) still tries once."""
+    import time
+
+    from i2cr.embeddings import ModelUnavailable
+    from i2cr.graph import resources
+    from i2cr.graph.resources import Resources
+    from i2cr.linker import link
+
+    real, calls = resources.ClipScorer, []
+
+    def flaky(*args, **kwargs):
+        calls.append(args)
+        if len(calls) % 2:  # the first try of each Resources below fails
+            raise ModelUnavailable("out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(resources, "ClipScorer", flaky)
+    image = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+    body = {**MENTION, "image": image, "trace": True}
+    with _app_client(resources=Resources(), clip_retry_s=1.0, **image_reading) as client:
+        assert _iav(client.post("/link", json=body).json()) == (
+            None, ["CLIP unavailable: out of memory"])
+        assert _iav(client.post("/link", json=body).json())[0] is None and len(calls) == 1
+        left = client.get("/health").json()["clip_unavailable"][0]["retry_in_s"]
+        assert 0 < left <= 1.0
+        time.sleep(left + 0.1)
+        assert _iav(client.post("/link", json=body).json())[0] == "clip" and len(calls) == 2
+    run = Context(**image_reading, clip_retry_s=1.0, resources=Resources())  # a CLI run's
+    recs = [link("Jordan", "Jordan dunks.", JORDAN_CANDIDATES, image=image_file, settings=run)
+            for _ in range(2)]
+    time.sleep(1.1)
+    recs.append(link("Jordan", "Jordan dunks.", JORDAN_CANDIDATES, image=image_file,
+                     settings=run))
+    assert [r["scores"]["iav_mode"] for r in recs] == [None, None, None] and len(calls) == 3
+
+
 def test_health_counts_a_mention_that_failed_in_the_graph_as_an_error_not_linked(monkeypatch):
     # an error record is not a mention linked (RunStats.linked's rule): a mention whose graph
     # run failed is counted once, among the errors

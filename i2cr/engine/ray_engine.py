@@ -19,7 +19,9 @@ a pool of actors that each hold one set of models, results written by the driver
   store).
 - **Caches.** A cache that fails in a worker (:mod:`i2cr.store`: unusable, damaged entries) is
   warned of on the worker's stderr, which reaches the driver's; each batch also brings back the
-  worker's cache failures since its batch before (``caches``), which the driver keeps as its own
+  worker's cache failures since its batch before (``caches``), and what failed as the worker
+  started (opening its caches) goes to the driver's :class:`CacheReports` before its first batch,
+  so a worker given no batch is heard too. The driver keeps them as its own
   (:func:`i2cr.store.adopt`), so the closing lines and the exit code say them as in one process.
 - **Faults.** Ray Data restarts a dead actor and retries its batch; the driver's ids keep the
   output exactly-once. A killed driver loses at most the records not yet written; ``--resume``
@@ -73,6 +75,7 @@ from ..eval.runner import (
     check_labels,
     label_ids,
     load_models,
+    nulls_line,
     prefetch,
     repeats_line,
     run_one,
@@ -199,10 +202,33 @@ def _rid(it: Mention | DataError) -> str:
     return it.id if isinstance(it, Mention) else (it.record or "?")
 
 
+def _failures_json(found: list[store.Failure]) -> str:
+    return json.dumps([dataclasses.asdict(f) for f in found])
+
+
+def _adopt(found_json: str) -> None:
+    store.adopt(store.Failure(**f) for f in json.loads(found_json))
+
+
+class CacheReports:
+    """The driver's mailbox (a Ray actor it owns) for the cache failures its workers met as they
+    started: a worker that is given no batch has no other way to say them."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def add(self, found_json: str) -> None:
+        self.found.append(found_json)
+
+    def take(self) -> list[str]:
+        out, self.found = self.found, []
+        return out
+
+
 class LinkActor:
     """One worker: one set of models, linking a batch of raw records at a time."""
 
-    def __init__(self, job: Job, done: list[Any]):
+    def __init__(self, job: Job, done: list[Any], reports: Any = None):
         ray_env()
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         import ray
@@ -220,6 +246,9 @@ class LinkActor:
                 load_models([], self.settings)  # (and the clue cache, as the local engine does)
             except Exception:  # noqa: BLE001 - each mention then records the failure
                 pass
+        found, self.cache_mark = store.report(self.cache_mark)
+        if found and reports is not None:  # said before any batch: this worker may get none
+            ray.get(reports.add.remote(_failures_json(found)))
 
     def items(self, rows: list[dict[str, Any]]) -> list[Mention | DataError]:
         job, out = self.job, []
@@ -237,7 +266,8 @@ class LinkActor:
 
     def __call__(self, batch: Any) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"idx": [], "id": [], "label": [], "bad": [], "scored": [],
-                                     "rec": [], "node": [], "apart": [], "caches": []}
+                                     "rec": [], "node": [], "apart": [], "caches": [],
+                                     "claimed": []}
         for b in batch.to_pylist():  # one batch of records per row
             rows = [{"rid": rid, "raw": raw, "err": err}
                     for rid, raw, err in zip(b["rid"], b["raw"], b["err"], strict=True)]
@@ -245,16 +275,19 @@ class LinkActor:
             out["idx"].append(b["idx"])
             out["id"].append([_rid(it) for it in items])
             out["label"].append([it.label for it in items])
+            # the id a line that cannot be read still gives (its label is the bad record's)
+            out["claimed"].append([it.claimed_id if isinstance(it, DataError) else None
+                                   for it in items])
             # a bad record (its data or its gold label): what the driver names of it
             bad = [bad_record(it) if isinstance(it, DataError) else (None, False) for it in items]
             out["bad"].append([text for text, _ in bad])
             out["scored"].append([scored for _, scored in bad])
             out["rec"].append(recs)
             out["node"].append(self.node)
-            out["apart"].append(sum(b["apart"]))  # records scattered from their document
+            out["apart"].append(b["apart"])  # each: scattered from its document
             # the caches that failed since the batch before (or the actor's start), as JSON
             found, self.cache_mark = store.report(self.cache_mark)
-            out["caches"].append(json.dumps([dataclasses.asdict(f) for f in found]))
+            out["caches"].append(_failures_json(found))
         return out
 
     def link_batch(self, rows: list[dict[str, Any]]) -> tuple[list[Mention | DataError],
@@ -483,12 +516,15 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
     ids.add_written(resumed)
     started = start(address, num_cpus=workers, object_store_mb=object_store_mb)
     servers: list[Any] = []
+    reports: Any = None  # the workers' cache failures as they started (CacheReports)
     bar = None
     named = bad_records(warn)  # each bad record named as the local engine names it (check_items)
     # the labels are checked against every id of the file, as check_input checks them: the ids
     # read, or with a limit those of the whole file (streamed once more)
     gold = load_labels(job.labels) if job.labels else None
-    scattered = 0  # records not with their document (data.documents_of; load_mentions warns too)
+    # records not with their document (data.documents_of; load_mentions warns too): of this run,
+    # done before (resume); with a null or empty id, done before (this run's: st.null_ids)
+    scattered, nulls_done = [0, 0], 0
     try:
         import ray
         import ray.data
@@ -514,7 +550,9 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
         ctx.target_max_block_size = 1
         ds = ray.data.read_datasource(_datasource(job.path, job.limit, batch_size),
                                       override_num_blocks=1, num_cpus=0)
-        ds = ds.map_batches(LinkActor, fn_constructor_kwargs={"job": job, "done": done_ref},
+        reports = ray.remote(num_cpus=0)(CacheReports).remote()
+        ds = ds.map_batches(LinkActor, fn_constructor_kwargs={"job": job, "done": done_ref,
+                                                              "reports": reports},
                             batch_size=1, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(size=n), num_cpus=1)
         bar = tqdm(desc=desc, unit="mention", disable=not progress, dynamic_ncols=True)
@@ -523,11 +561,15 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
             if st.batches == 1:
                 st.first_s, st.first_rows = time.perf_counter() - t_start, len(b["idx"])
             st.nodes[b["node"]] = st.nodes.get(b["node"], 0) + 1
-            scattered += b["apart"]
-            store.adopt(store.Failure(**f) for f in json.loads(b["caches"]))  # (closing lines)
-            for idx, rid, label, bad, scored, text in zip(
-                    b["idx"], b["id"], b["label"], b["bad"], b["scored"], b["rec"], strict=True):
-                st.null_ids += rid in ("None", "", "null")
+            _adopt(b["caches"])  # (closing lines)
+            for claimed in b["claimed"]:
+                if claimed is not None:
+                    ids.name(claimed)  # (check_labels: a label for it names a record)
+            for idx, rid, label, bad, scored, text, apart in zip(
+                    b["idx"], b["id"], b["label"], b["bad"], b["scored"], b["rec"], b["apart"],
+                    strict=True):
+                null = rid in ("None", "", "null")
+                rec: dict[str, Any] | None
                 k = ids.see(rid)
                 # (a repeat is named as one; one already in the output, not again: check_items)
                 if bad is not None and k == 1 and text is not None:
@@ -538,12 +580,15 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                     err = DataError(f"duplicate id {shown_id(rid)} (record {idx + 1} of the input); "
                                     "not linked, scored as an error", record=new)
                     rec = error_record(new, err, label)
-                elif text is None:
-                    continue  # done before (resume)
                 else:
-                    rec = json.loads(text)
-                if not ids.claim(rec["id"]):
-                    continue  # exactly once, whatever was retried (or in the output: resume)
+                    rec = None if text is None else json.loads(text)  # (None: done before)
+                if rec is None or not ids.claim(rec["id"]):
+                    # exactly once, whatever was retried (or in the output: resume)
+                    scattered[1] += apart
+                    nulls_done += null
+                    continue
+                scattered[0] += apart
+                st.null_ids += null
                 if k > 1:
                     st.duplicates += 1
                     if rid not in repeated and len(repeated) <= SHOWN_REPEATS:
@@ -556,6 +601,8 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
                 bar.update(1)
                 yield rec
             ids.commit()
+        for found in ray.get(reports.take.remote()):  # every worker started before the first batch
+            _adopt(found)
         ctx.target_max_block_size, ctx.wait_for_min_actors_s = saved
         if gold is not None:  # (said with the other warnings, below)
             known = ids.seen if job.limit is None else file_ids(job.path, label_ids(gold))
@@ -568,6 +615,10 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
             writer.close()
         ids.close()
         _stop_servers(servers)
+        if reports is not None:
+            import ray
+
+            ray.kill(reports)
         if started:
             import ray
 
@@ -578,11 +629,10 @@ def run_ray(job: Job, *, out: str | Path | None = None, resume: bool = False,
     if warn is not None and st.duplicates:
         warn(repeats_line(st.duplicates, repeated))
     named.end()
-    if warn is not None and scattered:
-        warn(scattered_message(scattered))
+    if warn is not None and scattered[0]:
+        warn(scattered_message(*scattered))
     if warn is not None and st.null_ids:
-        warn(f"{st.null_ids} record(s) have a null or empty id; they are linked under the id "
-             "'None' (repeats of it count as duplicates)")
+        warn(nulls_line(st.null_ids, nulls_done))
 
 
 def file_ids(path: str, wanted: list[str]) -> Callable[[str], bool]:

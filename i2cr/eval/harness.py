@@ -84,21 +84,23 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
     gold = load_labels(labels) if labels else {}
     if settings.kb:  # the KB generates every candidate; the dataset's lists are not read
         open_kb(settings.kb, settings.embedder)
+    results_path = out / "results.jsonl"
+    # (read once: the warnings and the run skip them; the Ray engine reads its own)
+    done = done_ids(results_path, resume and not engine, warn=warn)
     items: list[Mention | DataError] = [] if engine else load_mentions(
         data, gold, image_root=image_root, strict=False,
-        candidates="ignored" if settings.kb else "required", warn=warn)
+        candidates="ignored" if settings.kb else "required", warn=warn, done=done)
     if not items and not engine:
         raise DataError("no mentions to evaluate in the file", source=str(data))
     if not keep_order:
         items = shuffle_candidates(items, shuffle_seed)
     if warn is not None and sample is not None and sample > len(items):
         warn(f"--sample {sample} is more than the {len(items)} mention(s) of {data}: all are used")
-    results_path = out / "results.jsonl"
     unmatched = None  # (the Ray engine's driver runs the same checks as it reads, into the stats)
     if not engine:
         items, unmatched = check_input(
             items, gold, pick=lambda its: select(its, limit=limit, sample=sample, seed=seed),
-            done=done_ids(results_path, resume), warn=warn)
+            done=done, warn=warn)
     if engine or to_link(items):  # (error records only: no backend to start)
         if progress and settings.chat_model is None and settings.uses_llm:
             print("i2cr: checking the LLM backend ...", file=sys.stderr, flush=True)
@@ -131,7 +133,7 @@ def evaluate(data: str | Path, labels: str | Path | None, out_dir: str | Path, *
     try:
         records = engine(results_path, resume, stats, progress) if engine else run(
             items, settings, out=results_path, resume=resume, progress=progress, desc="linking",
-            concurrency=concurrency, stats=stats, warn=warn)
+            concurrency=concurrency, stats=stats, warn=warn, done=done)
         for i, _ in enumerate(records, 1):
             if i % 20 == 0:
                 save_meta()

@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..data import DataError, LabelError, Mention, shown_id
+from ..data import DataError, LabelError, Mention, done_line, shown_id
 from ..embeddings import ModelUnavailable
 from ..graph import Context, resources
 from ..graph.iav import caption_text
@@ -93,22 +93,47 @@ def read_results(path: str | Path, *, repair: bool = False,
     return out
 
 
-def done_ids(path: str | Path, resume: bool) -> set[str]:
-    """The ids already in a results file that ``resume`` goes on from (none without it): the
-    records a run skips, not named again by :func:`check_items`. (A damaged line is reported by
-    the run's :class:`ResultWriter`.)"""
-    return {r["id"] for r in read_results(path, warn=None)} if resume else set()
+class Done(set[str]):
+    """The ids already in a results file that a run resumes (:func:`done_ids`), and in
+    ``errors`` those of its error records: read once, then given to the input checks and to the
+    run's :class:`ResultWriter`."""
+
+    def __init__(self, ids: Iterable[str] = (), errors: Iterable[str] = ()):
+        super().__init__(ids)
+        self.errors: set[str] = set(errors)
+
+
+def done_ids(path: str | Path | None, resume: bool, *, warn: Warn | None = warn_stderr) -> Done:
+    """What a run that ``resume``s from ``path`` skips (nothing without it): the records there,
+    not linked or warned of again (:func:`check_items`, the input's warnings). The file is read
+    here, once: a torn last line cut off, a damaged line reported through ``warn``; pass the
+    result to :func:`run` (``done``)."""
+    if not resume or path is None:
+        return Done()
+    recs = read_results(path, repair=True, warn=warn)
+    return Done((r["id"] for r in recs), (r["id"] for r in recs if r.get("error") is not None))
+
+
+def nulls_line(n: int, done: int = 0) -> str:
+    """The warning of ``n`` records (of this run; ``done`` more skipped) with a null or empty
+    id, in both engines' words."""
+    return (f"{n} record(s) have a null or empty id; they are linked under the id 'None' "
+            f"(repeats of it count as duplicates){done_line(done)}")
 
 
 class ResultWriter:
-    def __init__(self, path: str | Path, *, resume: bool = False, warn: Warn | None = warn_stderr):
+    """The results JSONL, written record by record. With ``resume`` it goes on from the records
+    there: ``done`` (:func:`done_ids`) when the run read them already, else read here."""
+
+    def __init__(self, path: str | Path, *, resume: bool = False, warn: Warn | None = warn_stderr,
+                 done: Done | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.errors_before: set[str] = set()  # ids of the error records already there (resume)
         if resume:
-            recs = read_results(self.path, repair=True, warn=warn)
-            self.done = {r["id"] for r in recs}
-            self.errors_before = {r["id"] for r in recs if r.get("error") is not None}
+            was = done if done is not None else done_ids(self.path, True, warn=warn)
+            self.done: set[str] = was
+            self.errors_before = was.errors
         else:
             self.done = set()
             self.path.write_text("")
@@ -212,7 +237,8 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
       as a wrong answer rather than left out of the accuracy.
     - A repeated id: the first record with it is linked; each later one becomes an error record
       ``<id>#dup<k>`` ("duplicate id"), scored as a wrong answer when the id is labelled.
-    - A null or empty id (read as ``'None'`` or ``''``) is reported.
+    - A null or empty id (read as ``'None'`` or ``''``) is reported (of the records this run
+      links: those in ``done`` are counted apart).
     - A bad record (its data unreadable, or its gold label unusable: a :class:`DataError` of the
       input) is named, one line each (after the first ``MAX_NAMED``, a count): it is an error
       record, scored as wrong when it is labelled (:func:`bad_records`).
@@ -224,15 +250,15 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
     out: list[Mention | DataError] = []
     seen: dict[str, int] = {}
     dups: list[str] = []
-    nulls = 0
+    nulls = [0, 0]  # (of this run, done before)
     bad = bad_records(warn)
     for i, it in enumerate(items, 1):
         rid = record_id(it)
-        if rid in ("None", "", "null"):
-            nulls += 1
+        null = rid in ("None", "", "null")
         if rid in seen:
             seen[rid] += 1
             new = f"{rid}#dup{seen[rid]}"
+            nulls[new in done] += null
             err = DataError(f"duplicate id {shown_id(rid)} (record {i} of the input); not linked, "
                             "scored as an error", record=new)
             err.label = it.label if isinstance(it, Mention) else labels.get(rid)
@@ -241,6 +267,7 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
             out.append(err)
             continue
         seen[rid] = 1
+        nulls[rid in done] += null
         if isinstance(it, DataError):
             if it.label is None:
                 it.label = labels.get(rid)
@@ -250,9 +277,8 @@ def check_items(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
     if warn is not None and dups:
         warn(repeats_line(len(dups), list(dict.fromkeys(dups))[:SHOWN_REPEATS + 1]))
     bad.end()
-    if warn is not None and nulls:
-        warn(f"{nulls} record(s) have a null or empty id; they are linked under the id 'None' "
-             "(repeats of it count as duplicates)")
+    if warn is not None and nulls[0]:
+        warn(nulls_line(*nulls))
     return out
 
 
@@ -275,8 +301,7 @@ def check_input(items: Iterable[Mention | DataError], labels: Mapping[str, str] 
 
     Returns the records to run and what metrics.json keeps of the labels naming no record."""
     items = list(items)
-    unmatched = check_labels(labels, {record_id(it) for it in items}.__contains__, warn=warn,
-                             use=use)
+    unmatched = check_labels(labels, named_ids(items).__contains__, warn=warn, use=use)
     if pick is not None:
         items = pick(items)
     return check_items(items, labels, warn=warn if named else None, done=done), unmatched
@@ -429,7 +454,7 @@ def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | P
         resume: bool = False, progress: bool = True, desc: str = "linking",
         linker: Callable[[Mention, Context], dict[str, Any]] = link_mention,
         concurrency: int = 1, stats: RunStats | None = None,
-        warn: Warn | None = warn_stderr) -> Iterator[dict[str, Any]]:
+        warn: Warn | None = warn_stderr, done: Done | None = None) -> Iterator[dict[str, Any]]:
     """Link every item, yielding result records (skipping those already in ``out`` on resume).
 
     With ``concurrency`` > 1, mentions run in a thread pool of that many workers (for API
@@ -438,12 +463,13 @@ def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | P
     order they complete, each as soon as it is done, so the file stays whole and ``resume`` (by
     id) works as with one worker.
     ``stats`` (a :class:`RunStats`) is filled in as the run goes: counts and per-phase times.
+    ``done``: what :func:`done_ids` read of ``out`` for the input checks (not read again).
     With ``progress``, each phase (loading models, embedding, linking) has its own progress line.
     """
     st = stats if stats is not None else RunStats()
     t_start = time.perf_counter()
     items = list(items)
-    writer = ResultWriter(out, resume=resume, warn=warn) if out else None
+    writer = ResultWriter(out, resume=resume, warn=warn, done=done) if out else None
     todo = [it for it in items if not writer or record_id(it) not in writer.done]
     st.mentions = len(todo)
     st.errors_before = sum(record_id(it) in writer.errors_before for it in items) if writer else 0
@@ -516,13 +542,13 @@ def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | P
                         warm(i)
                     pending.add(pool.submit(run_one, it, settings, linker))
                     if len(pending) >= 2 * concurrency:
-                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for f in done:
+                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for f in finished:
                             tick()
                             yield emit(f.result())
                 while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in done:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in finished:
                         tick()
                         yield emit(f.result())
             finally:
@@ -539,3 +565,12 @@ def run(items: Iterable[Mention | DataError], settings: Context, *, out: str | P
 def record_id(it: Mention | DataError) -> str:
     """The id a record of the input is linked (or reported) under."""
     return it.id if isinstance(it, Mention) else (it.record or "?")
+
+
+def named_ids(items: Iterable[Mention | DataError]) -> set[str]:
+    """The ids a label may name a record of ``items`` by (:func:`check_labels`): each record's,
+    and the id a line that cannot be read still gives (:func:`i2cr.data.readable_id`: the record
+    is named by its place, and its label is counted with it, as a bad record)."""
+    out = {record_id(it) for it in items}
+    out.update(it.claimed_id for it in items if isinstance(it, DataError) and it.claimed_id)
+    return out

@@ -235,6 +235,10 @@ class Context:
     serve_image_root: str | None = field(default=None, metadata={"server": True, "description": (
         "Served linker only: local image paths are accepted when they lie under this folder "
         "(symlinks resolved); None refuses every local path (send an http(s) or data: URL).")})
+    clip_retry_s: float = field(default=300.0, metadata={"server": True, "description": (
+        "Served linker only: seconds a CLIP load that failed is remembered before a request "
+        "tries it again (sooner when a file it reads changes); /health shows it. A CLI run "
+        "tries once, until such a file changes.")})
 
     trace_prompts: bool = field(default=True, metadata={"description": (
         "Keep the full prompt in each LLM call's event (off makes result files and checkpoints "
@@ -311,6 +315,8 @@ class Context:
             raise ValueError(f"llm_temperature must be within 0..2, not {self.llm_temperature}")
         if self.vision_backoff < 0:
             raise ValueError(f"vision_backoff must be >= 0, not {self.vision_backoff}")
+        if self.clip_retry_s < 0:
+            raise ValueError(f"clip_retry_s must be >= 0 seconds, not {self.clip_retry_s}")
         if not 0 <= self.tesseract_psm <= 13:
             raise ValueError(f"tesseract_psm must be within 0..13, not {self.tesseract_psm}")
         self._check_tools()

@@ -10,8 +10,12 @@ embedder, CLIP, the chat model, the ranker's weights, the KB, the visual tools w
 caches and Azure clients (``backends``), and which LLM backends answered the start-up check. A
 model, weights file, KB or cache that fails to load is not remembered: the next mention or run
 asks again; but CLIP, asked by every mention with an image (IAV, the CLIP tools), is tried
-once: its failure is remembered, for this ``Resources`` only, until the checkpoint or config
-file it names changes (a broken multi-gigabyte checkpoint was read again for each mention).
+once: its failure is remembered, for this ``Resources`` only, until a file it reads changes (the
+checkpoint or config it names, a pretrained tag's weights in the Hugging Face cache: a broken
+multi-gigabyte checkpoint was read again for each mention). A server's ``Resources`` lives as
+long as the server, so there a failure is also forgotten after ``clip_retry_s``
+(:attr:`Resources.clip_retry_s`, set by :mod:`i2cr.serve.config`): a server whose CLIP could not
+load recovers without a restart.
 An image that failed is remembered for the run only (in its ``images``).
 
 What outlives a run, on purpose, lives elsewhere with one owner: the llama.cpp server processes
@@ -25,9 +29,10 @@ worker) arrives empty.
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
-from ..clip import ClipScorer, files_stamp
+from ..clip import ClipScorer, clip_stamp
 from ..embeddings import Embedder, ModelUnavailable
 from ..images import ImageLoader
 from ..kb.index import KB, kb_stamp, open_kb
@@ -47,7 +52,11 @@ class Resources:
         self._lock = threading.RLock()
         self._embedders: dict[tuple, Embedder] = {}
         self._clips: dict[tuple, ClipScorer] = {}
-        self._clip_failed: dict[tuple, tuple[tuple, str]] = {}  # key -> (its files' stamp, why)
+        # key -> (its files' stamp, why, when: time.monotonic())
+        self._clip_failed: dict[tuple, tuple[tuple, str, float]] = {}
+        # seconds a CLIP failure is remembered (None: while its files are unchanged, for this
+        # Resources' life: a run's); a server sets its clip_retry_s (i2cr.serve.config)
+        self.clip_retry_s: float | None = None
         self._chats: dict[tuple, Any] = {}
         self._tools: dict[tuple, dict[str, VisualTool]] = {}
         self._weights: dict[str | None, Weights] = {}
@@ -107,16 +116,17 @@ class Resources:
 
     def clip(self, ctx: Context) -> ClipScorer:
         """The CLIP scorer, or :class:`~i2cr.embeddings.ModelUnavailable` with the reason. A
-        load that failed is remembered, with its reason, while the files it names are unchanged
-        (:func:`~i2cr.clip.files_stamp`): each later mention gets the same reason without
-        reading them again; a new ``Resources`` (the next run) tries again."""
+        load that failed is remembered, with its reason, while the files it reads are unchanged
+        (:func:`~i2cr.clip.clip_stamp`) and, in a server, for ``clip_retry_s`` at most: each
+        later mention gets the same reason without reading them again; a new ``Resources``
+        (the next run) tries again."""
         key = (ctx.clip_model, ctx.clip_pretrained, ctx.clip_model_config, ctx.device,
                ctx.allow_downloads)
         with self._lock:
             if key not in self._clips:
-                stamp = files_stamp(ctx.clip_pretrained, ctx.clip_model_config)
+                stamp = clip_stamp(ctx.clip_model, ctx.clip_pretrained, ctx.clip_model_config)
                 failed = self._clip_failed.get(key)
-                if failed is not None and failed[0] == stamp:
+                if failed is not None and failed[0] == stamp and not self._expired(failed[2]):
                     raise ModelUnavailable(failed[1])
                 try:
                     self._clips[key] = ClipScorer(ctx.clip_model, ctx.clip_pretrained,
@@ -124,10 +134,26 @@ class Resources:
                                                   device=ctx.device,
                                                   allow_downloads=ctx.allow_downloads)
                 except ModelUnavailable as e:
-                    self._clip_failed[key] = (stamp, str(e))
+                    self._clip_failed[key] = (stamp, str(e), time.monotonic())
                     raise
                 self._clip_failed.pop(key, None)
             return self._clips[key]
+
+    def _expired(self, when: float) -> bool:
+        return self.clip_retry_s is not None and time.monotonic() - when >= self.clip_retry_s
+
+    def clip_failures(self) -> list[dict[str, Any]]:
+        """The CLIP loads whose failure is remembered (a server's ``/health``): the model, the
+        pretrained tag or checkpoint, why, and the seconds until the next request tries again
+        (None: when a file it reads changes)."""
+        with self._lock:
+            out = []
+            for (model, pretrained, *_), (_, why, when) in self._clip_failed.items():
+                left = None if self.clip_retry_s is None else \
+                    max(0.0, round(self.clip_retry_s - (time.monotonic() - when), 1))
+                out.append({"model": model, "pretrained": pretrained or None, "reason": why,
+                            "retry_in_s": left})
+            return out
 
     def chat_model(self, ctx: Context) -> Any:
         if ctx.chat_model is not None:

@@ -7,8 +7,9 @@
   batch: ``{"results": [...], "mentions": n, "errors": e}``; a bad record in a batch becomes an
   error record naming it, the rest still runs). Without candidates the server's KB
   (``I2CR_KB``) generates them.
-- ``GET /health``: ``ok``, whether auth and a KB are on, how many mentions were linked, and the
-  process's resident memory.
+- ``GET /health``: ``ok``, whether auth and a KB are on, how many mentions were linked, the
+  process's resident memory, and the CLIP loads that failed (``clip_unavailable``: model, why,
+  seconds until a request tries again; empty when none).
 - ``POST /trace-card``: the per-mention trace card (as on ``i2cr trace --html``) of a run the
   playground streamed from the LangGraph API.
 - ``GET /``: the playground page (static; it holds no data and asks for the key).
@@ -264,7 +265,8 @@ class Served:
     def health(self) -> dict[str, Any]:
         s = self.config.settings
         return {"ok": True, "auth": bool(self.config.api_keys), "kb": bool(s.kb),
-                "linked": self.linked, "errors": self.errors, "rss_mb": _rss_mb()}
+                "linked": self.linked, "errors": self.errors, "rss_mb": _rss_mb(),
+                "clip_unavailable": s.resources.clip_failures()}
 
 
 Handler = Callable[[Request], Awaitable[Response]]

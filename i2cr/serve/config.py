@@ -10,7 +10,8 @@ file, a model, an endpoint or a network rule stays the server's, and a request t
 change it is refused (400) naming the setting. Caches may be switched off (``'none'``) per run.
 
 A server process holds one :class:`~i2cr.graph.resources.Resources` (:func:`process_resources`):
-every run it serves, on the LangGraph API or ``/link``, loads its models into it, once.
+every run it serves, on the LangGraph API or ``/link``, loads its models into it, once; a CLIP
+load that failed there is tried again after ``clip_retry_s`` (:func:`serving`).
 """
 
 from __future__ import annotations
@@ -60,7 +61,14 @@ def process_resources() -> Resources:
     uses), so that the served graph's runs (with or without a context) and ``/link`` share it.
     (Under a lock: the first requests, arriving together, must not build one each.)"""
     with _BUILDING:
-        return default_settings().resources
+        return serving(default_settings()).resources
+
+
+def serving(settings: Context) -> Context:
+    """``settings`` with their Resources made a server's, which lives as long as the process: a
+    CLIP failure is forgotten after ``clip_retry_s`` (a run's is kept for the run)."""
+    settings.resources.clip_retry_s = settings.clip_retry_s
+    return settings
 
 
 _BUILDING = threading.Lock()
@@ -104,7 +112,8 @@ class ServerConfig:
 
     @cached_property
     def settings(self) -> Context:
-        return self.base if self.base is not None else Context(resources=process_resources())
+        return serving(self.base) if self.base is not None else \
+            Context(resources=process_resources())
 
     def image_policy(self) -> ImagePolicy:
         s = self.settings
