@@ -393,16 +393,24 @@ def _unlisted_fuller_name(mention: str, candidate_names: tuple[str, ...],
 BEARS_RATIO = 0.6
 
 
+def scripts(text: str) -> frozenset[str]:
+    """The scripts of a text's letters, by the first word of their Unicode names ('LATIN',
+    'CYRILLIC', 'GREEK', 'CJK', ...)."""
+    return frozenset(unicodedata.name(ch, "?").split(" ", 1)[0] for ch in text if ch.isalpha())
+
+
 def no_candidate_bears_it(mention: str, candidate_names: Sequence[str]) -> bool:
     """Whether a proper name bears no likeness to any candidate's title, so that its referent is
     not among them (a KB's search, finding nothing under the name, hands over whatever comes
     nearest: "Jordan" with only "Amman" and "Paris Hilton").
 
-    It applies to a mention written as a proper name (every word capitalised or a number; up to
-    100 characters) when no candidate's title is the mention under any of its forms
-    (:func:`mention_forms`), holds all its words, is a title that it or one of its words is the
-    initials of (``VOA News``: ``Voice of America``), is the place it is the demonym of, or comes
-    within :data:`BEARS_RATIO` of it in token-set or partial ratio. False without candidates."""
+    It applies to a mention written as a proper name (a capitalised word, every other word
+    capitalised or a number; up to 100 characters) whose candidates' titles are written in its
+    script (:func:`scripts`: letters say nothing across scripts), when no candidate's title is
+    the mention under any of its forms (:func:`mention_forms`), holds all its words, is a title
+    that it or one of its words is the initials of (``VOA News``: ``Voice of America``), is the
+    place it is the demonym of, or comes within :data:`BEARS_RATIO` of it in token-set or partial
+    ratio. False without candidates."""
     return _no_candidate_bears_it(mention, tuple(str(c) for c in candidate_names))
 
 
@@ -412,8 +420,12 @@ def _no_candidate_bears_it(mention: str, candidate_names: tuple[str, ...]) -> bo
         return False
     m = _bare(mention)
     words = _WORD.findall(m)
-    if not words or not all(w[:1].isupper() or w[:1].isdigit() for w in words):
-        return False
+    if (not any(w[:1].isupper() for w in words)
+            or not all(w[:1].isupper() or w[:1].isdigit() for w in words)):
+        return False  # ('1984' is no name to judge by its letters: 'Nineteen Eighty-Four')
+    script = scripts(m)
+    if any(scripts(c) != script for c in candidate_names):
+        return False  # a title in another script bears no likeness in letters ('Moscow', 'Москва')
     forms = set(mention_forms(mention))
     men_f = next(iter(mention_forms(mention)), "")
     if not men_f:

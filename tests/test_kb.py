@@ -342,6 +342,32 @@ def test_a_generated_candidate_gets_the_prior_of_the_alias_the_mention_matched(a
     assert out["answer"] == "United Nations"
 
 
+def test_an_alias_the_mention_matched_is_a_name_its_entity_bears(tmp_path):
+    """The NIL rule for a proper name that no candidate's title bears read titles only, so a KB
+    alias ('Big Apple' for New York City) was answered NIL; the retrieve node now hands the
+    matched alias over with the candidate, and the rules read it. A KB without that alias still
+    answers NIL: nothing it holds bears the name."""
+    ents = [{"id": "Q60", "name": "New York City", "desc": "The most populous city in the US.",
+             "aliases": [{"name": "Big Apple", "prior": 1.0}]},
+            {"id": "Q3820", "name": "Amman", "desc": "The capital of Jordan."},
+            {"id": "Q47899", "name": "Paris Hilton", "desc": "American media personality."}]
+    state = {"mention": "Big Apple", "context": "Tourists flock to the Big Apple in December.",
+             "candidates": []}
+    for aliased in (True, False):
+        rows = ents if aliased else [{k: v for k, v in e.items() if k != "aliases"} for e in ents]
+        d = tmp_path / str(aliased)
+        d.mkdir()
+        build(write_jsonl(d / "e.jsonl", rows), d / "kb", embedder=EMBEDDER, encode=encoder(),
+              progress=False, dtype=resources.embedder(Context()).dtype)
+        out = graph.invoke(state, context=Context(kb=str(d / "kb"), kb_top_k=3, iav_mode="off"))
+        tes = [e for e in out["events"] if e["type"] == "tes_answer"]
+        if aliased:
+            assert out["answer"] == "New York City" and not tes[0].get("nil_reason"), tes
+        else:
+            assert out["answer"] == "nil"
+            assert tes[0]["nil_reason"] == "a proper name that no candidate's title bears"
+
+
 def test_the_alias_tables_likeliest_entities_come_first_even_when_no_search_finds_them(tmp_path):
     ents = [{"id": "us", "name": "United States", "desc": "Country in North America.",
              "aliases": [{"name": "Yankee Land", "prior": 1.0}]},

@@ -295,9 +295,12 @@ def test_a_proper_name_that_no_candidate_bears_is_nil():
     with only "Amman" and "Paris Hilton"): the referent is not listed. It was linked (the NIL
     model had only seen NIL gold with name-matching candidates; on textel mentions given another
     mention's candidates it answered NIL for 23% with priors). Any likeness of name keeps the
-    candidates: a word, the initials, a demonym, a close spelling; a common noun is no name."""
+    candidates: a word, the initials, a demonym, a close spelling; a common noun or a number is
+    no name, and a title in another script says nothing of one (hostile check: 'Москва' with
+    'Moscow' was answered NIL, '1984' with 'Nineteen_Eighty-Four' too)."""
     junk = ("Amman", "Paris_Hilton")
     assert _p_link("Jordan", junk) == 0.0
+    assert _p_link("Apollo 11", junk) == 0.0 and _p_link("Москва", ("Париж",)) == 0.0
     assert nil_rule("Jordan", junk) == "a proper name that no candidate's title bears"
     for mention, names in (("Jordan", ("Amman", "Michael_Jordan")),  # a word of it
                            ("Jordan", ("Jordán_(footballer)",)),  # a close spelling
@@ -306,6 +309,10 @@ def test_a_proper_name_that_no_candidate_bears_is_nil():
                            ("Russian", ("Russia",)),  # a demonym
                            ("Obama", ("Obama,_Fukui",)),  # a qualified title
                            ("heist", junk),  # a common noun: the NIL model's to judge
+                           ("1984", ("Nineteen_Eighty-Four", "Animal_Farm")),  # no letters
+                           ("Москва", ("Moscow", "Paris_Hilton")),  # another script
+                           ("Moscow", ("Москва", "Paris_Hilton")),
+                           ("Αθήνα", ("Athens",)),
                            ("Jordan", ())):  # nothing to judge
         assert _p_link(mention, names) == 1.0, (mention, names)
 

@@ -39,6 +39,12 @@ def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     vector = resources.embedder(ctx).encode([query], query=True)[0]
     ranked = kb.generate(mention, vector, ctx.kb_top_k)
     cands = candidates_of(ranked, ctx.kb_top_k)
+    # the entities the mention's surface is an alias of bear its name, whatever their titles (the
+    # NIL rules read it: 'Big Apple' is New York City's)
+    by_alias = {e["name"] for e in ranked if "alias_rank" in e}
+    for c in cands:
+        if c["name"] in by_alias:
+            c["aliases"] = [mention]
     top = {c["name"] for c in cands}
     latency = round(1000 * (time.perf_counter() - t0), 2)
     emb = resources.embedder(ctx)

@@ -23,6 +23,7 @@ class CandidateDict(TypedDict, total=False):
     desc: str
     qid: str
     prior: float
+    aliases: list[str]  # other names it bears: the KB alias the mention matched (retrieve)
 
 
 class Clue(TypedDict):

@@ -24,7 +24,7 @@ from ..llm import LLMCallFailed, ask_tes
 from ..matching import map_answer
 from ..prompts import profile
 from ..ranker import Ranking
-from ..ranker.model import nil_rule
+from ..ranker.model import names_borne, nil_rule
 from ..redact import error_text
 from ..texts import entity_text
 from . import resources
@@ -54,9 +54,9 @@ def rule_nil(state: Mapping[str, Any]) -> str | None:
 
 
 def rule_names(state: Mapping[str, Any]) -> list[str]:
-    """The names the NIL rule compares the document's fuller names with: every candidate of the
-    mention (:func:`rule_nil`)."""
-    return [str(c["name"]) for c in state.get("candidates") or []]
+    """The names the NIL rule reads: every name every candidate of the mention bears
+    (:func:`i2cr.ranker.model.names_borne`; :func:`rule_nil`)."""
+    return names_borne(state.get("candidates") or [])
 
 
 def rank_by_embedding(query: str, ctx: Context, cands: Sequence[Mapping[str, Any]]) -> list[float]:

@@ -25,6 +25,7 @@ from .model import (
     NIL_FEATURES,
     Ranker,
     link_probability,
+    names_borne,
     nil_features,
     nil_rule,
     softmax,
@@ -103,7 +104,7 @@ def build_examples(mentions: Sequence[Mention], ranker: Ranker, tool_names: Sequ
             cands = [c.to_dict() for c in m.candidates]
             gold = np.asarray([int(same_entity(c["name"], m.label)) for c in cands])
             prior = any(c.get("prior") is not None for c in cands)
-            rule = nil_rule(m.mention, [c["name"] for c in cands], m.document)
+            rule = nil_rule(m.mention, names_borne(cands), m.document)
             for kind, clues in clue_sets(m, tool_names):
                 F = ranker.features(m.mention, m.context, clues, cands, document=m.document)
                 out.append(Example(i, datasets[i], kind, F, gold, F[:, SIM].copy(), m.allow_nil,

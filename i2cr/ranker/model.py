@@ -98,6 +98,19 @@ def nil_features(mention: str, probs: np.ndarray, F: np.ndarray,
     ], dtype=np.float64)
 
 
+def names_borne(candidates: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Every name the candidates bear, as :func:`nil_rule` reads them: each title, and the
+    ``aliases`` a candidate carries (a KB's alias the mention matched: 'Big Apple' is New York
+    City's, though no letter of its title says so)."""
+    out: list[str] = []
+    for c in candidates:
+        out.append(str(c.get("name", "")))
+        aliases = c.get("aliases")
+        if isinstance(aliases, list):
+            out.extend(a for a in aliases if isinstance(a, str))
+    return out
+
+
 def nil_rule(mention: str, candidate_names: Sequence[str], document: Sequence[str] = ()
              ) -> str | None:
     """Why the referent cannot be among the candidates, whatever the weights say, or None: a
@@ -322,7 +335,7 @@ class Ranker:
         model = "prior" if has_prior(cands) else "no_prior"
         query = query_for(mention, context, clues, self.settings)
         F = self.features(mention, context, clues, cands, document=document, query=query)
-        names = [str(c.get("name", "")) for c in cands] if rule_names is None else rule_names
+        names = names_borne(cands) if rule_names is None else rule_names
         rule = nil_rule(mention, names, document)
         return self.ranking(mention, cands, F, model, query, rule)
 
