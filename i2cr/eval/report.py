@@ -76,6 +76,11 @@ def unmatched_labels(labels: Iterable[str], unmatched: Iterable[str]) -> dict[st
     return {"labels": sum(1 for _ in labels), "count": count, "first": first}
 
 
+def shown_ids(first: list[str], n: int) -> str:
+    """The first ids of ``n`` records as a line quotes them, '...' when there are more."""
+    return ", ".join(shown_id(i) for i in first) + (", ..." if n > len(first) else "")
+
+
 # what comes of labels that name no record, in the words of the driver reading them: (some of
 # the labels, every label)
 LABEL_USES = {
@@ -95,7 +100,7 @@ def labels_line(found: dict[str, Any] | None, use: str = "scored") -> str | None
         return None
     some, every = LABEL_USES[use]
     n, total, first = found["count"], found["labels"], found.get("first") or []
-    shown = ", ".join(shown_id(i) for i in first) + (", ..." if n > len(first) else "")
+    shown = shown_ids(first, n)
     if n >= total:
         return (f"none of the {total} label(s) names a record of the data ({shown}): {every} "
                 "(labels of another dataset or split?)")
@@ -125,7 +130,7 @@ def failed_lines(causes: dict[str, dict[str, Any]] | None) -> list[str]:
     out = []
     for cause, got in ranked[:SHOWN_CAUSES]:
         n, first = got["count"], got.get("first") or []
-        ids = ", ".join(shown_id(i) for i in first) + (", ..." if n > len(first) else "")
+        ids = shown_ids(first, n)
         out.append(f"{n} record(s) failed in the run ({ids}): {cause}")
     rest = ranked[SHOWN_CAUSES:]
     if rest:
